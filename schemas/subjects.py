@@ -1,0 +1,90 @@
+"""Every NATS subject, stream and bucket name, built in one place from checked tokens.
+
+A token that NATS would read as structure (a dot splits subjects, `*` and `>` are wildcards,
+whitespace ends the subject) is refused here, so no other module ever writes a subject literal.
+"""
+
+from __future__ import annotations
+
+import re
+
+from schemas.errors import InvalidName
+
+EVENTS_STREAM = "FLEET_EVENTS"
+MAIL_STREAM = "FLEET_MAIL"
+SNAPSHOTS_BUCKET = "fleet_snapshots"
+REGISTRY_BUCKET = "fleet_registry"
+PORTS_BUCKET = "fleet_ports"
+TEMPLATES_BUCKET = "fleet_templates"
+BUCKETS = (SNAPSHOTS_BUCKET, REGISTRY_BUCKET, PORTS_BUCKET, TEMPLATES_BUCKET)
+
+_ROOT = "fleet"
+ALL_EVENTS = f"{_ROOT}.evt.>"
+ALL_MAIL = f"{_ROOT}.mail.>"
+PRIORITIES = ("critical", "high", "normal", "low")
+SEVERITIES = ("critical", "warning", "info")
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_RULE = "use 1 to 64 letters, digits, '-' or '_' (no dots, spaces, '*' or '>')"
+
+
+def token(value: str, what: str = "agent id") -> str:
+    """Return `value` if it is safe as one subject token, else raise `InvalidName`."""
+    if not isinstance(value, str):
+        raise InvalidName(what, repr(value), f"expected a string, got {type(value).__name__}")
+    if _TOKEN.fullmatch(value) is None:
+        raise InvalidName(what, value, _RULE)
+    return value
+
+
+def _one_of(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise InvalidName(what, str(value), "expected one of " + ", ".join(allowed))
+    return value
+
+
+def events(agent_id: str) -> str:
+    """The subject of one agent's event log."""
+    return f"{_ROOT}.evt.{token(agent_id)}"
+
+
+def agent_from_events(subject: str) -> str:
+    """The agent id of an event-log subject (`fleet.evt.a1` -> `a1`)."""
+    prefix = f"{_ROOT}.evt."
+    if not subject.startswith(prefix):
+        raise InvalidName("event subject", subject, f"expected {prefix}<agent_id>")
+    return token(subject[len(prefix) :])
+
+
+def command(agent_id: str) -> str:
+    """Request/reply subject that the agent's actor answers."""
+    return f"{_ROOT}.cmd.{token(agent_id)}"
+
+
+def control(verb: str) -> str:
+    """Fleet-wide request/reply subject: spawn, list, find, templates, ports."""
+    return f"{_ROOT}.ctl.{token(verb, 'control verb')}"
+
+
+def mail(agent_id: str, priority: str) -> str:
+    return f"{_ROOT}.mail.{token(agent_id)}.{_one_of(priority, PRIORITIES, 'priority')}"
+
+
+def health(agent_id: str) -> str:
+    return f"{_ROOT}.health.{token(agent_id)}"
+
+
+def notify(severity: str) -> str:
+    return f"{_ROOT}.notify.{_one_of(severity, SEVERITIES, 'severity')}"
+
+
+def topic(name: str) -> str:
+    """A pub/sub topic; dotted names and the NATS wildcards `*` and a final `>` are allowed."""
+    parts = name.split(".") if isinstance(name, str) else []
+    if not parts or len(name) > 200:
+        raise InvalidName("topic", str(name), "expected 1 to 200 characters of dotted tokens")
+    for i, part in enumerate(parts):
+        if part == "*" or (part == ">" and i == len(parts) - 1):
+            continue
+        token(part, "topic token")
+    return f"{_ROOT}.topic.{name}"
