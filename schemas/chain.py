@@ -14,6 +14,7 @@ import msgspec
 from schemas.agent import AgentState
 
 GENESIS = ""  # prev_hash of an agent's first event
+SNAPSHOT_VERSION = 1  # bump when AgentState changes incompatibly; older snapshots are ignored
 
 
 def event_hash(raw: bytes) -> str:
@@ -36,4 +37,4 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
 
     state: AgentState
     position: Position
-    version: int = 1  # bump when AgentState changes incompatibly; older snapshots are ignored
+    version: int = SNAPSHOT_VERSION

@@ -1,0 +1,86 @@
+"""The NATS session: connect, and create the JetStream streams and KV buckets fleetd needs.
+
+Creation is idempotent: every process calls `ensure_streams` at start, and a stream that
+exists with an older configuration is updated in place, never recreated (that would drop
+the log).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+from schemas import subjects
+from schemas.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+# JetStream API error code: "stream name already in use with a different configuration".
+STREAM_NAME_IN_USE = 10058
+DUPLICATE_WINDOW_S = 120.0
+
+
+async def connect(url: str, name: str = "fleetd", *, reconnect: bool = True) -> Client:
+    """Connect to NATS, or raise `StoreUnavailable` with the address that failed.
+
+    With `reconnect`, a lost server is retried forever every 250 ms (the embedded server is
+    restarted by `fleet up` on the same store), and publishes wait in nats-py's buffer.
+    """
+    try:
+        return await nats.connect(
+            url,
+            name=name,
+            connect_timeout=2,
+            allow_reconnect=reconnect,
+            max_reconnect_attempts=-1 if reconnect else 0,
+            reconnect_time_wait=0.25,
+        )
+    except (OSError, TimeoutError, nats.errors.NoServersError) as e:
+        raise StoreUnavailable(f"cannot reach NATS at {url}: {e or type(e).__name__}") from e
+
+
+def events_config(replicas: int = 1) -> StreamConfig:
+    return StreamConfig(
+        name=subjects.EVENTS_STREAM,
+        subjects=[subjects.ALL_EVENTS],
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        allow_direct=True,  # loads read a snapshot's tail with a batch direct get
+        duplicate_window=DUPLICATE_WINDOW_S,  # Nats-Msg-Id dedupe of retried appends
+        discard=DiscardPolicy.NEW,  # never drop history to make room: refuse the write instead
+        deny_delete=True,  # the log is never rewritten
+        deny_purge=True,
+    )
+
+
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+    """Create (or update) the event stream and the KV buckets."""
+    await _ensure_stream(js, events_config(replicas))
+    for bucket in subjects.BUCKETS:
+        config = KeyValueConfig(
+            bucket=bucket,
+            history=10 if bucket == subjects.TEMPLATES_BUCKET else 1,
+            storage=StorageType.FILE,
+            replicas=replicas,
+            direct=True,
+        )
+        try:
+            await js.create_key_value(config)
+        except BadRequestError as e:
+            if e.err_code != STREAM_NAME_IN_USE:
+                raise
+            log.debug("KV bucket %s exists with another configuration; kept as is", bucket)
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError as e:
+        if e.err_code != STREAM_NAME_IN_USE:
+            raise
+        await js.update_stream(config)
