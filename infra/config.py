@@ -1,0 +1,159 @@
+"""Configuration from the environment, and the state file through which `fleet up` is found.
+
+fleetd is configured only by environment variables, so the same settings reach the CLI, the
+services and Ray workers without a config file to ship around. `fleet up` writes where
+everything listens to `<state_dir>/fleet.json`; every other command reads it from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+import psutil
+
+from schemas.errors import InvalidSetting, NotRunning
+
+DEFAULT_GATEWAY_PORT = 7070
+STATE_FILE_NAME = "fleet.json"
+LOCK_FILE_NAME = "fleet.lock"
+
+
+def _default_state_dir(env: Mapping[str, str]) -> Path:
+    """The XDG base-directory rule: `$XDG_STATE_HOME/fleetd`, else `~/.local/state/fleetd`."""
+    xdg = env.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "fleetd"
+
+
+def _port(name: str, raw: str | None, default: int) -> int:
+    """Read a TCP port, refusing anything a socket could not bind with a sentence."""
+    if raw is None:
+        return default
+    try:
+        port = int(raw.strip())
+    except ValueError:
+        raise InvalidSetting(name, raw, "it must be a port number, e.g. 7070") from None
+    if not 1 <= port <= 65535:
+        raise InvalidSetting(name, raw, "a port number must be between 1 and 65535")
+    return port
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything fleetd reads from the environment, read once and then passed around."""
+
+    state_dir: Path
+    nats_url: str | None = None  # None: `fleet up` starts the embedded nats-server
+    ray_address: str | None = None  # None: `fleet up` starts a local Ray
+    gateway_port: int = DEFAULT_GATEWAY_PORT
+    worktree_root: Path | None = None  # None: `<state_dir>/worktrees`
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `env` (default `os.environ`); an empty variable counts as unset."""
+        source = os.environ if env is None else env
+        values = {k: v for k, v in source.items() if v.strip()}
+        state_dir = values.get("FLEET_STATE_DIR")
+        worktrees = values.get("FLEET_WORKTREE_ROOT")
+        return cls(
+            state_dir=Path(state_dir).expanduser() if state_dir else _default_state_dir(values),
+            nats_url=values.get("FLEET_NATS_URL"),
+            ray_address=values.get("FLEET_RAY_ADDRESS"),
+            gateway_port=_port(
+                "FLEET_GATEWAY_PORT", values.get("FLEET_GATEWAY_PORT"), DEFAULT_GATEWAY_PORT
+            ),
+            worktree_root=Path(worktrees).expanduser() if worktrees else None,
+        )
+
+    @property
+    def worktrees(self) -> Path:
+        """Where agent worktrees go: `FLEET_WORKTREE_ROOT`, else under the state dir."""
+        return self.worktree_root or self.state_dir / "worktrees"
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / STATE_FILE_NAME
+
+    @property
+    def lock_file(self) -> Path:
+        """Held with flock by the live `fleet up`; the kernel drops it if that process dies."""
+        return self.state_dir / LOCK_FILE_NAME
+
+    @property
+    def nats_store_dir(self) -> Path:
+        return self.state_dir / "nats"
+
+
+class FleetState(msgspec.Struct, kw_only=True):
+    """What `fleet up` writes once it is ready: where each part listens, and who owns it."""
+
+    pid: int  # the `fleet up` process; the state is stale when it is gone
+    state_dir: str
+    nats_url: str
+    nats_pid: int | None = None  # None when FLEET_NATS_URL points at a NATS we did not start
+    started_at: datetime
+    ray_address: str | None = None
+    gateway_url: str | None = None
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True when `pid` is a running process; a zombie (exited, not yet reaped) counts as dead."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def write_state(path: Path, state: FleetState) -> None:
+    """Write atomically (temp file then rename) so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(state)) + b"\n")
+    os.replace(tmp, path)
+
+
+def remove_state(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def read_state_file(path: Path) -> FleetState | None:
+    """The state as written, alive or not; None when there is no file."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        return msgspec.json.decode(raw, type=FleetState)
+    except msgspec.DecodeError as e:
+        raise NotRunning(
+            f"the state file {path} cannot be read ({e}); remove it and run `fleet up`"
+        ) from e
+
+
+def read_state(settings: Settings) -> FleetState:
+    """The state of the live `fleet up`, or NotRunning with the command that fixes it."""
+    path = settings.state_file
+    state = read_state_file(path)
+    if state is None:
+        raise NotRunning(f"fleetd is not up (no state file at {path}); start it with `fleet up`")
+    if not pid_alive(state.pid):
+        raise NotRunning(
+            f"fleetd is not up (the `fleet up` process {state.pid} named in {path} has exited); "
+            "start it with `fleet up`"
+        )
+    return state
