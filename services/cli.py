@@ -1,0 +1,140 @@
+"""The `fleet` command: one function per subcommand, listed in one table.
+
+A later issue adds a subcommand by writing `def cmd_x(args) -> int` and one `Subcommand` row.
+Every subcommand takes `--json`. A `FleetError` is the person's fault or the world's: its
+sentence goes to stderr and the exit status is 2. Anything else is our bug: a short message
+with an error id goes to stderr, the traceback to a log file under that id, exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from infra.config import FleetState, Settings, pid_alive, read_state
+from schemas.errors import FleetError
+
+log = logging.getLogger("fleet.cli")
+
+EXIT_OK, EXIT_BUG, EXIT_FLEET_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start fleetd in the foreground (or in the background with --detach)."""
+    from services import up  # imported here so `fleet status` stays quick
+
+    settings = Settings.from_env()
+    if args.detach:
+        up.detach(settings, sys.stdout, args.json)
+    else:
+        up.run(settings, sys.stdout, args.json)
+    return EXIT_OK
+
+
+def _up_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--detach", action="store_true", help="run in the background; return once it is ready"
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Say where the running fleetd listens, or that it is not up (exit status 2)."""
+    from services.up import format_state
+
+    state = read_state(Settings.from_env())
+    nats_alive = pid_alive(state.nats_pid) if state.nats_pid else None
+    if args.json:
+        print(msgspec.json.encode({**_as_dict(state), "nats_alive": nats_alive}).decode())
+    else:
+        print(format_state(state, as_json=False))
+        if nats_alive is False:
+            print(f"  warning: nats-server pid {state.nats_pid} is not running (restarting?)")
+    return EXIT_OK
+
+
+def _as_dict(state: FleetState) -> dict[str, object]:
+    return msgspec.to_builtins(state)
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    run: Callable[[argparse.Namespace], int]
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    aliases: tuple[str, ...] = ()
+
+
+SUBCOMMANDS: tuple[Subcommand, ...] = (
+    Subcommand("up", cmd_up, _up_arguments),
+    Subcommand("status", cmd_status),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fleet", description="Run many AI coding agents side by side."
+    )
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for sub in SUBCOMMANDS:
+        summary = (sub.run.__doc__ or "").strip().splitlines()[0]
+        p = subs.add_parser(sub.name, aliases=list(sub.aliases), help=summary, description=summary)
+        p.add_argument("--json", action="store_true", help="print JSON for programs")
+        if sub.arguments is not None:
+            sub.arguments(p)
+        p.set_defaults(run=sub.run)
+    return parser
+
+
+def _crash_log_path() -> Path:
+    """Where tracebacks go: the state dir if the environment names a usable one, else /tmp."""
+    try:
+        return Settings.from_env().state_dir / "fleet-errors.log"
+    except FleetError:
+        return Path("/tmp") / "fleet-errors.log"
+
+
+def _report_bug(exc: BaseException) -> str:
+    """Log the traceback under a fresh id and return the id, so a report can quote it."""
+    error_id = uuid.uuid4().hex[:12]
+    path = _crash_log_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(f"--- error {error_id}\n")
+            f.write("".join(traceback.format_exception(exc)))
+        where = str(path)
+    except OSError:
+        log.error("error %s", error_id, exc_info=exc)
+        where = "stderr above"
+    print(f"fleet: internal error {error_id} ({type(exc).__name__}); details in {where}",
+          file=sys.stderr)  # fmt: skip
+    return error_id
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `fleet` console script; returns the exit status."""
+    logging.basicConfig(level=logging.WARNING, format="fleet: %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except FleetError as e:
+        print(f"fleet: {e}", file=sys.stderr)
+        return EXIT_FLEET_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        _report_bug(e)
+        return EXIT_BUG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""`fleet up`: the composition root that starts fleetd's parts in order and stops them in reverse.
+
+For now the parts are NATS (the embedded server, or `FLEET_NATS_URL`) with its streams and
+buckets; later issues add Ray, the supervisor, the services and the gateway here. Once ready
+it writes the state file so every other `fleet` command can find it, and it runs until
+SIGINT or SIGTERM. A flock on `<state_dir>/fleet.lock` keeps a second `fleet up` off the
+same state dir; the kernel releases it if this process dies, so a crash never wedges it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import TextIO
+
+import msgspec
+
+import infra.nats
+from infra import natsserver
+from infra.config import (
+    FleetState,
+    Settings,
+    now_utc,
+    pid_alive,
+    read_state_file,
+    remove_state,
+    write_state,
+)
+from schemas.errors import AlreadyRunning, FleetError
+
+log = logging.getLogger(__name__)
+
+DETACH_READY_TIMEOUT_S = 300.0  # a guard against a hung child, not an expectation
+
+
+@contextlib.contextmanager
+def hold_lock(settings: Settings) -> Iterator[None]:
+    """Hold the state dir's lock for the life of this `fleet up`, or refuse with a sentence."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(settings.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            state = read_state_file(settings.state_file)
+            raise AlreadyRunning(str(settings.state_dir), state.pid if state else None) from None
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
+def format_state(state: FleetState, as_json: bool) -> str:
+    """One JSON line for programs, or a few aligned lines for people."""
+    if as_json:
+        return msgspec.json.encode(state).decode()
+    nats_how = f"embedded, pid {state.nats_pid}" if state.nats_pid else "external"
+    lines = [
+        f"fleetd is up (pid {state.pid}, since {state.started_at:%Y-%m-%d %H:%M:%S %Z})",
+        f"  nats     {state.nats_url} ({nats_how})",
+        f"  state    {Path(state.state_dir) / 'fleet.json'}",
+    ]
+    if state.ray_address:
+        lines.append(f"  ray      {state.ray_address}")
+    if state.gateway_url:
+        lines.append(f"  gateway  {state.gateway_url}")
+    return "\n".join(lines)
+
+
+def _start_nats(settings: Settings, stack: AsyncExitStack) -> natsserver.NatsServer | None:
+    """The embedded server (stopped when the stack unwinds), or None for `FLEET_NATS_URL`."""
+    if settings.nats_url:
+        return None
+    server = natsserver.NatsServer.start(settings.nats_store_dir)
+    stack.callback(server.stop)
+    return server
+
+
+def _supervise(
+    server: natsserver.NatsServer, settings: Settings, state: FleetState
+) -> asyncio.Task[None]:
+    """Restart a dead server on its store and port, and keep the state file's pid true."""
+
+    def restarted(server: natsserver.NatsServer, status: int) -> None:
+        log.warning("nats-server died (status %d); restarted as pid %d", status, server.pid)
+        write_state(settings.state_file, msgspec.structs.replace(state, nats_pid=server.pid))
+
+    return asyncio.create_task(natsserver.supervise(server, restarted))
+
+
+class _OneLine(logging.Filter):
+    """nats-py logs each lost connection with a traceback; it reconnects, so one line will do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()} ({record.exc_info[1]!r}); reconnecting"
+            record.args, record.exc_info, record.levelno = None, None, logging.WARNING
+            record.levelname = "WARNING"
+        return True
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _bring_up(settings: Settings, stack: AsyncExitStack) -> FleetState:
+    """Start each part in dependency order, registering its stop on the stack."""
+    server = _start_nats(settings, stack)
+    url = server.url if server else str(settings.nats_url)
+    logging.getLogger("nats.aio.client").addFilter(_OneLine())
+    nc = await infra.nats.connect(url, name="fleet-up")
+    stack.push_async_callback(nc.close)
+    await infra.nats.ensure_streams(nc.jetstream())
+    state = FleetState(
+        pid=os.getpid(),
+        state_dir=str(settings.state_dir),
+        nats_url=url,
+        nats_pid=server.pid if server else None,
+        started_at=now_utc(),
+    )
+    write_state(settings.state_file, state)
+    stack.callback(remove_state, settings.state_file)
+    if server is not None:  # watched only once the state file exists, so a restart can update it
+        stack.push_async_callback(_cancel, _supervise(server, settings, state))
+    return state
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set `stop`; installed before anything starts, so no signal is lost."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def serve(settings: Settings, out: TextIO, as_json: bool) -> None:
+    """Bring fleetd up, say where it listens, run until signalled, then stop in reverse order."""
+    stop = asyncio.Event()
+    with hold_lock(settings), _stop_on_signals(stop):
+        async with AsyncExitStack() as stack:
+            state = await _bring_up(settings, stack)
+            print(format_state(state, as_json), file=out, flush=True)
+            if not as_json:
+                print("Ctrl-C stops it.", file=out, flush=True)
+            await stop.wait()
+            log.info("stopping fleetd")
+
+
+def run(settings: Settings, out: TextIO, as_json: bool) -> None:
+    asyncio.run(serve(settings, out, as_json))
+
+
+def detach(settings: Settings, out: TextIO, as_json: bool) -> None:
+    """Start `fleet up` in its own session, return once it has written its state file."""
+    with hold_lock(settings):
+        pass  # refuse early, with the same sentence, if one is already up
+    log_path = settings.state_dir / "fleet-up.log"
+    with log_path.open("ab") as logf:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "up"],
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # no SIGHUP when the terminal goes away
+        )
+    state = _wait_for_child(settings, child, log_path)
+    print(format_state(state, as_json), file=out, flush=True)
+    if not as_json:
+        print(f"Logs in {log_path}; stop it with `kill -INT {state.pid}`.", file=out, flush=True)
+
+
+def _wait_for_child(settings: Settings, child: subprocess.Popen[bytes], log: Path) -> FleetState:
+    deadline = time.monotonic() + DETACH_READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        state = read_state_file(settings.state_file)
+        if state is not None and state.pid == child.pid and pid_alive(child.pid):
+            return state
+        if child.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+            why = tail[0] if tail else f"exit status {child.returncode}"
+            raise FleetError(f"`fleet up` stopped before it was ready: {why} (log: {log})")
+        time.sleep(0.02)
+    child.terminate()
+    child.wait()
+    raise FleetError(f"`fleet up` was not ready after {DETACH_READY_TIMEOUT_S:.0f} s (log: {log})")
