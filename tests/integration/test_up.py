@@ -8,6 +8,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,20 @@ def test_up_uses_an_existing_nats(
     assert nats_server.running  # not ours to stop
 
 
+def _wait_exited(proc: psutil.Process) -> None:
+    """Wait for a process that is not our child to exit: gone, or a zombie its new parent
+    (init, which may reap lazily in a container) has not collected yet."""
+    deadline = time.monotonic() + GUARD_S
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.01)
+    pytest.fail(f"process {proc.pid} did not exit")
+
+
 def test_detach_returns_once_ready(state_dir: Path) -> None:
     started = fleet("up", "--detach", "--json")
     assert started.returncode == 0, started.stderr
@@ -145,7 +160,7 @@ def test_detach_returns_once_ready(state_dir: Path) -> None:
     daemon = psutil.Process(printed["pid"])
     assert fleet("status", "--json").returncode == 0
     daemon.send_signal(signal.SIGINT)
-    daemon.wait(GUARD_S)
+    _wait_exited(daemon)
     assert not (state_dir / "fleet.json").exists()
     assert not psutil.pid_exists(printed["nats_pid"])
 
