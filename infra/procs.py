@@ -1,0 +1,181 @@
+"""Process trees: pause, resume and end everything an agent started, leaving no orphans.
+
+A pane's shell starts jobs in their own process groups, and those fork further; signalling
+only the pane pid would leave them running. So every operation works on the whole tree
+(each pid plus all its descendants, found with psutil), and pause/resume signal every
+process group in it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import psutil
+
+from schemas.errors import ProcessesSurvived
+
+_GONE = (psutil.NoSuchProcess, ProcessLookupError)
+
+
+@dataclass(frozen=True)
+class TerminateReport:
+    """What `terminate_tree` did: which pids left on SIGTERM and which needed SIGKILL."""
+
+    terminated: list[int]
+    killed: list[int]
+
+
+def tree(pids: Iterable[int]) -> list[psutil.Process]:
+    """Each live pid and all its descendants, parents before children, without duplicates.
+
+    Our own process is never part of a tree, so a stray pid can not make us signal ourselves.
+    """
+    seen: dict[int, psutil.Process] = {}
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            family = [root, *root.children(recursive=True)]
+        except _GONE:
+            continue
+        for proc in family:
+            if proc.pid != os.getpid():
+                seen.setdefault(proc.pid, proc)
+    return list(seen.values())
+
+
+def signal_groups(pids: Iterable[int], sig: int, spare: Iterable[int] = ()) -> list[int]:
+    """Send `sig` to every process group in the pids' trees; return the groups signalled.
+
+    Groups are stopped parents first and continued children first: a job-control shell that
+    saw its job stop while itself still running would print "Stopped" and abandon the job.
+    `spare` pids are never signalled and their groups are signalled process by process:
+    tmux answers a stop of its own child (a pane process) with SIGCONT to that child's
+    group, so pane processes must be spared (see `Tmux.signal_panes`). Our own group is
+    likewise never signalled as a group.
+    """
+    spared = set(spare)
+    groups: dict[int, list[psutil.Process]] = {}
+    for proc in tree(pids):
+        try:
+            groups.setdefault(os.getpgid(proc.pid), []).append(proc)
+        except _GONE:
+            continue
+    order = list(groups)
+    if sig == signal.SIGCONT:
+        order.reverse()
+    for pgid in order:
+        members = groups[pgid]
+        if pgid == os.getpgrp() or any(p.pid in spared for p in members):
+            _send([p for p in members if p.pid not in spared], sig)
+            continue
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            pass  # the whole group exited meanwhile: nothing left to signal
+    return order
+
+
+def terminate_tree(
+    pids: Iterable[int], polite_timeout: float = 5.0, term_timeout: float = 5.0
+) -> TerminateReport:
+    """End the pids' whole trees: SIGTERM, wait `polite_timeout`, SIGKILL, wait `term_timeout`.
+
+    Raises ProcessesSurvived if anything outlives SIGKILL (uninterruptible sleep).
+    """
+    return terminate_processes(tree(pids), polite_timeout, term_timeout)
+
+
+def terminate_processes(
+    processes: Sequence[psutil.Process], polite_timeout: float, term_timeout: float
+) -> TerminateReport:
+    """Like `terminate_tree`, for a tree taken earlier (e.g. before its parents were killed).
+
+    The tree is frozen with SIGSTOP first and re-scanned, so no process forks a child we
+    do not know about; then SIGTERM and SIGCONT go to all, so each handles SIGTERM at once.
+    """
+    frozen = _freeze(processes)
+    _send(frozen, signal.SIGTERM)
+    _send(frozen, signal.SIGCONT)
+    survivors = _wait_gone(frozen, polite_timeout)
+    if survivors:
+        survivors = _merge(survivors, tree(p.pid for p in survivors if _alive(p)))
+        _send(survivors, signal.SIGKILL)
+        stuck = _wait_gone(survivors, term_timeout)
+        if stuck:
+            raise ProcessesSurvived([p.pid for p in stuck])
+    killed = {p.pid for p in survivors}
+    return TerminateReport(
+        terminated=[p.pid for p in frozen if p.pid not in killed], killed=sorted(killed)
+    )
+
+
+def uss_mb(pids: Iterable[int]) -> float:
+    """Unique memory (USS) of the pids' trees in MiB: what ending them would give back.
+
+    Falls back to RSS for a process whose USS we may not read.
+    """
+    total = 0
+    for proc in tree(pids):
+        try:
+            try:
+                total += proc.memory_full_info().uss
+            except psutil.AccessDenied:
+                total += proc.memory_info().rss
+        except _GONE:
+            continue
+    return total / (1024 * 1024)
+
+
+def _freeze(processes: Sequence[psutil.Process]) -> list[psutil.Process]:
+    """SIGSTOP the processes, then their descendants until no new ones appear."""
+    frozen: list[psutil.Process] = []
+    pending = [p for p in processes if _alive(p)]
+    while pending:
+        _send(pending, signal.SIGSTOP)
+        frozen = _merge(frozen, pending)
+        known = {p.pid for p in frozen}
+        pending = [p for p in tree(p.pid for p in frozen if _alive(p)) if p.pid not in known]
+    return frozen
+
+
+def _merge(first: list[psutil.Process], more: list[psutil.Process]) -> list[psutil.Process]:
+    pids = {p.pid for p in first}
+    return first + [p for p in more if p.pid not in pids]
+
+
+def _send(processes: Iterable[psutil.Process], sig: int) -> None:
+    for proc in processes:
+        try:
+            proc.send_signal(sig)  # checks the pid still names the same process
+        except _GONE:
+            pass  # already exited: exactly what we wanted
+
+
+def _alive(proc: psutil.Process) -> bool:
+    """Running and not a zombie; our own zombie children are reaped on the way."""
+    try:
+        if not proc.is_running():
+            return False
+        if proc.status() != psutil.STATUS_ZOMBIE:
+            return True
+        if proc.ppid() == os.getpid():
+            os.waitpid(proc.pid, os.WNOHANG)
+        return False
+    except (*_GONE, ChildProcessError):
+        return False
+
+
+def _wait_gone(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Poll until every process is gone or `timeout` passes; return those still alive."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        alive = [p for p in processes if _alive(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)

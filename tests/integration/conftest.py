@@ -1,0 +1,74 @@
+"""Integration fixtures: a private tmux server per test, a real git repo per test.
+
+Waiting is always "until this is true, or fail after a generous deadline": no test asserts
+how long anything takes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from infra import procs
+from infra.tmux import Tmux
+
+T = TypeVar("T")
+
+
+def wait_until(
+    probe: Callable[[], T], what: str, timeout: float = 10.0, interval: float = 0.02
+) -> T:
+    """Poll `probe` until it returns something truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"gave up waiting for {what} after {timeout} s (last value: {value!r})")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def tmux_socket() -> Iterator[str]:
+    """A unique tmux socket name; the server on it, and every pane process, die at teardown."""
+    name = f"fleet-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    tmux = Tmux(name)
+    pids = [pid for s in tmux.list_sessions() for pid in tmux.pane_pids(s)]
+    tree = procs.tree(pids)
+    tmux.kill_server()
+    procs.terminate_processes(tree, 1.0, 5.0)
+
+
+@pytest.fixture
+def tmux(tmux_socket: str) -> Tmux:
+    """Shells without rc files: a user's .bashrc must not slow or change what tests see."""
+    return Tmux(tmux_socket, shell="bash --norc --noprofile")
+
+
+def git(cwd: Path, *args: str) -> str:
+    """Plain git, for tests to set up and inspect repositories independently of Worktrees."""
+    out = subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+@pytest.fixture
+def git_repo(tmp_path: Path) -> Path:
+    """A real repository on branch main with one commit (README.md and a .gitignore)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.name", "Fleet Test")
+    git(repo, "config", "user.email", "test@fleet.invalid")
+    (repo / "README.md").write_text("hello\n")
+    (repo / ".gitignore").write_text("*.log\n")
+    git(repo, "add", "README.md", ".gitignore")
+    git(repo, "commit", "-q", "-m", "initial")
+    return repo
