@@ -1,0 +1,328 @@
+"""tmux on a fleet-owned socket: agent sessions that outlive the actor that made them.
+
+Everything runs on `tmux -L <socket>` so fleetd never touches a user's own tmux server, and
+`fleet doctor` can list every session on that socket as ours. libtmux gives the Server (and
+Session objects for callers that want them); most calls go through `Server.cmd` with explicit
+formats, since one `list-panes -F` is much faster than libtmux's object queries.
+
+tmux facts this module relies on (tmux 3.3):
+- Targets start with `=` for an exact session/window name; without it tmux matches prefixes
+  and fnmatch patterns (`kill-session -t a1` would kill `a10`). A pane target needs the `:`
+  (`=s:`), a bare `=s` is looked up as a pane and fails.
+- tmux splits its argv into commands at any argument that ends with `;`. User text ending
+  with `;` must end with `\\;` instead, which tmux turns back into `;`.
+- Commands sent in one invocation run in one command-queue pass, so options set right after
+  `new-session` apply before the server handles the first window's exit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import libtmux
+
+from infra import procs
+from schemas.errors import InvalidName, SessionMissing, TmuxFailed
+
+DEFAULT_SOCKET = "fleetd"
+DEFAULT_WINDOWS = ("agent", "services", "monitor")
+USER_SEPARATOR = "+"  # a grouped (per-user) session is "<session>+<user>"; agent ids lack "+"
+HISTORY_LIMIT = 50_000
+WIDTH, HEIGHT = 200, 50
+SEND_KEYS_MAX = 4096  # beyond this, text goes through a paste buffer (tmux caps message size)
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}")
+_SESSION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}(\+[A-Za-z0-9_][A-Za-z0-9_-]{0,63})?")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,31}")
+_SEP = ";"  # a real tmux command separator, never escaped
+_MISSING = ("can't find session", "no server running", "error connecting to")
+
+
+def _check(what: str, value: str, pattern: re.Pattern[str], allowed: str) -> str:
+    if not pattern.fullmatch(value):
+        raise InvalidName(what, value, f"use only {allowed}")
+    return value
+
+
+def _session_name(name: str) -> str:
+    return _check("tmux session name", name, _SESSION, "letters, digits, '_' and '-'")
+
+
+def _window_name(name: str) -> str:
+    return _check("tmux window name", name, _NAME, "letters, digits, '_' and '-'")
+
+
+def pausable(command: str) -> list[str]:
+    """The argv of a pane: `/bin/sh` waits for `command` (a shell command line).
+
+    tmux answers a stop of a pane's own process with SIGCONT to its group, so a pane whose
+    process is the assistant itself could never be paused. Under this waiting shell, the
+    command and all below it can be stopped while the shell (spared) waits. The shell
+    traps INT and QUIT so Ctrl-C reaches the command without ending the pane, and exits
+    with the command's status, which `pane_dead_status` reports.
+    """
+    return ["/bin/sh", "-c", f"trap : INT QUIT\n{command}\nexit $?"]
+
+
+def _escape(arg: str) -> str:
+    """Keep tmux from reading a trailing `;` in user text as a command separator."""
+    return arg[:-1] + "\\;" if arg.endswith(";") else arg
+
+
+class Tmux:
+    """One tmux server, addressed by socket name; every method is synchronous and cheap."""
+
+    def __init__(
+        self,
+        socket_name: str = DEFAULT_SOCKET,
+        *,
+        width: int = WIDTH,
+        height: int = HEIGHT,
+        history_limit: int = HISTORY_LIMIT,
+        shell: str | None = None,
+    ) -> None:
+        """`shell` is the command line of the interactive shell in windows without a command
+        (default: `$SHELL`, else /bin/sh)."""
+        self.socket_name = _check("tmux socket name", socket_name, _NAME, "[A-Za-z0-9_-]")
+        self.width, self.height, self.history_limit = width, height, history_limit
+        self.shell = shell or shlex.quote(os.environ.get("SHELL") or "/bin/sh")
+        self.server = libtmux.Server(socket_name=socket_name)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _run(self, action: str, session: str, *args: str) -> list[str]:
+        """Run one tmux invocation; `_SEP` items separate commands, other args are escaped."""
+        argv = [a if a is _SEP else _escape(a) for a in args]
+        proc = self.server.cmd(*argv)
+        if proc.returncode != 0:
+            detail = " ".join(proc.stderr).strip() or f"exit status {proc.returncode}"
+            if any(m in detail for m in _MISSING):
+                raise SessionMissing(session, self.socket_name)
+            raise TmuxFailed(action, session, detail)
+        return list(proc.stdout)
+
+    def _target(self, session: str, window: str) -> str:
+        return f"={_session_name(session)}:={_window_name(window)}"
+
+    def session(self, name: str) -> libtmux.Session:
+        """The libtmux Session, for callers that want libtmux's object API."""
+        found = self.server.sessions.filter(session_name=_session_name(name))
+        if not found:
+            raise SessionMissing(name, self.socket_name)
+        return found[0]
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def create_session(
+        self,
+        name: str,
+        cwd: str | Path,
+        env: dict[str, str],
+        windows: Sequence[str] = DEFAULT_WINDOWS,
+        command_for_agent: str | None = None,
+    ) -> None:
+        """Create a detached session; the first window runs the assistant, the rest a shell.
+
+        Every pane runs under a waiting `/bin/sh` (see `pausable`), so `pane_pids` are those
+        shells and the assistant is their child.
+
+        `env` becomes the session environment, so every process started in any window (now
+        or later, including respawns) sees it. All of it is one tmux invocation: the agent
+        window has `remain-on-exit` before its command can exit, so a crash leaves its screen.
+        """
+        _session_name(name)
+        if USER_SEPARATOR in name or not windows:
+            raise InvalidName("tmux session name", name, "needs windows and no '+'")
+        if not Path(cwd).is_dir():
+            raise TmuxFailed("create session", name, f"{cwd} is not a directory")
+        first, *rest = [_window_name(w) for w in windows]
+        env_args = [
+            f"-e{_check('env var', k, _ENV_KEY, '[A-Za-z0-9_]')}={v}" for k, v in env.items()
+        ]
+        args = ["set-option", "-g", "history-limit", str(self.history_limit), _SEP]
+        args += ["new-session", "-d", "-s", name, "-n", first, "-c", str(cwd)]
+        args += ["-x", str(self.width), "-y", str(self.height), *env_args]
+        args += pausable(command_for_agent or self.shell)
+        args += [_SEP, "set-option", "-w", "-t", self._target(name, first), "remain-on-exit", "on"]
+        for window in rest:
+            args += [_SEP, "new-window", "-d", "-t", f"={name}:", "-n", window, "-c", str(cwd)]
+            args += pausable(self.shell)
+        self._run("create session", name, *args)
+
+    def has_session(self, name: str) -> bool:
+        return self.server.cmd("has-session", "-t", f"={_session_name(name)}").returncode == 0
+
+    def list_sessions(self, prefix: str = "") -> list[str]:
+        """Names of sessions on this socket that start with `prefix` (none if no server)."""
+        proc = self.server.cmd("list-sessions", "-F", "#{session_name}")
+        if proc.returncode != 0:
+            detail = " ".join(proc.stderr)
+            if any(m in detail for m in _MISSING):
+                return []
+            raise TmuxFailed("list sessions on socket", self.socket_name, detail)
+        return [s for s in proc.stdout if s.startswith(prefix)]
+
+    def kill_session(self, name: str, timeout: float = 2.0) -> None:
+        """Kill a session, its per-user grouped sessions, and every process left in its panes.
+
+        tmux only sends SIGHUP to the panes, and windows stay alive while any session of the
+        group does; so the grouped sessions go too, and what ignores SIGHUP is terminated.
+        """
+        tree = procs.tree(self.pane_pids(name))
+        for user_session in self.list_sessions(prefix=f"{name}{USER_SEPARATOR}"):
+            self.server.cmd("kill-session", "-t", f"={user_session}")
+        self._run("kill session", name, "kill-session", "-t", f"={name}")
+        procs.terminate_processes(tree, timeout, timeout)
+
+    def grouped_session(self, target: str, user: str) -> str:
+        """A session of `target`'s group for one user: same windows, its own current window.
+
+        Idempotent (a user re-attaching gets the same one); `kill_session` of the target
+        removes it too. It is not set to destroy-unattached: tmux would destroy it at once,
+        before any client attached.
+        """
+        _check("user name", user, _NAME, "letters, digits, '_' and '-'")
+        name = f"{_session_name(target)}{USER_SEPARATOR}{user}"
+        if not self.has_session(name):
+            self._run(
+                "create grouped session for",
+                target,
+                "new-session",
+                "-d",
+                "-t",
+                f"={target}",
+                "-s",
+                name,
+            )
+        return name
+
+    def attach_argv(self, session: str) -> list[str]:
+        """The argv a CLI execs to put the user's terminal in the session (nesting allowed)."""
+        tmux = shutil.which("tmux") or "tmux"
+        target = f"={_session_name(session)}"
+        return ["env", "-u", "TMUX", tmux, "-L", self.socket_name, "attach-session", "-t", target]
+
+    # -- panes ----------------------------------------------------------------------------
+
+    def pane_pids(self, session: str) -> list[int]:
+        """The pid of the process in every live pane of every window of the session."""
+        lines = self._run(
+            "list panes of", session,
+            "list-panes", "-s", "-t", f"={_session_name(session)}:",
+            "-F", "#{pane_dead} #{pane_pid}",
+        )  # fmt: skip
+        return [int(pid) for dead, _, pid in (ln.partition(" ") for ln in lines) if dead == "0"]
+
+    def pane_dead(self, session: str, window: str) -> bool:
+        """Whether the window's (active) pane process has exited; see `pane_dead_status`."""
+        return self.pane_dead_status(session, window) is not None
+
+    def pane_dead_status(self, session: str, window: str) -> int | None:
+        """The exit status of a dead pane (kept by remain-on-exit), or None while it runs."""
+        out = self._display(session, window, "#{pane_dead}|#{pane_dead_status}")
+        dead, _, status = out.partition("|")
+        return (int(status) if status else -1) if dead == "1" else None
+
+    def respawn(self, session: str, window: str, command: str | None = None) -> None:
+        """Restart the window's pane (killing what runs there) with `command` or a shell."""
+        args = ["respawn-pane", "-k", "-t", self._target(session, window)]
+        self._run("respawn pane in", session, *args, *pausable(command or self.shell))
+
+    def signal_panes(self, session: str, sig: int) -> list[int]:
+        """Signal every process group under the session's panes (SIGSTOP/SIGCONT to pause).
+
+        The panes' own waiting shells are spared: see `pausable`.
+        """
+        pids = self.pane_pids(session)
+        return procs.signal_groups(pids, sig, spare=pids)
+
+    def _display(self, session: str, window: str, fmt: str) -> str:
+        out = self._run(
+            "read", session, "display-message", "-p", "-t", self._target(session, window), fmt
+        )
+        return out[0] if out else ""
+
+    # -- input and output -----------------------------------------------------------------
+
+    def send_text(self, session: str, window: str, text: str, enter: bool = True) -> None:
+        """Type `text` literally: nothing in it is read as a key name or a tmux command.
+
+        Long text goes through a paste buffer (bracketed paste), since a tmux command is
+        limited to one message of about 16 KB.
+        """
+        target = self._target(session, window)
+        if len(text.encode()) <= SEND_KEYS_MAX:
+            if text:
+                self._run("send text to", session, "send-keys", "-t", target, "-l", "--", text)
+        else:
+            self._paste(session, target, text)
+        if enter:
+            self._run("send Enter to", session, "send-keys", "-t", target, "Enter")
+
+    def _paste(self, session: str, target: str, text: str) -> None:
+        buffer = f"fleet-{os.getpid()}-{id(text)}"
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".txt") as f:
+            f.write(text)
+            f.flush()
+            self._run(
+                "paste text into", session,
+                "load-buffer", "-b", buffer, f.name, _SEP,
+                "paste-buffer", "-d", "-p", "-b", buffer, "-t", target,
+            )  # fmt: skip
+
+    def send_keys(self, session: str, window: str, keys: Sequence[str]) -> None:
+        """Press named keys (`C-c`, `Enter`, `Escape`, `Up`...), in order."""
+        for key in keys:
+            _check("key name", key, _KEY, "a tmux key name such as C-c, Enter or Escape")
+        self._run("send keys to", session, "send-keys", "-t", self._target(session, window), *keys)
+
+    def capture(
+        self, session: str, window: str, lines: int | None = None, with_history: bool = True
+    ) -> str:
+        """The pane's text, wrapped lines joined; with history, the whole scrollback.
+
+        `lines` keeps only the last N non-blank-trailing lines (the prompt end of the screen).
+        """
+        args = ["capture-pane", "-p", "-J", "-t", self._target(session, window)]
+        if with_history:
+            args += ["-S", "-" if lines is None else f"-{lines}"]
+        out = self._run("capture", session, *args)
+        while out and not out[-1].strip():
+            out.pop()
+        return "\n".join(out if lines is None else out[-lines:])
+
+    # -- recording ------------------------------------------------------------------------
+
+    def start_recording(self, session: str, window: str, path: str | Path) -> None:
+        """Pipe everything the pane prints into an asciicast v2 file (`asciinema play`-able).
+
+        A pane already being recorded is left alone, so a re-adopting actor may call this
+        again (`pipe-pane -o` alone would toggle: close the open pipe and open none). The
+        recorder exits when the pane closes the pipe.
+        """
+        target = self._target(session, window)
+        path = Path(path).absolute()
+        if self._display(session, window, "#{pane_pipe}") == "1":
+            return
+        if path.exists():
+            raise TmuxFailed("record", session, f"{path} already exists; choose a new file")
+        size = self._display(session, window, "#{pane_width} #{pane_height}").split()
+        root = str(Path(__file__).resolve().parent.parent)
+        argv = ["env", f"PYTHONPATH={root}", sys.executable, "-m", "infra.asciicast", str(path)]
+        command = shlex.join([*argv, *size])
+        self._run("start recording", session, "pipe-pane", "-o", "-t", target, command)
+
+    def stop_recording(self, session: str, window: str) -> None:
+        self._run("stop recording", session, "pipe-pane", "-t", self._target(session, window))
+
+    def kill_server(self) -> None:
+        """Stop the whole tmux server on this socket (tests, `fleet gc --all`)."""
+        self.server.cmd("kill-server")

@@ -1,0 +1,230 @@
+"""Tmux on a private socket per test: sessions, env, input, output, recording, cleanup."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from infra import procs
+from infra.tmux import Tmux
+from schemas.errors import InvalidName, SessionMissing, TmuxFailed
+from tests.integration.conftest import wait_until
+
+S = "fleet-a1"
+
+
+def _screen_has(tmux: Tmux, window: str, text: str, session: str = S) -> bool:
+    return text in tmux.capture(session, window)
+
+
+def test_session_has_three_windows_and_fleet_env(tmux: Tmux, tmp_path: Path) -> None:
+    agent = "sh -c 'echo agent-sees-$FLEET_AGENT_ID; exec sleep 1000'"
+    tmux.create_session(S, tmp_path, {"FLEET_AGENT_ID": "a1"}, command_for_agent=agent)
+    assert tmux.has_session(S)
+    assert [w.window_name for w in tmux.session(S).windows] == ["agent", "services", "monitor"]
+    wait_until(lambda: _screen_has(tmux, "agent", "agent-sees-a1"), "env in the agent command")
+    tmux.send_text(S, "services", 'echo "services-see-$FLEET_AGENT_ID in $PWD"')
+    wait_until(lambda: _screen_has(tmux, "services", f"services-see-a1 in {tmp_path}"), "env")
+    assert tmux.list_sessions("fleet-") == [S]
+    assert tmux.list_sessions("other-") == []
+
+
+def test_literal_text_arrives_unexpanded(tmux: Tmux, tmp_path: Path) -> None:
+    tmux.create_session(S, tmp_path, {}, command_for_agent="cat")
+    text = "$HOME; echo 'x' Enter C-c -n \\;"
+    tmux.send_text(S, "agent", text)
+    # the tty echoes the line and cat prints it again: two copies, nothing interpreted
+    wait_until(lambda: tmux.capture(S, "agent").count(text) == 2, "the literal text twice")
+    assert str(Path.home()) not in tmux.capture(S, "agent")
+
+
+def test_long_text_goes_through_a_paste_buffer(tmux: Tmux, tmp_path: Path) -> None:
+    text = "\n".join(f"{i:04d}" + "x" * 95 for i in range(101))
+    out = tmp_path / "out.txt"
+    tmux.create_session(S, tmp_path, {}, command_for_agent=f"head -c {len(text) + 1} > {out}")
+    tmux.send_text(S, "agent", text)
+    wait_until(lambda: out.exists() and out.stat().st_size == len(text) + 1, "the whole text")
+    assert out.read_text() == text + "\n"
+
+
+def test_capture_gets_scrollback_and_last_lines(tmux: Tmux, tmp_path: Path) -> None:
+    tmux.create_session(S, tmp_path, {}, command_for_agent="seq -f line-%g 1 300")
+    wait_until(lambda: tmux.pane_dead(S, "agent"), "seq to finish")
+    *everything, tombstone = tmux.capture(S, "agent").splitlines()
+    assert tombstone.startswith("Pane is dead (status 0")  # remain-on-exit's last line
+    assert everything[:2] == ["line-1", "line-2"] and everything[-1] == "line-300"
+    assert "line-1" not in tmux.capture(S, "agent", with_history=False).splitlines()
+    assert tmux.capture(S, "agent", lines=3).splitlines()[:2] == everything[-2:]
+    assert len(tmux.capture(S, "agent", lines=3).splitlines()) == 3
+
+
+def test_dead_agent_keeps_its_screen_and_can_respawn(tmux: Tmux, tmp_path: Path) -> None:
+    tmux.create_session(S, tmp_path, {}, command_for_agent="sh -c 'echo bye; exit 3'")
+    wait_until(lambda: tmux.pane_dead_status(S, "agent") == 3, "the agent to exit with 3")
+    assert "bye" in tmux.capture(S, "agent")
+    assert not tmux.pane_dead(S, "services")
+    tmux.respawn(S, "agent", "sh -c 'echo again; exec sleep 1000'")
+    wait_until(lambda: _screen_has(tmux, "agent", "again"), "the respawned agent")
+    assert tmux.pane_dead_status(S, "agent") is None
+
+
+def test_pane_pids_are_the_live_pane_processes(tmux: Tmux, tmp_path: Path) -> None:
+    tmux.create_session(S, tmp_path, {}, command_for_agent="sleep 1000")
+    pids = tmux.pane_pids(S)
+    assert len(pids) == 3
+    assert all(psutil.pid_exists(pid) for pid in pids)
+    children = psutil.Process(pids[0]).children
+    wait_until(lambda: [p.name() for p in children()] == ["sleep"], "the agent under its pane")
+
+
+def _stopped(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _last_tick(tmux: Tmux, window: str, word: str) -> int:
+    lines = [ln for ln in tmux.capture(S, window, lines=5).splitlines() if ln.startswith(word)]
+    return int(lines[-1].split()[1]) if lines else 0
+
+
+@pytest.mark.parametrize("window", ["agent", "services"])
+def test_sigstop_pauses_and_sigcont_resumes(tmux: Tmux, tmp_path: Path, window: str) -> None:
+    """In a command (agent) and as a job of an interactive shell (services)."""
+    loop = "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.02; done"
+    tmux.create_session(S, tmp_path, {}, command_for_agent=f"sh -c '{loop}'")
+    if window == "services":
+        tmux.send_text(S, window, loop)
+    wait_until(lambda: _last_tick(tmux, window, "tick") > 3, "the loop to count")
+    pids = tmux.pane_pids(S)
+    tmux.signal_panes(S, signal.SIGSTOP)
+    under_panes = [p for p in procs.tree(pids) if p.pid not in pids]
+    wait_until(lambda: all(_stopped(p) for p in under_panes), "every process to stop")
+    paused = _last_tick(tmux, window, "tick")
+    assert _last_tick(tmux, window, "tick") == paused
+    tmux.signal_panes(S, signal.SIGCONT)
+    wait_until(lambda: _last_tick(tmux, window, "tick") > paused + 3, "the loop to count on")
+    assert "Stopped" not in tmux.capture(S, window)
+
+
+def test_terminate_tree_ends_a_pane_that_ignores_sigterm(tmux: Tmux, tmp_path: Path) -> None:
+    agent = "sh -c \"trap '' TERM HUP; sleep 1000 & sleep 1000; wait\""
+    tmux.create_session(S, tmp_path, {}, command_for_agent=agent)
+    pid = tmux.pane_pids(S)[0]
+    wait_until(lambda: len(procs.tree([pid])) == 4, "the pane, the shell and two sleeps")
+    tree = procs.tree([pid])
+    report = procs.terminate_tree([pid], polite_timeout=0.2, term_timeout=5)
+    assert report.terminated == [pid]  # the waiting pane shell; what is under it ignores TERM
+    assert sorted(report.killed) == sorted(p.pid for p in tree if p.pid != pid)
+    assert not any(_alive(p) for p in tree)
+    wait_until(lambda: tmux.pane_dead(S, "agent"), "the pane to be dead")
+
+
+def test_grouped_session_shares_windows(tmux: Tmux, tmp_path: Path) -> None:
+    tmux.create_session(S, tmp_path, {}, command_for_agent="sleep 1000")
+    name = tmux.grouped_session(S, "alice")
+    assert name == f"{S}+alice" and tmux.has_session(name)
+    assert tmux.grouped_session(S, "alice") == name
+    ids = [w.window_id for w in tmux.session(S).windows]
+    assert [w.window_id for w in tmux.session(name).windows] == ids
+    assert tmux.attach_argv(name)[-5:] == [
+        "-L",
+        tmux.socket_name,
+        "attach-session",
+        "-t",
+        "=" + name,
+    ]
+    tmux.kill_session(S)
+    assert tmux.list_sessions() == []
+
+
+def test_kill_session_leaves_no_process(tmux: Tmux, tmp_path: Path) -> None:
+    agent = "sh -c \"trap '' HUP TERM; sleep 1000 & sleep 1000; wait\""
+    tmux.create_session(S, tmp_path, {}, command_for_agent=agent)
+    pids = tmux.pane_pids(S)
+    wait_until(lambda: len(procs.tree(pids)) == 8, "three panes, 3 shells and two sleeps")
+    tree = procs.tree(pids)
+    tmux.kill_session(S)
+    assert not tmux.has_session(S)
+    assert not [p.pid for p in tree if _alive(p)]
+
+
+def test_recording_writes_asciicast_v2(tmux: Tmux, tmp_path: Path) -> None:
+    cast = tmp_path / "services.cast"
+    tmux.create_session(S, tmp_path, {}, command_for_agent="sleep 1000")
+    tmux.start_recording(S, "services", cast)
+    tmux.start_recording(S, "services", cast)  # already recording: a no-op
+    tmux.send_text(S, "services", "printf 'h\\303\\251llo %s\\n' recorded")
+    wait_until(lambda: cast.exists() and "héllo recorded" in _cast_text(cast), "the recording")
+    tmux.stop_recording(S, "services")
+    header = json.loads(cast.read_text().splitlines()[0])
+    assert header["version"] == 2 and (header["width"], header["height"]) == (200, 50)
+    assert isinstance(header["timestamp"], int)
+    with pytest.raises(TmuxFailed, match="already exists"):
+        tmux.start_recording(S, "services", cast)
+
+
+def _cast_text(cast: Path) -> str:
+    events = [json.loads(line) for line in cast.read_text().splitlines()[1:]]
+    assert all(isinstance(t, float | int) and kind == "o" for t, kind, _ in events)
+    return "".join(data for _, _, data in events)
+
+
+def test_recorder_never_splits_a_multibyte_character(tmp_path: Path) -> None:
+    cast = tmp_path / "split.cast"
+    argv = [sys.executable, "-m", "infra.asciicast", str(cast), "80", "24"]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE) as rec:
+        assert rec.stdin is not None
+        rec.stdin.write(b"caf\xc3")
+        rec.stdin.flush()
+        wait_until(lambda: cast.exists() and _cast_text(cast) == "caf", "the first event")
+        rec.stdin.write(b"\xa9 \xff!")
+        rec.stdin.close()
+        assert rec.wait(timeout=10) == 0
+    assert _cast_text(cast) == "café \ufffd!"
+
+
+def test_missing_session_raises_one_sentence(tmux: Tmux, tmp_path: Path) -> None:
+    assert tmux.list_sessions() == []  # no server yet
+    assert not tmux.has_session(S)
+    with pytest.raises(SessionMissing, match=f"no tmux session '{S}'"):
+        tmux.capture(S, "agent")
+    tmux.create_session(S, tmp_path, {}, command_for_agent="sleep 1000")
+    for call in (
+        lambda: tmux.pane_pids("fleet-a"),  # a prefix of S: never matched
+        lambda: tmux.send_text("fleet-b1", "agent", "x"),
+        lambda: tmux.kill_session("fleet-b1"),
+    ):
+        with pytest.raises(SessionMissing):
+            call()
+    with pytest.raises(TmuxFailed, match="duplicate session"):
+        tmux.create_session(S, tmp_path, {})
+    with pytest.raises(TmuxFailed, match="window"):
+        tmux.capture(S, "nosuchwindow")
+
+
+@pytest.mark.parametrize("name", ["a.b", "a:b", "", "a b", "x+y", "-t", "a;b", "é"])
+def test_hostile_names_are_refused(tmux: Tmux, tmp_path: Path, name: str) -> None:
+    with pytest.raises(InvalidName):
+        tmux.create_session(name, tmp_path, {})
+    with pytest.raises(InvalidName):
+        tmux.create_session(S, tmp_path, {}, windows=["agent", name])
+    with pytest.raises(InvalidName):
+        tmux.send_keys(S, "agent", ["Enter", name or " "])
+    with pytest.raises(InvalidName):
+        tmux.create_session(S, tmp_path, {name or " ": "v"})
+    assert tmux.list_sessions() == []
