@@ -1,0 +1,222 @@
+"""Git worktrees for agents: one branch `fleet/<name>` and one directory per agent.
+
+Work is never lost: removing a worktree that has uncommitted changes or unmerged commits
+is refused, and with `force` its whole state (tracked and untracked files) is first
+committed to a ref under `refs/fleet/saved/` through a temporary index, so neither the
+branch nor the worktree's own index moves. The same `save_to_ref` serves checkpoints.
+
+Branch policy for `add`: a new branch `fleet/<name>` is made from `base_ref`. If that
+branch already exists and no worktree has it checked out (an agent that was stopped and
+whose worktree was removed), it is reused as is, and `base_ref` is ignored: its commits
+are the agent's earlier work. If a worktree has it checked out, `add` refuses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import git
+
+from schemas.errors import GitFailed, InvalidName, WorktreeHasWork
+
+BRANCH_PREFIX = "fleet/"
+SAVED_PREFIX = "refs/fleet/saved/"
+_TOKEN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
+_REF = re.compile(r"[^-\s~^:?*\[\\][^\s~^:?*\[\\]*")
+_IDENTITY = {  # used only when the repository has no user configured
+    "GIT_AUTHOR_NAME": "fleetd",
+    "GIT_AUTHOR_EMAIL": "fleetd@localhost",
+    "GIT_COMMITTER_NAME": "fleetd",
+    "GIT_COMMITTER_EMAIL": "fleetd@localhost",
+}
+
+
+@dataclass(frozen=True)
+class WorktreeInfo:
+    """One entry of `git worktree list` that belongs to the fleet."""
+
+    path: Path
+    branch: str | None  # short name, e.g. "fleet/a1"; None when detached
+    head: str
+    agent_id: str | None  # the directory name when it lies under the worktree root
+
+
+def _token(what: str, value: str) -> str:
+    if not _TOKEN.fullmatch(value):
+        raise InvalidName(what, value, "use 1 to 64 letters, digits, '_' and '-', not first")
+    return value
+
+
+def _ref(what: str, value: str) -> str:
+    """A ref or commit name that git can not read as an option or a revision expression."""
+    if not _REF.fullmatch(value):
+        raise InvalidName(what, value, "a git ref or sha: no leading '-', spaces or ~^:?*[\\")
+    return value
+
+
+class Worktrees:
+    """The fleet's worktrees of one repository, kept under `root/<agent_id>`."""
+
+    def __init__(self, repo_path: str | Path, root: str | Path) -> None:
+        try:
+            self.repo = git.Repo(repo_path, search_parent_directories=False)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError) as e:
+            raise GitFailed(
+                "open the repository", str(repo_path), "it is not a git repository"
+            ) from e
+        self.main = Path(self.repo.working_dir)
+        self.root = Path(root).absolute()
+
+    def path_for(self, agent_id: str) -> Path:
+        return self.root / _token("agent id", agent_id)
+
+    def _git(self, action: str, where: str | Path, *args: str, **env: str) -> str:
+        """Run git in `where`; any failure becomes one GitFailed sentence."""
+        try:
+            out: str = git.Git(str(where)).execute(["git", *args], env=env or None)
+        except git.GitCommandError as e:
+            detail = (str(e.stderr or "").strip().splitlines() or [f"exit {e.status}"])[-1]
+            raise GitFailed(action, str(where), detail.removeprefix("stderr: ").strip("' ")) from e
+        return out
+
+    def add(self, agent_id: str, branch: str, base_ref: str) -> Path:
+        """Create the agent's worktree on branch `fleet/<branch>`; return its path."""
+        path = self.path_for(agent_id)
+        full = BRANCH_PREFIX + _token("branch name", branch)
+        where = str(self.main)
+        if path.exists():
+            raise GitFailed("add a worktree", where, f"{path} already exists")
+        if self._branch_exists(full):
+            if full in {w.branch for w in self.list_fleet_worktrees()}:
+                raise GitFailed("add a worktree", where, f"branch {full} is checked out elsewhere")
+            args = ["worktree", "add", str(path), full]
+        else:
+            if not self._resolves(_ref("base ref", base_ref)):
+                raise GitFailed("add a worktree", where, f"base ref {base_ref!r} does not exist")
+            args = ["worktree", "add", "-b", full, str(path), f"{base_ref}^{{commit}}"]
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._git("add a worktree", where, *args)
+        return path
+
+    def is_dirty(self, path: str | Path) -> bool:
+        """Tracked changes (staged or not) or untracked files that are not ignored."""
+        return bool(self._git("read the status", path, "status", "--porcelain", "-uall"))
+
+    def unmerged_commits(self, path: str | Path, base_ref: str) -> int:
+        """Commits on the worktree's HEAD that `base_ref` does not contain."""
+        base = _ref("base ref", base_ref)
+        out = self._git("count commits", path, "rev-list", "--count", f"{base}..HEAD")
+        return int(out)
+
+    def save_to_ref(self, path: str | Path, ref: str) -> str:
+        """Commit the whole worktree (tracked + untracked, not ignored) to `ref`; return its sha.
+
+        A temporary index (a copy of the real one, so unchanged files are not re-hashed) takes
+        `git add -A`; the commit's parent is HEAD. The branch, the real index and the files
+        are untouched.
+        """
+        if not _ref("git ref", ref).startswith("refs/"):
+            raise InvalidName("git ref", ref, "a saved state's ref must start with refs/")
+        self._git("check a ref name", path, "check-ref-format", ref)
+        real_index = Path(self._git("find the index", path, "rev-parse", "--git-path", "index"))
+        real_index = real_index if real_index.is_absolute() else Path(path) / real_index
+        with tempfile.TemporaryDirectory(prefix="fleet-index-") as tmp:
+            index = Path(tmp) / "index"
+            if real_index.exists():
+                shutil.copyfile(real_index, index)
+            env = {"GIT_INDEX_FILE": str(index), **self._identity(path)}
+            self._git("stage the worktree", path, "add", "-A", **env)
+            tree = self._git("write a tree", path, "write-tree", **env)
+        message = f"fleet: saved state of {Path(path).name}"
+        sha = self._git(
+            "commit the state", path, "commit-tree", tree, "-p", "HEAD", "-m", message,
+            **self._identity(path),
+        )  # fmt: skip
+        self._git("store the state", path, "update-ref", ref, sha)
+        return sha
+
+    def remove(
+        self,
+        agent_id: str,
+        force: bool = False,
+        base_ref: str | None = None,
+        delete_branch: bool = False,
+    ) -> str | None:
+        """Remove the agent's worktree; return the saved-state ref when one was written.
+
+        Refused with WorktreeHasWork when it is dirty or has commits `base_ref` (default: the
+        main worktree's HEAD) lacks, unless `force`; then the state is saved first. The branch
+        is kept unless `delete_branch` (its commits stay reachable from the saved ref).
+        """
+        path = self.path_for(agent_id)
+        where = str(self.main)
+        if not path.exists():
+            self._git("prune worktrees", where, "worktree", "prune")
+            return None
+        branch = self._git("read the branch", path, "rev-parse", "--abbrev-ref", "HEAD")
+        dirty = self.is_dirty(path)
+        unmerged = self.unmerged_commits(path, base_ref or self._main_head())
+        saved = None
+        if dirty or unmerged:
+            if not force:
+                raise WorktreeHasWork(agent_id, str(path), dirty, unmerged)
+            saved = f"{SAVED_PREFIX}{agent_id}/{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
+            self.save_to_ref(path, saved)
+        self._git("remove the worktree", where, "worktree", "remove", "--force", str(path))
+        self._git("prune worktrees", where, "worktree", "prune")
+        if delete_branch and branch.startswith(BRANCH_PREFIX):
+            self._git("delete the branch", where, "branch", "-D", branch)
+        return saved
+
+    def list_fleet_worktrees(self) -> list[WorktreeInfo]:
+        """Worktrees on a `fleet/` branch or under the root (for orphan detection)."""
+        out = self._git("list worktrees", self.main, "worktree", "list", "--porcelain")
+        found = []
+        for block in out.strip().split("\n\n"):
+            fields = dict(line.partition(" ")[::2] for line in block.splitlines())
+            path = Path(fields.get("worktree", ""))
+            branch = fields.get("branch", "").removeprefix("refs/heads/") or None
+            under_root = path.parent == self.root
+            if under_root or (branch or "").startswith(BRANCH_PREFIX):
+                agent = path.name if under_root else None
+                found.append(WorktreeInfo(path, branch, fields.get("HEAD", ""), agent))
+        return found
+
+    def list_fleet_branches(self) -> list[str]:
+        """Short names of every `fleet/` branch, with or without a worktree."""
+        out = self._git(
+            "list branches", self.main,
+            "for-each-ref", "--format=%(refname:short)", f"refs/heads/{BRANCH_PREFIX}",
+        )  # fmt: skip
+        return out.splitlines()
+
+    def _branch_exists(self, full: str) -> bool:
+        return self._resolves(f"refs/heads/{full}")
+
+    def _resolves(self, ref: str) -> bool:
+        try:
+            self._git("resolve a ref", self.main, "rev-parse", "--verify", "-q", ref)
+        except GitFailed:
+            return False
+        return True
+
+    def _main_head(self) -> str:
+        return self._git("read HEAD", self.main, "rev-parse", "HEAD")
+
+    def _identity(self, path: str | Path) -> dict[str, str]:
+        """Author/committer env only where neither git config nor env names one (bare CI)."""
+        env: dict[str, str] = {}
+        for key, part in (("user.name", "NAME"), ("user.email", "EMAIL")):
+            try:
+                self._git(f"read {key}", path, "config", key)
+            except GitFailed:
+                for var in (f"GIT_AUTHOR_{part}", f"GIT_COMMITTER_{part}"):
+                    if var not in os.environ:
+                        env[var] = _IDENTITY[var]
+        return env

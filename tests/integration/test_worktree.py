@@ -1,0 +1,131 @@
+"""Worktrees in real repositories: add, dirt, saved state, guarded removal, orphan listing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from infra.worktree import Worktrees
+from schemas.errors import GitFailed, InvalidName, WorktreeHasWork
+from tests.integration.conftest import git
+
+
+@pytest.fixture
+def trees(git_repo: Path, tmp_path: Path) -> Worktrees:
+    return Worktrees(git_repo, tmp_path / "worktrees")
+
+
+def test_add_makes_a_fleet_branch_from_the_base(trees: Worktrees, git_repo: Path) -> None:
+    path = trees.add("a1", "a1", "main")
+    assert path == trees.root / "a1" and (path / "README.md").read_text() == "hello\n"
+    assert git(path, "rev-parse", "--abbrev-ref", "HEAD") == "fleet/a1"
+    assert git(path, "rev-parse", "HEAD") == git(git_repo, "rev-parse", "main")
+    assert trees.list_fleet_branches() == ["fleet/a1"]
+    [info] = trees.list_fleet_worktrees()
+    assert (info.path, info.branch, info.agent_id) == (path, "fleet/a1", "a1")
+    assert not trees.is_dirty(path) and trees.unmerged_commits(path, "main") == 0
+
+
+def test_add_refuses_with_a_sentence(trees: Worktrees, git_repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(GitFailed, match="not a git repository"):
+        Worktrees(tmp_path, tmp_path / "wt")
+    with pytest.raises(GitFailed, match="base ref 'nope' does not exist"):
+        trees.add("a1", "a1", "nope")
+    trees.add("a1", "a1", "main")
+    with pytest.raises(GitFailed, match="already exists"):
+        trees.add("a1", "other", "main")
+    with pytest.raises(GitFailed, match="branch fleet/a1 is checked out"):
+        trees.add("a2", "a1", "main")
+    assert trees.list_fleet_branches() == ["fleet/a1"]
+
+
+def test_is_dirty_sees_tracked_and_untracked_but_not_ignored(trees: Worktrees) -> None:
+    path = trees.add("a1", "a1", "main")
+    (path / "build.log").write_text("ignored\n")
+    assert not trees.is_dirty(path)
+    (path / "new.txt").write_text("untracked\n")
+    assert trees.is_dirty(path)
+    (path / "new.txt").unlink()
+    (path / "README.md").write_text("changed\n")
+    assert trees.is_dirty(path)
+
+
+def test_save_to_ref_keeps_branch_index_and_files(trees: Worktrees) -> None:
+    path = trees.add("a1", "a1", "main")
+    (path / "README.md").write_text("changed\n")
+    (path / "new.txt").write_text("untracked\n")
+    (path / "build.log").write_text("ignored\n")
+    head = git(path, "rev-parse", "HEAD")
+    index_file = Path(git(path, "rev-parse", "--path-format=absolute", "--git-path", "index"))
+    index_before = index_file.read_bytes()
+    status_before = git(path, "status", "--porcelain")
+
+    sha = trees.save_to_ref(path, "refs/fleet/saved/a1/t1")
+
+    assert git(path, "rev-parse", "refs/fleet/saved/a1/t1") == sha
+    assert git(path, "rev-parse", f"{sha}^") == head
+    assert git(path, "show", f"{sha}:new.txt") == "untracked"
+    assert git(path, "show", f"{sha}:README.md") == "changed"
+    assert "build.log" not in git(path, "ls-tree", "--name-only", sha)
+    assert git(path, "rev-parse", "HEAD") == head  # the branch did not move
+    assert index_file.read_bytes() == index_before  # nor did the real index
+    assert git(path, "status", "--porcelain") == status_before
+
+
+def test_remove_refuses_dirty_and_saves_before_force(trees: Worktrees, git_repo: Path) -> None:
+    path = trees.add("a1", "a1", "main")
+    (path / "new.txt").write_text("work in progress\n")
+    with pytest.raises(WorktreeHasWork, match="uncommitted changes; use --force"):
+        trees.remove("a1")
+    assert path.exists()
+    saved = trees.remove("a1", force=True)
+    assert saved is not None and saved.startswith("refs/fleet/saved/a1/")
+    assert not path.exists() and trees.list_fleet_worktrees() == []
+    assert git(git_repo, "show", f"{saved}:new.txt") == "work in progress"
+    assert trees.list_fleet_branches() == ["fleet/a1"]  # kept
+
+
+def test_remove_refuses_unmerged_and_reuses_the_branch(trees: Worktrees, git_repo: Path) -> None:
+    path = trees.add("a1", "a1", "main")
+    (path / "feature.txt").write_text("done\n")
+    git(path, "add", "feature.txt")
+    git(path, "commit", "-q", "-m", "feature")
+    assert trees.unmerged_commits(path, "main") == 1
+    with pytest.raises(WorktreeHasWork, match="1 unmerged commit"):
+        trees.remove("a1")
+    assert trees.remove("a1", base_ref="fleet/a1") is None  # nothing unmerged against itself
+    again = trees.add("a1", "a1", "main")  # the existing branch, with its commit
+    assert (again / "feature.txt").read_text() == "done\n"
+    assert trees.remove("a1", force=True, delete_branch=True) is not None
+    assert trees.list_fleet_branches() == []
+
+
+def test_remove_of_a_vanished_worktree_prunes(trees: Worktrees, git_repo: Path) -> None:
+    path = trees.add("a1", "a1", "main")
+    git(git_repo, "worktree", "remove", str(path))
+    assert trees.remove("a1") is None
+    assert trees.list_fleet_worktrees() == []
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "", "-rf", "a b", "x..y", "é"])
+def test_hostile_names_are_refused(trees: Worktrees, name: str) -> None:
+    with pytest.raises(InvalidName):
+        trees.add(name, "ok", "main")
+    with pytest.raises(InvalidName):
+        trees.add("ok", name, "main")
+    assert not trees.root.exists() or not any(trees.root.iterdir())
+
+
+@pytest.mark.parametrize("ref", ["--exec=x", "main~1", "a b", "HEAD^{tree}", "x:y"])
+def test_hostile_base_refs_are_refused(trees: Worktrees, ref: str) -> None:
+    with pytest.raises(InvalidName):
+        trees.add("a1", "a1", ref)
+
+
+def test_save_to_ref_refuses_bad_refs(trees: Worktrees) -> None:
+    path = trees.add("a1", "a1", "main")
+    with pytest.raises(InvalidName):
+        trees.save_to_ref(path, "HEAD")
+    with pytest.raises(GitFailed):
+        trees.save_to_ref(path, "refs/fleet/bad..ref")
