@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import libtmux
+from libtmux.common import tmux_cmd
+from libtmux.exc import TmuxCommandNotFound
 
 from infra import procs
 from schemas.errors import InvalidName, SessionMissing, TmuxFailed
@@ -98,10 +100,16 @@ class Tmux:
 
     # -- plumbing -------------------------------------------------------------------------
 
+    def _cmd(self, *args: str) -> tmux_cmd:
+        try:
+            return self.server.cmd(*args)
+        except TmuxCommandNotFound as e:
+            raise TmuxFailed("run on socket", self.socket_name, "tmux is not installed") from e
+
     def _run(self, action: str, session: str, *args: str) -> list[str]:
         """Run one tmux invocation; `_SEP` items separate commands, other args are escaped."""
         argv = [a if a is _SEP else _escape(a) for a in args]
-        proc = self.server.cmd(*argv)
+        proc = self._cmd(*argv)
         if proc.returncode != 0:
             detail = " ".join(proc.stderr).strip() or f"exit status {proc.returncode}"
             if any(m in detail for m in _MISSING):
@@ -158,11 +166,11 @@ class Tmux:
         self._run("create session", name, *args)
 
     def has_session(self, name: str) -> bool:
-        return self.server.cmd("has-session", "-t", f"={_session_name(name)}").returncode == 0
+        return self._cmd("has-session", "-t", f"={_session_name(name)}").returncode == 0
 
     def list_sessions(self, prefix: str = "") -> list[str]:
         """Names of sessions on this socket that start with `prefix` (none if no server)."""
-        proc = self.server.cmd("list-sessions", "-F", "#{session_name}")
+        proc = self._cmd("list-sessions", "-F", "#{session_name}")
         if proc.returncode != 0:
             detail = " ".join(proc.stderr)
             if any(m in detail for m in _MISSING):
@@ -178,7 +186,7 @@ class Tmux:
         """
         tree = procs.tree(self.pane_pids(name))
         for user_session in self.list_sessions(prefix=f"{name}{USER_SEPARATOR}"):
-            self.server.cmd("kill-session", "-t", f"={user_session}")
+            self._cmd("kill-session", "-t", f"={user_session}")
         self._run("kill session", name, "kill-session", "-t", f"={name}")
         procs.terminate_processes(tree, timeout, timeout)
 
@@ -325,4 +333,4 @@ class Tmux:
 
     def kill_server(self) -> None:
         """Stop the whole tmux server on this socket (tests, `fleet gc --all`)."""
-        self.server.cmd("kill-server")
+        self._cmd("kill-server")
