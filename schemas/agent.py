@@ -94,7 +94,8 @@ def decide(
 
     def to(target: Lifecycle, verb: str, reason: str = "") -> list[e.AgentEvent]:
         if target not in LIFECYCLE[state.lifecycle]:
-            needs = _either(sources_of(target))
+            # NEW is no state a person can bring an agent to; it never belongs in a sentence.
+            needs = _either(x for x in sources_of(target) if x is not L.NEW)
             raise InvalidTransition(state.agent_id, verb, state.lifecycle.value, needs)
         return [
             e.LifecycleChanged(
