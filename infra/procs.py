@@ -19,6 +19,7 @@ import psutil
 from schemas.errors import ProcessesSurvived
 
 _GONE = (psutil.NoSuchProcess, ProcessLookupError)
+STOP_WAIT = 1.0  # seconds to wait for one group to stop before stopping the next
 
 
 @dataclass(frozen=True)
@@ -50,33 +51,54 @@ def tree(pids: Iterable[int]) -> list[psutil.Process]:
 def signal_groups(pids: Iterable[int], sig: int, spare: Iterable[int] = ()) -> list[int]:
     """Send `sig` to every process group in the pids' trees; return the groups signalled.
 
-    Groups are stopped parents first and continued children first: a job-control shell that
-    saw its job stop while itself still running would print "Stopped" and abandon the job.
-    `spare` pids are never signalled and their groups are signalled process by process:
-    tmux answers a stop of its own child (a pane process) with SIGCONT to that child's
-    group, so pane processes must be spared (see `Tmux.signal_panes`). Our own group is
-    likewise never signalled as a group.
+    Groups are stopped parents first, each one stopped before the next, and continued
+    children first: a job-control shell that is still running when its job stops would
+    print "Stopped" and abandon the job. `spare` pids are never signalled and their groups
+    are signalled process by process: tmux answers a stop of its own child (a pane process)
+    with SIGCONT to that child's group, so pane processes must be spared (see
+    `Tmux.signal_panes`). Our own group is likewise never signalled as a group.
     """
     spared = set(spare)
-    groups: dict[int, list[psutil.Process]] = {}
-    for proc in tree(pids):
-        try:
-            groups.setdefault(os.getpgid(proc.pid), []).append(proc)
-        except _GONE:
-            continue
-    order = list(groups)
-    if sig == signal.SIGCONT:
-        order.reverse()
+    groups = _groups_by_depth(tree(pids))
+    order = list(reversed(groups)) if sig == signal.SIGCONT else list(groups)
     for pgid in order:
         members = groups[pgid]
         if pgid == os.getpgrp() or any(p.pid in spared for p in members):
             _send([p for p in members if p.pid not in spared], sig)
-            continue
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            pass  # the whole group exited meanwhile: nothing left to signal
+        else:
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                continue  # the whole group exited meanwhile: nothing left to signal
+        if sig == signal.SIGSTOP:
+            _wait_stopped([p for p in members if p.pid not in spared], STOP_WAIT)
     return order
+
+
+def _groups_by_depth(processes: list[psutil.Process]) -> dict[int, list[psutil.Process]]:
+    """Process groups ordered by the depth of their shallowest member in the tree."""
+    depth: dict[int, int] = {}
+    groups: dict[int, list[psutil.Process]] = {}
+    for proc in processes:  # tree() lists every parent before its children
+        try:
+            depth[proc.pid] = depth.get(proc.ppid(), -1) + 1
+            groups.setdefault(os.getpgid(proc.pid), []).append(proc)
+        except _GONE:
+            continue
+    shallowest = {g: min(depth[p.pid] for p in members) for g, members in groups.items()}
+    return {g: groups[g] for g in sorted(groups, key=shallowest.__getitem__)}
+
+
+def _wait_stopped(processes: list[psutil.Process], timeout: float) -> None:
+    """Poll until every process is stopped or gone (a stop is delivered asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if all(not _alive(p) or p.status() == psutil.STATUS_STOPPED for p in processes):
+                return
+        except _GONE:
+            continue
+        time.sleep(0.001)
 
 
 def terminate_tree(

@@ -178,7 +178,7 @@ class Tmux:
             raise TmuxFailed("list sessions on socket", self.socket_name, detail)
         return [s for s in proc.stdout if s.startswith(prefix)]
 
-    def kill_session(self, name: str, timeout: float = 2.0) -> None:
+    def kill_session(self, name: str, timeout: float = 1.0) -> None:
         """Kill a session, its per-user grouped sessions, and every process left in its panes.
 
         tmux only sends SIGHUP to the panes, and windows stay alive while any session of the

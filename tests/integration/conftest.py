@@ -6,6 +6,7 @@ how long anything takes.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 import uuid
@@ -17,6 +18,7 @@ import pytest
 
 from infra import procs
 from infra.tmux import Tmux
+from schemas.errors import SessionMissing
 
 T = TypeVar("T")
 
@@ -41,10 +43,13 @@ def tmux_socket() -> Iterator[str]:
     name = f"fleet-test-{uuid.uuid4().hex[:12]}"
     yield name
     tmux = Tmux(name)
-    pids = [pid for s in tmux.list_sessions() for pid in tmux.pane_pids(s)]
+    pids: list[int] = []
+    for session in tmux.list_sessions():
+        with contextlib.suppress(SessionMissing):  # its last window may exit meanwhile
+            pids += tmux.pane_pids(session)
     tree = procs.tree(pids)
     tmux.kill_server()
-    procs.terminate_processes(tree, 1.0, 5.0)
+    procs.terminate_processes(tree, 0.2, 5.0)
 
 
 @pytest.fixture

@@ -54,13 +54,13 @@ def test_long_text_goes_through_a_paste_buffer(tmux: Tmux, tmp_path: Path) -> No
 
 
 def test_capture_gets_scrollback_and_last_lines(tmux: Tmux, tmp_path: Path) -> None:
-    tmux.create_session(S, tmp_path, {}, command_for_agent="seq -f line-%g 1 300")
-    wait_until(lambda: tmux.pane_dead(S, "agent"), "seq to finish")
-    *everything, tombstone = tmux.capture(S, "agent").splitlines()
-    assert tombstone.startswith("Pane is dead (status 0")  # remain-on-exit's last line
-    assert everything[:2] == ["line-1", "line-2"] and everything[-1] == "line-300"
+    agent = "sh -c 'seq -f line-%g 1 300; exec sleep 1000'"
+    tmux.create_session(S, tmp_path, {}, command_for_agent=agent)
+    wait_until(lambda: tmux.capture(S, "agent").endswith("line-300"), "seq to finish")
+    everything = tmux.capture(S, "agent").splitlines()
+    assert everything == [f"line-{i}" for i in range(1, 301)]
     assert "line-1" not in tmux.capture(S, "agent", with_history=False).splitlines()
-    assert tmux.capture(S, "agent", lines=3).splitlines()[:2] == everything[-2:]
+    assert tmux.capture(S, "agent", lines=3).splitlines() == everything[-3:]
     assert len(tmux.capture(S, "agent", lines=3).splitlines()) == 3
 
 
