@@ -199,9 +199,9 @@ def _observe(
         raise InvalidTransition(
             state.agent_id, "observe activity of", state.lifecycle.value, "RUNNING"
         )
-    if act is state.activity and detail == state.activity_detail:
-        return []
-    if act is not state.activity and act not in ACTIVITY[state.activity]:
+    if act is state.activity and (detail == state.activity_detail or act not in ACTIVITY[act]):
+        return []  # nothing new, or a new detail that only matters while waiting
+    if act not in ACTIVITY[state.activity]:
         sources = [a for a in Activity if act in ACTIVITY[a]]
         raise InvalidTransition(
             state.agent_id, f"mark {act.value}", state.activity.value, _either(sources)

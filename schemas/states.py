@@ -43,9 +43,10 @@ ACTIVITY: dict[Activity, frozenset[Activity]] = {
     A.READY: frozenset({A.WORKING, A.AWAITING_INPUT, A.VALIDATING, A.LOGIN_REQUIRED}),
     A.WORKING: frozenset({A.READY, A.AWAITING_INPUT, A.VALIDATING, A.LOGIN_REQUIRED}),
     A.VALIDATING: frozenset({A.READY, A.WORKING, A.AWAITING_INPUT, A.LOGIN_REQUIRED}),
-    # Validation follows work; a waiting agent first resumes work.
-    A.AWAITING_INPUT: frozenset({A.READY, A.WORKING, A.LOGIN_REQUIRED}),
-    A.LOGIN_REQUIRED: frozenset({A.READY, A.WORKING, A.AWAITING_INPUT}),
+    # Validation follows work; a waiting agent first resumes work. A waiting agent that asks
+    # a new question stays waiting: the new question is recorded (a person must see it).
+    A.AWAITING_INPUT: frozenset({A.AWAITING_INPUT, A.READY, A.WORKING, A.LOGIN_REQUIRED}),
+    A.LOGIN_REQUIRED: frozenset({A.LOGIN_REQUIRED, A.READY, A.WORKING, A.AWAITING_INPUT}),
 }
 
 # Activity is observed only while the assistant can be seen working.

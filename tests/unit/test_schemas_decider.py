@@ -93,12 +93,10 @@ def check_transition(state: AgentState, event: e.AgentEvent) -> None:
         assert event.to in LIFECYCLE[event.frm], f"{event.frm} -> {event.to} is not in LIFECYCLE"
     elif isinstance(event, e.ActivityChanged):
         assert event.frm is state.activity
+        assert event.to in ACTIVITY[event.frm], f"{event.frm} -> {event.to} is not in ACTIVITY"
         if event.to is event.frm:
-            # Not a transition but a detail update (a new question while waiting): decide
-            # records it only when the detail changed. An audit must read it the same way.
+            # A waiting agent's new question: recorded only when the detail changed.
             assert event.detail != state.activity_detail, "an ActivityChanged that changes nothing"
-        else:
-            assert event.to in ACTIVITY[event.frm], f"{event.frm} -> {event.to} is not in ACTIVITY"
 
 
 # Commands that move an agent on from each lifecycle. Half the draws come from here, so runs

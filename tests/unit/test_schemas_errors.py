@@ -135,7 +135,7 @@ def test_attach_with_an_unsafe_user() -> None:
 
 
 def test_a_new_question_while_waiting_is_recorded_as_a_detail_update() -> None:
-    """Same activity, new detail: recorded with from == to (not a transition of the table)."""
+    """Same waiting activity, new question: recorded (the table allows waiting -> waiting)."""
     waiting = run(*RUNNING, c.ObserveActivity(activity=Activity.AWAITING_INPUT, detail="y/n?"))
     again = c.ObserveActivity(activity=Activity.AWAITING_INPUT, detail="Overwrite file? y/n")
     [event] = decide(waiting, again, now=NOW, new_id=lambda: "e9")
@@ -144,6 +144,12 @@ def test_a_new_question_while_waiting_is_recorded_as_a_detail_update() -> None:
     assert evolve(waiting, event).activity_detail == "Overwrite file? y/n"
     same = c.ObserveActivity(activity=Activity.AWAITING_INPUT, detail="y/n?")
     assert decide(waiting, same, now=NOW, new_id=lambda: "e9") == []
+
+
+def test_a_new_detail_while_working_is_not_recorded() -> None:
+    working = run(*RUNNING, c.ObserveActivity(activity=Activity.WORKING, detail="Reading files"))
+    again = c.ObserveActivity(activity=Activity.WORKING, detail="Writing tests")
+    assert decide(working, again, now=NOW, new_id=lambda: "e9") == []
 
 
 def test_stop_twice_changes_nothing() -> None:

@@ -1,0 +1,31 @@
+"""Run benchmark groups: `python -m tests.perf [GROUP ...]` (all groups when none is named)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+
+GROUPS = {"eventstore": "tests.perf.bench_eventstore"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="just bench")
+    parser.add_argument("groups", nargs="*", help=f"one of: {', '.join(GROUPS)} (default: all)")
+    args = parser.parse_args()
+    names = [g for g in args.groups if g] or list(GROUPS)
+    unknown = [g for g in names if g not in GROUPS]
+    if unknown:
+        print(
+            f"unknown benchmark group {unknown[0]!r}; groups: {', '.join(GROUPS)}", file=sys.stderr
+        )
+        return 2
+    for name in names:
+        module = importlib.import_module(GROUPS[name])
+        asyncio.run(module.main())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
