@@ -44,6 +44,18 @@ def _port(name: str, raw: str | None, default: int) -> int:
     return port
 
 
+def _count(name: str, raw: str | None, default: int) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidSetting(name, raw, "it must be a whole number, e.g. 4") from None
+    if value < 0:
+        raise InvalidSetting(name, raw, "it cannot be negative")
+    return value
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything fleetd reads from the environment, read once and then passed around."""
@@ -53,6 +65,9 @@ class Settings:
     ray_address: str | None = None  # None: `fleet up` starts a local Ray
     gateway_port: int = DEFAULT_GATEWAY_PORT
     worktree_root: Path | None = None  # None: `<state_dir>/worktrees`
+    tmux_socket: str = "fleetd"  # the fleet's own tmux server (`tmux -L fleetd`)
+    pool_size: int = 2  # warm agent actors kept ready per fleet
+    max_agents: int = 200
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -69,6 +84,9 @@ class Settings:
                 "FLEET_GATEWAY_PORT", values.get("FLEET_GATEWAY_PORT"), DEFAULT_GATEWAY_PORT
             ),
             worktree_root=Path(worktrees).expanduser() if worktrees else None,
+            tmux_socket=values.get("FLEET_TMUX_SOCKET", "fleetd"),
+            pool_size=_count("FLEET_POOL_SIZE", values.get("FLEET_POOL_SIZE"), 2),
+            max_agents=_count("FLEET_MAX_AGENTS", values.get("FLEET_MAX_AGENTS"), 200),
         )
 
     @property
