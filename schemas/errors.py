@@ -204,3 +204,36 @@ class ProcessesSurvived(FleetError):
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
         super().__init__(f"processes {pids} are still alive after SIGKILL")
+
+
+class TooManyAgents(FleetError):
+    code = "too_many_agents"
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(
+            f"the fleet already has its maximum of {limit} agents; stop and remove one first "
+            "(or raise FLEET_MAX_AGENTS)"
+        )
+
+
+class UnknownTemplate(FleetError):
+    """A template name that is neither built in nor stored."""
+
+    code = "unknown_template"
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name, self.known = name, known
+        listed = ", ".join(known[:-1]) + f" and {known[-1]}" if len(known) > 1 else "".join(known)
+        super().__init__(f"there is no template {name!r}; the known ones are {listed}")
+
+
+class RemoteError(FleetError):
+    """An error that an actor or service replied with (or a request nobody answered in time),
+    carried to the caller with its wire code."""
+
+    code = "remote_error"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -6,13 +6,12 @@ with one sentence instead of an exception escaping a handler.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
 from schemas.errors import BadRequest, FleetError, PayloadTooLarge
 
-T = TypeVar("T")
 MAX_REQUEST_BYTES = 64 * 1024
 
 
@@ -44,8 +43,8 @@ def unexpected(error_id: str) -> bytes:
     return _encoder.encode(ErrorReply(body))
 
 
-def decode_request(data: bytes, type_: type[T], what: str = "request") -> T:
-    """Decode `data` as `type_`, turning every failure into one sentence."""
+def decode_request(data: bytes, type_: Any, what: str = "request") -> Any:
+    """Decode `data` as `type_` (a Struct or a union of them); every failure is one sentence."""
     if len(data) > MAX_REQUEST_BYTES:
         raise PayloadTooLarge(what, len(data), MAX_REQUEST_BYTES)
     try:

@@ -16,7 +16,8 @@ SNAPSHOTS_BUCKET = "fleet_snapshots"
 REGISTRY_BUCKET = "fleet_registry"
 PORTS_BUCKET = "fleet_ports"
 TEMPLATES_BUCKET = "fleet_templates"
-BUCKETS = (SNAPSHOTS_BUCKET, REGISTRY_BUCKET, PORTS_BUCKET, TEMPLATES_BUCKET)
+SLOTS_BUCKET = "fleet_slots"  # warm-pool actor slot -> the agent it was bound to
+BUCKETS = (SNAPSHOTS_BUCKET, REGISTRY_BUCKET, PORTS_BUCKET, TEMPLATES_BUCKET, SLOTS_BUCKET)
 
 _ROOT = "fleet"
 ALL_EVENTS = f"{_ROOT}.evt.>"

@@ -1,7 +1,8 @@
 """`fleet up`: the composition root that starts fleetd's parts in order and stops them in reverse.
 
-For now the parts are NATS (the embedded server, or `FLEET_NATS_URL`) with its streams and
-buckets; later issues add Ray, the supervisor, the services and the gateway here. Once ready
+The parts: NATS (the embedded server, or `FLEET_NATS_URL`) with its streams and buckets, Ray
+(local, or `FLEET_RAY_ADDRESS`) and the supervisor actor, which re-adopts every agent the log
+knows; later issues add the services and the gateway here. Once ready
 it writes the state file so every other `fleet` command can find it, and it runs until
 SIGINT or SIGTERM. A flock on `<state_dir>/fleet.lock` keeps a second `fleet up` off the
 same state dir; the kernel releases it if this process dies, so a crash never wedges it.
@@ -26,7 +27,10 @@ from typing import TextIO
 import msgspec
 
 import infra.nats
-from infra import natsserver
+from actors import supervisor
+from actors.agent import AgentConfig
+from actors.supervisor import FleetConfig
+from infra import natsserver, raycluster
 from infra.config import (
     FleetState,
     Settings,
@@ -122,18 +126,36 @@ async def _bring_up(settings: Settings, stack: AsyncExitStack) -> FleetState:
     nc = await infra.nats.connect(url, name="fleet-up")
     stack.push_async_callback(nc.close)
     await infra.nats.ensure_streams(nc.jetstream())
+    ray_address = await asyncio.to_thread(raycluster.start, settings.ray_address)
+    stack.callback(raycluster.stop)
+    await _start_supervisor(settings, url)
     state = FleetState(
         pid=os.getpid(),
         state_dir=str(settings.state_dir),
         nats_url=url,
         nats_pid=server.pid if server else None,
         started_at=now_utc(),
+        ray_address=ray_address,
     )
     write_state(settings.state_file, state)
     stack.callback(remove_state, settings.state_file)
     if server is not None:  # watched only once the state file exists, so a restart can update it
         stack.push_async_callback(_cancel, _supervise(server, settings, state))
     return state
+
+
+async def _start_supervisor(settings: Settings, nats_url: str) -> None:
+    """The supervisor actor (it re-finds every agent the log knows); waits until it answers."""
+    agent = AgentConfig(
+        nats_url=nats_url,
+        state_dir=str(settings.state_dir),
+        worktree_root=str(settings.worktrees),
+        tmux_socket=settings.tmux_socket,
+    )
+    config = FleetConfig(agent=agent, pool_size=settings.pool_size, max_agents=settings.max_agents)
+    handle = supervisor.start(config)
+    agents = await handle.known.remote()
+    log.info("supervisor up; %d agent(s) re-adopted", len(agents))
 
 
 @contextlib.contextmanager

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,3 +40,107 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in ("FLEET_NATS_URL", "FLEET_RAY_ADDRESS", "FLEET_GATEWAY_PORT"):
         monkeypatch.delenv(name, raising=False)
     return path
+
+
+# -- a whole fleet: real nats-server, real Ray, the supervisor, a private tmux socket ---------
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """One local Ray for the whole run (it takes seconds to start); tests use namespaces."""
+    from infra import raycluster
+
+    address = raycluster.start(None, num_cpus=2)
+    try:
+        yield address
+    finally:
+        raycluster.stop()
+
+
+@dataclass
+class Fleet:
+    """A running fleet for one test: where it listens, and how the CLI finds it."""
+
+    nats_url: str
+    state_dir: Path
+    worktree_root: Path
+    tmux_socket: str
+    namespace: str
+    supervisor: Any
+    env: dict[str, str]
+
+    def config(self) -> Any:
+        from actors.agent import AgentConfig
+        from actors.supervisor import FleetConfig
+
+        agent = AgentConfig(
+            nats_url=self.nats_url,
+            state_dir=str(self.state_dir),
+            worktree_root=str(self.worktree_root),
+            tmux_socket=self.tmux_socket,
+            namespace=self.namespace,
+            polite_timeout_s=2.0,
+            term_timeout_s=2.0,
+            monitor_period_s=0.2,
+        )
+        return FleetConfig(agent=agent, pool_size=1, max_agents=20)
+
+
+def _fleet_down(fleet: Fleet) -> None:
+    import ray
+    from ray.util import list_named_actors
+
+    for found in list_named_actors(all_namespaces=True):
+        if found.get("namespace") == fleet.namespace:
+            with contextlib.suppress(Exception):
+                ray.kill(ray.get_actor(found["name"], namespace=fleet.namespace), no_restart=True)
+    subprocess.run(
+        ["tmux", "-L", fleet.tmux_socket, "kill-server"], capture_output=True, check=False
+    )
+
+
+@pytest.fixture
+def fleet(
+    ray_cluster: str, nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Fleet]:
+    """nats-server + Ray + supervisor + private tmux socket, and a state file for the CLI."""
+    import ray
+
+    from actors import supervisor
+    from infra.config import FleetState, Settings, now_utc, write_state
+
+    tag = uuid.uuid4().hex[:8]
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    env = {
+        "FLEET_STATE_DIR": str(state_dir),
+        "FLEET_TMUX_SOCKET": f"fleet-test-{tag}",
+        "FLEET_WORKTREE_ROOT": str(tmp_path / "worktrees"),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    fleet = Fleet(
+        nats_url=nats_server.url,
+        state_dir=state_dir,
+        worktree_root=tmp_path / "worktrees",
+        tmux_socket=env["FLEET_TMUX_SOCKET"],
+        namespace=f"test-{tag}",
+        supervisor=None,
+        env={**os.environ, **env},
+    )
+    fleet.supervisor = supervisor.start(fleet.config())
+    ray.get(fleet.supervisor.known.remote(), timeout=60)
+    settings = Settings.from_env()
+    state = FleetState(
+        pid=os.getpid(),
+        state_dir=str(state_dir),
+        nats_url=nats_server.url,
+        nats_pid=nats_server.pid,
+        started_at=now_utc(),
+        ray_address=ray_cluster,
+    )
+    write_state(settings.state_file, state)
+    try:
+        yield fleet
+    finally:
+        _fleet_down(fleet)

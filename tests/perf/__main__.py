@@ -7,7 +7,7 @@ import asyncio
 import importlib
 import sys
 
-GROUPS = {"eventstore": "tests.perf.bench_eventstore"}
+GROUPS = {"eventstore": "tests.perf.bench_eventstore", "spawn": "tests.perf.bench_spawn"}
 
 
 def main() -> int:

@@ -1,0 +1,271 @@
+"""The agent actor: one detached Ray actor per agent, the single writer of that agent's log.
+
+Ray rebuilds a dead actor by running its constructor again, so the constructor *is* recovery:
+it folds the log (snapshot plus tail), re-adopts the tmux session that outlived the old worker
+(or records why it cannot), and answers `fleet.cmd.<id>` again. Every command is decided,
+appended, applied, then acted on; what acting finds out is appended as events too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.errors import KeyNotFoundError
+
+from actors import steps
+from actors.monitor import ActivityMonitor
+from infra.eventstore import EventStore
+from infra.nats import connect
+from infra.tmux import Tmux
+from schemas import commands as c
+from schemas import replies, subjects
+from schemas.agent import AgentState, decide
+from schemas.assistants import profile_for
+from schemas.chain import Position
+from schemas.control import SpawnRequest, view
+from schemas.errors import ConcurrentUpdate, FleetError
+from schemas.events import AgentEvent
+from schemas.states import LIVE, Lifecycle
+
+log = logging.getLogger(__name__)
+
+L = Lifecycle
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """What every agent actor needs to know about the fleet; passed to its constructor."""
+
+    nats_url: str
+    state_dir: str
+    worktree_root: str
+    tmux_socket: str = "fleetd"
+    namespace: str = "fleetd"  # Ray namespace of the fleet's named actors
+    polite_timeout_s: float = 5.0
+    term_timeout_s: float = 3.0
+    monitor_period_s: float = 0.5
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AgentActor:
+    """Created with an agent id (a cold spawn), or bare for the warm pool and bound later."""
+
+    async def __init__(  # type: ignore[misc]  # Ray runs async constructors
+        self, config: AgentConfig, agent_id: str | None = None, slot: str | None = None
+    ) -> None:
+        self.config = config
+        self.tmux = Tmux(config.tmux_socket)
+        self.nc = await connect(config.nats_url, name=f"fleet-agent-{agent_id or 'pool'}")
+        self.store = EventStore(self.nc)
+        self.lock = asyncio.Lock()  # one writer step at a time: decide, append, evolve, act
+        self.state: AgentState = AgentState()
+        self.position = Position()
+        self.sub: Subscription | None = None
+        self.monitor: ActivityMonitor | None = None
+        self.node = _node_id()
+        self.slot = slot
+        if agent_id is None and slot is not None:
+            agent_id = await self._slot_binding()
+        if agent_id is not None:
+            await self.bind(agent_id)
+
+    async def _slot_binding(self) -> str | None:
+        kv = await self.nc.jetstream().key_value(subjects.SLOTS_BUCKET)
+        try:
+            entry = await kv.get(subjects.token(self.slot or "", "slot"))
+        except KeyNotFoundError:
+            return None
+        return (entry.value or b"").decode() or None
+
+    # -- identity and recovery ---------------------------------------------------------------
+
+    async def bind(self, agent_id: str) -> None:
+        """Become the writer of `agent_id`'s log: load it, answer its commands, re-adopt."""
+        if self.state.agent_id:
+            raise FleetError(f"this actor already serves agent {self.state.agent_id}")
+        subjects.token(agent_id)
+        if self.slot is not None:  # written first: a restarted pool actor must find its agent
+            kv = await self.nc.jetstream().key_value(subjects.SLOTS_BUCKET)
+            await kv.put(self.slot, agent_id.encode())
+        loaded = await self.store.load(agent_id)
+        self.state, self.position = loaded.state, loaded.position
+        self.sub = await self.nc.subscribe(subjects.command(agent_id), cb=self._on_command)
+        await self.nc.flush()
+        if self.state.lifecycle is not L.NEW:
+            await self._adopt()
+
+    async def _adopt(self) -> None:
+        """After a restart: carry on with what the log says this agent was doing."""
+        async with self.lock:
+            lifecycle = self.state.lifecycle
+            if lifecycle in (L.RUNNING, L.PAUSED):
+                if self.tmux.has_session(self.state.tmux_session):
+                    self._start_monitor()
+                    return
+                await self._fail("its tmux session is gone (the tmux server died or was killed)")
+            elif lifecycle is L.SPAWNING:
+                await steps.undo_spawn(self)
+                await self._fail("spawning was interrupted by a restart of its actor")
+            elif lifecycle is L.STOPPING:
+                await steps.stop(self, polite=False)
+
+    def agent_id(self) -> str:
+        return self.state.agent_id
+
+    def where(self) -> dict[str, Any]:
+        return {"node": self.node, "pid": os.getpid()}
+
+    # -- the writer's step -------------------------------------------------------------------
+
+    async def execute(self, cmd: c.AgentCommand) -> list[AgentEvent]:
+        """Decide and record one command (the lock must be held). Returns the new events."""
+        events = decide(self.state, cmd, now=now(), new_id=new_id)
+        await self.record(events)
+        return events
+
+    async def record(self, events: list[AgentEvent]) -> None:
+        try:
+            self.state, self.position = await self.store.record(self.state, events, self.position)
+        except ConcurrentUpdate:
+            # Someone else wrote to this agent's log. Reload, so the next command decides on
+            # the truth, and let this one fail with the sentence.
+            loaded = await self.store.load(self.state.agent_id)
+            self.state, self.position = loaded.state, loaded.position
+            raise
+
+    async def _fail(self, reason: str) -> None:
+        self._stop_monitor()
+        await self.execute(c.Fail(reason=reason, by="agent"))
+
+    # -- commands ----------------------------------------------------------------------------
+
+    async def spawn(self, request: SpawnRequest, template_command: str, pooled: bool) -> bytes:
+        """Called by the supervisor once bound: record the agent, bring it up; the reply."""
+        try:
+            await self._spawn(request, template_command)
+        except FleetError as e:
+            return replies.error(e)
+        return replies.ok(agent=self.show(), pooled=pooled)
+
+    async def _spawn(self, request: SpawnRequest, template_command: str) -> None:
+        create = c.Create(
+            name=request.name,
+            template=request.template,
+            repo=request.repo,
+            base_ref=request.base_ref,
+            capabilities=request.capabilities,
+            options=request.options,
+            command=template_command,
+            by=request.by or "user",
+            id=request.id or new_id(),
+        )
+        async with self.lock:
+            await self.execute(create)
+            await steps.bring_up(self)
+
+    async def handle(self, cmd: c.AgentCommand) -> bytes:
+        """Answer one command with the reply bytes; domain refusals raise FleetError."""
+        if self.state.lifecycle is L.NEW or self.state.removed:
+            if not isinstance(cmd, c.Create):
+                raise FleetError(f"there is no agent {self.state.agent_id!r}")
+        match cmd:
+            case c.Show():
+                return replies.ok(agent=self.show())
+            case c.Output(lines=lines, window=window):
+                decide(self.state, cmd, now=now(), new_id=new_id)  # refuses unknown agents
+                return replies.ok(output=await steps.output(self, window, lines))
+        cmd = cmd if cmd.id else _with_id(cmd)
+        async with self.lock:
+            extra = await steps.act(self, cmd)
+        return replies.ok(agent=self.show(), **extra)
+
+    def show(self) -> dict[str, Any]:
+        import msgspec
+
+        shown = view(self.state, seq=self.position.seq, node=self.node, pid=os.getpid())
+        found: dict[str, Any] = msgspec.to_builtins(shown)
+        return found
+
+    async def _on_command(self, msg: Msg) -> None:
+        # Each request gets its own task, so `show` answers while a slow `stop` runs; the
+        # lock keeps the writing commands one at a time.
+        asyncio.get_running_loop().create_task(self._answer(msg))
+
+    async def _answer(self, msg: Msg) -> None:
+        try:
+            cmd: c.AgentCommand = replies.decode_request(msg.data, c.AgentCommand, "command")
+            reply = await self.handle(cmd)
+        except FleetError as e:
+            reply = replies.error(e)
+        except Exception:
+            error_id = new_id()[:12]
+            log.exception("agent %s: command failed (error id %s)", self.state.agent_id, error_id)
+            reply = replies.unexpected(error_id)
+        if msg.reply:
+            await msg.respond(reply)
+        if self.state.removed:
+            await self._retire()
+
+    async def _retire(self) -> None:
+        """A removed agent's actor lets go of everything and ends, for good."""
+        await self.close()
+        if self.slot is not None:
+            kv = await self.nc.jetstream().key_value(subjects.SLOTS_BUCKET)
+            await kv.delete(self.slot)
+        import ray
+
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
+    # -- activity ----------------------------------------------------------------------------
+
+    def _start_monitor(self) -> None:
+        if self.monitor is None and self.state.tmux_session:
+            profile = profile_for(self.state.template)
+            self.monitor = ActivityMonitor(self, profile, self.config.monitor_period_s)
+            self.monitor.start()
+
+    def _stop_monitor(self) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
+            self.monitor = None
+
+    async def close(self) -> None:
+        """Let go of NATS (the tmux session lives on); used before the actor is killed."""
+        self._stop_monitor()
+        if self.sub is not None:
+            await self.sub.unsubscribe()
+            self.sub = None
+        await self.nc.flush()
+
+    def is_live(self) -> bool:
+        return self.state.lifecycle in LIVE
+
+
+def _with_id(cmd: c.AgentCommand) -> c.AgentCommand:
+    import msgspec
+
+    return msgspec.structs.replace(cmd, id=new_id())
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # not inside Ray (unit use): no node to name
+        return ""

@@ -1,0 +1,94 @@
+"""Watching the assistant's screen: activity changes and an assistant that exited.
+
+The agent window is recorded to an asciicast file, so a screen that did not change is seen
+with one `stat` and no tmux call: an idle fleet of 50 agents costs no subprocesses. After the
+recording grows, the screen is captured and classified for a few periods, long enough for
+the debouncer to settle, so a flickering spinner does not flood the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+from schemas.assistants import AssistantProfile, Debouncer, classify, detail
+
+from schemas import commands as c
+from schemas.errors import FleetError
+from schemas.states import Lifecycle
+
+if TYPE_CHECKING:
+    from actors.agent import AgentActor
+
+log = logging.getLogger(__name__)
+SETTLE_WINDOW_S = 3.0  # keep looking this long after the screen last changed
+
+
+class ActivityMonitor:
+    def __init__(self, actor: AgentActor, profile: AssistantProfile, period_s: float) -> None:
+        self.actor = actor
+        self.profile = profile
+        self.period_s = period_s
+        self.debouncer = Debouncer()
+        self.task: asyncio.Task[None] | None = None
+        self._size = -1
+        self._changed_at = time.monotonic()
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.period_s)
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("agent %s: activity check failed", self.actor.state.agent_id)
+
+    def _screen_moved(self) -> bool:
+        path = self.actor.state.recording
+        try:
+            size = os.stat(path).st_size if path else -1
+        except OSError:
+            size = -1
+        now = time.monotonic()
+        if size != self._size or size < 0:
+            self._size, self._changed_at = size, now
+            return True
+        return now - self._changed_at < SETTLE_WINDOW_S
+
+    async def tick(self) -> None:
+        actor = self.actor
+        state = actor.state
+        if state.lifecycle is not Lifecycle.RUNNING or not self._screen_moved():
+            return
+        tmux, session = actor.tmux, state.tmux_session
+        status = await asyncio.to_thread(tmux.pane_dead_status, session, "agent")
+        if status is not None:
+            async with actor.lock:
+                if actor.state.lifecycle is Lifecycle.RUNNING:
+                    await actor._fail(f"the assistant exited with status {status}")
+            return
+        screen = await asyncio.to_thread(tmux.capture, session, "agent", None, False)
+        activity = classify(screen, self.profile)
+        said = detail(screen, self.profile, activity) if activity is not None else ""
+        self.debouncer, change = self.debouncer.observe(activity, said, time.monotonic())
+        if change is None:
+            return
+        async with actor.lock:
+            if actor.state.lifecycle is not Lifecycle.RUNNING:
+                return
+            try:
+                await actor.execute(c.ObserveActivity(activity=change, detail=said, by="agent"))
+            except FleetError as e:  # e.g. a jump the activity table does not allow
+                log.info("agent %s: activity %s not recorded: %s", state.agent_id, change, e)

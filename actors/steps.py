@@ -1,0 +1,291 @@
+"""What an agent actor does in the world, step by step, each outcome recorded as an event.
+
+Every function here runs with the actor's lock held. Blocking calls (git, tmux, waiting for
+processes) go to a thread so the actor keeps answering `show` meanwhile. A step that fails
+undoes what this attempt made, records that, and ends in ERROR with the cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from infra import procs
+from infra.worktree import Worktrees
+from schemas import commands as c
+from schemas import events as e
+from schemas.assistants import profile_for
+from schemas.errors import FleetError, WorktreeHasWork
+from schemas.states import Lifecycle
+
+if TYPE_CHECKING:
+    from actors.agent import AgentActor
+    from infra.tmux import Tmux
+
+L = Lifecycle
+WINDOWS = ("agent", "services", "monitor")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+async def run(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+    """A blocking call (git, tmux, waiting on processes) in a thread, off the actor's loop."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+def session_name(agent_id: str) -> str:
+    return f"fleet-{agent_id}"
+
+
+def _meta(actor: AgentActor, cause: str = "") -> dict[str, Any]:
+    from actors.agent import new_id, now
+
+    return {
+        "agent_id": actor.state.agent_id,
+        "event_id": new_id(),
+        "at": now(),
+        "actor": "agent",
+        "causation": cause,
+    }
+
+
+def worktrees(actor: AgentActor) -> Worktrees:
+    return Worktrees(actor.state.repo, actor.config.worktree_root)
+
+
+def agent_env(actor: AgentActor, worktree: Path) -> dict[str, str]:
+    s = actor.state
+    env = {
+        "FLEET_AGENT_ID": s.agent_id,
+        "FLEET_AGENT_NAME": s.name,
+        "FLEET_NATS_URL": actor.config.nats_url,
+        "FLEET_WORKTREE": str(worktree),
+        "FLEET_TEMPLATE": s.template,
+    }
+    for name, port in s.ports.items():
+        env[f"PORT_{name.upper()}"] = str(port)
+    return env
+
+
+def _head(path: Path) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip()
+
+
+async def bring_up(actor: AgentActor) -> None:
+    """SPAWNING -> worktree -> environment -> tmux session -> assistant -> RUNNING."""
+    s = actor.state
+    session = session_name(s.agent_id)
+    made_worktree = False
+    try:
+        if s.worktree and Path(s.worktree).is_dir():
+            path = Path(s.worktree)  # a restart keeps the agent's worktree and its work
+        else:
+            path = await run(worktrees(actor).add, s.agent_id, s.name, s.base_ref)
+            made_worktree = True
+            ready = e.WorkspaceReady(
+                path=str(path),
+                branch=f"fleet/{s.name}",
+                base_ref=s.base_ref,
+                head=await run(_head, path),
+                **_meta(actor),
+            )
+            await actor.record([ready])
+        if await run(actor.tmux.has_session, session):
+            await run(actor.tmux.kill_session, session)  # a stale one from an older incarnation
+        await run(
+            actor.tmux.create_session,
+            session,
+            path,
+            agent_env(actor, path),
+            WINDOWS,
+            s.command or None,
+        )
+        recording = await _record_windows(actor, session)
+        started = e.SessionStarted(
+            socket=actor.tmux.socket_name,
+            session=session,
+            windows=WINDOWS,
+            recording=recording,
+            **_meta(actor),
+        )
+        await actor.record([started])
+        await actor.execute(c.MarkRunning(by="agent"))
+    except FleetError as err:
+        await undo_spawn(actor, made_worktree=made_worktree)
+        await actor._fail(f"spawn failed: {err}")
+        raise
+    actor._start_monitor()
+
+
+async def _record_windows(actor: AgentActor, session: str) -> str:
+    """Record every window to an asciicast v2 file; return the agent window's file."""
+    folder = Path(actor.config.state_dir) / "recordings" / actor.state.agent_id
+    await run(folder.mkdir, parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")  # unique per incarnation
+    agent_file = ""
+    for window in WINDOWS:
+        path = folder / f"{stamp}-{window}.cast"
+        await run(actor.tmux.start_recording, session, window, path)
+        agent_file = agent_file or str(path)
+    return agent_file
+
+
+async def undo_spawn(actor: AgentActor, *, made_worktree: bool = True) -> None:
+    """Take back what a failed spawn made: its session, and a worktree it created."""
+    s = actor.state
+    session = s.tmux_session or session_name(s.agent_id)
+    if await run(actor.tmux.has_session, session):
+        await run(actor.tmux.kill_session, session)
+        await actor.record(
+            [
+                e.SessionClosed(
+                    socket=actor.tmux.socket_name,
+                    session=session,
+                    reason="spawn undone",
+                    **_meta(actor),
+                )
+            ]
+        )
+    if made_worktree and s.worktree and Path(s.worktree).is_dir():
+        saved = await run(worktrees(actor).remove, s.agent_id, True)
+        await actor.record(
+            [
+                e.WorkspaceRemoved(
+                    path=s.worktree, saved_ref=saved or "", forced=True, **_meta(actor)
+                )
+            ]
+        )
+
+
+async def stop(
+    actor: AgentActor, *, polite: bool, remove_worktree: bool = False, force: bool = False
+) -> None:
+    """STOPPING -> polite quit -> SIGTERM -> SIGKILL of every process tree -> STOPPED."""
+    actor._stop_monitor()
+    s = actor.state
+    reason = s.reason or "stop"
+    try:
+        live = bool(s.tmux_session) and await run(actor.tmux.has_session, s.tmux_session)
+        if live:
+            await _end_session(actor, s.tmux_session, polite)
+        if remove_worktree and s.worktree:
+            await _remove_worktree(actor, force)
+    except FleetError as err:
+        await actor._fail(f"stop failed: {err}")
+        raise
+    await actor.execute(c.MarkStopped(reason=reason, by="agent"))
+
+
+async def _end_session(actor: AgentActor, session: str, polite: bool) -> None:
+    cfg, tmux = actor.config, actor.tmux
+    await run(tmux.signal_panes, session, signal.SIGCONT)  # a paused agent cannot quit
+    if polite:
+        profile = profile_for(actor.state.template)
+        if profile.quit_keys:
+            await run(tmux.send_keys, session, "agent", list(profile.quit_keys))
+        if profile.quit_text:
+            await run(tmux.send_text, session, "agent", profile.quit_text, True)
+        await _wait_for_exit(tmux, session, cfg.polite_timeout_s)
+    pids = await run(tmux.pane_pids, session)
+    term = cfg.term_timeout_s if polite else 0.5
+    await run(procs.terminate_tree, pids, term, cfg.term_timeout_s)
+    await run(tmux.kill_session, session)
+    closed = e.SessionClosed(
+        socket=tmux.socket_name, session=session, reason="stopped", **_meta(actor)
+    )
+    await actor.record([closed])
+
+
+async def _wait_for_exit(tmux: Tmux, session: str, timeout: float) -> None:
+    """Poll until the assistant's pane is dead (tmux has no event to wait on), or time out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await run(tmux.pane_dead, session, "agent"):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def _remove_worktree(actor: AgentActor, force: bool) -> None:
+    s = actor.state
+    saved = await run(worktrees(actor).remove, s.agent_id, force)
+    await actor.record(
+        [e.WorkspaceRemoved(path=s.worktree, saved_ref=saved or "", forced=force, **_meta(actor))]
+    )
+
+
+async def _refuse_if_work(actor: AgentActor, force: bool) -> None:
+    """Removing a worktree with unsaved or unmerged work needs force (checked before deciding)."""
+    s = actor.state
+    if force or not s.worktree or not Path(s.worktree).is_dir():
+        return
+    wt = worktrees(actor)
+    dirty = await run(wt.is_dirty, s.worktree)
+    unmerged = await run(wt.unmerged_commits, s.worktree, s.base_ref)
+    if dirty or unmerged:
+        raise WorktreeHasWork(s.agent_id, s.worktree, dirty, unmerged)
+
+
+async def output(actor: AgentActor, window: str, lines: int) -> str:
+    s = actor.state
+    if not s.tmux_session:
+        return ""
+    return await run(actor.tmux.capture, s.tmux_session, window, max(1, min(lines, 50_000)), True)
+
+
+async def act(actor: AgentActor, cmd: c.AgentCommand) -> dict[str, Any]:
+    """Decide, record and carry out one writing command; return extra reply fields."""
+    tmux, s = actor.tmux, actor.state
+    match cmd:
+        case c.Pause() | c.Resume():
+            await actor.execute(cmd)
+            sig = signal.SIGSTOP if isinstance(cmd, c.Pause) else signal.SIGCONT
+            await run(tmux.signal_panes, s.tmux_session, sig)
+        case c.Stop(remove_worktree=remove, force=force):
+            if remove:
+                await _refuse_if_work(actor, force)
+            if await actor.execute(cmd):
+                await stop(actor, polite=True, remove_worktree=remove, force=force)
+            elif remove and actor.state.lifecycle is L.STOPPED and actor.state.worktree:
+                await _remove_worktree(actor, force)
+        case c.Kill():
+            if await actor.execute(cmd):
+                await stop(actor, polite=False)
+        case c.Restart():
+            await actor.execute(cmd)
+            if actor.state.lifecycle is L.STOPPING:
+                await stop(actor, polite=True)
+                await actor.execute(cmd)
+            await bring_up(actor)
+        case c.Send(text=text, keys=keys, enter=enter):
+            await actor.execute(cmd)
+            if text:
+                await run(tmux.send_text, s.tmux_session, "agent", text, enter and not keys)
+            if keys:
+                await run(tmux.send_keys, s.tmux_session, "agent", list(keys))
+        case c.Attach(user=user, readonly=readonly):
+            await actor.execute(cmd)
+            grouped = await run(tmux.grouped_session, s.tmux_session, user)
+            argv = tmux.attach_argv(grouped) + (["-r"] if readonly else [])
+            return {"session": grouped, "argv": argv}
+        case c.Detach(user=user):
+            if await actor.execute(cmd):
+                grouped = f"{s.tmux_session}+{user}"
+                if await run(tmux.has_session, grouped):
+                    await run(tmux.kill_session, grouped)
+        case c.Remove(force=force):
+            await _refuse_if_work(actor, force)
+            await actor.execute(cmd)
+            if s.worktree and Path(s.worktree).is_dir():
+                await _remove_worktree(actor, True)
+        case _:
+            await actor.execute(cmd)
+    return {}

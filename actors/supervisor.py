@@ -1,0 +1,225 @@
+"""The supervisor actor: spawns agent actors, finds them again, keeps a warm pool.
+
+It answers `fleet.ctl.spawn` and `fleet.ctl.list`. Agent actors are detached and restart on
+their own; the supervisor only has to know where they are. After its own restart (or a new
+`fleet up`) it rebuilds that knowledge from Ray's named actors and the event log: every agent
+the log knows and has not removed gets its actor back, and the actor re-adopts the session.
+
+Warm pool: actors started ahead of need (`fleet:slot:<n>`), bound to an agent at spawn, which
+skips the Ray worker start. A binding is written to KV first, so a pool actor that Ray restarts
+(its constructor runs again without an agent id) finds its agent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import ray
+from nats.aio.msg import Msg
+
+from actors.agent import AgentActor, AgentConfig, new_id
+from infra.eventstore import EventStore
+from infra.nats import connect, ensure_streams
+from schemas import replies, subjects
+from schemas.assistants import profile_for
+from schemas.control import ListRequest, SpawnRequest
+from schemas.errors import AgentExists, FleetError, TooManyAgents
+
+log = logging.getLogger(__name__)
+
+SUPERVISOR = "fleet:supervisor"
+AGENT_PREFIX = "fleet:agent:"
+SLOT_PREFIX = "fleet:slot:"
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    agent: AgentConfig
+    pool_size: int = 2
+    max_agents: int = 200
+    agent_options: dict[str, Any] = field(default_factory=dict)  # e.g. Ray resources
+
+
+def agent_options(name: str, config: FleetConfig) -> dict[str, Any]:
+    # num_cpus=0: an agent actor waits on I/O; the CPU belongs to the assistant it runs.
+    return {
+        "name": name,
+        "namespace": config.agent.namespace,
+        "lifetime": "detached",
+        "max_restarts": -1,
+        "max_concurrency": 100,
+        "num_cpus": 0,
+        "get_if_exists": True,
+        **config.agent_options,
+    }
+
+
+class Supervisor:
+    async def __init__(self, config: FleetConfig) -> None:  # type: ignore[misc]  # Ray runs async constructors
+        self.config = config
+        self.nc = await connect(config.agent.nats_url, name="fleet-supervisor")
+        self.store = EventStore(self.nc)
+        await ensure_streams(self.nc.jetstream())  # idempotent; the log must exist before agents
+        self.actors: dict[str, Any] = {}  # agent id -> actor handle
+        self.pool: list[Any] = []
+        self.reserved: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._filling = False
+        await self.refind()
+        for verb, handler in (("spawn", self._spawn), ("list", self._list)):
+            await self.nc.subscribe(subjects.control(verb), cb=self._answering(handler))
+        await self.nc.flush()
+        self._background(self._fill_pool())
+
+    # -- finding agents ----------------------------------------------------------------------
+
+    async def refind(self) -> list[str]:
+        """Know every live actor again; give back an actor to each agent the log keeps."""
+        namespace = self.config.agent.namespace
+        for name in _named_actors(namespace):
+            handle = ray.get_actor(name, namespace=namespace)
+            if name.startswith(AGENT_PREFIX):
+                self.actors[name.removeprefix(AGENT_PREFIX)] = handle
+            elif name.startswith(SLOT_PREFIX):
+                bound = await handle.agent_id.remote()
+                if bound:
+                    self.actors[bound] = handle
+                else:
+                    self.pool.append(handle)
+        for agent_id in await self.store.agents():
+            if agent_id in self.actors:
+                continue
+            state = (await self.store.load(agent_id)).state
+            if state.agent_id and state.lifecycle.value != "NEW" and not state.removed:
+                self.actors[agent_id] = self._cold(agent_id)
+        await asyncio.gather(*(a.agent_id.remote() for a in self.actors.values()))
+        return sorted(self.actors)
+
+    def _cold(self, agent_id: str) -> Any:
+        remote: Any = ray.remote(AgentActor)
+        options = agent_options(AGENT_PREFIX + agent_id, self.config)
+        return remote.options(**options).remote(self.config.agent, agent_id)
+
+    async def _fill_pool(self) -> None:
+        if self._filling:
+            return
+        self._filling = True
+        try:
+            await self._top_up()
+        finally:
+            self._filling = False
+
+    async def _top_up(self) -> None:
+        while len(self.pool) < self.config.pool_size:
+            slot = SLOT_PREFIX + secrets.token_hex(4)
+            remote: Any = ray.remote(AgentActor)
+            handle = remote.options(**agent_options(slot, self.config)).remote(
+                self.config.agent, None, slot.removeprefix(SLOT_PREFIX)
+            )
+            await handle.agent_id.remote()  # wait until its worker runs
+            self.pool.append(handle)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _answering(self, handler: Any) -> Any:
+        async def on_msg(msg: Msg) -> None:
+            self._background(self._answer(msg, handler))
+
+        return on_msg
+
+    async def _answer(self, msg: Msg, handler: Any) -> None:
+        try:
+            reply = await handler(msg.data)
+        except FleetError as e:
+            reply = replies.error(e)
+        except Exception:
+            error_id = new_id()[:12]
+            log.exception("supervisor request failed (error id %s)", error_id)
+            reply = replies.unexpected(error_id)
+        if msg.reply:
+            await msg.respond(reply)
+
+    async def _spawn(self, data: bytes) -> bytes:
+        req = replies.decode_request(data, SpawnRequest, "spawn request")
+        name = req.name or f"{subjects.token(req.template, 'template')}-{secrets.token_hex(2)}"
+        subjects.token(name, "agent name")
+        profile = profile_for(req.template)
+        if name in self.actors or name in self.reserved or await self.store.last_seq(name):
+            raise AgentExists(name)
+        if len(self.actors) + len(self.reserved) >= self.config.max_agents:
+            raise TooManyAgents(self.config.max_agents)
+        self.reserved.add(name)
+        try:
+            actor, pooled = await self._actor_for(name)
+            req = msgspec.structs.replace(req, name=name)
+            reply: bytes = await actor.spawn.remote(req, req.command or profile.command, pooled)
+            self.actors[name] = actor
+        finally:
+            self.reserved.discard(name)
+        self._background(self._fill_pool())
+        return reply
+
+    async def _actor_for(self, name: str) -> tuple[Any, bool]:
+        """A warm pool actor bound to `name`, else a new one; and whether it was warm."""
+        while self.pool:
+            handle = self.pool.pop()
+            try:
+                await handle.bind.remote(name)
+                return handle, True
+            except ray.exceptions.RayActorError:
+                continue  # a pool actor that died before use
+        return self._cold(name), False
+
+    def pool_size(self) -> int:
+        return len(self.pool)
+
+    async def _list(self, data: bytes) -> bytes:
+        req = replies.decode_request(data or b"{}", ListRequest, "list request")
+        shown = await asyncio.gather(*(a.show.remote() for a in self.actors.values()))
+        if req.removed:
+            from schemas.control import view
+
+            for agent_id in await self.store.agents():
+                if agent_id not in self.actors:
+                    loaded = await self.store.load(agent_id)
+                    shown.append(msgspec.to_builtins(view(loaded.state, seq=loaded.position.seq)))
+        return replies.ok(agents=sorted(shown, key=lambda v: v["id"]))
+
+    def forget(self, agent_id: str) -> None:
+        """Called when an agent is removed: its actor is gone."""
+        self.actors.pop(agent_id, None)
+
+    def known(self) -> list[str]:
+        return sorted(self.actors)
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _named_actors(namespace: str) -> list[str]:
+    from ray.util import list_named_actors
+
+    found: list[Any] = list_named_actors(all_namespaces=True)
+    names = [a["name"] for a in found if isinstance(a, dict) and a.get("namespace") == namespace]
+    return [n for n in names if n.startswith((AGENT_PREFIX, SLOT_PREFIX))]
+
+
+def start(config: FleetConfig) -> Any:
+    """Create (or find) the detached supervisor actor; Ray restarts it if its worker dies."""
+    remote: Any = ray.remote(Supervisor)
+    return remote.options(
+        name=SUPERVISOR,
+        namespace=config.agent.namespace,
+        lifetime="detached",
+        max_restarts=-1,
+        max_concurrency=1000,
+        num_cpus=0,
+        get_if_exists=True,
+    ).remote(config)

@@ -1,0 +1,203 @@
+"""Group `spawn`: warm and cold spawns to RUNNING, 50 cold spawns, stop, idle memory.
+
+Floors, measured in the same run: `git worktree add` plus `tmux new-session -d` from a shell
+(what spawning is, without fleetd), and the memory of an empty Ray actor worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psutil
+import ray
+from nats.aio.client import Client
+
+from actors import supervisor
+from actors.agent import AgentConfig
+from actors.supervisor import FleetConfig
+from infra import procs, raycluster
+from infra.nats import connect, ensure_streams
+from infra.natsserver import NatsServer
+from infra.tmux import Tmux
+from schemas import subjects
+from tests.perf.common import emit, log, p50
+
+WARM, COLD, MANY = 10, 8, 50
+
+
+def make_repo(root: Path) -> Path:
+    repo = root / "repo"
+    repo.mkdir()
+    for args in (
+        ["init", "-q", "-b", "main"],
+        ["config", "user.email", "b@example.com"],
+        ["config", "user.name", "Bench"],
+    ):
+        subprocess.run(["git", *args], cwd=repo, check=True)
+    for i in range(50):
+        (repo / f"file{i}.txt").write_text(f"line {i}\n" * 20)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-qm", "base"], cwd=repo, check=True)
+    return repo
+
+
+def shell_floor(repo: Path, root: Path, socket: str, n: int) -> float:
+    """p50 ms of `git worktree add -b` + `tmux new-session -d`, from a shell."""
+    samples = []
+    for i in range(n):
+        script = (
+            f"git -C {repo} worktree add -q -b floor/{i} {root}/floor{i} HEAD && "
+            f"tmux -L {socket} new-session -d -s floor{i} -c {root}/floor{i}"
+        )
+        t = time.perf_counter()
+        subprocess.run(["sh", "-c", script], check=True, capture_output=True)
+        samples.append((time.perf_counter() - t) * 1000)
+    return p50(samples)
+
+
+async def spawn(nc: Client, repo: Path, name: str) -> dict[str, Any]:
+    payload = msgspec.json.encode({"repo": str(repo), "name": name, "template": "shell"})
+    msg = await nc.request(subjects.control("spawn"), payload, timeout=300)
+    reply: dict[str, Any] = msgspec.json.decode(msg.data)
+    if not reply.get("ok"):
+        raise RuntimeError(f"spawn {name} failed: {reply}")
+    return reply
+
+
+def start_fleet(nats_url: str, root: Path, pool: int, tag: str) -> Any:
+    agent = AgentConfig(
+        nats_url=nats_url,
+        state_dir=str(root / f"state-{tag}"),
+        worktree_root=str(root / f"worktrees-{tag}"),
+        tmux_socket=f"bench-{tag}",
+        namespace=f"bench-{tag}",
+    )
+    handle = supervisor.start(FleetConfig(agent=agent, pool_size=pool, max_agents=500))
+    ray.get(handle.known.remote())
+    return handle
+
+
+async def timed_spawns(
+    nc: Client, repo: Path, prefix: str, n: int, handle: Any, warm: bool
+) -> list[float]:
+    samples = []
+    for i in range(n):
+        if warm:
+            await _pool_ready(handle)
+        t = time.perf_counter()
+        reply = await spawn(nc, repo, f"{prefix}{i}")
+        samples.append((time.perf_counter() - t) * 1000)
+        assert reply["pooled"] is warm, reply["pooled"]
+    return samples
+
+
+async def _pool_ready(handle: Any) -> None:
+    while not await handle.pool_size.remote():
+        await asyncio.sleep(0.05)
+
+
+def empty_actor_uss() -> float:
+    @ray.remote(num_cpus=0)
+    class Empty:
+        def pid(self) -> int:
+            return os.getpid()
+
+    actor = Empty.remote()  # type: ignore[attr-defined]
+    pid = ray.get(actor.pid.remote())
+    time.sleep(1.0)
+    uss = procs.uss_mb([pid])
+    ray.kill(actor)
+    return uss
+
+
+def agent_uss(view: dict[str, Any], socket: str) -> float:
+    """The actor worker plus the session's pane processes, not the assistant itself."""
+    panes = Tmux(socket).pane_pids(view["tmux"]["session"])
+    total = psutil.Process(view["actor"]["pid"]).memory_full_info().uss
+    for pid in panes:
+        total += psutil.Process(pid).memory_full_info().uss  # the waiting /bin/sh wrapper
+    return total / 2**20
+
+
+async def run(nats_url: str, root: Path) -> None:
+    repo = make_repo(root)
+    nc = await connect(nats_url)
+    floor = shell_floor(repo, root, f"floor-{uuid.uuid4().hex[:6]}", WARM)
+    warm_fleet = start_fleet(nats_url, root, 1, "warm")
+    warm = await timed_spawns(nc, repo, "w", WARM, warm_fleet, warm=True)
+    emit("spawn_warm_p50_ms", p50(warm), "ms", floor, "target ratio <= 3")
+    cold_fleet = start_fleet(nats_url, root, 0, "cold")
+    cold = await timed_spawns(nc, repo, "c", COLD, cold_fleet, warm=False)
+    emit("spawn_cold_p50_ms", p50(cold), "ms", floor, "target <= 1000")
+    log(f"spawn: {MANY} cold spawns at once")
+    t = time.perf_counter()
+    await asyncio.gather(*(spawn(nc, repo, f"m{i}") for i in range(MANY)))
+    many = time.perf_counter() - t
+    emit(
+        "spawn_50_cold_s",
+        many,
+        "s",
+        p50(cold) * MANY / 1000,
+        "target <= 40; floor: 50 x one cold spawn",
+    )
+    await _stop_and_memory(nc, repo, root)
+    await nc.close()
+
+
+async def _stop_and_memory(nc: Client, repo: Path, root: Path) -> None:
+    idle = [agent_uss((await _show(nc, f"w{i}"))["agent"], "bench-warm") for i in range(WARM)]
+    emit(
+        "agent_idle_uss_mb",
+        p50(idle),
+        "MB",
+        empty_actor_uss(),
+        "target <= 60; floor: an empty Ray actor",
+    )
+    samples = []
+    for i in range(WARM):
+        t = time.perf_counter()
+        msg = await nc.request(subjects.command(f"w{i}"), b'{"type": "stop"}', timeout=60)
+        samples.append((time.perf_counter() - t) * 1000)
+        assert msgspec.json.decode(msg.data)["agent"]["lifecycle"] == "STOPPED"
+    floor = []
+    for i in range(WARM):
+        t = time.perf_counter()
+        subprocess.run(
+            ["tmux", "-L", "bench-floor", "new-session", "-d", "-s", f"s{i}"], check=True
+        )
+        subprocess.run(["tmux", "-L", "bench-floor", "kill-session", "-t", f"=s{i}"], check=True)
+        floor.append((time.perf_counter() - t) * 1000)
+    emit("stop_p50_ms", p50(samples), "ms", p50(floor), "floor: tmux new-session + kill-session")
+
+
+async def _show(nc: Client, agent_id: str) -> dict[str, Any]:
+    msg = await nc.request(subjects.command(agent_id), b'{"type": "show"}', timeout=30)
+    reply: dict[str, Any] = msgspec.json.decode(msg.data)
+    return reply
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="fleet-bench-spawn-") as tmp:
+        root = Path(tmp)
+        server = NatsServer.start(root / "nats")
+        raycluster.start(None)
+        try:
+            nc = await connect(server.url)
+            await ensure_streams(nc.jetstream())
+            await nc.close()
+            await run(server.url, root)
+        finally:
+            raycluster.stop()
+            for sock in ("bench-warm", "bench-cold", "bench-floor"):
+                subprocess.run(
+                    ["tmux", "-L", sock, "kill-server"], capture_output=True, check=False
+                )
+            server.stop()
