@@ -21,6 +21,8 @@ import msgspec
 
 from infra.config import FleetState, Settings, pid_alive, read_state
 from schemas.errors import FleetError
+from services import cli_agents as agents
+from services import doctor
 
 log = logging.getLogger("fleet.cli")
 
@@ -75,6 +77,20 @@ class Subcommand:
 SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("up", cmd_up, _up_arguments),
     Subcommand("status", cmd_status),
+    Subcommand("spawn", agents.cmd_spawn, agents.spawn_arguments),
+    Subcommand("ls", agents.cmd_ls, agents.ls_arguments, aliases=("list",)),
+    Subcommand("show", agents.cmd_show, agents.id_argument),
+    Subcommand("events", agents.cmd_events, agents.events_arguments),
+    Subcommand("stop", agents.cmd_stop, agents.stop_arguments),
+    Subcommand("pause", agents.cmd_pause, agents.id_argument),
+    Subcommand("resume", agents.cmd_resume, agents.id_argument),
+    Subcommand("restart", agents.cmd_restart, agents.id_argument),
+    Subcommand("kill", agents.cmd_kill, agents.id_argument),
+    Subcommand("send", agents.cmd_send, agents.send_arguments),
+    Subcommand("logs", agents.cmd_logs, agents.logs_arguments),
+    Subcommand("attach", agents.cmd_attach, agents.attach_arguments),
+    Subcommand("doctor", doctor.cmd_doctor),
+    Subcommand("gc", doctor.cmd_gc, doctor.gc_arguments),
 )
 
 
@@ -128,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args)
     except FleetError as e:
         print(f"fleet: {e}", file=sys.stderr)
-        return EXIT_FLEET_ERROR
+        # An unexpected error in a responder is a bug there (its log has the id), not the user's.
+        return EXIT_BUG if e.code == "internal" else EXIT_FLEET_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as e:
