@@ -79,7 +79,8 @@ SHELL = AssistantProfile(
     name="shell",
     command="bash --noprofile --norc -i",
     quit_text="exit",
-    quit_keys=("C-c", "C-d"),  # interrupt a foreground command, then end the shell
+    # Ctrl-D at an empty prompt. Not Ctrl-C first: readline drops the keys typed after it.
+    quit_keys=("C-d",),
     patterns=_patterns(
         waiting=(
             r"(?i)(password|passphrase)[^\n]*:\Z",

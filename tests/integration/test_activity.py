@@ -124,11 +124,20 @@ def test_driven_from_the_prompt(tmux: Tmux, tmp_path: Path) -> None:
     watcher.until(A.READY)
 
 
-def test_double_ctrl_c_quits(tmux: Tmux, tmp_path: Path) -> None:
-    watcher = start(tmux, tmp_path, "claude", "ready")
+@pytest.mark.parametrize("who", ["claude", "aider"])
+def test_quit_keys_end_it(who: str, tmux: Tmux, tmp_path: Path) -> None:
+    watcher = start(tmux, tmp_path, who, "ready")
     watcher.until(A.READY)
-    tmux.send_keys(S, "agent", list(watcher.profile.quit_keys))
+    tmux.send_keys(S, "agent", list(watcher.profile.quit_keys))  # Ctrl-C twice
     exits_cleanly(tmux)
+
+
+def test_quit_keys_end_a_shell(tmux: Tmux, tmp_path: Path) -> None:
+    watcher = Watcher(tmux, BUILTIN["shell"])
+    tmux.create_session(S, tmp_path, {}, command_for_agent=BUILTIN["shell"].command)
+    watcher.until(A.READY)
+    tmux.send_keys(S, "agent", list(BUILTIN["shell"].quit_keys))
+    exits_cleanly(tmux, goodbye="exit")
 
 
 def test_a_shell_prompt_and_a_running_command(tmux: Tmux, tmp_path: Path) -> None:
