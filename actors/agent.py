@@ -52,6 +52,9 @@ class AgentConfig:
     polite_timeout_s: float = 5.0
     term_timeout_s: float = 3.0
     monitor_period_s: float = 0.5
+    # The shell of the services and monitor windows. Without rc files: a user's .bashrc can
+    # take seconds (or hang on a lock) and a fleet starts many of these at once.
+    window_shell: str = "bash --noprofile --norc -i"
 
 
 def new_id() -> str:
@@ -69,7 +72,7 @@ class AgentActor:
         self, config: AgentConfig, agent_id: str | None = None, slot: str | None = None
     ) -> None:
         self.config = config
-        self.tmux = Tmux(config.tmux_socket)
+        self.tmux = Tmux(config.tmux_socket, shell=config.window_shell)
         self.nc = await connect(config.nats_url, name=f"fleet-agent-{agent_id or 'pool'}")
         self.store = EventStore(self.nc)
         self.lock = asyncio.Lock()  # one writer step at a time: decide, append, evolve, act
@@ -139,8 +142,15 @@ class AgentActor:
         return events
 
     async def record(self, events: list[AgentEvent]) -> None:
+        # Shielded: a cancelled caller must not leave the log ahead of this actor's state
+        # (the events would be stored, the position stale, and the next append refused).
+        write = asyncio.ensure_future(self.store.record(self.state, events, self.position))
         try:
-            self.state, self.position = await self.store.record(self.state, events, self.position)
+            try:
+                self.state, self.position = await asyncio.shield(write)
+            except asyncio.CancelledError:
+                self.state, self.position = await write
+                raise
         except ConcurrentUpdate:
             # Someone else wrote to this agent's log. Reload, so the next command decides on
             # the truth, and let this one fail with the sentence.

@@ -14,9 +14,8 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from schemas.assistants import AssistantProfile, Debouncer, classify, detail
-
 from schemas import commands as c
+from schemas.assistants import AssistantProfile, Debouncer, classify, detail
 from schemas.errors import FleetError
 from schemas.states import Lifecycle
 
@@ -32,7 +31,8 @@ class ActivityMonitor:
         self.actor = actor
         self.profile = profile
         self.period_s = period_s
-        self.debouncer = Debouncer()
+        state = actor.state
+        self.debouncer = Debouncer(reported=state.activity, reported_detail=state.activity_detail)
         self.task: asyncio.Task[None] | None = None
         self._size = -1
         self._changed_at = time.monotonic()
@@ -41,12 +41,15 @@ class ActivityMonitor:
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     def stop(self) -> None:
-        if self.task is not None:
+        """End the watch; from inside a tick (the monitor found the assistant dead) the loop
+        ends after it, since cancelling the running tick would cut its own write short."""
+        if self.task is not None and self.task is not asyncio.current_task():
             self.task.cancel()
-            self.task = None
+        self.task = None
 
     async def _run(self) -> None:
-        while True:
+        me = asyncio.current_task()
+        while self.task is me:
             await asyncio.sleep(self.period_s)
             try:
                 await self.tick()
@@ -85,6 +88,7 @@ class ActivityMonitor:
         self.debouncer, change = self.debouncer.observe(activity, said, time.monotonic())
         if change is None:
             return
+        said = self.debouncer.reported_detail
         async with actor.lock:
             if actor.state.lifecycle is not Lifecycle.RUNNING:
                 return

@@ -101,20 +101,15 @@ async def bring_up(actor: AgentActor) -> None:
             await actor.record([ready])
         if await run(actor.tmux.has_session, session):
             await run(actor.tmux.kill_session, session)  # a stale one from an older incarnation
-        await run(
-            actor.tmux.create_session,
-            session,
-            path,
-            agent_env(actor, path),
-            WINDOWS,
-            s.command or None,
-        )
-        recording = await _record_windows(actor, session)
+        recordings = await run(_recording_paths, actor)
+        env = agent_env(actor, path)
+        create = actor.tmux.create_session
+        await run(create, session, path, env, WINDOWS, s.command or None, recordings)
         started = e.SessionStarted(
             socket=actor.tmux.socket_name,
             session=session,
             windows=WINDOWS,
-            recording=recording,
+            recording=str(recordings["agent"]),
             **_meta(actor),
         )
         await actor.record([started])
@@ -126,17 +121,12 @@ async def bring_up(actor: AgentActor) -> None:
     actor._start_monitor()
 
 
-async def _record_windows(actor: AgentActor, session: str) -> str:
-    """Record every window to an asciicast v2 file; return the agent window's file."""
+def _recording_paths(actor: AgentActor) -> dict[str, Path]:
+    """An asciicast file per window, new for each incarnation of the session."""
     folder = Path(actor.config.state_dir) / "recordings" / actor.state.agent_id
-    await run(folder.mkdir, parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")  # unique per incarnation
-    agent_file = ""
-    for window in WINDOWS:
-        path = folder / f"{stamp}-{window}.cast"
-        await run(actor.tmux.start_recording, session, window, path)
-        agent_file = agent_file or str(path)
-    return agent_file
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    return {window: folder / f"{stamp}-{window}.cast" for window in WINDOWS}
 
 
 async def undo_spawn(actor: AgentActor, *, made_worktree: bool = True) -> None:
@@ -189,12 +179,22 @@ async def _end_session(actor: AgentActor, session: str, polite: bool) -> None:
     cfg, tmux = actor.config, actor.tmux
     await run(tmux.signal_panes, session, signal.SIGCONT)  # a paused agent cannot quit
     if polite:
+        # The assistant's own quit first; its quit keys if that was not enough.
         profile = profile_for(actor.state.template)
-        if profile.quit_keys:
-            await run(tmux.send_keys, session, "agent", list(profile.quit_keys))
+        half = cfg.polite_timeout_s / 2
         if profile.quit_text:
             await run(tmux.send_text, session, "agent", profile.quit_text, True)
-        await _wait_for_exit(tmux, session, cfg.polite_timeout_s)
+            if await _wait_for_exit(tmux, session, half):
+                return await _close(actor, session, polite)
+        if profile.quit_keys:
+            await run(tmux.send_keys, session, "agent", list(profile.quit_keys))
+        await _wait_for_exit(tmux, session, half)
+    await _close(actor, session, polite)
+
+
+async def _close(actor: AgentActor, session: str, polite: bool) -> None:
+    """SIGTERM, then SIGKILL, every process left in the session; then the session itself."""
+    cfg, tmux = actor.config, actor.tmux
     pids = await run(tmux.pane_pids, session)
     term = cfg.term_timeout_s if polite else 0.5
     await run(procs.terminate_tree, pids, term, cfg.term_timeout_s)
@@ -205,13 +205,14 @@ async def _end_session(actor: AgentActor, session: str, polite: bool) -> None:
     await actor.record([closed])
 
 
-async def _wait_for_exit(tmux: Tmux, session: str, timeout: float) -> None:
+async def _wait_for_exit(tmux: Tmux, session: str, timeout: float) -> bool:
     """Poll until the assistant's pane is dead (tmux has no event to wait on), or time out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if await run(tmux.pane_dead, session, "agent"):
-            return
+            return True
         await asyncio.sleep(0.05)
+    return False
 
 
 async def _remove_worktree(actor: AgentActor, force: bool) -> None:
@@ -278,9 +279,7 @@ async def act(actor: AgentActor, cmd: c.AgentCommand) -> dict[str, Any]:
             return {"session": grouped, "argv": argv}
         case c.Detach(user=user):
             if await actor.execute(cmd):
-                grouped = f"{s.tmux_session}+{user}"
-                if await run(tmux.has_session, grouped):
-                    await run(tmux.kill_session, grouped)
+                await run(tmux.end_user_session, s.tmux_session, user)
         case c.Remove(force=force):
             await _refuse_if_work(actor, force)
             await actor.execute(cmd)

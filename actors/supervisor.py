@@ -70,6 +70,7 @@ class Supervisor:
         self.reserved: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._filling = False
+        self.pool_target = config.pool_size
         await self.refind()
         for verb, handler in (("spawn", self._spawn), ("list", self._list)):
             await self.nc.subscribe(subjects.control(verb), cb=self._answering(handler))
@@ -115,13 +116,16 @@ class Supervisor:
             self._filling = False
 
     async def _top_up(self) -> None:
-        while len(self.pool) < self.config.pool_size:
+        while len(self.pool) < self.pool_target:
             slot = SLOT_PREFIX + secrets.token_hex(4)
             remote: Any = ray.remote(AgentActor)
             handle = remote.options(**agent_options(slot, self.config)).remote(
                 self.config.agent, None, slot.removeprefix(SLOT_PREFIX)
             )
             await handle.agent_id.remote()  # wait until its worker runs
+            if len(self.pool) >= self.pool_target:  # the target shrank meanwhile
+                ray.kill(handle, no_restart=True)
+                return
             self.pool.append(handle)
 
     # -- requests ----------------------------------------------------------------------------
@@ -176,6 +180,14 @@ class Supervisor:
         return self._cold(name), False
 
     def pool_size(self) -> int:
+        return len(self.pool)
+
+    async def set_pool_size(self, size: int) -> int:
+        """Keep `size` warm actors from now on; surplus ones are ended at once."""
+        self.pool_target = max(0, size)
+        while len(self.pool) > self.pool_target:
+            ray.kill(self.pool.pop(), no_restart=True)
+        await self._fill_pool()
         return len(self.pool)
 
     async def _list(self, data: bytes) -> bytes:

@@ -23,7 +23,7 @@ import shlex
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import libtmux
@@ -136,6 +136,7 @@ class Tmux:
         env: dict[str, str],
         windows: Sequence[str] = DEFAULT_WINDOWS,
         command_for_agent: str | None = None,
+        recordings: Mapping[str, Path] | None = None,
     ) -> None:
         """Create a detached session; the first window runs the assistant, the rest a shell.
 
@@ -163,6 +164,9 @@ class Tmux:
         for window in rest:
             args += [_SEP, "new-window", "-d", "-t", f"={name}:", "-n", window, "-c", str(cwd)]
             args += pausable(self.shell)
+        for window, path in (recordings or {}).items():
+            args += [_SEP, "pipe-pane", "-o", "-t", self._target(name, window)]
+            args.append(self._recorder(path, self.width, self.height))
         self._run("create session", name, *args)
 
     def has_session(self, name: str) -> bool:
@@ -211,6 +215,13 @@ class Tmux:
                 name,
             )
         return name
+
+    def end_user_session(self, target: str, user: str) -> None:
+        """Close one user's grouped session, and only it: its windows (and the processes in
+        them) are the agent's, so nothing in the panes is signalled."""
+        _check("user name", user, _NAME, "letters, digits, '_' and '-'")
+        name = f"{_session_name(target)}{USER_SEPARATOR}{user}"
+        self._cmd("kill-session", "-t", f"={name}")  # gone already is fine
 
     def attach_argv(self, session: str) -> list[str]:
         """The argv a CLI execs to put the user's terminal in the session (nesting allowed)."""
@@ -322,11 +333,19 @@ class Tmux:
             return
         if path.exists():
             raise TmuxFailed("record", session, f"{path} already exists; choose a new file")
-        size = self._display(session, window, "#{pane_width} #{pane_height}").split()
-        root = str(Path(__file__).resolve().parent.parent)
-        argv = ["env", f"PYTHONPATH={root}", sys.executable, "-m", "infra.asciicast", str(path)]
-        command = shlex.join([*argv, *size])
+        width, height = self._display(session, window, "#{pane_width} #{pane_height}").split()
+        command = self._recorder(path, int(width), int(height))
         self._run("start recording", session, "pipe-pane", "-o", "-t", target, command)
+
+    @staticmethod
+    def _recorder(path: Path, width: int, height: int) -> str:
+        """The pipe-pane command: the stdlib-only recorder, run without site (-S) to start fast
+        and stay small, since every window of every agent has one."""
+        path = Path(path).absolute()
+        if path.exists():
+            raise TmuxFailed("record", path.name, f"{path} already exists; choose a new file")
+        script = Path(__file__).resolve().parent / "asciicast.py"
+        return shlex.join([sys.executable, "-S", str(script), str(path), str(width), str(height)])
 
     def stop_recording(self, session: str, window: str) -> None:
         self._run("stop recording", session, "pipe-pane", "-t", self._target(session, window))

@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import psutil
 import pytest
 import ray
@@ -86,7 +87,7 @@ async def test_pause_stops_the_processes_and_resume_continues(
     fleet: Fleet, nc: Client, repo: Path
 ) -> None:
     await spawn(nc, str(repo), "p1")
-    await command(nc, "p1", "send", text="while true; do date +%s%N; sleep 0.05; done")
+    await command(nc, "p1", "send", text="sleep 1000")
     tmux = Tmux(fleet.tmux_socket)
 
     def children() -> list[psutil.Process]:
@@ -267,3 +268,101 @@ async def test_names_are_unique_and_checked(fleet: Fleet, nc: Client, repo: Path
     hostile = await spawn(nc, str(repo), "../etc")
     assert hostile["error"]["code"] == "invalid_name"
     assert "letters, digits" in hostile["error"]["message"]
+
+
+async def test_a_pool_actor_keeps_its_agent_across_a_worker_crash(
+    fleet: Fleet, nc: Client, repo: Path
+) -> None:
+    await until(fleet.supervisor.pool_size.remote, "the warm pool to fill", timeout=30)
+    reply = await spawn(nc, str(repo), "pool1")
+    assert reply["pooled"] is True  # the fixture keeps one warm actor
+    old_pid = reply["agent"]["actor"]["pid"]
+    os.kill(old_pid, signal.SIGKILL)
+
+    async def back() -> dict | None:
+        try:
+            shown = await command(nc, "pool1", "show", timeout=1)
+        except Exception:
+            return None
+        return shown if shown["agent"]["actor"]["pid"] != old_pid else None
+
+    shown = await until(back, "the pool-born actor to come back bound", timeout=10)
+    assert shown["agent"]["lifecycle"] == "RUNNING"
+    assert shown["agent"]["tmux"]["session"] == "fleet-pool1"
+
+
+async def test_every_window_is_recorded_as_asciicast(fleet: Fleet, nc: Client, repo: Path) -> None:
+    await spawn(nc, str(repo), "rec1")
+    await command(nc, "rec1", "send", text="echo recorded-line")
+    folder = fleet.state_dir / "recordings" / "rec1"
+
+    def recorded() -> bool:
+        casts = list(folder.glob("*-agent.cast"))
+        return bool(casts) and "recorded-line" in casts[0].read_text()
+
+    await until(lambda: asyncio.to_thread(recorded), "the agent window's recording")
+    casts = sorted(p.name.split("-", 1)[1] for p in folder.glob("*.cast"))
+    assert casts == ["agent.cast", "monitor.cast", "services.cast"]
+    agent_cast = next(folder.glob("*-agent.cast")).read_text().splitlines()
+    header = msgspec.json.decode(agent_cast[0])
+    assert header["version"] == 2 and header["width"] > 0
+    assert all(msgspec.json.decode(line)[1] == "o" for line in agent_cast[1:])
+
+
+async def _new_supervisor(fleet: Fleet) -> None:
+    """What a fresh `fleet up` does: every actor gone, a new supervisor re-finds the agents."""
+    from ray.util import list_named_actors
+
+    for found in list_named_actors(all_namespaces=True):
+        if found.get("namespace") == fleet.namespace:
+            ray.kill(ray.get_actor(found["name"], namespace=fleet.namespace), no_restart=True)
+    await asyncio.sleep(0.5)
+    from actors import supervisor
+
+    fleet.supervisor = supervisor.start(fleet.config())
+    await fleet.supervisor.known.remote()
+
+
+async def test_a_new_control_plane_readopts_live_sessions(
+    fleet: Fleet, nc: Client, repo: Path
+) -> None:
+    await spawn(nc, str(repo), "ad1")
+    await command(nc, "ad1", "send", text="export MARK=kept-$((6*7))")
+    await _new_supervisor(fleet)
+    shown = await command(nc, "ad1", "show")
+    assert shown["agent"]["lifecycle"] == "RUNNING"
+    await command(nc, "ad1", "send", text="echo $MARK")
+
+    async def same_shell() -> bool:
+        return "kept-42" in (await command(nc, "ad1", "output"))["output"]
+
+    await until(same_shell, "the same shell (its variable) after re-adoption")
+
+
+async def test_an_agent_whose_session_vanished_is_put_in_error(
+    fleet: Fleet, nc: Client, repo: Path
+) -> None:
+    await spawn(nc, str(repo), "gone1")
+    subprocess.run(["tmux", "-L", fleet.tmux_socket, "kill-server"], check=True)
+    await _new_supervisor(fleet)
+    shown = await command(nc, "gone1", "show")
+    assert shown["agent"]["lifecycle"] == "ERROR"
+    assert "tmux session is gone" in shown["agent"]["reason"]
+    again = await command(nc, "gone1", "restart")
+    assert again["agent"]["lifecycle"] == "RUNNING", again
+
+
+async def test_past_the_limit_a_spawn_is_refused_with_a_sentence(
+    fleet: Fleet, nc: Client, repo: Path
+) -> None:
+    limited = fleet.config()
+    object.__setattr__(limited, "max_agents", 1)
+    await asyncio.to_thread(ray.kill, fleet.supervisor, no_restart=True)
+    from actors import supervisor
+
+    fleet.supervisor = supervisor.start(limited)
+    await fleet.supervisor.known.remote()
+    assert (await spawn(nc, str(repo), "one"))["ok"]
+    refused = await spawn(nc, str(repo), "two")
+    assert refused["error"]["code"] == "too_many_agents"
+    assert "maximum of 1 agents" in refused["error"]["message"]

@@ -487,11 +487,7 @@ def test_attach_puts_a_terminal_in_the_session_and_detach_follows(
     attach_in_a_terminal(env, live.tmux_socket, "t1")
     wait_for_line(events, rf"user\.attached\s+{user()}$")
     wait_for_line(events, rf"user\.detached\s+{user()}$")
-    if Tmux(live.tmux_socket).pane_dead("fleet-t1", "agent"):
-        # Known actor bug (actors/steps.py, Detach): the user's grouped session is removed with
-        # Tmux.kill_session, which also terminates the processes in its panes; a grouped
-        # session shares its windows with the agent's, so the assistant dies with it.
-        pytest.xfail("detaching killed the agent's assistant (its grouped session's panes)")
+    assert not Tmux(live.tmux_socket).pane_dead("fleet-t1", "agent")  # detach kept it alive
     shown = json.loads(run(env, "show", "t1", "--json").out)
     assert shown["lifecycle"] == "RUNNING" and shown["users"] == []
 

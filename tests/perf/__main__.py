@@ -7,6 +7,8 @@ import asyncio
 import importlib
 import sys
 
+from tests.perf.common import keep_stdout_for_results
+
 GROUPS = {"eventstore": "tests.perf.bench_eventstore", "spawn": "tests.perf.bench_spawn"}
 
 
@@ -21,6 +23,7 @@ def main() -> int:
             f"unknown benchmark group {unknown[0]!r}; groups: {', '.join(GROUPS)}", file=sys.stderr
         )
         return 2
+    keep_stdout_for_results()
     for name in names:
         module = importlib.import_module(GROUPS[name])
         asyncio.run(module.main())

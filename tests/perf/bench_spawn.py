@@ -11,7 +11,6 @@ import os
 import subprocess
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +129,12 @@ def agent_uss(view: dict[str, Any], socket: str) -> float:
 async def run(nats_url: str, root: Path) -> None:
     repo = make_repo(root)
     nc = await connect(nats_url)
-    floor = shell_floor(repo, root, f"floor-{uuid.uuid4().hex[:6]}", WARM)
+    floor = shell_floor(repo, root, "bench-floor", WARM)
     warm_fleet = start_fleet(nats_url, root, 1, "warm")
     warm = await timed_spawns(nc, repo, "w", WARM, warm_fleet, warm=True)
     emit("spawn_warm_p50_ms", p50(warm), "ms", floor, "target ratio <= 3")
-    cold_fleet = start_fleet(nats_url, root, 0, "cold")
-    cold = await timed_spawns(nc, repo, "c", COLD, cold_fleet, warm=False)
+    await warm_fleet.set_pool_size.remote(0)  # from now on every spawn starts a new actor
+    cold = await timed_spawns(nc, repo, "c", COLD, warm_fleet, warm=False)
     emit("spawn_cold_p50_ms", p50(cold), "ms", floor, "target <= 1000")
     log(f"spawn: {MANY} cold spawns at once")
     t = time.perf_counter()
@@ -166,7 +165,8 @@ async def _stop_and_memory(nc: Client, repo: Path, root: Path) -> None:
         t = time.perf_counter()
         msg = await nc.request(subjects.command(f"w{i}"), b'{"type": "stop"}', timeout=60)
         samples.append((time.perf_counter() - t) * 1000)
-        assert msgspec.json.decode(msg.data)["agent"]["lifecycle"] == "STOPPED"
+        reply = msgspec.json.decode(msg.data)
+        assert reply.get("agent", {}).get("lifecycle") == "STOPPED", reply
     floor = []
     for i in range(WARM):
         t = time.perf_counter()
@@ -196,7 +196,7 @@ async def main() -> None:
             await run(server.url, root)
         finally:
             raycluster.stop()
-            for sock in ("bench-warm", "bench-cold", "bench-floor"):
+            for sock in ("bench-warm", "bench-floor"):
                 subprocess.run(
                     ["tmux", "-L", sock, "kill-server"], capture_output=True, check=False
                 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -14,6 +15,17 @@ from nats.aio.client import Client
 
 from infra.nats import connect, ensure_streams
 from infra.natsserver import NatsServer
+
+_results = sys.stdout
+
+
+def keep_stdout_for_results() -> None:
+    """From now on only `emit` writes to stdout; anything else (Ray's raylet warnings, which
+    it prints on the driver's stdout) goes to stderr, so stdout stays JSON lines."""
+    global _results
+    _results = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
 
 
 def emit(metric: str, value: float, unit: str, floor: float, note: str = "") -> None:
@@ -27,7 +39,7 @@ def emit(metric: str, value: float, unit: str, floor: float, note: str = "") -> 
     }
     if note:
         line["note"] = note
-    print(json.dumps(line), flush=True)
+    print(json.dumps(line), file=_results, flush=True)
 
 
 def p50(samples: list[float]) -> float:
