@@ -80,7 +80,8 @@ class ActivityMonitor:
         if status is not None:
             async with actor.lock:
                 if actor.state.lifecycle is Lifecycle.RUNNING:
-                    await actor._fail(f"the assistant exited with status {status}")
+                    how = f"with status {status}" if status >= 0 else "(status unknown)"
+                    await actor._fail(f"the assistant exited {how}")
             return
         screen = await asyncio.to_thread(tmux.capture, session, "agent", None, False)
         activity = classify(screen, self.profile)

@@ -71,7 +71,10 @@ def pausable(command: str) -> list[str]:
     traps INT and QUIT so Ctrl-C reaches the command without ending the pane, and exits
     with the command's status, which `pane_dead_status` reports.
     """
-    return ["/bin/sh", "-c", f"trap : INT QUIT\n{command}\nexit $?"]
+    # The status is also left in a pane option: tmux 3.3 sometimes never reaps the shell, and
+    # then `#{pane_dead_status}` stays empty.
+    keep = 'st=$?; tmux set-option -p @fleet_exit "$st" 2>/dev/null; exit "$st"'
+    return ["/bin/sh", "-c", f"trap : INT QUIT\n{command}\n{keep}"]
 
 
 def _escape(arg: str) -> str:
@@ -246,9 +249,11 @@ class Tmux:
 
     def pane_dead_status(self, session: str, window: str) -> int | None:
         """The exit status of a dead pane (kept by remain-on-exit), or None while it runs."""
-        out = self._display(session, window, "#{pane_dead}|#{pane_dead_status}")
-        dead, _, status = out.partition("|")
-        return (int(status) if status else -1) if dead == "1" else None
+        out = self._display(session, window, "#{pane_dead}|#{pane_dead_status}|#{@fleet_exit}")
+        dead, status, kept = (out.split("|") + ["", ""])[:3]
+        if dead != "1":
+            return None
+        return int(status) if status else int(kept) if kept.lstrip("-").isdigit() else -1
 
     def respawn(self, session: str, window: str, command: str | None = None) -> None:
         """Restart the window's pane (killing what runs there) with `command` or a shell."""
