@@ -250,7 +250,7 @@ class Tmux:
     def pane_dead_status(self, session: str, window: str) -> int | None:
         """The exit status of a dead pane (kept by remain-on-exit), or None while it runs."""
         out = self._display(session, window, "#{pane_dead}|#{pane_dead_status}|#{@fleet_exit}")
-        dead, status, kept = (out.split("|") + ["", ""])[:3]
+        dead, status, kept = [*out.split("|"), "", ""][:3]
         if dead != "1":
             return None
         return int(status) if status else int(kept) if kept.lstrip("-").isdigit() else -1
