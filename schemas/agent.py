@@ -17,7 +17,13 @@ from msgspec.structs import replace
 
 from schemas import commands as c
 from schemas import events as e
-from schemas.errors import AgentExists, InvalidTransition, UnknownAgent
+from schemas.errors import (
+    AgentExists,
+    InvalidTransition,
+    UnknownAgent,
+    UnknownCheckpoint,
+    UnknownService,
+)
 from schemas.states import ACTIVE, ACTIVITY, LIFECYCLE, Activity, Lifecycle, sources_of
 from schemas.subjects import token
 
@@ -145,6 +151,46 @@ def decide(
         case c.Remove():
             needs("remove", frozenset({L.STOPPED, L.ERROR}))
             return [e.AgentRemoved(event_id=new_id(), reason="removed", **meta)]
+        case c.Checkpoint():
+            needs("checkpoint", frozenset({L.RUNNING, L.PAUSED, L.STOPPED, L.ERROR}))
+            return []  # the actor records checkpoint.taken once the commit exists
+        case c.Rollback(checkpoint=n):
+            needs("roll back", frozenset({L.RUNNING, L.PAUSED, L.STOPPED, L.ERROR}))
+            if all(cp.checkpoint != n for cp in state.checkpoints):
+                raise UnknownCheckpoint(state.agent_id, n)
+            return []  # the actor records rolled_back once the worktree is reset
+        case c.RestartService(service=name):
+            needs("restart a service of", frozenset({L.RUNNING}))
+            if name not in state.services:
+                raise UnknownService(state.agent_id, name)
+            return []  # the actor records service.exited / service.restarted / service.started
+        case c.RecreateSession() | c.NewPorts():
+            verb = (
+                "recreate the session of"
+                if isinstance(cmd, c.RecreateSession)
+                else "re-lease ports of"
+            )
+            needs(verb, frozenset({L.RUNNING, L.ERROR}))
+            return []
+        case c.Escalate(rung=rung, attempt=attempt, reason=reason):
+            ev = e.RecoveryEscalated(
+                event_id=new_id(), rung=rung, attempt=attempt, reason=reason, **meta
+            )
+            return [ev]
+        case c.ReportHealth(service=name, healthy=healthy, probe=probe, detail=detail):
+            known = state.services.get(name)
+            if known is None or known.healthy is healthy:
+                return []  # unknown to the log, or no change: nothing to record
+            return [
+                e.ServiceHealth(
+                    event_id=new_id(),
+                    service=name,
+                    healthy=healthy,
+                    probe=probe,
+                    detail=detail,
+                    **meta,
+                )
+            ]
         case c.MarkRunning():
             needs("mark running", frozenset({L.SPAWNING}))
             return to(L.RUNNING, "mark running")

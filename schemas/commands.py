@@ -82,7 +82,48 @@ class Remove(Command, frozen=True, tag="remove"):
     force: bool = False
 
 
+class Checkpoint(Command, frozen=True, tag="checkpoint"):
+    """Save the worktree (and scrollback) as a point in the log that a rollback can return to."""
+
+    label: str = ""
+    auto: str = ""  # "" for a person's checkpoint; else why: rollback, stop, interval, unhealthy
+
+
+class Rollback(Command, frozen=True, tag="rollback"):
+    checkpoint: int
+
+
+# Rungs of the recovery ladder, sent by the health service.
+
+
+class RestartService(Command, frozen=True, tag="restart_service"):
+    service: str
+
+
+class RecreateSession(Command, frozen=True, tag="recreate_session"):
+    pass
+
+
+class NewPorts(Command, frozen=True, tag="new_ports"):
+    pass
+
+
+class Escalate(Command, frozen=True, tag="escalate"):
+    """Record that recovery climbed a rung (or reached a person)."""
+
+    rung: str
+    attempt: int = 1
+    reason: str = ""
+
+
 # Commands the actor and the services send as they observe the world.
+
+
+class ReportHealth(Command, frozen=True, tag="report_health"):
+    service: str
+    healthy: bool
+    probe: str = ""
+    detail: str = ""
 
 
 class MarkRunning(Command, frozen=True, tag="mark_running"):
@@ -115,6 +156,13 @@ AgentCommand = (
     | Attach
     | Detach
     | Remove
+    | Checkpoint
+    | Rollback
+    | RestartService
+    | RecreateSession
+    | NewPorts
+    | Escalate
+    | ReportHealth
     | MarkRunning
     | MarkStopped
     | Fail

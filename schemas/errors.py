@@ -237,3 +237,22 @@ class RemoteError(FleetError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class UnknownCheckpoint(FleetError):
+    code = "unknown_checkpoint"
+
+    def __init__(self, agent_id: str, checkpoint: int) -> None:
+        self.agent_id, self.checkpoint = agent_id, checkpoint
+        super().__init__(
+            f"agent {agent_id} has no checkpoint {checkpoint} "
+            f"(`fleet checkpoints {agent_id}` lists them)"
+        )
+
+
+class UnknownService(FleetError):
+    code = "unknown_service"
+
+    def __init__(self, agent_id: str, service: str) -> None:
+        self.agent_id, self.service = agent_id, service
+        super().__init__(f"agent {agent_id} has no service {service!r}")
