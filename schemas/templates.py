@@ -1,0 +1,149 @@
+"""The template format: what an agent runs, with which dev services, ports, limits and recovery.
+
+Templates are YAML decoded into these Structs by msgspec; unknown fields are refused, so a typo
+is an error that names the field path, never a silently ignored setting. `extends` names a
+parent template whose fields this one overrides (resolved by the templates loader).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class _Spec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class HttpProbe(_Spec):
+    port: int | str  # a number, or the name of one of the service's leased ports
+    path: str = "/"
+    host: str = "127.0.0.1"
+    expect_status: tuple[int, ...] = (200, 299)  # an inclusive range (low, high) of statuses
+
+
+class TcpProbe(_Spec):
+    port: int | str
+    host: str = "127.0.0.1"
+
+
+class ExecProbe(_Spec):
+    command: list[str] | str  # argv, or an explicit shell string
+    expect_exit: int = 0
+
+
+class LogProbe(_Spec):
+    pattern: str  # a regex matched against the service's output
+
+
+class Probe(_Spec):
+    """Exactly one of http / tcp / exec / log, with the timing Kubernetes users expect."""
+
+    http: HttpProbe | None = None
+    tcp: TcpProbe | None = None
+    exec: ExecProbe | None = None
+    log: LogProbe | None = None
+    initial_delay_s: float = 0.0
+    period_s: float = 1.0
+    timeout_s: float = 1.0
+    success_threshold: int = 1
+    failure_threshold: int = 3
+
+
+class Backoff(_Spec):
+    initial_s: float = 0.1
+    max_s: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.1  # a fraction of the delay, added at random
+
+
+class RestartSpec(_Spec):
+    policy: Literal["no", "on-failure", "always"] = "on-failure"
+    backoff: Backoff = Backoff()
+    reset_after_s: float = 30.0  # a run this long resets the backoff and the restart count
+    max_restarts: int = 10  # then the service is left down and recovery escalates
+
+
+class ShutdownSpec(_Spec):
+    signal: str = "SIGTERM"
+    timeout_s: float = 5.0
+
+
+DependsOn = Literal["started", "healthy", "completed"]
+
+
+class ServiceSpec(_Spec):
+    command: list[str] | str  # argv, or an explicit shell string
+    cwd: str = "."  # relative to the worktree
+    env: dict[str, str] = {}
+    ports: tuple[str, ...] = ()  # names of ports to lease: PORT_<NAME>, and PORT for the first
+    depends_on: dict[str, DependsOn] = {}
+    readiness: Probe | None = None
+    liveness: Probe | None = None
+    startup: Probe | None = None
+    restart: RestartSpec = RestartSpec()
+    shutdown: ShutdownSpec = ShutdownSpec()
+
+
+class AssistantSpec(_Spec):
+    command: str = "bash --noprofile --norc -i"
+    env: dict[str, str] = {}
+    profile: str = "shell"  # which built-in screen patterns (schemas.assistants) to start from
+    patterns: dict[str, tuple[str, ...]] = {}  # per activity, overriding the profile's
+    quit_text: str | None = None
+    quit_keys: tuple[str, ...] | None = None
+
+
+class WorkspaceSpec(_Spec):
+    base_ref: str = "HEAD"
+    setup: tuple[str, ...] = ()  # shell commands run in the worktree before the assistant
+    copy: tuple[str, ...] = ()  # files copied from the main checkout (e.g. ".env")
+
+
+class Resources(_Spec):
+    cpu: float | None = None  # cores
+    memory_mb: int | None = None
+    pids: int | None = None
+    max_lifetime_s: float | None = None
+    on_exceed: Literal["warn", "restart", "stop"] = "warn"
+
+
+class Permissions(_Spec):
+    env_passthrough: tuple[str, ...] = ()  # names of the host's variables the agent may see
+    paths: tuple[str, ...] = ()  # paths outside the worktree the agent may use
+    secrets: tuple[str, ...] = ()  # variables to pass but never show (redacted in events, logs)
+
+
+class RecoverySpec(_Spec):
+    """The ladder the health service climbs; each rung tried `attempts` times before the next."""
+
+    rungs: tuple[
+        Literal[
+            "restart_service", "recreate_session", "new_ports", "rollback", "respawn", "ask_human"
+        ],
+        ...,
+    ] = ("restart_service", "recreate_session", "new_ports", "respawn", "ask_human")
+    attempts: int = 2
+    backoff: Backoff = Backoff(initial_s=1.0, max_s=60.0)
+
+
+class CheckpointSpec(_Spec):
+    on_stop: bool = True
+    on_unhealthy: bool = True
+    every_working_min: float = 0.0  # 0: off
+
+
+class Template(_Spec):
+    name: str
+    extends: str | None = None
+    description: str = ""
+    assistant: AssistantSpec = AssistantSpec()
+    services: dict[str, ServiceSpec] = {}
+    workspace: WorkspaceSpec = WorkspaceSpec()
+    env: dict[str, str] = {}
+    permissions: Permissions = Permissions()
+    resources: Resources = Resources()
+    recovery: RecoverySpec = RecoverySpec()
+    checkpoints: CheckpointSpec = CheckpointSpec()
+    capabilities: tuple[str, ...] = ()
