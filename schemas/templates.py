@@ -16,28 +16,28 @@ class _Spec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     pass
 
 
-class HttpProbe(_Spec):
+class HttpProbe(_Spec, frozen=True):
     port: int | str  # a number, or the name of one of the service's leased ports
     path: str = "/"
     host: str = "127.0.0.1"
     expect_status: tuple[int, ...] = (200, 299)  # an inclusive range (low, high) of statuses
 
 
-class TcpProbe(_Spec):
+class TcpProbe(_Spec, frozen=True):
     port: int | str
     host: str = "127.0.0.1"
 
 
-class ExecProbe(_Spec):
+class ExecProbe(_Spec, frozen=True):
     command: list[str] | str  # argv, or an explicit shell string
     expect_exit: int = 0
 
 
-class LogProbe(_Spec):
+class LogProbe(_Spec, frozen=True):
     pattern: str  # a regex matched against the service's output
 
 
-class Probe(_Spec):
+class Probe(_Spec, frozen=True):
     """Exactly one of http / tcp / exec / log, with the timing Kubernetes users expect."""
 
     http: HttpProbe | None = None
@@ -51,21 +51,21 @@ class Probe(_Spec):
     failure_threshold: int = 3
 
 
-class Backoff(_Spec):
+class Backoff(_Spec, frozen=True):
     initial_s: float = 0.1
     max_s: float = 30.0
     multiplier: float = 2.0
     jitter: float = 0.1  # a fraction of the delay, added at random
 
 
-class RestartSpec(_Spec):
+class RestartSpec(_Spec, frozen=True):
     policy: Literal["no", "on-failure", "always"] = "on-failure"
     backoff: Backoff = Backoff()
     reset_after_s: float = 30.0  # a run this long resets the backoff and the restart count
     max_restarts: int = 10  # then the service is left down and recovery escalates
 
 
-class ShutdownSpec(_Spec):
+class ShutdownSpec(_Spec, frozen=True):
     signal: str = "SIGTERM"
     timeout_s: float = 5.0
 
@@ -73,7 +73,7 @@ class ShutdownSpec(_Spec):
 DependsOn = Literal["started", "healthy", "completed"]
 
 
-class ServiceSpec(_Spec):
+class ServiceSpec(_Spec, frozen=True):
     command: list[str] | str  # argv, or an explicit shell string
     cwd: str = "."  # relative to the worktree
     env: dict[str, str] = {}
@@ -86,7 +86,7 @@ class ServiceSpec(_Spec):
     shutdown: ShutdownSpec = ShutdownSpec()
 
 
-class AssistantSpec(_Spec):
+class AssistantSpec(_Spec, frozen=True):
     command: str = "bash --noprofile --norc -i"
     env: dict[str, str] = {}
     profile: str = "shell"  # which built-in screen patterns (schemas.assistants) to start from
@@ -95,13 +95,13 @@ class AssistantSpec(_Spec):
     quit_keys: tuple[str, ...] | None = None
 
 
-class WorkspaceSpec(_Spec):
+class WorkspaceSpec(_Spec, frozen=True):
     base_ref: str = "HEAD"
     setup: tuple[str, ...] = ()  # shell commands run in the worktree before the assistant
     copy: tuple[str, ...] = ()  # files copied from the main checkout (e.g. ".env")
 
 
-class Resources(_Spec):
+class Resources(_Spec, frozen=True):
     cpu: float | None = None  # cores
     memory_mb: int | None = None
     pids: int | None = None
@@ -109,13 +109,13 @@ class Resources(_Spec):
     on_exceed: Literal["warn", "restart", "stop"] = "warn"
 
 
-class Permissions(_Spec):
+class Permissions(_Spec, frozen=True):
     env_passthrough: tuple[str, ...] = ()  # names of the host's variables the agent may see
     paths: tuple[str, ...] = ()  # paths outside the worktree the agent may use
     secrets: tuple[str, ...] = ()  # variables to pass but never show (redacted in events, logs)
 
 
-class RecoverySpec(_Spec):
+class RecoverySpec(_Spec, frozen=True):
     """The ladder the health service climbs; each rung tried `attempts` times before the next."""
 
     rungs: tuple[
@@ -128,13 +128,13 @@ class RecoverySpec(_Spec):
     backoff: Backoff = Backoff(initial_s=1.0, max_s=60.0)
 
 
-class CheckpointSpec(_Spec):
+class CheckpointSpec(_Spec, frozen=True):
     on_stop: bool = True
     on_unhealthy: bool = True
     every_working_min: float = 0.0  # 0: off
 
 
-class Template(_Spec):
+class Template(_Spec, frozen=True):
     name: str
     extends: str | None = None
     description: str = ""
