@@ -31,7 +31,7 @@ from schemas.agent import AgentState, decide
 from schemas.assistants import profile_for
 from schemas.chain import Position
 from schemas.control import SpawnRequest, view
-from schemas.errors import ConcurrentUpdate, FleetError
+from schemas.errors import ConcurrentUpdate, FleetError, UnknownAgent
 from schemas.events import AgentEvent
 from schemas.states import LIVE, Lifecycle
 
@@ -190,14 +190,12 @@ class AgentActor:
 
     async def handle(self, cmd: c.AgentCommand) -> bytes:
         """Answer one command with the reply bytes; domain refusals raise FleetError."""
-        if self.state.lifecycle is L.NEW or self.state.removed:
-            if not isinstance(cmd, c.Create):
-                raise FleetError(f"there is no agent {self.state.agent_id!r}")
+        if (self.state.lifecycle is L.NEW or self.state.removed) and not isinstance(cmd, c.Create):
+            raise UnknownAgent(self.state.agent_id)
         match cmd:
             case c.Show():
                 return replies.ok(agent=self.show())
             case c.Output(lines=lines, window=window):
-                decide(self.state, cmd, now=now(), new_id=new_id)  # refuses unknown agents
                 return replies.ok(output=await steps.output(self, window, lines))
         cmd = cmd if cmd.id else _with_id(cmd)
         async with self.lock:
