@@ -298,7 +298,7 @@ def _apply(s: AgentState, ev: e.AgentEvent) -> AgentState:
             return replace(s, ports={k: v for k, v in s.ports.items() if k not in ports})
         case e.ServiceStarted() | e.ServiceExited() | e.ServiceHealth() | e.ServiceRestarted():
             return _service(s, ev)
-        case e.RecoveryEscalated():
+        case e.RecoveryEscalated() | e.ResourcesExceeded():
             return s
         case e.CheckpointTaken():
             ref = CheckpointRef(

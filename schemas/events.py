@@ -114,6 +114,16 @@ class RecoveryEscalated(Event, frozen=True, tag="recovery.escalated"):
     reason: str = ""
 
 
+class ResourcesExceeded(Event, frozen=True, tag="resources.exceeded"):
+    """An agent's process tree went over a limit of its template's `resources`."""
+
+    resource: str  # memory_mb | cpu | pids | lifetime_s
+    limit: float
+    value: float
+    action: str = ""  # what followed, per the template's on_exceed: warn | restart | stop
+    enforced_by: str = ""  # cgroup-v2 | cgroup-v1 | rlimit | watchdog
+
+
 class CheckpointTaken(Event, frozen=True, tag="checkpoint.taken"):
     checkpoint: int
     log_seq: int  # stream sequence of the last event before the checkpoint
@@ -166,6 +176,7 @@ AgentEvent = (
     | ServiceHealth
     | ServiceRestarted
     | RecoveryEscalated
+    | ResourcesExceeded
     | CheckpointTaken
     | RolledBack
     | InputSent

@@ -49,6 +49,8 @@ def summary(event: e.AgentEvent) -> str:
             return _service(event)
         case e.RecoveryEscalated():
             return f"{event.rung} (attempt {event.attempt}) {event.reason}".rstrip()
+        case e.ResourcesExceeded():
+            return f"{event.resource} {event.value:g} > {event.limit:g} ({event.action})"
         case e.CheckpointTaken():
             return f"#{event.checkpoint} at seq {event.log_seq}: {event.commit[:10]} {event.label}"
         case e.RolledBack():

@@ -137,6 +137,15 @@ EVENTS: list[e.Event] = [
     e.UserAttached(event_id="evt-0018", user="ada", session="fix-login-42", readonly=True, **HEAD),
     e.UserDetached(event_id="evt-0019", user="ada", session="fix-login-42", **HEAD),
     e.AgentRemoved(event_id="evt-0020", reason="removed", **HEAD),
+    e.ResourcesExceeded(
+        event_id="evt-0021",
+        resource="memory_mb",
+        limit=512,
+        value=733.5,
+        action="restart",
+        enforced_by="cgroup-v1",
+        **{**HEAD, "actor": "agent"},
+    ),
 ]
 
 COMMANDS: list[c.Command] = [
