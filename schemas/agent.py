@@ -53,6 +53,7 @@ class AgentState(msgspec.Struct, frozen=True, kw_only=True):
     name: str = ""
     template: str = ""
     template_version: int = 0
+    template_spec: str = ""  # the resolved template as JSON (schemas.templates.decode_spec)
     repo: str = ""
     base_ref: str = ""
     branch: str = ""
@@ -228,6 +229,7 @@ def _create(
         capabilities=cmd.capabilities,
         options=cmd.options,
         command=cmd.command,
+        template_spec=cmd.template_spec,
         **meta,
     )
     spawning = e.LifecycleChanged(event_id=new_id(), to=L.SPAWNING, frm=L.NEW, **meta)
@@ -276,6 +278,7 @@ def _apply(s: AgentState, ev: e.AgentEvent) -> AgentState:
                 name=ev.name,
                 template=ev.template,
                 template_version=ev.template_version,
+                template_spec=ev.template_spec,
                 repo=ev.repo,
                 base_ref=ev.base_ref,
                 branch=ev.branch,

@@ -31,6 +31,7 @@ class Create(Command, frozen=True, tag="create"):
     capabilities: tuple[str, ...] = ()
     options: dict[str, str] = {}
     command: str = ""
+    template_spec: str = ""  # the resolved template as JSON, recorded in agent.created
 
 
 class Show(Command, frozen=True, tag="show"):

@@ -256,3 +256,25 @@ class UnknownService(FleetError):
     def __init__(self, agent_id: str, service: str) -> None:
         self.agent_id, self.service = agent_id, service
         super().__init__(f"agent {agent_id} has no service {service!r}")
+
+
+class InvalidTemplate(FleetError):
+    """A template that cannot be used: the file, the field path and what was expected."""
+
+    code = "invalid_template"
+
+    def __init__(self, source: str, path: str, why: str) -> None:
+        self.source, self.path, self.why = source, path, why
+        where = ": ".join(x for x in (source, path) if x)
+        super().__init__(f"{where}: {why}" if where else why)
+
+
+class PortsExhausted(FleetError):
+    code = "ports_exhausted"
+
+    def __init__(self, agent_id: str, low: int, high: int, wanted: int) -> None:
+        self.agent_id, self.low, self.high, self.wanted = agent_id, low, high, wanted
+        super().__init__(
+            f"cannot lease {wanted} port(s) for agent {agent_id}: every port in {low}-{high} is "
+            "leased or in use (widen FLEET_PORT_RANGE, or stop agents that hold ports)"
+        )

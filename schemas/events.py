@@ -34,6 +34,7 @@ class AgentCreated(Event, frozen=True, tag="agent.created"):
     capabilities: tuple[str, ...] = ()
     options: dict[str, str] = {}
     command: str = ""  # the assistant command line, as the template resolved it
+    template_spec: str = ""  # the resolved template as JSON (schemas.templates.Template)
 
 
 class LifecycleChanged(Event, frozen=True, tag="lifecycle.changed"):

@@ -7,6 +7,7 @@ parent template whose fields this one overrides (resolved by the templates loade
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 import msgspec
@@ -147,3 +148,64 @@ class Template(_Spec, frozen=True):
     recovery: RecoverySpec = RecoverySpec()
     checkpoints: CheckpointSpec = CheckpointSpec()
     capabilities: tuple[str, ...] = ()
+
+
+# -- what the templates service stores and answers ----------------------------------------------
+
+
+class StoredTemplate(msgspec.Struct, frozen=True, kw_only=True):
+    """One version of a template in KV `fleet_templates`: the YAML as applied and its resolution."""
+
+    name: str
+    version: int  # 1, 2, ... per name; an agent records the one it was spawned from
+    source: str  # the YAML text as applied (what `show` prints and `diff` compares)
+    spec: Template  # resolved: `extends` applied, checked
+    file: str = ""  # the file it was applied from, for sentences
+    parents: dict[str, int] = {}  # each template it extends -> the version used
+    builtin: bool = False
+    applied_at: datetime | None = None
+    by: str = ""
+
+
+class TemplateRequest(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="op", forbid_unknown_fields=True
+):
+    """`fleet.ctl.templates`: `{"op": "apply" | "ls" | "show" | "diff", ...}`."""
+
+    by: str = ""
+    id: str = ""
+
+
+class ApplyTemplate(TemplateRequest, frozen=True, tag="apply"):
+    source: str  # YAML text
+    file: str = ""  # named in error sentences
+
+
+class ListTemplates(TemplateRequest, frozen=True, tag="ls"):
+    pass
+
+
+class ShowTemplate(TemplateRequest, frozen=True, tag="show"):
+    name: str
+    version: int = 0  # 0: the latest
+
+
+class DiffTemplate(TemplateRequest, frozen=True, tag="diff"):
+    name: str
+    v1: int = 0  # 0: the version before v2
+    v2: int = 0  # 0: the latest
+
+
+TemplateOp = ApplyTemplate | ListTemplates | ShowTemplate | DiffTemplate
+
+_spec_decoder = msgspec.json.Decoder(Template)
+
+
+def encode_spec(template: Template) -> str:
+    """The resolved template as the JSON an agent records in `agent.created`."""
+    return msgspec.json.encode(template).decode()
+
+
+def decode_spec(raw: str) -> Template | None:
+    """The template an agent recorded; None for agents recorded before templates were kept."""
+    return _spec_decoder.decode(raw) if raw else None
