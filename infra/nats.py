@@ -12,11 +12,13 @@ import logging
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
 from schemas import subjects
+from schemas.discovery import BUCKET_TTL_S
 from schemas.errors import StoreUnavailable
+from schemas.mail import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,34 @@ def events_config(replicas: int = 1) -> StreamConfig:
     )
 
 
+def mail_configs(replicas: int = 1) -> list[StreamConfig]:
+    """Mail is a work queue (an acked message is gone) with per-message TTL (`Nats-TTL`,
+    nats-server 2.11+); its dead letters are kept until someone purges them."""
+    mail = StreamConfig(
+        name=subjects.MAIL_STREAM,
+        subjects=[subjects.ALL_MAIL],
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        retention=RetentionPolicy.WORK_QUEUE,
+        allow_msg_ttl=True,
+        max_msg_size=MAX_MESSAGE_BYTES,
+        duplicate_window=DUPLICATE_WINDOW_S,
+    )
+    dlq = StreamConfig(
+        name=subjects.MAIL_DLQ_STREAM,
+        subjects=[subjects.ALL_DEAD_MAIL],
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        max_msg_size=2 * MAX_MESSAGE_BYTES,
+    )
+    return [mail, dlq]
+
+
 async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
-    """Create (or update) the event stream and the KV buckets."""
+    """Create (or update) the event and mail streams and the KV buckets."""
     await _ensure_stream(js, events_config(replicas))
+    for stream in mail_configs(replicas):
+        await _ensure_stream(js, stream)
     for bucket in subjects.BUCKETS:
         config = KeyValueConfig(
             bucket=bucket,
@@ -68,6 +95,8 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
             storage=StorageType.FILE,
             replicas=replicas,
             direct=True,
+            # Registry keys of dead agents (no heartbeat) drop out on their own.
+            ttl=BUCKET_TTL_S if bucket == subjects.REGISTRY_BUCKET else None,
         )
         try:
             await js.create_key_value(config)

@@ -258,6 +258,30 @@ class UnknownService(FleetError):
         super().__init__(f"agent {agent_id} has no service {service!r}")
 
 
+class RateLimited(FleetError):
+    """A sender went past its token bucket; `retry_after_s` says when one more is allowed."""
+
+    code = "rate_limited"
+
+    def __init__(self, sender: str, what: str, rate: float, burst: float, retry_after: float):
+        self.sender, self.what, self.rate, self.burst = sender, what, rate, burst
+        self.retry_after_s = retry_after
+        super().__init__(
+            f"too many {what} from {sender}: the limit is {rate:g}/s (bursts of {burst:g}); "
+            f"retry in {retry_after:.2f} s"
+        )
+
+
+class MailTimeout(FleetError):
+    """A mail request whose answer did not come back in time."""
+
+    code = "timeout"
+
+    def __init__(self, to: str, timeout: float) -> None:
+        self.to, self.timeout = to, timeout
+        super().__init__(f"agent {to} did not answer the mail within {timeout:g} s")
+
+
 class InvalidTemplate(FleetError):
     """A template that cannot be used: the file, the field path and what was expected."""
 

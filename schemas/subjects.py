@@ -12,6 +12,7 @@ from schemas.errors import InvalidName
 
 EVENTS_STREAM = "FLEET_EVENTS"
 MAIL_STREAM = "FLEET_MAIL"
+MAIL_DLQ_STREAM = "FLEET_MAIL_DLQ"  # mail that reached max_deliver unacknowledged
 SNAPSHOTS_BUCKET = "fleet_snapshots"
 REGISTRY_BUCKET = "fleet_registry"
 PORTS_BUCKET = "fleet_ports"
@@ -22,6 +23,9 @@ BUCKETS = (SNAPSHOTS_BUCKET, REGISTRY_BUCKET, PORTS_BUCKET, TEMPLATES_BUCKET, SL
 _ROOT = "fleet"
 ALL_EVENTS = f"{_ROOT}.evt.>"
 ALL_MAIL = f"{_ROOT}.mail.>"
+ALL_DEAD_MAIL = f"{_ROOT}.deadmail.>"
+ALL_COMMANDS = f"{_ROOT}.cmd.*"  # the supervisor's fallback: answers ids no agent serves
+UNKNOWN_AGENT_QUEUE = "fleet-unknown-agent"
 PRIORITIES = ("critical", "high", "normal", "low")
 SEVERITIES = ("critical", "warning", "info")
 
@@ -69,6 +73,32 @@ def control(verb: str) -> str:
 
 def mail(agent_id: str, priority: str) -> str:
     return f"{_ROOT}.mail.{token(agent_id)}.{_one_of(priority, PRIORITIES, 'priority')}"
+
+
+def mail_of(subject: str) -> tuple[str, str]:
+    """(agent id, priority) of a mail subject (`fleet.mail.a1.high` -> `("a1", "high")`)."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[:2] != [_ROOT, "mail"]:
+        raise InvalidName("mail subject", subject, f"expected {_ROOT}.mail.<agent>.<priority>")
+    return token(parts[2]), _one_of(parts[3], PRIORITIES, "priority")
+
+
+def dead_mail(agent_id: str, priority: str) -> str:
+    """Where mail that was never acknowledged goes (stream `FLEET_MAIL_DLQ`)."""
+    return f"{_ROOT}.deadmail.{token(agent_id)}.{_one_of(priority, PRIORITIES, 'priority')}"
+
+
+def mail_consumer(agent_id: str, priority: str) -> str:
+    """The durable pull consumer that reads one agent's mail of one priority."""
+    return f"mail_{token(agent_id)}_{_one_of(priority, PRIORITIES, 'priority')}"
+
+
+def agent_from_command(subject: str) -> str:
+    """The raw last token of a command subject (`fleet.cmd.a1` -> `a1`), not checked."""
+    prefix = f"{_ROOT}.cmd."
+    if not subject.startswith(prefix):
+        raise InvalidName("command subject", subject, f"expected {prefix}<agent_id>")
+    return subject[len(prefix) :]
 
 
 def health(agent_id: str) -> str:
