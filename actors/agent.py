@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import KeyNotFoundError
 
-from actors import steps
+from actors import services, steps
 from actors.monitor import ActivityMonitor
 from infra.eventstore import EventStore
 from infra.nats import connect
@@ -34,6 +34,7 @@ from schemas.control import SpawnRequest, view
 from schemas.errors import ConcurrentUpdate, FleetError, UnknownAgent
 from schemas.events import AgentEvent
 from schemas.states import LIVE, Lifecycle
+from schemas.templates import Template
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class AgentActor:
         self.position = Position()
         self.sub: Subscription | None = None
         self.monitor: ActivityMonitor | None = None
+        self.template: Template | None = None  # the resolved template, set before bring_up
+        self.services: services.Services | None = None  # this incarnation's dev services
         self.node = _node_id()
         self.slot = slot
         if agent_id is None and slot is not None:
@@ -119,6 +122,7 @@ class AgentActor:
             if lifecycle in (L.RUNNING, L.PAUSED):
                 if self.tmux.has_session(self.state.tmux_session):
                     self._start_monitor()
+                    await services.adopt(self)
                     return
                 await self._fail("its tmux session is gone (the tmux server died or was killed)")
             elif lifecycle is L.SPAWNING:
@@ -129,6 +133,10 @@ class AgentActor:
 
     def agent_id(self) -> str:
         return self.state.agent_id
+
+    def use_template(self, template: Template) -> None:
+        """Run this resolved template at the next bring-up (its services, above all)."""
+        self.template = template
 
     def where(self) -> dict[str, Any]:
         return {"node": self.node, "pid": os.getpid()}

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from actors import services
 from infra import procs
 from infra.worktree import Worktrees
 from schemas import commands as c
@@ -68,8 +69,8 @@ def agent_env(actor: AgentActor, worktree: Path) -> dict[str, str]:
         "FLEET_WORKTREE": str(worktree),
         "FLEET_TEMPLATE": s.template,
     }
-    for name, port in s.ports.items():
-        env[f"PORT_{name.upper()}"] = str(port)
+    for name, port in s.ports.items():  # "api.http" -> PORT_API_HTTP
+        env["PORT_" + "".join(ch if ch.isalnum() else "_" for ch in name.upper())] = str(port)
     return env
 
 
@@ -114,6 +115,7 @@ async def bring_up(actor: AgentActor) -> None:
         )
         await actor.record([started])
         await actor.execute(c.MarkRunning(by="agent"))
+        await services.start(actor)  # each waits for its dependencies once the lock is free
     except FleetError as err:
         await undo_spawn(actor, made_worktree=made_worktree)
         await actor._fail(f"spawn failed: {err}")
@@ -165,6 +167,7 @@ async def stop(
     reason = s.reason or "stop"
     try:
         live = bool(s.tmux_session) and await run(actor.tmux.has_session, s.tmux_session)
+        await services.stop(actor, polite)  # dependents first, before the session ends
         if live:
             await _end_session(actor, s.tmux_session, polite)
         if remove_worktree and s.worktree:
@@ -280,6 +283,9 @@ async def act(actor: AgentActor, cmd: c.AgentCommand) -> dict[str, Any]:
         case c.Detach(user=user):
             if await actor.execute(cmd):
                 await run(tmux.end_user_session, s.tmux_session, user)
+        case c.RestartService(service=name):
+            await actor.execute(cmd)
+            await services.restart(actor, name, cmd.id)
         case c.Remove(force=force):
             await _refuse_if_work(actor, force)
             await actor.execute(cmd)

@@ -1,0 +1,371 @@
+"""An agent's dev services: started in dependency order, watched, restarted, stopped.
+
+Each service of the agent's template runs in its own pane of the session's `services`
+window (see infra/panes.py). One task per service carries it through its life: wait for what
+it depends on, start, run its startup/readiness probes, wait for its exit (a pidfd on the
+pane's shell, so an exit is seen at once), and restart it per its policy with a backoff that
+resets after a stable run (schemas/restart.py). Every start, exit, health change and restart
+is an event of the agent's log.
+
+Locking: the tasks take the actor's lock around each step that changes the world or the log
+(start, the bookkeeping of an exit, a health change), and wait without it. Commands that hold
+the lock (`restart_service`, stop) can therefore cancel the tasks at any wait and find every
+service in a state the log agrees with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from infra import panes, probes, procs
+from infra.pidfd import wait_exit
+from schemas import events as e
+from schemas.dependencies import start_order
+from schemas.errors import FleetError
+from schemas.restart import Done, GiveUp, RestartTracker
+from schemas.states import Lifecycle
+from schemas.templates import Probe, ServiceSpec, Template, decode_spec
+
+if TYPE_CHECKING:
+    from actors.agent import AgentActor
+
+log = logging.getLogger(__name__)
+SUPERVISED = frozenset({Lifecycle.RUNNING, Lifecycle.PAUSED})
+
+
+def _meta(actor: AgentActor, cause: str = "") -> dict[str, Any]:
+    from actors.steps import _meta as meta
+
+    return meta(actor, cause)
+
+
+def template_of(actor: AgentActor) -> Template:
+    """The agent's resolved template: as given to the actor, else as recorded in its log
+    (`agent.created`), else one without services."""
+    if actor.template is not None:
+        return actor.template
+    recorded = decode_spec(actor.state.template_spec)
+    return recorded if recorded is not None else Template(name=actor.state.template or "-")
+
+
+class Service:
+    """One dev service of one agent, and the task that keeps it running."""
+
+    def __init__(self, group: Services, name: str, spec: ServiceSpec) -> None:
+        self.group, self.actor, self.name, self.spec = group, group.actor, name, spec
+        self.tracker = RestartTracker(spec.restart)
+        self.pane: panes.Pane | None = None
+        self.pid: int | None = None
+        self.out_start = 0
+        self.started, self.healthy, self.completed = (
+            asyncio.Event(),
+            asyncio.Event(),
+            asyncio.Event(),
+        )
+        self.task: asyncio.Task[None] | None = None
+        files = group.folder
+        self.status_file, self.log_file = files / f"{name}.status", files / f"{name}.log"
+
+    # -- what the service sees -------------------------------------------------------------
+
+    def ports(self) -> dict[str, int]:
+        leased = self.actor.state.ports
+        return {
+            p: leased[f"{self.name}.{p}"] for p in self.spec.ports if f"{self.name}.{p}" in leased
+        }
+
+    def env(self) -> dict[str, str]:
+        return {**self.group.template.env, **self.spec.env, **probes.port_env(self.ports())}
+
+    def cwd(self) -> Path:
+        return Path(self.actor.state.worktree or ".") / self.spec.cwd
+
+    def output(self) -> str:
+        return panes.output_tail(self.log_file, self.out_start)
+
+    def alive(self) -> bool:
+        return self.pane is not None and self.pid is not None
+
+    # -- the task ---------------------------------------------------------------------------
+
+    def launch(self, first: bool) -> None:
+        body = self._life() if first else self._supervise()
+        self.task = asyncio.get_running_loop().create_task(body, name=f"service {self.name}")
+
+    async def cancel(self) -> None:
+        task, self.task = self.task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _life(self) -> None:
+        for dep, condition in self.spec.depends_on.items():
+            needed: asyncio.Event = getattr(self.group.services[dep], condition)
+            await needed.wait()
+        async with self.actor.lock:
+            if not self.group.supervising():
+                return
+            await self.start()
+        await self._supervise()
+
+    async def _supervise(self) -> None:
+        try:
+            while True:
+                ready = asyncio.get_running_loop().create_task(self._readiness())
+                try:
+                    assert self.pane is not None
+                    await wait_exit(self.pane.shell_pid)
+                finally:
+                    ready.cancel()
+                    await asyncio.gather(ready, return_exceptions=True)
+                async with self.actor.lock:
+                    if not self.group.supervising():
+                        return
+                    verdict = await self._exited()
+                if verdict is None:
+                    return
+                await asyncio.sleep(verdict)
+                async with self.actor.lock:
+                    if not self.group.supervising():
+                        return
+                    await self.start()
+        except FleetError as err:  # a start that failed: the log says so, the service stays down
+            async with self.actor.lock:
+                if self.group.supervising():
+                    await self._health(False, "start", str(err))
+
+    async def _exited(self) -> float | None:
+        """Record the exit and what the policy says; the delay before restarting, or None."""
+        code, sig = await self.reap()
+        verdict = self.tracker.exited(time.monotonic(), code, sig, random.random())
+        if isinstance(verdict, Done):
+            if code == 0:
+                self.completed.set()
+            return None
+        if isinstance(verdict, GiveUp):
+            await self._health(False, "restart", f"not restarted: {verdict.reason}")
+            return None
+        restarted = e.ServiceRestarted(
+            service=self.name, attempt=verdict.attempt, delay_s=round(verdict.delay_s, 4),
+            **_meta(self.actor),
+        )  # fmt: skip
+        await self.actor.record([restarted])
+        return verdict.delay_s
+
+    # -- steps (the actor's lock held) ------------------------------------------------------
+
+    async def start(self, cause: str = "") -> None:
+        """Run the service (a new pane, or its old one again) and record `service.started`."""
+        session = self.actor.state.tmux_session
+        argv = panes.service_argv(self.spec.command, self.status_file)
+        self.status_file.unlink(missing_ok=True)
+        self.out_start = panes.log_size(self.log_file)
+        self.healthy.clear()
+        if self.pane is None:
+            opened = await asyncio.to_thread(
+                panes.open_pane, self.actor.tmux, session, self.name, argv, self.cwd(),
+                self.env(), self.log_file,
+            )  # fmt: skip
+            self.pane = opened
+        else:
+            shell = await asyncio.to_thread(
+                panes.respawn_pane, self.actor.tmux, session, self.pane.pane_id, argv,
+                self.cwd(), self.env(),
+            )  # fmt: skip
+            self.pane = panes.Pane(self.pane.pane_id, shell, service=self.name)
+        self.pid = await asyncio.to_thread(panes.service_pid, self.pane.shell_pid)
+        self.tracker.started(time.monotonic())
+        first = next(iter(self.ports().values()), None)
+        started = e.ServiceStarted(
+            service=self.name, pid=self.pid, port=first, **_meta(self.actor, cause)
+        )
+        await self.actor.record([started])
+        self.started.set()
+
+    async def reap(self, cause: str = "") -> tuple[int | None, int | None]:
+        """After the pane's shell exited: end what the service left behind, record the exit."""
+        assert self.pane is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pane.shell_pid, signal.SIGKILL)  # leftovers in the pane's group
+        code, sig = panes.read_status(self.status_file)
+        exited = e.ServiceExited(
+            service=self.name, pid=self.pid or self.pane.shell_pid, code=code, signal=sig,
+            **_meta(self.actor, cause),
+        )  # fmt: skip
+        self.pid = None
+        self.healthy.clear()
+        await self.actor.record([exited])
+        return code, sig
+
+    async def shutdown(self, polite: bool, cause: str = "") -> None:
+        """Stop the running service per its `shutdown` spec (signal, timeout, then SIGKILL of
+        the whole tree) and record its exit; nothing to do for a service already down."""
+        if self.pane is None or self.pid is None:
+            return
+        shell = self.pane.shell_pid
+        spec = self.spec.shutdown
+        sig = signal.Signals[spec.signal] if polite else signal.SIGKILL
+        service = await asyncio.to_thread(procs.tree, [self.pid])
+        for proc in service:  # the service's tree, not its waiting shell: that reports the exit
+            with contextlib.suppress(Exception):
+                proc.send_signal(sig)
+                proc.send_signal(signal.SIGCONT)  # a paused agent's services must see it
+        if not await wait_exit(shell, spec.timeout_s if polite else 1.0):
+            left = await asyncio.to_thread(procs.tree, [shell])
+            await asyncio.to_thread(procs.terminate_processes, left, 0.0, 2.0)
+        await self.reap(cause)
+
+    async def _health(self, healthy: bool, probe: str, detail: str) -> None:
+        ev = e.ServiceHealth(
+            service=self.name, healthy=healthy, probe=probe, detail=detail[:500],
+            **_meta(self.actor),
+        )  # fmt: skip
+        await self.actor.record([ev])
+
+    # -- readiness --------------------------------------------------------------------------
+
+    async def _readiness(self) -> None:
+        """Startup, then readiness probe, until they pass; `healthy` is set then."""
+        gates: list[tuple[str, Probe]] = [
+            (n, p) for n, p in (("startup", self.spec.startup), ("readiness", self.spec.readiness))
+            if p is not None
+        ]  # fmt: skip
+        for i, (label, probe) in enumerate(gates):
+            last = i == len(gates) - 1
+            await probes.wait_ok(
+                probe, ports=self.ports(), cwd=str(self.cwd()), output=self.output,
+                env=self.env(), on_change=self._on_probe(label, last),
+            )  # fmt: skip
+        self.healthy.set()
+
+    def _on_probe(self, label: str, last: bool) -> probes.OnChange:
+        async def changed(ok: bool, result: probes.ProbeResult) -> None:
+            if ok and not last:
+                return
+            async with self.actor.lock:
+                if self.group.supervising() and self.alive():
+                    await self._health(ok, label, result.detail)
+
+        return changed
+
+
+class Services:
+    """All dev services of one agent (one incarnation of its session)."""
+
+    def __init__(self, actor: AgentActor, template: Template) -> None:
+        self.actor, self.template = actor, template
+        self.order = start_order(template.services)
+        self.folder = Path(actor.config.state_dir) / "services" / actor.state.agent_id
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.services = {n: Service(self, n, template.services[n]) for n in self.order}
+        self.closing = False
+
+    def supervising(self) -> bool:
+        return not self.closing and self.actor.state.lifecycle in SUPERVISED
+
+    def launch(self) -> None:
+        for service in self.services.values():
+            service.launch(first=True)
+
+    async def stop(self, polite: bool, cause: str = "") -> None:
+        """Every service, dependents first, each per its shutdown spec (or at once if not
+        polite); the lock held."""
+        self.closing = True
+        for service in self.services.values():
+            await service.cancel()
+        for name in reversed(self.order):
+            await self.services[name].shutdown(polite, cause)
+
+    async def restart(self, name: str, cause: str = "") -> None:
+        """Restart one service now (a command: a person or the health service's ladder)."""
+        service = self.services[name]
+        await service.cancel()
+        await service.shutdown(True, cause)
+        restarted = e.ServiceRestarted(service=name, attempt=0, **_meta(self.actor, cause))
+        await self.actor.record([restarted])
+        service.tracker.restarted_by_hand(time.monotonic())
+        await service.start(cause)
+        service.launch(first=False)
+
+
+# -- what actors/steps.py and actors/agent.py call --------------------------------------------
+
+
+async def start(actor: AgentActor) -> None:
+    """Lease missing ports, then launch every service's task (they start in dependency order
+    once the caller lets go of the lock)."""
+    template = template_of(actor)
+    if not template.services:
+        return
+    group = Services(actor, template)
+    await _lease_missing_ports(actor, template)
+    actor.services = group
+    group.launch()
+
+
+async def stop(actor: AgentActor, polite: bool, cause: str = "") -> None:
+    group, actor.services = actor.services, None
+    if group is not None:
+        await group.stop(polite, cause)
+
+
+async def restart(actor: AgentActor, name: str, cause: str = "") -> None:
+    group = actor.services
+    if group is None or name not in group.services:
+        from schemas.errors import UnknownService
+
+        raise UnknownService(actor.state.agent_id, name)
+    await group.restart(name, cause)
+
+
+async def adopt(actor: AgentActor) -> None:
+    """After the actor's restart: watch the service panes that outlived it, start the rest."""
+    template = template_of(actor)
+    if not template.services or actor.services is not None:
+        return
+    group = Services(actor, template)
+    found = await asyncio.to_thread(panes.service_panes, actor.tmux, actor.state.tmux_session)
+    actor.services = group
+    for name, service in group.services.items():
+        pane, known = found.get(name), actor.state.services.get(name)
+        if pane is None or known is None:
+            service.launch(first=True)
+            continue
+        service.pane = pane
+        service.pid = known.pid if not pane.dead else None
+        service.started.set()
+        service.tracker.started(time.monotonic())
+        service.launch(first=False)
+
+
+async def _lease_missing_ports(actor: AgentActor, template: Template) -> None:
+    """Ports the ports service did not lease (an actor used without it): free ones, recorded.
+
+    A port is taken by binding to port 0, so the kernel picks one that is free right now.
+    """
+    missing = [
+        f"{name}.{port}"
+        for name, spec in template.services.items()
+        for port in spec.ports
+        if f"{name}.{port}" not in actor.state.ports
+    ]
+    if not missing:
+        return
+    leased = {key: _free_port() for key in missing}
+    await actor.record([e.PortsLeased(ports=leased, **_meta(actor))])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
