@@ -24,11 +24,11 @@ from actors import services, steps
 from actors.monitor import ActivityMonitor
 from infra.eventstore import EventStore
 from infra.nats import connect
+from infra.templates import agent_profile
 from infra.tmux import Tmux
 from schemas import commands as c
 from schemas import replies, subjects
 from schemas.agent import AgentState, decide
-from schemas.assistants import profile_for
 from schemas.chain import Position
 from schemas.control import SpawnRequest, view
 from schemas.errors import ConcurrentUpdate, FleetError, UnknownAgent
@@ -172,15 +172,25 @@ class AgentActor:
 
     # -- commands ----------------------------------------------------------------------------
 
-    async def spawn(self, request: SpawnRequest, template_command: str, pooled: bool) -> bytes:
-        """Called by the supervisor once bound: record the agent, bring it up; the reply."""
+    async def spawn(
+        self,
+        request: SpawnRequest,
+        template_command: str,
+        pooled: bool,
+        template_spec: str = "",
+        template_version: int = 0,
+    ) -> bytes:
+        """Called by the supervisor once bound: record the agent with the resolved template
+        (as JSON) and its version, bring it up; the reply."""
         try:
-            await self._spawn(request, template_command)
+            await self._spawn(request, template_command, template_spec, template_version)
         except FleetError as e:
             return replies.error(e)
         return replies.ok(agent=self.show(), pooled=pooled)
 
-    async def _spawn(self, request: SpawnRequest, template_command: str) -> None:
+    async def _spawn(
+        self, request: SpawnRequest, template_command: str, spec: str = "", version: int = 0
+    ) -> None:
         create = c.Create(
             name=request.name,
             template=request.template,
@@ -189,6 +199,8 @@ class AgentActor:
             capabilities=request.capabilities,
             options=request.options,
             command=template_command,
+            template_spec=spec,
+            template_version=version,
             by=request.by or "user",
             id=request.id or new_id(),
         )
@@ -251,7 +263,7 @@ class AgentActor:
 
     def _start_monitor(self) -> None:
         if self.monitor is None and self.state.tmux_session:
-            profile = profile_for(self.state.template)
+            profile = agent_profile(self.state)
             self.monitor = ActivityMonitor(self, profile, self.config.monitor_period_s)
             self.monitor.start()
 

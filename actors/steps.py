@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from actors import services
+from actors import ports, services
 from infra import procs
+from infra.templates import agent_profile
 from infra.worktree import Worktrees
 from schemas import commands as c
 from schemas import events as e
-from schemas.assistants import profile_for
 from schemas.errors import FleetError, WorktreeHasWork
 from schemas.states import Lifecycle
 
@@ -102,6 +102,7 @@ async def bring_up(actor: AgentActor) -> None:
             await actor.record([ready])
         if await run(actor.tmux.has_session, session):
             await run(actor.tmux.kill_session, session)  # a stale one from an older incarnation
+        await ports.lease(actor, path)  # before the session: its environment has them
         recordings = await run(_recording_paths, actor)
         env = agent_env(actor, path)
         create = actor.tmux.create_session
@@ -170,6 +171,7 @@ async def stop(
         await services.stop(actor, polite)  # dependents first, before the session ends
         if live:
             await _end_session(actor, s.tmux_session, polite)
+        await ports.release(actor)
         if remove_worktree and s.worktree:
             await _remove_worktree(actor, force)
     except FleetError as err:
@@ -183,7 +185,7 @@ async def _end_session(actor: AgentActor, session: str, polite: bool) -> None:
     await run(tmux.signal_panes, session, signal.SIGCONT)  # a paused agent cannot quit
     if polite:
         # The assistant's own quit first; its quit keys if that was not enough.
-        profile = profile_for(actor.state.template)
+        profile = agent_profile(actor.state)
         half = cfg.polite_timeout_s / 2
         if profile.quit_text:
             await run(tmux.send_text, session, "agent", profile.quit_text, True)

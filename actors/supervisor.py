@@ -23,12 +23,13 @@ import ray
 from nats.aio.msg import Msg
 
 from actors.agent import AgentActor, AgentConfig, new_id
+from actors.templates import resolve_template
 from infra.eventstore import EventStore
 from infra.nats import connect, ensure_streams
 from schemas import replies, subjects
-from schemas.assistants import profile_for
 from schemas.control import ListRequest, SpawnRequest
 from schemas.errors import AgentExists, FleetError, TooManyAgents
+from schemas.templates import encode_spec
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ class Supervisor:
         req = replies.decode_request(data, SpawnRequest, "spawn request")
         name = req.name or f"{subjects.token(req.template, 'template')}-{secrets.token_hex(2)}"
         subjects.token(name, "agent name")
-        profile = profile_for(req.template)
+        template, version = await resolve_template(self.nc, req.template)
         if name in self.actors or name in self.reserved or await self.store.last_seq(name):
             raise AgentExists(name)
         if len(self.actors) + len(self.reserved) >= self.config.max_agents:
@@ -161,7 +162,9 @@ class Supervisor:
         try:
             actor, pooled = await self._actor_for(name)
             req = msgspec.structs.replace(req, name=name)
-            reply: bytes = await actor.spawn.remote(req, req.command or profile.command, pooled)
+            command = req.command or template.assistant.command
+            spec = encode_spec(template)
+            reply: bytes = await actor.spawn.remote(req, command, pooled, spec, version)
             self.actors[name] = actor
         finally:
             self.reserved.discard(name)

@@ -24,11 +24,12 @@ import msgspec
 import yaml
 
 from schemas import subjects
+from schemas.agent import AgentState
 from schemas.assistants import BUILTIN as PROFILES
 from schemas.assistants import AssistantProfile, profile_for, with_patterns
 from schemas.errors import BadRequest, InvalidName, InvalidTemplate, UnknownTemplate
 from schemas.ports import env_key, lease_name
-from schemas.templates import Probe, Template
+from schemas.templates import Probe, Template, decode_spec
 
 MAX_EXTENDS_DEPTH = 16
 _SEGMENT = re.compile(r"\.([^.\[]+)|\[(\.\.\.|\d+)\]")
@@ -332,3 +333,8 @@ def profile_of(template: Template | None, name: str, command: str = "") -> Assis
     if a.env:
         changes["env"] = {**profile.env, **a.env}
     return msgspec.structs.replace(profile, **changes)
+
+
+def agent_profile(state: AgentState) -> AssistantProfile:
+    """The screen profile of an agent, from the template its log recorded."""
+    return profile_of(decode_spec(state.template_spec), state.template, state.command)

@@ -1,0 +1,131 @@
+"""An agent's ports: leased from the ports service before its session starts, given back at stop.
+
+Each service port of the template is leased as `<service>.<port>` and recorded in
+`ports.leased`, so the session's environment has `PORT_<SERVICE>_<NAME>` and the worktree a
+generated `.env` with the same lines. When no ports service answers, free ports chosen by the
+kernel (bind to port 0) are recorded instead, so an agent still runs without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from nats.errors import NoRespondersError
+
+from schemas import events as e
+from schemas import subjects
+from schemas.errors import RemoteError
+from schemas.ports import LeasePorts, ReleasePorts, env_key, template_leases
+from schemas.templates import decode_spec
+
+if TYPE_CHECKING:
+    from actors.agent import AgentActor
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT_S = 5.0
+DOTENV = ".env"
+BEGIN, END = "# >>> fleetd ports (generated; rewritten at each start)", "# <<< fleetd ports"
+_BLOCK = re.compile(rf"{re.escape(BEGIN)}\n.*?{re.escape(END)}\n?", re.DOTALL)
+
+
+def _meta(actor: AgentActor) -> dict[str, Any]:
+    from actors.agent import new_id, now
+
+    s = actor.state
+    return {"agent_id": s.agent_id, "event_id": new_id(), "at": now(), "actor": "agent"}
+
+
+async def _request(actor: AgentActor, payload: msgspec.Struct) -> dict[str, Any]:
+    subject = subjects.control("ports")
+    msg = await actor.nc.request(subject, msgspec.json.encode(payload), REQUEST_TIMEOUT_S)
+    reply: dict[str, Any] = msgspec.json.decode(msg.data)
+    if reply.get("ok") is not True:
+        error = reply.get("error") or {}
+        raise RemoteError(str(error.get("code", "error")), str(error.get("message", reply)))
+    return reply
+
+
+async def lease(actor: AgentActor, worktree: Path) -> None:
+    """Lease the template's ports the state lacks, record them, write the worktree's `.env`."""
+    template = decode_spec(actor.state.template_spec)
+    wanted = template_leases(template) if template else []
+    missing = tuple(n for n in wanted if n not in actor.state.ports)
+    if missing:
+        try:
+            req = LeasePorts(agent=actor.state.agent_id, names=missing, by="agent")
+            got: dict[str, int] = (await _request(actor, req))["ports"]
+        except NoRespondersError:
+            log.warning("no ports service answers; agent %s takes free ports", actor.state.agent_id)
+            got = {name: _free_port() for name in missing}
+        except TimeoutError as err:
+            raise RemoteError("timeout", "the ports service did not answer in time") from err
+        await actor.record([e.PortsLeased(ports=got, **_meta(actor))])
+    if wanted:
+        ports = {n: actor.state.ports[n] for n in wanted if n in actor.state.ports}
+        await asyncio.to_thread(write_dotenv, worktree, ports)
+
+
+async def release(actor: AgentActor) -> None:
+    """Give every lease back (the ports service also does so from the events) and record it."""
+    held = dict(actor.state.ports)
+    if not held:
+        return
+    try:
+        await _request(actor, ReleasePorts(agent=actor.state.agent_id, by="agent"))
+    except (NoRespondersError, TimeoutError, RemoteError) as err:
+        log.warning(
+            "agent %s: ports not released now (%s); the ports service will",
+            actor.state.agent_id,
+            err,
+        )
+    await actor.record([e.PortsReleased(ports=held, **_meta(actor))])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def write_dotenv(worktree: Path, ports: dict[str, int]) -> Path:
+    """Put `PORT_<SERVICE>_<NAME>=<port>` lines in the worktree's `.env`, in a fenced block that
+    is replaced each time (lines of a user's own `.env` are kept), and keep it out of git status."""
+    path = worktree / DOTENV
+    old = path.read_text() if path.exists() else ""
+    lines = "".join(f"{env_key(name)}={port}\n" for name, port in sorted(ports.items()))
+    block = f"{BEGIN}\n{lines}{END}\n"
+    kept = _BLOCK.sub("", old)
+    path.write_text(kept + ("" if not kept or kept.endswith("\n") else "\n") + block)
+    _exclude(worktree)
+    return path
+
+
+def _exclude(worktree: Path) -> None:
+    """`/.env` in the repository's info/exclude (shared by its worktrees), unless tracked."""
+    git = ["git", "-C", str(worktree)]
+    tracked = subprocess.run([*git, "ls-files", "--error-unmatch", DOTENV], capture_output=True)
+    if tracked.returncode == 0:
+        return  # the project tracks its .env: changing what git shows is its business
+    found = subprocess.run(
+        [*git, "rev-parse", "--git-path", "info/exclude"], capture_output=True, text=True
+    )
+    if found.returncode != 0:
+        return
+    exclude = Path(found.stdout.strip())
+    if not exclude.is_absolute():
+        exclude = worktree / exclude
+    text = exclude.read_text() if exclude.exists() else ""
+    if f"/{DOTENV}" not in text.splitlines():
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        exclude.write_text(
+            text + ("" if text.endswith("\n") or not text else "\n") + f"/{DOTENV}\n"
+        )
