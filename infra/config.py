@@ -22,6 +22,7 @@ from schemas.errors import InvalidSetting, NotRunning
 DEFAULT_GATEWAY_PORT = 7070
 STATE_FILE_NAME = "fleet.json"
 LOCK_FILE_NAME = "fleet.lock"
+DEFAULT_PORT_RANGE = (20000, 29999)
 
 
 def _default_state_dir(env: Mapping[str, str]) -> Path:
@@ -42,6 +43,20 @@ def _port(name: str, raw: str | None, default: int) -> int:
     if not 1 <= port <= 65535:
         raise InvalidSetting(name, raw, "a port number must be between 1 and 65535")
     return port
+
+
+def _port_range(raw: str | None) -> tuple[int, int]:
+    """`FLEET_PORT_RANGE=20000-29999`: the ports the ports service may lease, both ends included."""
+    if raw is None:
+        return DEFAULT_PORT_RANGE
+    low, dash, high = raw.partition("-")
+    if not dash:
+        raise InvalidSetting("FLEET_PORT_RANGE", raw, "it must be LOW-HIGH, e.g. 20000-29999")
+    first = _port("FLEET_PORT_RANGE", low, 0)
+    last = _port("FLEET_PORT_RANGE", high, 0)
+    if first > last:
+        raise InvalidSetting("FLEET_PORT_RANGE", raw, "LOW must not be above HIGH")
+    return first, last
 
 
 def _count(name: str, raw: str | None, default: int) -> int:
@@ -68,6 +83,7 @@ class Settings:
     tmux_socket: str = "fleetd"  # the fleet's own tmux server (`tmux -L fleetd`)
     pool_size: int = 2  # warm agent actors kept ready per fleet
     max_agents: int = 200
+    port_range: tuple[int, int] = DEFAULT_PORT_RANGE  # ports leased to agents' services
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -87,6 +103,7 @@ class Settings:
             tmux_socket=values.get("FLEET_TMUX_SOCKET", "fleetd"),
             pool_size=_count("FLEET_POOL_SIZE", values.get("FLEET_POOL_SIZE"), 2),
             max_agents=_count("FLEET_MAX_AGENTS", values.get("FLEET_MAX_AGENTS"), 200),
+            port_range=_port_range(values.get("FLEET_PORT_RANGE")),
         )
 
     @property

@@ -30,12 +30,14 @@ from schemas.subjects import token
 
 class ServiceState(msgspec.Struct, frozen=True, kw_only=True):
     name: str
-    state: str = "starting"  # starting | running | exited
+    state: str = "starting"  # starting | running | exited | restarting (waiting out a backoff)
     pid: int | None = None
     port: int | None = None
     healthy: bool | None = None
     restarts: int = 0
     exit_code: int | None = None
+    exit_signal: int | None = None
+    health_detail: str = ""  # what the last health event said (a probe's answer, a give-up)
 
 
 class CheckpointRef(msgspec.Struct, frozen=True, kw_only=True):
@@ -342,13 +344,16 @@ def _service(
     old = s.services.get(ev.service) or ServiceState(name=ev.service)
     match ev:
         case e.ServiceStarted(pid=pid, port=port):
-            new = replace(old, state="running", pid=pid, port=port, healthy=None, exit_code=None)
-        case e.ServiceExited(code=code):
-            new = replace(old, state="exited", pid=None, exit_code=code, healthy=None)
-        case e.ServiceHealth(healthy=healthy):
-            new = replace(old, healthy=healthy)
+            new = replace(old, state="running", pid=pid, port=port, healthy=None, health_detail="")
+            new = replace(new, exit_code=None, exit_signal=None)
+        case e.ServiceExited(code=code, signal=sig):
+            new = replace(old, state="exited", pid=None, exit_code=code, exit_signal=sig)
+            new = replace(new, healthy=None, health_detail="")
+        case e.ServiceHealth(healthy=healthy, detail=detail):
+            new = replace(old, healthy=healthy, health_detail=detail)
         case e.ServiceRestarted(attempt=attempt):
-            new = replace(old, restarts=max(old.restarts + 1, attempt))
+            state = "restarting" if old.state == "exited" else old.state
+            new = replace(old, restarts=max(old.restarts + 1, attempt), state=state)
     return replace(s, services={**s.services, ev.service: new})
 
 

@@ -88,8 +88,9 @@ class RestartTracker:
         if not wants_restart(self.spec, code, signal):
             return Done()
         if self.attempts >= self.spec.max_restarts:
+            runs = self.attempts + 1
             return GiveUp(
-                f"it failed {self.attempts + 1} times in a row "
+                f"it failed {runs} time{'s' if runs > 1 else ''} in a row "
                 f"(max_restarts {self.spec.max_restarts}, each run shorter than "
                 f"{self.spec.reset_after_s:g}s)"
             )
@@ -98,6 +99,8 @@ class RestartTracker:
         return Restart(self.attempts, next_delay(self.spec.backoff, self.attempts, rand))
 
     def restarted_by_hand(self, now: float) -> None:
-        """A restart a person or the health service asked for: it neither counts nor resets."""
+        """A restart a person or the health service asked for: a fresh streak, since someone
+        decided the service deserves one (after a fix, or as a rung of the recovery ladder)."""
+        self.attempts = 0
         self.total += 1
         self.started_at = now

@@ -22,6 +22,7 @@ import msgspec
 from infra.config import FleetState, Settings, pid_alive, read_state
 from schemas.errors import FleetError
 from services import cli_agents as agents
+from services import cli_templates as templates
 from services import doctor
 
 log = logging.getLogger("fleet.cli")
@@ -91,6 +92,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("attach", agents.cmd_attach, agents.attach_arguments),
     Subcommand("doctor", doctor.cmd_doctor),
     Subcommand("gc", doctor.cmd_gc, doctor.gc_arguments),
+    Subcommand("template", templates.cmd_template, templates.template_arguments),
 )
 
 

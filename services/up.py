@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TextIO
 
 import msgspec
+from nats.aio.client import Client
 
 import infra.nats
 from actors import supervisor
@@ -128,6 +129,7 @@ async def _bring_up(settings: Settings, stack: AsyncExitStack) -> FleetState:
     await infra.nats.ensure_streams(nc.jetstream())
     ray_address = await asyncio.to_thread(raycluster.start, settings.ray_address)
     stack.callback(raycluster.stop)
+    await _start_templates_and_ports(settings, nc, stack)
     await _start_supervisor(settings, url)
     state = FleetState(
         pid=os.getpid(),
@@ -156,6 +158,14 @@ async def _start_supervisor(settings: Settings, nats_url: str) -> None:
     handle = supervisor.start(config)
     agents = await handle.known.remote()
     log.info("supervisor up; %d agent(s) re-adopted", len(agents))
+
+
+async def _start_templates_and_ports(settings: Settings, nc: Client, stack: AsyncExitStack) -> None:
+    """The templates and ports services, answering before the supervisor spawns anything."""
+    from services import ports, templates
+
+    stack.push_async_callback((await templates.start(nc)).close)
+    stack.push_async_callback((await ports.start(nc, settings.port_range)).close)
 
 
 @contextlib.contextmanager

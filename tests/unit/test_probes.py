@@ -1,0 +1,145 @@
+"""infra.probes against real local servers and processes (no mocks): each check and the runner."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from infra import probes
+from schemas.templates import ExecProbe, HttpProbe, LogProbe, Probe, TcpProbe
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[dict[str, int]]:
+    """A local aiohttp app: /ok answers 200, /broken 503, /slow never in time."""
+
+    async def ok(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def broken(_: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    async def slow(_: web.Request) -> web.Response:
+        await asyncio.sleep(0.5)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/ok", ok)
+    app.router.add_get("/broken", broken)
+    app.router.add_get("/slow", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield {"http": port}
+    finally:
+        await runner.cleanup()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_http_status_judged_against_the_expected_range(server: dict[str, int]) -> None:
+    ok = await probes.check(
+        Probe(http=HttpProbe(port="http", path="/ok")), ports=server, cwd=".", output=None
+    )
+    assert (ok.ok, ok.detail) == (True, "HTTP 200") and ok.ms > 0
+    bad = await probes.check(
+        Probe(http=HttpProbe(port="http", path="/broken")), ports=server, cwd=".", output=None
+    )
+    assert (bad.ok, bad.detail) == (False, "HTTP 503")
+    wanted = Probe(http=HttpProbe(port=server["http"], path="/broken", expect_status=(503,)))
+    assert (await probes.check(wanted, ports={}, cwd=".", output=None)).ok
+
+
+async def test_http_failures_say_why(server: dict[str, int]) -> None:
+    slow = Probe(http=HttpProbe(port="http", path="/slow"), timeout_s=0.2)
+    result = await probes.check(slow, ports=server, cwd=".", output=None)
+    assert (result.ok, result.detail) == (False, "no answer within 0.2s")
+    closed = await probes.check(
+        Probe(http=HttpProbe(port=free_port())), ports={}, cwd=".", output=None
+    )
+    assert (closed.ok, closed.detail) == (False, "connection refused")
+    unknown = await probes.check(
+        Probe(http=HttpProbe(port="admin")), ports=server, cwd=".", output=None
+    )
+    assert not unknown.ok
+    assert unknown.detail == "no leased port named 'admin' (the service's ports: http)"
+
+
+async def test_tcp(server: dict[str, int]) -> None:
+    assert (
+        await probes.check(Probe(tcp=TcpProbe(port="http")), ports=server, cwd=".", output=None)
+    ).ok
+    refused = Probe(tcp=TcpProbe(port=free_port()))
+    assert not (await probes.check(refused, ports={}, cwd=".", output=None)).ok
+
+
+async def test_exec_sees_its_cwd_and_ports_and_is_killed_on_timeout(tmp_path: Path) -> None:
+    (tmp_path / "marker").write_text("")
+    probe = Probe(exec=ExecProbe(command='test -f marker && test "$PORT_WEB" = 4242'))
+    assert (await probes.check(probe, ports={"web": 4242}, cwd=str(tmp_path), output=None)).ok
+    argv = Probe(exec=ExecProbe(command=["sh", "-c", "exit 3"], expect_exit=3))
+    assert (await probes.check(argv, ports={}, cwd=str(tmp_path), output=None)).detail == "exit 3"
+    hang = Probe(exec=ExecProbe(command=f"echo $$ > {tmp_path}/pid; sleep 30"), timeout_s=0.3)
+    result = await probes.check(hang, ports={}, cwd=str(tmp_path), output=None)
+    assert not result.ok and "no answer" in result.detail
+    pid = int((tmp_path / "pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+async def test_log_matches_the_output_so_far() -> None:
+    seen = ["starting\n"]
+    probe = Probe(log=LogProbe(pattern=r"^listening on \d+$"))
+    assert not (await probes.check(probe, ports={}, cwd=".", output=lambda: "".join(seen))).ok
+    seen.append("listening on 8080\n")
+    result = await probes.check(probe, ports={}, cwd=".", output=lambda: "".join(seen))
+    assert result.ok and "listening on 8080" in result.detail
+
+
+def test_thresholds_change_only_after_enough_results_in_a_row() -> None:
+    t = probes.Thresholds(Probe(success_threshold=2, failure_threshold=3))
+    assert [t.observe(x) for x in (True, False, True, True, True)] == [None, None, None, True, None]
+    assert [t.observe(x) for x in (False, False, True, False, False, False)] == [
+        None, None, None, None, None, False,
+    ]  # fmt: skip
+
+
+async def test_runner_waits_for_readiness_and_reports_changes(server: dict[str, int]) -> None:
+    port = free_port()
+    probe = Probe(http=HttpProbe(port="web", path="/ok"), period_s=0.05, failure_threshold=2)
+    changes: list[tuple[bool, str]] = []
+
+    async def record(ok: bool, result: probes.ProbeResult) -> None:
+        changes.append((ok, result.detail))
+
+    async def serve_later() -> web.AppRunner:
+        await asyncio.sleep(0.3)
+
+        async def ok(_: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.router.add_get("/ok", ok)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return runner
+
+    later = asyncio.create_task(serve_later())
+    result = await probes.wait_ok(probe, ports={"web": port}, cwd=".", on_change=record)
+    await (await later).cleanup()
+    assert result.ok and changes == [(False, "connection refused"), (True, "HTTP 200")]
