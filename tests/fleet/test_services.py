@@ -35,7 +35,7 @@ from schemas.templates import (
     Template,
 )
 from tests.conftest import Fleet
-from tests.fleet.helpers import command, until
+from tests.fleet.helpers import command, spawn, until
 from tests.fleet.test_agents import repo  # noqa: F401  (a fixture)
 
 FAST = RestartSpec(backoff=Backoff(initial_s=0.05, max_s=1.0), reset_after_s=30.0)
@@ -190,3 +190,28 @@ async def test_a_service_that_keeps_failing_is_left_down_after_max_restarts(
     shown = (await services(nc, "f1"))["bad"]
     assert shown["state"] == "exited" and shown["restarts"] == 2 and shown["healthy"] is False
     assert shown["exit_code"] == 3
+
+
+async def test_web_demo_through_the_supervisor_answers_on_its_leased_port(
+    fleet: Fleet,
+    nc: Client,
+    repo: Path,  # noqa: F811
+) -> None:
+    reply = await spawn(nc, str(repo), "d1", template="web-demo")
+    assert reply["ok"], reply
+
+    async def up() -> dict[str, Any] | None:
+        found = await services(nc, "d1")
+        worker = found.get("worker", {})
+        return found if worker.get("state") == "running" else None
+
+    found = await until(up, "web-demo's api healthy and its worker running")
+    assert found["api"]["healthy"] is True
+    port = found["api"]["port"]
+    assert port == reply["agent"]["ports"]["api.http"]
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(b"GET / HTTP/1.0\r\n\r\n")
+    answer = await r.read()
+    w.close()
+    assert b"hello from web-demo" in answer
+    assert (await command(nc, "d1", "stop"))["agent"]["lifecycle"] == "STOPPED"
