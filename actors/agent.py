@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from nats.js.errors import KeyNotFoundError
 
 from actors import services, steps
 from actors.monitor import ActivityMonitor
+from infra import registry
 from infra.eventstore import EventStore
 from infra.nats import connect
 from infra.templates import agent_profile
@@ -31,8 +33,10 @@ from schemas import replies, subjects
 from schemas.agent import AgentState, decide
 from schemas.chain import Position
 from schemas.control import SpawnRequest, view
+from schemas.discovery import HEARTBEAT_S, RegistryEntry, entry
 from schemas.errors import ConcurrentUpdate, FleetError, UnknownAgent
 from schemas.events import AgentEvent
+from schemas.ratelimit import RateLimiter
 from schemas.states import LIVE, Lifecycle
 from schemas.templates import Template
 
@@ -56,6 +60,10 @@ class AgentConfig:
     # The shell of the services and monitor windows. Without rc files: a user's .bashrc can
     # take seconds (or hang on a lock) and a fleet starts many of these at once.
     window_shell: str = "bash --noprofile --norc -i"
+    # Per-sender limit on fleet.cmd.<id> (a sender is one NATS connection): a burst, then a rate.
+    cmd_rate: float = 200.0
+    cmd_burst: float = 400.0
+    heartbeat_s: float = HEARTBEAT_S  # how often the agent's registry entry is refreshed
 
 
 def new_id() -> str:
@@ -83,6 +91,8 @@ class AgentActor:
         self.monitor: ActivityMonitor | None = None
         self.template: Template | None = None  # the resolved template, set before bring_up
         self.services: services.Services | None = None  # this incarnation's dev services
+        self.limiter = RateLimiter(config.cmd_rate, config.cmd_burst, "commands")
+        self.heartbeat = registry.Heartbeat(self.nc, self._registry_entry, config.heartbeat_s)
         self.node = _node_id()
         self.slot = slot
         if agent_id is None and slot is not None:
@@ -112,6 +122,7 @@ class AgentActor:
         self.state, self.position = loaded.state, loaded.position
         self.sub = await self.nc.subscribe(subjects.command(agent_id), cb=self._on_command)
         await self.nc.flush()
+        self.heartbeat.start()
         if self.state.lifecycle is not L.NEW:
             await self._adopt()
 
@@ -165,6 +176,7 @@ class AgentActor:
             loaded = await self.store.load(self.state.agent_id)
             self.state, self.position = loaded.state, loaded.position
             raise
+        self.heartbeat.poke()  # the registry shows a new lifecycle or activity at once
 
     async def _fail(self, reason: str) -> None:
         self._stop_monitor()
@@ -236,6 +248,7 @@ class AgentActor:
 
     async def _answer(self, msg: Msg) -> None:
         try:
+            self.limiter.check(_sender(msg), time.monotonic())
             cmd: c.AgentCommand = replies.decode_request(msg.data, c.AgentCommand, "command")
             reply = await self.handle(cmd)
         except FleetError as e:
@@ -252,12 +265,31 @@ class AgentActor:
     async def _retire(self) -> None:
         """A removed agent's actor lets go of everything and ends, for good."""
         await self.close()
+        await registry.remove(self.nc, self.state.agent_id)
+        await self._supervisor_forgets()
         if self.slot is not None:
             kv = await self.nc.jetstream().key_value(subjects.SLOTS_BUCKET)
             await kv.delete(self.slot)
         import ray
 
         ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
+    async def _supervisor_forgets(self) -> None:
+        """Tell the supervisor, so it answers this id with unknown_agent from now on."""
+        import ray
+
+        from actors.supervisor import SUPERVISOR  # here: supervisor.py imports this module
+
+        try:
+            supervisor = ray.get_actor(SUPERVISOR, namespace=self.config.namespace)
+        except ValueError:  # no supervisor (yet): it will not find this agent in the log
+            return
+        await supervisor.forget.remote(self.state.agent_id)
+
+    def _registry_entry(self) -> RegistryEntry | None:
+        if self.state.lifecycle is L.NEW or self.state.removed:
+            return None
+        return entry(self.state, self.node, now())
 
     # -- activity ----------------------------------------------------------------------------
 
@@ -275,6 +307,7 @@ class AgentActor:
     async def close(self) -> None:
         """Let go of NATS (the tmux session lives on); used before the actor is killed."""
         self._stop_monitor()
+        self.heartbeat.stop()
         if self.sub is not None:
             await self.sub.unsubscribe()
             self.sub = None
@@ -288,6 +321,12 @@ def _with_id(cmd: c.AgentCommand) -> c.AgentCommand:
     import msgspec
 
     return msgspec.structs.replace(cmd, id=new_id())
+
+
+def _sender(msg: Msg) -> str:
+    """Who sent a request, for rate limits: its connection's reply prefix (nats-py answers
+    every request of one connection on `_INBOX.<connection nuid>.<token>`)."""
+    return msg.reply.rsplit(".", 1)[0] if msg.reply else "no-reply"
 
 
 def _node_id() -> str:

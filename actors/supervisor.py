@@ -1,6 +1,8 @@
 """The supervisor actor: spawns agent actors, finds them again, keeps a warm pool.
 
-It answers `fleet.ctl.spawn` and `fleet.ctl.list`. Agent actors are detached and restart on
+It answers `fleet.ctl.spawn`, `list`, `find` and `acquire`, and, for ids no agent serves,
+`fleet.cmd.<id>` with `unknown_agent` (see `_on_command`). It also runs the mail dead-letter
+mover. Agent actors are detached and restart on
 their own; the supervisor only has to know where they are. After its own restart (or a new
 `fleet up`) it rebuilds that knowledge from Ray's named actors and the event log: every agent
 the log knows and has not removed gets its actor back, and the actor re-adopts the session.
@@ -16,6 +18,7 @@ import asyncio
 import logging
 import secrets
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -24,11 +27,21 @@ from nats.aio.msg import Msg
 
 from actors.agent import AgentActor, AgentConfig, new_id
 from actors.templates import resolve_template
+from infra import registry
+from infra.deadletters import DeadLetters
 from infra.eventstore import EventStore
 from infra.nats import connect, ensure_streams
 from schemas import replies, subjects
 from schemas.control import ListRequest, SpawnRequest
-from schemas.errors import AgentExists, FleetError, TooManyAgents
+from schemas.discovery import AcquireRequest, FindRequest, RegistryEntry, select
+from schemas.errors import (
+    AgentExists,
+    BadRequest,
+    FleetError,
+    RemoteError,
+    TooManyAgents,
+    UnknownAgent,
+)
 from schemas.templates import encode_spec
 
 log = logging.getLogger(__name__)
@@ -73,8 +86,19 @@ class Supervisor:
         self._filling = False
         self.pool_target = config.pool_size
         await self.refind()
-        for verb, handler in (("spawn", self._spawn), ("list", self._list)):
+        handlers = (
+            ("spawn", self._spawn),
+            ("list", self._list),
+            ("find", self._find),
+            ("acquire", self._acquire),
+        )
+        for verb, handler in handlers:
             await self.nc.subscribe(subjects.control(verb), cb=self._answering(handler))
+        await self.nc.subscribe(
+            subjects.ALL_COMMANDS, queue=subjects.UNKNOWN_AGENT_QUEUE, cb=self._on_command
+        )
+        self.dead_letters = DeadLetters(self.nc)
+        await self.dead_letters.start()
         await self.nc.flush()
         self._background(self._fill_pool())
 
@@ -204,6 +228,63 @@ class Supervisor:
                     loaded = await self.store.load(agent_id)
                     shown.append(msgspec.to_builtins(view(loaded.state, seq=loaded.position.seq)))
         return replies.ok(agents=sorted(shown, key=lambda v: v["id"]))
+
+    async def _on_command(self, msg: Msg) -> None:
+        """`fleet.cmd.*`: answer only for ids that no agent actor serves.
+
+        A known agent's actor answers on its own subscription, and this handler stays silent
+        for it (and for a name being spawned), so a known agent is answered exactly once and
+        an unknown one gets `unknown_agent` instead of NATS's "no responders".
+        """
+        agent_id = subjects.agent_from_command(msg.subject)
+        if agent_id in self.actors or agent_id in self.reserved or not msg.reply:
+            return
+        await msg.respond(replies.error(UnknownAgent(agent_id)))
+
+    async def _find(self, data: bytes) -> bytes:
+        req = replies.decode_request(data or b"{}", FindRequest, "find request")
+        found = select(await registry.entries(self.nc), req, datetime.now(UTC))
+        return replies.ok(agents=[msgspec.to_builtins(e) for e in found])
+
+    async def _acquire(self, data: bytes) -> bytes:
+        """Find `count` READY agents with the capabilities; spawn the missing ones."""
+        req = replies.decode_request(data or b"{}", AcquireRequest, "acquire request")
+        if not 1 <= req.count <= 50:
+            raise BadRequest(
+                f"invalid acquire request: count {req.count} is not 1 to 50", "invalid_field"
+            )
+        want = FindRequest(capabilities=req.capabilities, limit=req.count)
+        found = select(await registry.entries(self.nc), want, datetime.now(UTC))
+        missing = req.count - len(found)
+        if missing and not req.repo:
+            raise BadRequest(
+                f"only {len(found)} of {req.count} agents with {list(req.capabilities)} are "
+                "ready, and the acquire request names no `repo` to spawn more in",
+                "not_enough_agents",
+            )
+        spawned = await asyncio.gather(*(self._spawn_for(req) for _ in range(max(0, missing))))
+        agents = [msgspec.to_builtins(e) for e in [*found, *spawned]]
+        return replies.ok(agents=agents, spawned=[e.id for e in spawned])
+
+    async def _spawn_for(self, req: AcquireRequest) -> RegistryEntry:
+        spawn = SpawnRequest(
+            repo=req.repo, template=req.template, capabilities=req.capabilities, by=req.by
+        )
+        reply = msgspec.json.decode(await self._spawn(msgspec.json.encode(spawn)))
+        if reply.get("ok") is not True:
+            raise RemoteError(reply["error"]["code"], reply["error"]["message"])
+        agent = reply["agent"]
+        return RegistryEntry(
+            id=agent["id"],
+            name=agent["name"],
+            template=agent["template"],
+            capabilities=req.capabilities,
+            lifecycle=agent["lifecycle"],
+            activity=agent["activity"],
+            endpoint=subjects.command(agent["id"]),
+            node=agent["actor"]["node"],
+            heartbeat_at=datetime.now(UTC),
+        )
 
     def forget(self, agent_id: str) -> None:
         """Called when an agent is removed: its actor is gone."""

@@ -77,19 +77,23 @@ class Heartbeat:
         self.nc, self.make_entry, self.period_s = nc, make_entry, period_s
         self._poked = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._loop = asyncio.get_running_loop()
+            self._task = self._loop.create_task(self._run())
+
+    # A Ray async actor may call these from another event loop than the one the beat runs
+    # in, so both only schedule work on the beat's own loop and never await its task.
 
     def poke(self) -> None:
-        self._poked.set()
+        if self._task is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._poked.set)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    def stop(self) -> None:
+        if self._task is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._task.cancel)
             self._task = None
 
     async def _run(self) -> None:
