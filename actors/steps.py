@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from actors import ports, services
+from actors import ports, recovery, services
 from infra import procs
 from infra.templates import agent_profile
 from infra.worktree import Worktrees
@@ -115,6 +115,7 @@ async def bring_up(actor: AgentActor) -> None:
             **_meta(actor),
         )
         await actor.record([started])
+        await recovery.apply_limits(actor)  # the template's resources, on the session's panes
         await actor.execute(c.MarkRunning(by="agent"))
         await services.start(actor)  # each waits for its dependencies once the lock is free
     except FleetError as err:
@@ -285,6 +286,10 @@ async def act(actor: AgentActor, cmd: c.AgentCommand) -> dict[str, Any]:
         case c.Detach(user=user):
             if await actor.execute(cmd):
                 await run(tmux.end_user_session, s.tmux_session, user)
+        case c.RecreateSession():
+            await recovery.recreate_session(actor, cmd)
+        case c.NewPorts():
+            await recovery.new_ports(actor, cmd)
         case c.RestartService(service=name):
             await actor.execute(cmd)
             await services.restart(actor, name, cmd.id)

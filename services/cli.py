@@ -22,6 +22,7 @@ import msgspec
 from infra.config import FleetState, Settings, pid_alive, read_state
 from schemas.errors import FleetError
 from services import cli_agents as agents
+from services import cli_health as health
 from services import cli_templates as templates
 from services import doctor
 
@@ -92,6 +93,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("attach", agents.cmd_attach, agents.attach_arguments),
     Subcommand("doctor", doctor.cmd_doctor),
     Subcommand("gc", doctor.cmd_gc, doctor.gc_arguments),
+    Subcommand("health", health.cmd_health, health.health_arguments),
     Subcommand("template", templates.cmd_template, templates.template_arguments),
 )
 

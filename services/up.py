@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TextIO
 
 import msgspec
+import ray
 from nats.aio.client import Client
 
 import infra.nats
@@ -131,6 +132,7 @@ async def _bring_up(settings: Settings, stack: AsyncExitStack) -> FleetState:
     stack.callback(raycluster.stop)
     await _start_templates_and_ports(settings, nc, stack)
     await _start_supervisor(settings, url)
+    await _start_health(settings, nc, stack)
     state = FleetState(
         pid=os.getpid(),
         state_dir=str(settings.state_dir),
@@ -166,6 +168,21 @@ async def _start_templates_and_ports(settings: Settings, nc: Client, stack: Asyn
 
     stack.push_async_callback((await templates.start(nc)).close)
     stack.push_async_callback((await ports.start(nc, settings.port_range)).close)
+
+
+async def _start_health(settings: Settings, nc: Client, stack: AsyncExitStack) -> None:
+    """The health service of this node; on a Ray cluster it watches only this node's agents."""
+    from services import health
+
+    node = ray.get_runtime_context().get_node_id() if settings.ray_address else ""
+    stop = asyncio.Event()
+    task = asyncio.create_task(health.run(nc, stop, health.HealthConfig(node=node)))
+
+    async def stop_health() -> None:
+        stop.set()
+        await task
+
+    stack.push_async_callback(stop_health)
 
 
 @contextlib.contextmanager
