@@ -1,0 +1,50 @@
+"""Answering requests on a NATS subject: one task per request, one reply shape for every outcome.
+
+A `FleetError` becomes `{"ok": false, "error": {...}}` with its sentence; anything else is a bug
+here, logged with an id that the reply carries, so a caller never meets silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from schemas import replies
+from schemas.errors import FleetError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[bytes], Awaitable[bytes]]
+
+
+async def answer(msg: Msg, handler: Handler, what: str) -> None:
+    try:
+        reply = await handler(msg.data)
+    except FleetError as e:
+        reply = replies.error(e)
+    except Exception:
+        error_id = uuid.uuid4().hex[:12]
+        log.exception("%s: request failed (error id %s)", what, error_id)
+        reply = replies.unexpected(error_id)
+    if msg.reply:
+        await msg.respond(reply)
+
+
+async def serve(nc: Client, subject: str, handler: Handler, what: str) -> Subscription:
+    """Subscribe `handler` to `subject` (a queue group, so several instances share the load)."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def on_msg(msg: Msg) -> None:
+        task = asyncio.get_running_loop().create_task(answer(msg, handler, what))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    sub = await nc.subscribe(subject, queue=what, cb=on_msg)
+    await nc.flush()
+    return sub
