@@ -6,6 +6,8 @@ Protocol facts this module relies on:
   the optimistic concurrency check: a stale writer is refused instead of forking history.
 - `Nats-Msg-Id` de-duplicates within the stream's duplicate window: a retried append is acked
   again with `duplicate: true` and the first copy's sequence, and stored once.
+- `Fleet-Mac` (ours) is HMAC-SHA256 of the payload with the fleet key (infra/fleetkey.py): the
+  hash chain shows that nothing was altered, the MAC that the agent's own actor wrote it.
 - A batch direct get (`$JS.API.DIRECT.GET.<stream>` with `next_by_subj` and `batch`) answers
   with one message per event (headers `Nats-Sequence`, ...) then a `204 EOB` status; nats-py
   2.x does not wrap it, so it is spoken here over a single wildcard inbox subscription.
@@ -31,6 +33,7 @@ from nats.js.kv import KeyValue
 
 from schemas import subjects
 from schemas.agent import AgentState, evolve, initial
+from schemas.audit import MAC_HEADER, event_mac
 from schemas.chain import SNAPSHOT_VERSION, Position, Snapshot, event_hash
 from schemas.errors import ConcurrentUpdate, StoreUnavailable
 from schemas.events import AgentEvent
@@ -73,6 +76,7 @@ class Stored:
     raw: bytes
     event: AgentEvent | None
     problem: str = ""  # why `event` is None: msgspec's message
+    mac: str = ""  # the Fleet-Mac header as stored ("" when absent)
 
 
 @dataclass(slots=True)
@@ -82,13 +86,13 @@ class Loaded:
     skipped: list[Stored] = field(default_factory=list)  # undecodable events, reported
 
 
-def decode(seq: int, raw: bytes) -> Stored:
+def decode(seq: int, raw: bytes, mac: str = "") -> Stored:
     """Decode one stored event; an unreadable one is reported with its sequence, not raised."""
     try:
-        return Stored(seq, raw, _event_decoder.decode(raw))
+        return Stored(seq, raw, _event_decoder.decode(raw), mac=mac)
     except msgspec.DecodeError as e:  # ValidationError is a DecodeError
         log.warning("event log sequence %d skipped: %s", seq, e)
-        return Stored(seq, raw, None, str(e))
+        return Stored(seq, raw, None, str(e), mac)
 
 
 class EventStore:
@@ -100,8 +104,10 @@ class EventStore:
         js: JetStreamContext | None = None,
         *,
         snapshot_every: int = SNAPSHOT_EVERY,
+        mac_key: bytes | None = None,
     ) -> None:
         self.nc = nc
+        self.mac_key = mac_key  # signs appends (Fleet-Mac) when set: only agent actors have it
         self.js = js or nc.jetstream()
         self.snapshot_every = snapshot_every
         self._inbox_prefix = nc.new_inbox()
@@ -139,6 +145,8 @@ class EventStore:
         # A plain request, not js.publish: the ack is decoded by msgspec, which is most of
         # what keeps a checked append as fast as an unchecked raw publish.
         headers = {"Nats-Msg-Id": msg_id, "Nats-Expected-Last-Subject-Sequence": str(seq)}
+        if self.mac_key is not None:
+            headers[MAC_HEADER] = event_mac(self.mac_key, raw)
         try:
             reply = await self.nc.request(subject, raw, timeout=REQUEST_TIMEOUT_S, headers=headers)
         except TimeoutError as e:
@@ -165,7 +173,7 @@ class EventStore:
         """Positions of the leading `events` found right after `after`, or None if others are."""
         rows = await self._direct_batch(subjects.events(agent_id), after.seq + 1, len(events))
         found: list[Position] = []
-        for (seq, raw), event in zip(rows, events, strict=False):
+        for (seq, raw, _mac), event in zip(rows, events, strict=False):
             stored = decode(seq, raw).event
             if stored is None or stored.event_id != event.event_id:
                 break
@@ -241,13 +249,26 @@ class EventStore:
         but streams ~170k events/s. So the first `SHORT_TAIL` events come by direct get, and a
         longer log continues through an ordered consumer.
         """
+        return await self.scan_signed(
+            agent_id, lambda seq, raw, _mac: on_row(seq, raw), after=after, upto=upto
+        )
+
+    async def scan_signed(
+        self,
+        agent_id: str,
+        on_row: Callable[[int, bytes, str], None],
+        *,
+        after: int = 0,
+        upto: int | None = None,
+    ) -> int:
+        """`scan`, with each event's `Fleet-Mac` header ("" when absent), for the audit."""
         subject = subjects.events(agent_id)
         rows = await self._direct_batch(subject, after + 1, SHORT_TAIL)
         count = 0
-        for seq, raw in rows:
+        for seq, raw, mac in rows:
             if upto is not None and seq > upto:
                 return count
-            on_row(seq, raw)
+            on_row(seq, raw, mac)
             count += 1
         if len(rows) < SHORT_TAIL:
             return count
@@ -261,9 +282,11 @@ class EventStore:
     async def read(self, agent_id: str, *, after: int = 0, upto: int | None = None) -> list[Stored]:
         """The agent's stored events after `after` (up to `upto`), decoded; for small logs."""
         rows: list[Stored] = []
-        await self.scan(
-            agent_id, lambda seq, raw: rows.append(decode(seq, raw)), after=after, upto=upto
-        )
+
+        def on_row(seq: int, raw: bytes, mac: str) -> None:
+            rows.append(decode(seq, raw, mac))
+
+        await self.scan_signed(agent_id, on_row, after=after, upto=upto)
         return rows
 
     async def read_snapshot(self, agent_id: str) -> Snapshot | None:
@@ -341,7 +364,9 @@ class EventStore:
             self._kv = await self.js.key_value(subjects.SNAPSHOTS_BUCKET)
         return self._kv
 
-    async def _direct_batch(self, subject: str, start: int, batch: int) -> list[tuple[int, bytes]]:
+    async def _direct_batch(
+        self, subject: str, start: int, batch: int
+    ) -> list[tuple[int, bytes, str]]:
         if self._inbox_sub is None:
             self._inbox_sub = await self.nc.subscribe(self._inbox_prefix + ".*", cb=self._on_batch)
         self._next_batch += 1
@@ -366,7 +391,7 @@ class EventStore:
         return pending.rows
 
     async def _ordered(
-        self, subject: str, first: int, last: int, on_row: Callable[[int, bytes], None]
+        self, subject: str, first: int, last: int, on_row: Callable[[int, bytes, str], None]
     ) -> int:
         """Stream sequences first..last of `subject` through nats-py's ordered consumer."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -378,7 +403,8 @@ class EventStore:
                 return
             seq = _stream_seq(msg.reply)
             if seq <= last:
-                on_row(seq, msg.data)
+                headers = msg.headers
+                on_row(seq, msg.data, headers.get(MAC_HEADER, "") if headers else "")
                 count += 1
             if seq >= last:
                 done.set_result(None)
@@ -408,13 +434,13 @@ class EventStore:
             if not pending.done.done():
                 pending.done.set_result(status)
             return
-        pending.rows.append((int(headers["Nats-Sequence"]), msg.data))
+        pending.rows.append((int(headers["Nats-Sequence"]), msg.data, headers.get(MAC_HEADER, "")))
 
 
 @dataclass(slots=True)
 class _Batch:
     done: asyncio.Future[str]
-    rows: list[tuple[int, bytes]] = field(default_factory=list)
+    rows: list[tuple[int, bytes, str]] = field(default_factory=list)
 
 
 def _stream_seq(reply: str) -> int:

@@ -48,6 +48,7 @@ class CheckpointRef(msgspec.Struct, frozen=True, kw_only=True):
     label: str = ""
     auto: str = ""
     at: datetime | None = None
+    healthy: bool | None = None  # no service unhealthy and not in ERROR when taken (None: unknown)
 
 
 class AgentState(msgspec.Struct, frozen=True, kw_only=True):
@@ -314,6 +315,7 @@ def _apply(s: AgentState, ev: e.AgentEvent) -> AgentState:
                 label=ev.label,
                 auto=ev.auto,
                 at=ev.at,
+                healthy=_all_healthy(s),
             )
             return replace(s, checkpoints=(*s.checkpoints, ref))
         case e.RolledBack(commit=commit):
@@ -326,6 +328,10 @@ def _apply(s: AgentState, ev: e.AgentEvent) -> AgentState:
             return replace(s, removed=True)
         case _:
             assert_never(ev)
+
+
+def _all_healthy(s: AgentState) -> bool:
+    return s.lifecycle is not L.ERROR and all(v.healthy is not False for v in s.services.values())
 
 
 def _lifecycle(s: AgentState, to: Lifecycle, reason: str) -> AgentState:
