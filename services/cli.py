@@ -23,6 +23,7 @@ from infra.config import FleetState, Settings, pid_alive, read_state
 from schemas.errors import FleetError
 from services import cli_agents as agents
 from services import cli_health as health
+from services import cli_mail as mail
 from services import cli_templates as templates
 from services import doctor
 
@@ -95,6 +96,10 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("gc", doctor.cmd_gc, doctor.gc_arguments),
     Subcommand("health", health.cmd_health, health.health_arguments),
     Subcommand("template", templates.cmd_template, templates.template_arguments),
+    Subcommand("inbox", mail.cmd_inbox, mail.inbox_arguments),
+    Subcommand("mail", mail.cmd_mail, mail.mail_arguments),
+    Subcommand("topic", mail.cmd_topic, mail.topic_arguments),
+    Subcommand("schema", mail.cmd_schema, mail.schema_arguments),
 )
 
 
