@@ -1,0 +1,258 @@
+"""The gateway: an aiohttp application over the bus (REST, live events, `/metrics`, `/healthz`).
+
+`init(settings, nats_url)` builds the application; its NATS connection, the event store and
+the readers behind `/metrics` and `/ws/events` open and close in `app.cleanup_ctx`. `start`
+listens on 127.0.0.1 (port 0: any free port) and returns the URL; `fleet up` calls it.
+
+Auth: every route names the least role it needs (`public`, `viewer`, `operator`, `admin`); a
+token comes as `Authorization: Bearer <token>` or, where a browser cannot set headers (a
+WebSocket), as `?token=`. No token or an unknown one: 401; a role too small: 403.
+Errors (STYLE §7): a `FleetError` (ours or in a reply) is a 4xx with
+`{"ok": false, "error": {...}}`; anything else is a 500 whose id is in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import msgspec
+from aiohttp import web
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from infra.config import Settings
+from infra.eventstore import EventStore, decode
+from infra.nats import connect
+from schemas import replies, subjects
+from schemas.errors import FleetError
+from services.gateway_events import Hub
+from services.metrics import FleetMetrics
+from services.tokens import TokenEntry, TokenStore, allows
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+NATS_URL = web.AppKey("nats_url", str)
+NC = web.AppKey("nc", Client)
+STORE = web.AppKey("store", EventStore)
+TOKENS = web.AppKey("tokens", TokenStore)
+METRICS = web.AppKey("metrics", FleetMetrics)
+HUB = web.AppKey("hub", Hub)
+WHO = web.RequestKey("who", TokenEntry)  # the caller, once authenticated
+
+MAIL_POLL_S = 5.0
+
+STATUS = {
+    "unknown_agent": 404,
+    "unknown_checkpoint": 404,
+    "unknown_service": 404,
+    "unknown_template": 404,
+    "not_found": 404,
+    "agent_exists": 409,
+    "invalid_transition": 409,
+    "concurrent_update": 409,
+    "worktree_has_work": 409,
+    "payload_too_large": 413,
+    "rate_limited": 429,
+    "too_many_agents": 429,
+    "internal": 500,
+    "store_unavailable": 503,
+    "no_responders": 503,
+    "timeout": 504,
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def role(needed: str) -> Callable[[Handler], Handler]:
+    """Mark a handler with the least role that may call it (`public`: no token)."""
+
+    def mark(handler: Handler) -> Handler:
+        handler.fleet_role = needed  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def status_for(code: str) -> int:
+    return STATUS.get(code, 400)
+
+
+def error_response(err: FleetError, status: int | None = None) -> web.Response:
+    return web.Response(
+        body=replies.error(err),
+        status=status or status_for(err.code),
+        content_type="application/json",
+    )
+
+
+class Unauthorized(FleetError):
+    code = "unauthorized"
+
+
+class Forbidden(FleetError):
+    code = "forbidden"
+
+
+def _token_of(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.query.get("token", "")
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except FleetError as e:
+        return error_response(e)
+    except Exception:
+        error_id = uuid.uuid4().hex[:12]
+        log.exception("gateway: %s %s failed (error id %s)", request.method, request.path, error_id)
+        return web.Response(
+            body=replies.unexpected(error_id), status=500, content_type="application/json"
+        )
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    needed = getattr(request.match_info.handler, "fleet_role", "viewer")
+    if needed == "public" or isinstance(request.match_info.route.resource, web.StaticResource):
+        return await handler(request)
+    token = _token_of(request)
+    entry = request.app[TOKENS].check(token) if token else None
+    if entry is None:
+        why = "an unknown token" if token else "no token"
+        raise Unauthorized(
+            f"{why}: send `Authorization: Bearer <token>` "
+            "(`fleet token create --role viewer` makes one)"
+        )
+    if not allows(entry.role, needed):
+        raise Forbidden(
+            f"token {entry.name!r} is a {entry.role}; {request.method} "
+            f"{request.path} needs {needed}"
+        )
+    request[WHO] = entry
+    return await handler(request)
+
+
+STATUS.update({"unauthorized": 401, "forbidden": 403})
+
+
+def who(request: web.Request) -> TokenEntry:
+    return request[WHO]
+
+
+def init(settings: Settings, nats_url: str) -> web.Application:
+    """The gateway application; NATS is opened when it starts and closed when it stops."""
+    from services import gateway_api
+
+    app = web.Application(middlewares=[_errors, _auth], client_max_size=replies.MAX_REQUEST_BYTES)
+    app[SETTINGS] = settings
+    app[NATS_URL] = nats_url
+    app[TOKENS] = TokenStore(settings.state_dir)
+    app[METRICS] = FleetMetrics()
+    app[HUB] = Hub()
+    app.cleanup_ctx.append(_nats)
+    gateway_api.add_routes(app)
+    return app
+
+
+async def _nats(app: web.Application) -> AsyncIterator[None]:
+    nc = await connect(app[NATS_URL], name="fleet-gateway")
+    app[NC] = nc
+    app[STORE] = EventStore(nc)
+    subs: list[Subscription] = [
+        await nc.subscribe(subjects.ALL_EVENTS, cb=app[HUB].on_msg, pending_msgs_limit=-1),
+        await _read_log(app, nc),
+        await nc.subscribe(subjects.ALL_HEALTH, cb=_on_health(app[METRICS])),
+    ]
+    poller = asyncio.create_task(_poll_mail(nc, app[METRICS]))
+    try:
+        yield
+    finally:
+        poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poller
+        for ws_listener in list(app[HUB].listeners):
+            await ws_listener.ws.close()
+        for sub in subs:
+            with contextlib.suppress(Exception):  # the connection may already be gone
+                await sub.unsubscribe()
+        await nc.close()
+
+
+async def _read_log(app: web.Application, nc: Client) -> Subscription:
+    """Follow the whole log (from its start) into the metrics, with an ordered consumer."""
+    metrics = app[METRICS]
+
+    async def on_msg(msg: Msg) -> None:
+        stored = decode(0, msg.data)
+        if stored.event is not None:
+            metrics.observe(stored.event)
+
+    return await nc.jetstream().subscribe(
+        subjects.ALL_EVENTS,
+        ordered_consumer=True,
+        cb=on_msg,
+        deliver_policy=DeliverPolicy.ALL,
+        pending_msgs_limit=-1,
+        pending_bytes_limit=-1,
+    )
+
+
+def _on_health(metrics: FleetMetrics) -> Callable[[Msg], Awaitable[None]]:
+    async def on_msg(msg: Msg) -> None:
+        try:
+            data = msgspec.json.decode(msg.data)
+        except msgspec.DecodeError:
+            log.debug("a health observation on %s is not JSON; ignored", msg.subject)
+            return
+        metrics.health_observation(msg.subject.rpartition(".")[2], data)
+
+    return on_msg
+
+
+async def _poll_mail(nc: Client, metrics: FleetMetrics) -> None:
+    js = nc.jetstream()
+    while True:
+        try:
+            info = await js.stream_info(subjects.MAIL_STREAM, subjects_filter=subjects.ALL_MAIL)
+            dead = await js.stream_info(subjects.MAIL_DLQ_STREAM)
+            metrics.mail(dict(info.state.subjects or {}), dead.state.messages)
+        except NotFoundError:
+            pass  # no mail streams yet
+        except Exception as e:  # NATS away: the gauges keep their last values
+            log.debug("mail depth not read: %r", e)
+        await asyncio.sleep(MAIL_POLL_S)
+
+
+async def start(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> web.AppRunner:
+    """Listen on `host:port` (0: any free port); `url_of(runner)` says where."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return runner
+
+
+def url_of(runner: web.AppRunner) -> str:
+    for address in runner.addresses:
+        host, port = address[0], address[1]
+        return f"http://{host}:{port}"
+    raise FleetError("the gateway is not listening")
+
+
+def elapsed(started: float) -> float:
+    return time.perf_counter() - started

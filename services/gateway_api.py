@@ -1,0 +1,343 @@
+"""The gateway's routes: REST that mirrors the bus, one table that also writes `/openapi.json`.
+
+Each command of `schemas.commands` (but `create`, which the supervisor sends) is
+`POST /api/agents/{id}/<type>` with the command's other fields as the JSON body; the reply is
+the actor's reply as is, with the HTTP status its outcome maps to. `GET /api/agents` is
+`fleet.ctl.list`, `POST /api/agents` is `fleet.ctl.spawn`, `GET /api/agents/{id}` is `show`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from nats.errors import NoRespondersError
+
+from schemas import commands as c
+from schemas import replies, subjects
+from schemas.control import ListRequest, SpawnRequest
+from schemas.errors import BadRequest, FleetError, RemoteError, UnknownAgent
+from schemas.notify import AlertmanagerPayload, from_alertmanager
+from services.client import COMMAND_TIMEOUT_S, RESTART_TIMEOUT_S, SPAWN_TIMEOUT_S, STOP_TIMEOUT_S
+from services.gateway import HUB, METRICS, NC, STORE, TOKENS, Handler, role, status_for, who
+from services.tokens import ROLES
+
+TIMEOUTS = {
+    "stop": STOP_TIMEOUT_S,
+    "kill": STOP_TIMEOUT_S,
+    "remove": STOP_TIMEOUT_S,
+    "restart": RESTART_TIMEOUT_S,
+    "rollback": RESTART_TIMEOUT_S,
+    "checkpoint": STOP_TIMEOUT_S,
+    "recreate_session": RESTART_TIMEOUT_S,
+    "new_ports": RESTART_TIMEOUT_S,
+    "restart_service": STOP_TIMEOUT_S,
+}
+# Commands that record facts observed by fleetd's own services, or that end an agent for good.
+ADMIN_VERBS = frozenset(
+    {
+        "remove",
+        "report_health",
+        "mark_running",
+        "mark_stopped",
+        "fail",
+        "observe_activity",
+        "escalate",
+    }
+)
+NOT_REST = frozenset({"create", "show", "output"})  # sent by the supervisor, or a GET below
+
+
+class _Head(msgspec.Struct):
+    """Just enough of a reply to know its outcome; the body is passed on as is."""
+
+    ok: bool = False
+    error: replies.ErrorBody | None = None
+
+
+_head = msgspec.json.Decoder(_Head)
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    body: Any = None  # a msgspec type, for the OpenAPI document
+    reply: str = "Reply"  # the component name of the success reply
+
+
+def _tag(cmd: type[c.Command]) -> str:
+    return str(cmd.__struct_config__.tag)
+
+
+async def _ask(
+    request: web.Request,
+    subject: str,
+    payload: bytes,
+    timeout: float,
+    kind: str,
+    nobody: FleetError,
+) -> web.Response:
+    """Send a request on the bus; the reply's body as is, with its outcome's status."""
+    started = time.perf_counter()
+    outcome = "ok"
+    try:
+        try:
+            msg = await request.app[NC].request(subject, payload, timeout=timeout)
+        except NoRespondersError as e:
+            raise nobody from e
+        except TimeoutError as e:
+            raise RemoteError(
+                "timeout", f"no reply on {subject} within {timeout:.0f} s; it may still finish"
+            ) from e
+        head = _head.decode(msg.data)
+        status = 200
+        if not head.ok:
+            outcome = head.error.code if head.error else "error"
+            status = status_for(outcome)
+        return web.Response(body=msg.data, status=status, content_type="application/json")
+    except FleetError as e:
+        outcome = e.code
+        raise
+    finally:
+        request.app[METRICS].commands.labels(kind, outcome).observe(time.perf_counter() - started)
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    body = replies.decode_request(raw, dict[str, Any], "request body")
+    assert isinstance(body, dict)
+    return body
+
+
+def _by(request: web.Request) -> str:
+    return f"token:{who(request).name}"
+
+
+def _agent(request: web.Request) -> str:
+    return subjects.token(request.match_info["agent"])
+
+
+async def _command(request: web.Request, verb: str, body: dict[str, Any]) -> web.Response:
+    agent = _agent(request)
+    fields = {**body, "type": verb, "by": body.get("by") or _by(request)}
+    raw = _encode(fields)
+    replies.decode_request(raw, c.AgentCommand, "command")  # refuse here, with the sentence
+    timeout = TIMEOUTS.get(verb, COMMAND_TIMEOUT_S)
+    return await _ask(request, subjects.command(agent), raw, timeout, verb, UnknownAgent(agent))
+
+
+def _verb_handler(verb: str) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await _command(request, verb, await _json_body(request))
+
+    handler.__name__ = f"post_{verb}"
+    return role("admin" if verb in ADMIN_VERBS else "operator")(handler)
+
+
+@role("viewer")
+async def list_agents(request: web.Request) -> web.StreamResponse:
+    removed = request.query.get("removed", "") in ("1", "true", "yes")
+    raw = _encode(ListRequest(removed=removed, by=_by(request)))
+    nobody = RemoteError("no_responders", "no supervisor answers; is `fleet up` running?")
+    return await _ask(request, subjects.control("list"), raw, COMMAND_TIMEOUT_S, "list", nobody)
+
+
+@role("admin")
+async def spawn(request: web.Request) -> web.StreamResponse:
+    req = replies.decode_request(await request.read(), SpawnRequest, "spawn request")
+    req = msgspec.structs.replace(req, by=req.by or _by(request))
+    nobody = RemoteError("no_responders", "no supervisor answers; is `fleet up` running?")
+    subject = subjects.control("spawn")
+    response = await _ask(request, subject, _encode(req), SPAWN_TIMEOUT_S, "spawn", nobody)
+    if response.status == 200:
+        response.set_status(201)
+    return response
+
+
+@role("viewer")
+async def show(request: web.Request) -> web.StreamResponse:
+    return await _command(request, "show", {})
+
+
+@role("admin")
+async def remove(request: web.Request) -> web.StreamResponse:
+    force = request.query.get("force", "") in ("1", "true", "yes")
+    return await _command(request, "remove", {"force": force})
+
+
+@role("viewer")
+async def output(request: web.Request) -> web.StreamResponse:
+    fields: dict[str, Any] = {"window": request.query.get("window", "agent")}
+    if "lines" in request.query:
+        fields["lines"] = _int(request, "lines")
+    return await _command(request, "output", fields)
+
+
+def _int(request: web.Request, name: str, default: int = 0) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadRequest(f"query parameter {name} must be a whole number, not {raw!r}") from None
+
+
+@role("viewer")
+async def agent_events(request: web.Request) -> web.StreamResponse:
+    """The agent's log after `?after=SEQ` (default: all), straight from JetStream."""
+    agent = _agent(request)
+    after = _int(request, "after")
+    limit = _int(request, "limit", 0)
+    rows = await request.app[STORE].read(agent, after=after)
+    if not rows and after == 0:
+        raise UnknownAgent(agent)
+    if limit > 0:
+        rows = rows[-limit:]
+    items = b",".join(b'{"seq":%d,"event":%s}' % (r.seq, r.raw) for r in rows)
+    body = b'{"ok":true,"events":[' + items + b"]}"
+    return web.Response(body=body, content_type="application/json")
+
+
+@role("viewer")
+async def ws_events(request: web.Request) -> web.StreamResponse:
+    return await request.app[HUB].serve(request)
+
+
+class TokenRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    role: str
+    name: str = ""
+
+
+@role("admin")
+async def create_token(request: web.Request) -> web.StreamResponse:
+    req = replies.decode_request(await request.read(), TokenRequest, "token request")
+    token = request.app[TOKENS].create(req.role, req.name)
+    return web.Response(
+        body=replies.ok(token=token, role=req.role, name=req.name or req.role),
+        status=201,
+        content_type="application/json",
+    )
+
+
+@role("admin")
+async def list_tokens(request: web.Request) -> web.StreamResponse:
+    entries = request.app[TOKENS].entries().values()
+    shown = [msgspec.to_builtins(entry) for entry in entries]
+    return web.Response(
+        body=replies.ok(tokens=shown, roles=list(ROLES)), content_type="application/json"
+    )
+
+
+@role("operator")
+async def alertmanager(request: web.Request) -> web.StreamResponse:
+    """Alertmanager's webhook: each alert becomes a notice on `fleet.notify.<severity>`."""
+    payload = replies.decode_request(await request.read(), AlertmanagerPayload, "alert payload")
+    notices = from_alertmanager(payload, datetime.now(UTC))
+    nc = request.app[NC]
+    for notice in notices:
+        await nc.publish(subjects.notify(notice.severity), _encode(notice))
+    await nc.flush()
+    return web.Response(body=replies.ok(notices=len(notices)), content_type="application/json")
+
+
+@role("public")
+async def healthz(request: web.Request) -> web.StreamResponse:
+    connected = NC in request.app and request.app[NC].is_connected
+    body = (
+        replies.ok(nats=connected)
+        if connected
+        else replies.error(FleetError("the gateway has lost its NATS connection"))
+    )
+    return web.Response(
+        body=body, status=200 if connected else 503, content_type="application/json"
+    )
+
+
+@role("public")
+async def metrics(request: web.Request) -> web.StreamResponse:
+    from services.metrics import CONTENT_TYPE_LATEST
+
+    m = request.app[METRICS]
+    m.nats_connected.set(1 if NC in request.app and request.app[NC].is_connected else 0)
+    m.ws_clients.set(len(request.app[HUB].listeners))
+    response = web.Response(body=m.exposition())
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+@role("public")
+async def openapi(request: web.Request) -> web.StreamResponse:
+    from services.gateway_openapi import document
+
+    return web.Response(body=document(ROUTES), content_type="application/json")
+
+
+def _command_routes() -> list[Route]:
+    found = []
+    for cmd in c.COMMAND_TYPES:
+        verb = _tag(cmd)
+        if verb in NOT_REST:
+            continue
+        summary = (cmd.__doc__ or f"{verb} the agent").strip().splitlines()[0]
+        found.append(
+            Route(
+                "POST",
+                f"/api/agents/{{agent}}/{verb}",
+                _verb_handler(verb),
+                f"{verb}: {summary}",
+                body=cmd,
+                reply="AgentReply",
+            )
+        )
+    return found
+
+
+ROUTES: list[Route] = [
+    Route("GET", "/api/agents", list_agents, "list agents (fleet.ctl.list)", reply="ListReply"),
+    Route(
+        "POST", "/api/agents", spawn, "spawn an agent (fleet.ctl.spawn)", SpawnRequest, "AgentReply"
+    ),
+    Route("GET", "/api/agents/{agent}", show, "show one agent", reply="AgentReply"),
+    Route("DELETE", "/api/agents/{agent}", remove, "remove an agent for good", reply="AgentReply"),
+    Route(
+        "GET",
+        "/api/agents/{agent}/events",
+        agent_events,
+        "the agent's event log",
+        reply="EventsReply",
+    ),
+    Route("GET", "/api/agents/{agent}/output", output, "the agent's screen", reply="OutputReply"),
+    *_command_routes(),
+    Route("GET", "/api/tokens", list_tokens, "list tokens (digests are never shown)"),
+    Route("POST", "/api/tokens", create_token, "create a token", TokenRequest, "TokenReply"),
+    Route(
+        "POST",
+        "/api/alertmanager",
+        alertmanager,
+        "Alertmanager webhook receiver",
+        AlertmanagerPayload,
+    ),
+    Route("GET", "/ws/events", ws_events, "WebSocket of live events (?agent=a1,a2)"),
+    Route("GET", "/healthz", healthz, "liveness, and whether NATS is connected"),
+    Route("GET", "/metrics", metrics, "Prometheus metrics"),
+    Route("GET", "/openapi.json", openapi, "this document"),
+]
+
+
+def add_routes(app: web.Application) -> None:
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
+    from services import gateway_web
+
+    gateway_web.add_routes(app)

@@ -1,0 +1,118 @@
+"""Live events to WebSocket clients, batched so a busy fleet cannot flood a browser.
+
+One core NATS subscription on `fleet.evt.>` feeds every client of the gateway. Each client has
+a filter (some agents, or all) and a buffer; its writer sends what gathered as one message
+(`{"events": [<event JSON>, ...]}`), then waits `BATCH_S` before the next send. A quiet fleet's
+event goes out at once (the leading edge); a busy one's are grouped, at most one message per
+window per client. A client that cannot keep up loses its oldest buffered events and is told
+how many (`"dropped": n`), so it can reload from `GET /api/agents`.
+
+Protocol fact: a core subscriber sees every publish on the subject, including an append that
+JetStream refuses (a stale writer); such a rare event may show live and not be in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from aiohttp import WSMsgType, web
+from nats.aio.msg import Msg
+
+from schemas import subjects
+
+log = logging.getLogger(__name__)
+
+BATCH_S = 0.025  # at most 40 messages a second per client, each with everything since the last
+MAX_BUFFERED = 5000  # events kept for a slow client before the oldest are dropped
+
+
+@dataclass(eq=False)
+class Listener:
+    ws: web.WebSocketResponse
+    agents: frozenset[str] | None  # None: every agent
+    buffer: list[bytes] = field(default_factory=list)
+    dropped: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def push(self, raw: bytes) -> None:
+        self.buffer.append(raw)
+        if len(self.buffer) > MAX_BUFFERED:
+            excess = len(self.buffer) - MAX_BUFFERED
+            del self.buffer[:excess]
+            self.dropped += excess
+        self.wake.set()
+
+    def take(self) -> str:
+        batch, self.buffer = self.buffer, []
+        dropped, self.dropped = self.dropped, 0
+        head = f'{{"dropped":{dropped},"events":[' if dropped else '{"events":['
+        return head + b",".join(batch).decode() + "]}"
+
+
+class Hub:
+    """The gateway's listeners, fed by `on_msg` (the `fleet.evt.>` subscription's callback)."""
+
+    def __init__(self) -> None:
+        self.listeners: set[Listener] = set()
+        self.by_agent: dict[str, set[Listener]] = {}
+        self.everyone: set[Listener] = set()
+
+    async def on_msg(self, msg: Msg) -> None:
+        agent = msg.subject.rpartition(".")[2]
+        for listener in self.everyone:
+            listener.push(msg.data)
+        for listener in self.by_agent.get(agent, ()):
+            listener.push(msg.data)
+
+    def add(self, listener: Listener) -> None:
+        self.listeners.add(listener)
+        if listener.agents is None:
+            self.everyone.add(listener)
+        else:
+            for agent in listener.agents:
+                self.by_agent.setdefault(agent, set()).add(listener)
+
+    def remove(self, listener: Listener) -> None:
+        self.listeners.discard(listener)
+        self.everyone.discard(listener)
+        for agent in listener.agents or ():
+            group = self.by_agent.get(agent)
+            if group is not None:
+                group.discard(listener)
+                if not group:
+                    del self.by_agent[agent]
+
+    async def serve(self, request: web.Request) -> web.WebSocketResponse:
+        """`/ws/events?agent=a1&agent=a2` (or `agent=a1,a2`; none: every agent)."""
+        wanted = [a for v in request.query.getall("agent", []) for a in v.split(",") if a]
+        agents = frozenset(subjects.token(a) for a in wanted) or None
+        ws = web.WebSocketResponse(heartbeat=30)
+        await ws.prepare(request)
+        listener = Listener(ws, agents)
+        self.add(listener)
+        writer = asyncio.create_task(_write(listener))
+        try:
+            async for msg in ws:  # the client says nothing we act on; this notices it leaving
+                if msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            self.remove(listener)
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        return ws
+
+
+async def _write(listener: Listener) -> None:
+    try:
+        while not listener.ws.closed:
+            await listener.wake.wait()
+            listener.wake.clear()
+            if listener.buffer:
+                await listener.ws.send_str(listener.take())
+            await asyncio.sleep(BATCH_S)
+    except ConnectionResetError:
+        log.debug("an event WebSocket went away mid-send")

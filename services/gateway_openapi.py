@@ -1,0 +1,132 @@
+"""`/openapi.json`: an OpenAPI 3.1 document written from the route table and the msgspec types.
+
+Schemas come from `msgspec.json.schema_components`, so the document cannot drift from what the
+gateway and the actors decode. A command's body is the command without `type` (the path says
+it); the schema still lists `type` because the same component describes the NATS form.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from schemas.control import AgentView
+from schemas.events import AgentEvent
+from schemas.replies import ErrorReply
+
+if TYPE_CHECKING:
+    from services.gateway_api import Route
+
+
+class AgentReply(msgspec.Struct, frozen=True):
+    ok: bool
+    agent: AgentView
+
+
+class ListReply(msgspec.Struct, frozen=True):
+    ok: bool
+    agents: list[AgentView]
+
+
+class StoredEvent(msgspec.Struct, frozen=True):
+    seq: int
+    event: AgentEvent
+
+
+class EventsReply(msgspec.Struct, frozen=True):
+    ok: bool
+    events: list[StoredEvent]
+
+
+class OutputReply(msgspec.Struct, frozen=True):
+    ok: bool
+    output: str
+
+
+class TokenReply(msgspec.Struct, frozen=True):
+    ok: bool
+    token: str
+    role: str
+    name: str
+
+
+class Reply(msgspec.Struct, frozen=True):
+    ok: bool
+
+
+_REPLIES = (AgentReply, ListReply, EventsReply, OutputReply, TokenReply, Reply, ErrorReply)
+_REF = "#/components/schemas/{name}"
+_ROLE_NOTE = {
+    "public": "No token needed.",
+    "viewer": "Needs a viewer token (or operator, admin).",
+    "operator": "Needs an operator token (or admin).",
+    "admin": "Needs an admin token.",
+}
+
+
+def _ref(type_: Any) -> dict[str, str]:
+    return {"$ref": _REF.format(name=type_.__name__ if isinstance(type_, type) else type_)}
+
+
+@functools.cache
+def _document(routes: tuple[Route, ...]) -> bytes:
+    bodies = [r.body for r in routes if r.body is not None]
+    (_, *_refs), components = msgspec.json.schema_components(
+        [*_REPLIES, *bodies], ref_template=_REF
+    )
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    doc = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "fleetd gateway",
+            "version": "1",
+            "description": "REST over fleetd's NATS commands. Errors are "
+            '`{"ok": false, "error": {"code", "message"}}` with a 4xx (a refused '
+            "request) or a 500 (a bug, with an error_id in the log).",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }
+    return msgspec.json.encode(doc)
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    needed = getattr(route.handler, "fleet_role", "viewer")
+    op: dict[str, Any] = {
+        "summary": route.summary,
+        "description": _ROLE_NOTE[needed],
+        "operationId": f"{route.method.lower()}_{route.handler.__name__}",
+        "responses": {
+            "200": {
+                "description": "ok",
+                "content": {"application/json": {"schema": _ref(route.reply)}},
+            },
+            "default": {
+                "description": "an error",
+                "content": {"application/json": {"schema": _ref(ErrorReply)}},
+            },
+        },
+    }
+    if needed == "public":
+        op["security"] = []
+    params = [seg[1:-1] for seg in route.path.split("/") if seg.startswith("{")]
+    if params:
+        op["parameters"] = [
+            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+            for p in params
+        ]
+    if route.body is not None:
+        op["requestBody"] = {"content": {"application/json": {"schema": _ref(route.body)}}}
+    return op
+
+
+def document(routes: list[Route]) -> bytes:
+    return _document(tuple(routes))

@@ -1,0 +1,80 @@
+"""A gateway on a real nats-server for tests: its URL, a token per role, and an event writer."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from infra.config import Settings
+from infra.eventstore import EventStore
+from infra.nats import connect, ensure_streams
+from schemas import events as e
+from schemas.chain import Position
+from schemas.states import Activity, Lifecycle
+from services import gateway
+from services.tokens import TokenStore
+
+
+@dataclass
+class Gateway:
+    url: str
+    tokens: dict[str, str]  # role -> token
+    store: EventStore
+    app: web.Application
+    positions: dict[str, Position]
+
+    def headers(self, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[role]}"}
+
+    async def append(self, agent_id: str, *events: e.AgentEvent) -> Position:
+        position = await self.store.append(
+            agent_id, events, self.positions.get(agent_id, Position())
+        )
+        self.positions[agent_id] = position
+        return position
+
+
+def created(agent_id: str) -> list[e.AgentEvent]:
+    now = datetime.now(UTC)
+    return [
+        e.AgentCreated(agent_id=agent_id, event_id=uuid.uuid4().hex, at=now, name=agent_id,
+                       template="shell", repo="/tmp/repo"),
+        e.LifecycleChanged(agent_id=agent_id, event_id=uuid.uuid4().hex, at=now,
+                           to=Lifecycle.SPAWNING),
+        e.LifecycleChanged(agent_id=agent_id, event_id=uuid.uuid4().hex, at=now,
+                           to=Lifecycle.RUNNING, frm=Lifecycle.SPAWNING),
+    ]  # fmt: skip
+
+
+def activity(agent_id: str, to: Activity, detail: str = "") -> e.ActivityChanged:
+    return e.ActivityChanged(
+        agent_id=agent_id, event_id=uuid.uuid4().hex, at=datetime.now(UTC), to=to, detail=detail
+    )
+
+
+async def run_gateway(nats_url: str, state_dir: Path) -> AsyncIterator[Gateway]:
+    """Yield a started gateway (port 0) with one token per role; stop it afterwards."""
+    nc = await connect(nats_url)
+    await ensure_streams(nc.jetstream())
+    store = TokenStore(state_dir)
+    tokens = {r: store.create(r, f"test-{r}") for r in ("viewer", "operator", "admin")}
+    app = gateway.init(Settings(state_dir=state_dir), nats_url)
+    runner = await gateway.start(app, port=0)
+    try:
+        yield Gateway(gateway.url_of(runner), tokens, EventStore(nc), app, {})
+    finally:
+        await runner.cleanup()
+        await nc.close()
+
+
+async def get_json(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, object]]:
+    async with session.get(url, headers=headers) as r:
+        return r.status, await r.json()

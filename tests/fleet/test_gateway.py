@@ -1,0 +1,174 @@
+"""The gateway over a real nats-server: auth, errors, the log, live events, OpenAPI, metrics;
+and one real fleet (Ray, tmux, git) driven through REST."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from schemas.states import Activity
+from tests.conftest import Fleet
+from tests.fleet.gateway_fixtures import Gateway, activity, created, get_json, run_gateway
+
+
+@pytest.fixture
+async def gw(nats_url: str, state_dir: Path) -> AsyncIterator[Gateway]:
+    async for g in run_gateway(nats_url, state_dir):
+        yield g
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def test_no_token_is_401_and_a_small_role_is_403(
+    gw: Gateway, http: aiohttp.ClientSession
+) -> None:
+    status, body = await get_json(http, gw.url + "/api/agents")
+    assert status == 401
+    assert body["ok"] is False and body["error"]["code"] == "unauthorized"  # type: ignore[index]
+    status, _ = await get_json(http, gw.url + "/api/agents", {"Authorization": "Bearer nope"})
+    assert status == 401
+    async with http.post(gw.url + "/api/agents/a1/stop", headers=gw.headers("viewer")) as r:
+        assert r.status == 403
+        assert "needs operator" in (await r.json())["error"]["message"]
+    async with http.post(gw.url + "/api/agents", headers=gw.headers("operator"), json={}) as r:
+        assert r.status == 403  # spawning needs admin
+    status, body = await get_json(http, gw.url + "/healthz")
+    assert (status, body) == (200, {"ok": True, "nats": True})
+
+
+async def test_errors_keep_the_reply_shape_with_a_4xx(
+    gw: Gateway, http: aiohttp.ClientSession
+) -> None:
+    status, body = await get_json(http, gw.url + "/api/agents/ghost", gw.headers("viewer"))
+    assert status == 404
+    assert body["error"]["code"] == "unknown_agent"  # type: ignore[index]
+    send = gw.url + "/api/agents/ghost/send"
+    async with http.post(send, headers=gw.headers("operator"), json={"text": 5}) as r:
+        assert r.status == 400
+        assert "text" in (await r.json())["error"]["message"]
+    async with http.post(gw.url + "/api/agents/bad.id/pause", headers=gw.headers("admin")) as r:
+        assert r.status == 400
+        assert (await r.json())["error"]["code"] == "invalid_name"
+
+
+async def test_the_log_and_live_events_filtered_by_agent(
+    gw: Gateway, http: aiohttp.ClientSession
+) -> None:
+    await gw.append("a1", *created("a1"))
+    status, body = await get_json(http, gw.url + "/api/agents/a1/events", gw.headers("viewer"))
+    assert status == 200
+    events: Any = body["events"]
+    assert [x["event"]["type"] for x in events] == [
+        "agent.created",
+        "lifecycle.changed",
+        "lifecycle.changed",
+    ]
+    url = gw.url + "/ws/events?agent=a1&token=" + gw.tokens["viewer"]
+    async with http.ws_connect(url) as ws:
+        await asyncio.sleep(0.05)  # the subscription is the gateway's; the listener is now in
+        await gw.append("a2", *created("a2"))
+        await gw.append("a1", activity("a1", Activity.AWAITING_INPUT, "Proceed? [y/n]"))
+        msg = await ws.receive_json(timeout=5)
+    assert [(x["agent_id"], x["type"]) for x in msg["events"]] == [("a1", "activity.changed")]
+    assert msg["events"][0]["detail"] == "Proceed? [y/n]"
+
+
+async def test_openapi_is_generated_from_the_types(
+    gw: Gateway, http: aiohttp.ClientSession
+) -> None:
+    status, doc = await get_json(http, gw.url + "/openapi.json")
+    assert status == 200
+    paths: Any = doc["paths"]
+    assert "post" in paths["/api/agents/{agent}/pause"]
+    assert "get" in paths["/api/agents/{agent}/events"]
+    schemas: Any = doc["components"]
+    assert {"AgentView", "SpawnRequest", "ErrorReply", "Rollback"} <= set(schemas["schemas"])
+
+
+async def test_metrics_fold_the_log(gw: Gateway, http: aiohttp.ClientSession) -> None:
+    await gw.append("m1", *created("m1"), activity("m1", Activity.AWAITING_INPUT))
+    await gw.append("m2", *created("m2"))
+
+    async def scrape() -> str:
+        async with http.get(gw.url + "/metrics") as r:
+            return await r.text()
+
+    for _ in range(100):
+        text = await scrape()
+        if 'fleet_agents{lifecycle="RUNNING"} 2.0' in text:
+            break
+        await asyncio.sleep(0.05)
+    assert 'fleet_agents{lifecycle="RUNNING"} 2.0' in text
+    assert 'fleet_agents_activity{activity="AWAITING_INPUT"} 1.0' in text
+    assert 'fleet_events_total{type="lifecycle.changed"} 4.0' in text
+    assert "fleet_spawn_duration_seconds_count 2.0" in text
+    families = set(re.findall(r"^# TYPE (fleet_\w+) ", text, re.M))
+    assert len(families) >= 10, families
+
+
+async def test_tokens_are_stored_hashed_and_private(
+    gw: Gateway, http: aiohttp.ClientSession, state_dir: Path
+) -> None:
+    url = gw.url + "/api/tokens"
+    async with http.post(url, headers=gw.headers("admin"), json={"role": "viewer"}) as r:
+        assert r.status == 201
+        token = (await r.json())["token"]
+    stored = (state_dir / "tokens.json").read_text()
+    assert token not in stored and len(json.loads(stored)) == 4
+    assert (state_dir / "tokens.json").stat().st_mode & 0o777 == 0o600
+    status, _ = await get_json(
+        http, gw.url + "/api/agents/x/events", {"Authorization": f"Bearer {token}"}
+    )
+    assert status == 404
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    import subprocess
+
+    path = tmp_path / "repo"
+    path.mkdir()
+    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "t@example.com"],
+                 ["config", "user.name", "Test"]):  # fmt: skip
+        subprocess.run(["git", *args], cwd=path, check=True)
+    (path / "README.md").write_text("hello\n")
+    subprocess.run(["git", "add", "-A"], cwd=path, check=True)
+    subprocess.run(["git", "commit", "-qm", "first"], cwd=path, check=True)
+    return path
+
+
+@pytest.mark.slow
+async def test_a_real_fleet_through_rest(fleet: Fleet, repo: Path) -> None:
+    async for gw in run_gateway(fleet.nats_url, fleet.state_dir):
+        async with aiohttp.ClientSession() as http:
+            spawn = {"repo": str(repo), "name": "g1"}
+            async with http.post(
+                gw.url + "/api/agents", headers=gw.headers("admin"), json=spawn
+            ) as r:
+                body = await r.json()
+                assert r.status == 201, body
+            assert body["agent"]["lifecycle"] == "RUNNING"
+            status, listed = await get_json(http, gw.url + "/api/agents", gw.headers("viewer"))
+            assert status == 200
+            assert [a["id"] for a in listed["agents"]] == ["g1"]  # type: ignore[union-attr]
+            stop = gw.url + "/api/agents/g1/stop"
+            async with http.post(stop, headers=gw.headers("viewer")) as r:
+                assert r.status == 403
+            pause = gw.url + "/api/agents/g1/resume"
+            async with http.post(pause, headers=gw.headers("operator")) as r:
+                assert r.status == 409  # it is RUNNING: the actor's refusal, as a conflict
+                assert (await r.json())["error"]["code"] == "invalid_transition"
+            async with http.post(stop, headers=gw.headers("operator")) as r:
+                assert r.status == 200
+                assert (await r.json())["agent"]["lifecycle"] == "STOPPED"
