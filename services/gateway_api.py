@@ -304,9 +304,16 @@ def _command_routes() -> list[Route]:
 
 
 ROUTES: list[Route] = [
-    Route("GET", "/api/agents", list_agents, "list agents (fleet.ctl.list)", reply="ListReply"),
     Route(
-        "POST", "/api/agents", spawn, "spawn an agent (fleet.ctl.spawn)", SpawnRequest, "AgentReply"
+        "GET", "/api/agents", list_agents, "list agents (the supervisor's list)", reply="ListReply"
+    ),
+    Route(
+        "POST",
+        "/api/agents",
+        spawn,
+        "spawn an agent (the supervisor's spawn)",
+        SpawnRequest,
+        "AgentReply",
     ),
     Route("GET", "/api/agents/{agent}", show, "show one agent", reply="AgentReply"),
     Route("DELETE", "/api/agents/{agent}", remove, "remove an agent for good", reply="AgentReply"),
