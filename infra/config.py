@@ -32,14 +32,18 @@ def _default_state_dir(env: Mapping[str, str]) -> Path:
     return base / "fleetd"
 
 
-def _port(name: str, raw: str | None, default: int) -> int:
-    """Read a TCP port, refusing anything a socket could not bind with a sentence."""
+def _port(name: str, raw: str | None, default: int, *, any_ok: bool = False) -> int:
+    """Read a TCP port, refusing anything a socket could not bind with a sentence.
+
+    With `any_ok`, 0 is allowed and means "any free port" (the state file says which)."""
     if raw is None:
         return default
     try:
         port = int(raw.strip())
     except ValueError:
         raise InvalidSetting(name, raw, "it must be a port number, e.g. 7070") from None
+    if any_ok and port == 0:
+        return 0
     if not 1 <= port <= 65535:
         raise InvalidSetting(name, raw, "a port number must be between 1 and 65535")
     return port
@@ -97,7 +101,10 @@ class Settings:
             nats_url=values.get("FLEET_NATS_URL"),
             ray_address=values.get("FLEET_RAY_ADDRESS"),
             gateway_port=_port(
-                "FLEET_GATEWAY_PORT", values.get("FLEET_GATEWAY_PORT"), DEFAULT_GATEWAY_PORT
+                "FLEET_GATEWAY_PORT",
+                values.get("FLEET_GATEWAY_PORT"),
+                DEFAULT_GATEWAY_PORT,
+                any_ok=True,
             ),
             worktree_root=Path(worktrees).expanduser() if worktrees else None,
             tmux_socket=values.get("FLEET_TMUX_SOCKET", "fleetd"),
