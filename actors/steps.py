@@ -134,7 +134,7 @@ def _recording_paths(actor: AgentActor) -> dict[str, Path]:
 
 
 async def undo_spawn(actor: AgentActor, *, made_worktree: bool = True) -> None:
-    """Take back what a failed spawn made: its session, and a worktree it created."""
+    """Take back what a failed spawn made: its session, its ports, and a worktree it created."""
     s = actor.state
     session = s.tmux_session or session_name(s.agent_id)
     if await run(actor.tmux.has_session, session):
@@ -149,6 +149,7 @@ async def undo_spawn(actor: AgentActor, *, made_worktree: bool = True) -> None:
                 )
             ]
         )
+    await ports.release(actor)
     if made_worktree and s.worktree and Path(s.worktree).is_dir():
         saved = await run(worktrees(actor).remove, s.agent_id, True)
         await actor.record(
