@@ -151,8 +151,11 @@ async def test_registry_entries_of_live_agents_carry_a_recent_heartbeat(
     fleet: Fleet, nc: Client, repo: Path
 ) -> None:
     await spawn(nc, str(repo), "h1", capabilities=["x"])
-    entries = await until(lambda: registry.live(nc), "a live registry entry")
-    assert [(e.id, e.capabilities, e.lifecycle) for e in entries] == [("h1", ("x",), "RUNNING")]
+
+    async def shown() -> list[tuple[str, tuple[str, ...], str]]:
+        return [(e.id, e.capabilities, e.lifecycle) for e in await registry.live(nc)]
+
+    await until(lambda: _equals(shown(), [("h1", ("x",), "RUNNING")]), "h1 RUNNING in the registry")
     assert (await command(nc, "h1", "stop"))["ok"]
     assert (await command(nc, "h1", "remove"))["ok"]
     await until(lambda: _equals(registry.entries(nc), []), "the removed agent's entry gone")
