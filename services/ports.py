@@ -177,8 +177,9 @@ class PortLeaser:
             async for entry in watcher:
                 if entry is None:
                     break
-                if entry.value:
-                    found[int(entry.key)] = (_decoder.decode(entry.value), entry.revision or 0)
+                lease = _lease_of(entry.key, entry.value)
+                if lease is not None:
+                    found[lease[0]] = (lease[1], entry.revision or 0)
         finally:
             await watcher.stop()
         return found
@@ -190,15 +191,29 @@ class PortLeaser:
             async for entry in watcher:
                 if entry is None:
                     continue
+                if not entry.key.isdigit():
+                    continue
                 port, rev = int(entry.key), entry.revision or 0
                 if self.known.get(port, (None, 0))[1] > rev:
                     continue  # we wrote a newer revision ourselves already
-                if entry.operation is None and entry.value:
-                    self.known[port] = (_decoder.decode(entry.value), rev)
+                lease = _lease_of(entry.key, entry.value) if entry.operation is None else None
+                if lease is not None:
+                    self.known[port] = (lease[1], rev)
                 else:
                     self.known.pop(port, None)
         finally:
             await watcher.stop()
+
+
+def _lease_of(key: str, value: bytes | None) -> tuple[int, Lease] | None:
+    """A lease from a bucket entry; None (logged) for a key that is no lease of ours."""
+    if not key.isdigit() or not value:
+        return None
+    try:
+        return int(key), _decoder.decode(value)
+    except msgspec.DecodeError as err:
+        log.warning("%s: key %s is not a lease (%s); left alone", subjects.PORTS_BUCKET, key, err)
+        return None
 
 
 def stale_rule(state: AgentState, grace_s: float) -> Callable[[Lease, int], bool] | None:
