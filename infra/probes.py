@@ -6,7 +6,7 @@ service (liveness, continuously). One probe is one `check`; `run` repeats it eve
 passes or `failure_threshold` failures in a row.
 
 HTTP probes are a raw HTTP/1.0 GET on an asyncio protocol, not aiohttp: only the status line
-is read, and per probe that costs about a third of the CPU of an aiohttp request (measured by
+is read, and per probe that costs about half the CPU of an aiohttp request (measured by
 tests/perf/bench_services.py), which matters with a thousand services on half a core.
 """
 

@@ -9,7 +9,11 @@ import sys
 
 from tests.perf.common import keep_stdout_for_results
 
-GROUPS = {"eventstore": "tests.perf.bench_eventstore", "spawn": "tests.perf.bench_spawn"}
+GROUPS = {
+    "eventstore": "tests.perf.bench_eventstore",
+    "spawn": "tests.perf.bench_spawn",
+    "services": "tests.perf.bench_services",
+}
 
 
 def main() -> int:
