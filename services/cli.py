@@ -25,6 +25,7 @@ from services import cli_agents as agents
 from services import cli_health as health
 from services import cli_mail as mail
 from services import cli_templates as templates
+from services import cli_tokens as tokens
 from services import doctor
 
 log = logging.getLogger("fleet.cli")
@@ -94,6 +95,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("attach", agents.cmd_attach, agents.attach_arguments),
     Subcommand("doctor", doctor.cmd_doctor),
     Subcommand("gc", doctor.cmd_gc, doctor.gc_arguments),
+    Subcommand("token", tokens.cmd_token, tokens.token_arguments),
     Subcommand("health", health.cmd_health, health.health_arguments),
     Subcommand("template", templates.cmd_template, templates.template_arguments),
     Subcommand("inbox", mail.cmd_inbox, mail.inbox_arguments),

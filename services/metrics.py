@@ -125,8 +125,9 @@ class FleetMetrics:
         )
         self.notify_failed = Counter(
             "fleet_notifications_failed",
-            "Notifications that failed after their retries, by channel.",
-            ["channel"],
+            "Notifications not delivered, by channel and reason (error after the retries, "
+            "rate_limited).",
+            ["channel", "reason"],
             registry=r,
         )
         self.nats_connected = Gauge(
@@ -198,15 +199,15 @@ class FleetMetrics:
     # -- from elsewhere -------------------------------------------------------------------
 
     def health_observation(self, agent_id: str, data: Any) -> None:
-        """A `fleet.health.<agent>` message; its resource fields are read if present."""
+        """A `fleet.health.<agent>` message; a `sample`'s resource figures are read if present."""
         if not isinstance(data, dict):
             return
-        nested = data.get("resources")
+        nested = data.get("sample") or data.get("resources")
         found: dict[str, Any] = nested if isinstance(nested, dict) else data
         cpu = found.get("cpu_percent")
         if isinstance(cpu, int | float):
             self.cpu.labels(agent_id).set(cpu)
-        for key, scale in (("rss_bytes", 1), ("memory_bytes", 1), ("memory_mb", 1024 * 1024)):
+        for key, scale in (("rss_bytes", 1), ("rss_mb", 1024 * 1024), ("memory_mb", 1024 * 1024)):
             value = found.get(key)
             if isinstance(value, int | float):
                 self.memory.labels(agent_id).set(value * scale)

@@ -132,6 +132,7 @@ async def _bring_up(settings: Settings, stack: AsyncExitStack) -> FleetState:
     stack.callback(raycluster.stop)
     await _start_templates_and_ports(settings, nc, stack)
     await _start_supervisor(settings, url)
+    gateway_url = await _start_faces(settings, url, nc, stack)
     await _start_health(settings, nc, stack)
     state = FleetState(
         pid=os.getpid(),
@@ -140,12 +141,28 @@ async def _bring_up(settings: Settings, stack: AsyncExitStack) -> FleetState:
         nats_pid=server.pid if server else None,
         started_at=now_utc(),
         ray_address=ray_address,
+        gateway_url=gateway_url,
     )
     write_state(settings.state_file, state)
     stack.callback(remove_state, settings.state_file)
     if server is not None:  # watched only once the state file exists, so a restart can update it
         stack.push_async_callback(_cancel, _supervise(server, settings, state))
     return state
+
+
+async def _start_faces(settings: Settings, nats_url: str, nc: Client, stack: AsyncExitStack) -> str:
+    """The gateway (REST, live events, /metrics) and the notifications service; the URL.
+
+    The CLI's admin token is made first (`<state_dir>/admin.token`), so it works at once."""
+    from services import gateway, notifications, tokens
+
+    tokens.ensure_admin_token(settings.state_dir)
+    app = gateway.init(settings, nats_url)
+    runner = await gateway.start(app, port=settings.gateway_port)
+    stack.push_async_callback(runner.cleanup)
+    metrics = app[gateway.METRICS]
+    await stack.enter_async_context(notifications.running(settings, nc, metrics))
+    return gateway.url_of(runner)
 
 
 async def _start_supervisor(settings: Settings, nats_url: str) -> None:
