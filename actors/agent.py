@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import KeyNotFoundError
 
-from actors import services, steps
+from actors import checkpoints, services, steps
 from actors.monitor import ActivityMonitor
 from infra import registry
 from infra.eventstore import EventStore
@@ -57,6 +57,8 @@ class AgentConfig:
     polite_timeout_s: float = 5.0
     term_timeout_s: float = 3.0
     monitor_period_s: float = 0.5
+    checkpoint_every_min: float = 0.0  # automatic checkpoint per N minutes of WORKING; 0: off
+    mac_key: bytes | None = None  # the fleet key: signs this agent's appends (infra/fleetkey.py)
     # The shell of the services and monitor windows. Without rc files: a user's .bashrc can
     # take seconds (or hang on a lock) and a fleet starts many of these at once.
     window_shell: str = "bash --noprofile --norc -i"
@@ -83,12 +85,13 @@ class AgentActor:
         self.config = config
         self.tmux = Tmux(config.tmux_socket, shell=config.window_shell)
         self.nc = await connect(config.nats_url, name=f"fleet-agent-{agent_id or 'pool'}")
-        self.store = EventStore(self.nc)
+        self.store = EventStore(self.nc, mac_key=config.mac_key)
         self.lock = asyncio.Lock()  # one writer step at a time: decide, append, evolve, act
         self.state: AgentState = AgentState()
         self.position = Position()
         self.sub: Subscription | None = None
         self.monitor: ActivityMonitor | None = None
+        self.interval: asyncio.Task[None] | None = None  # interval checkpoints (checkpoints.py)
         self.template: Template | None = None  # the resolved template, set before bring_up
         self.services: services.Services | None = None  # this incarnation's dev services
         self.limiter = RateLimiter(config.cmd_rate, config.cmd_burst, "commands")
@@ -298,11 +301,15 @@ class AgentActor:
             profile = agent_profile(self.state)
             self.monitor = ActivityMonitor(self, profile, self.config.monitor_period_s)
             self.monitor.start()
+            self.interval = checkpoints.start_interval(self)
 
     def _stop_monitor(self) -> None:
         if self.monitor is not None:
             self.monitor.stop()
             self.monitor = None
+        if self.interval is not None and self.interval is not asyncio.current_task():
+            self.interval.cancel()
+        self.interval = None
 
     async def close(self) -> None:
         """Let go of NATS (the tmux session lives on); used before the actor is killed."""

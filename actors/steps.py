@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from actors import ports, recovery, services
+from actors import checkpoints, ports, recovery, services
 from infra import procs
 from infra.templates import agent_profile
 from infra.worktree import Worktrees
@@ -168,6 +168,7 @@ async def stop(
     actor._stop_monitor()
     s = actor.state
     reason = s.reason or "stop"
+    await checkpoints.take_auto(actor, "stop", reason)  # never raises: a stop goes on
     try:
         live = bool(s.tmux_session) and await run(actor.tmux.has_session, s.tmux_session)
         await services.stop(actor, polite)  # dependents first, before the session ends
@@ -299,6 +300,13 @@ async def act(actor: AgentActor, cmd: c.AgentCommand) -> dict[str, Any]:
             await actor.execute(cmd)
             if s.worktree and Path(s.worktree).is_dir():
                 await _remove_worktree(actor, True)
+        case c.Checkpoint():
+            return await checkpoints.checkpoint(actor, cmd)
+        case c.Rollback():
+            return await checkpoints.rollback(actor, cmd)
+        case c.ReportHealth(healthy=False, service=name):
+            if await actor.execute(cmd):  # the service just turned unhealthy
+                await checkpoints.take_auto(actor, "unhealthy", f"{name} unhealthy", cmd.id)
         case _:
             await actor.execute(cmd)
     return {}

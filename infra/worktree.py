@@ -141,6 +141,19 @@ class Worktrees:
         self._git("store the state", path, "update-ref", ref, sha)
         return sha
 
+    def restore(self, path: str | Path, commit: str) -> None:
+        """Make the worktree what `save_to_ref` saved in `commit`, and its branch what it was.
+
+        Files written since disappear, deleted ones come back, untracked files made since are
+        removed; ignored files are kept (`clean` without `-x`). The branch and the index return
+        to the commit's parent (HEAD when the state was saved), so files that were untracked
+        then are untracked again. Commits made since stay reachable from any later saved ref.
+        """
+        sha = _ref("commit", commit)
+        self._git("restore the saved files", path, "reset", "-q", "--hard", sha)
+        self._git("remove files made since", path, "clean", "-q", "-f", "-d")
+        self._git("move the branch back", path, "reset", "-q", f"{sha}^")
+
     def remove(
         self,
         agent_id: str,

@@ -23,6 +23,7 @@ from infra.config import FleetState, Settings, pid_alive, read_state
 from schemas.errors import FleetError
 from services import cli_agents as agents
 from services import cli_health as health
+from services import cli_history as history
 from services import cli_mail as mail
 from services import cli_templates as templates
 from services import cli_tokens as tokens
@@ -96,6 +97,10 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("doctor", doctor.cmd_doctor),
     Subcommand("gc", doctor.cmd_gc, doctor.gc_arguments),
     Subcommand("token", tokens.cmd_token, tokens.token_arguments),
+    Subcommand("checkpoint", history.cmd_checkpoint, history.checkpoint_arguments),
+    Subcommand("checkpoints", history.cmd_checkpoints, agents.id_argument),
+    Subcommand("rollback", history.cmd_rollback, history.rollback_arguments),
+    Subcommand("audit", history.cmd_audit, history.audit_arguments),
     Subcommand("health", health.cmd_health, health.health_arguments),
     Subcommand("template", templates.cmd_template, templates.template_arguments),
     Subcommand("inbox", mail.cmd_inbox, mail.inbox_arguments),

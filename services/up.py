@@ -32,7 +32,7 @@ import infra.nats
 from actors import supervisor
 from actors.agent import AgentConfig
 from actors.supervisor import FleetConfig
-from infra import natsserver, raycluster
+from infra import fleetkey, natsserver, raycluster
 from infra.config import (
     FleetState,
     Settings,
@@ -172,6 +172,7 @@ async def _start_supervisor(settings: Settings, nats_url: str) -> None:
         state_dir=str(settings.state_dir),
         worktree_root=str(settings.worktrees),
         tmux_socket=settings.tmux_socket,
+        mac_key=fleetkey.load_or_create(settings.state_dir),
     )
     config = FleetConfig(agent=agent, pool_size=settings.pool_size, max_agents=settings.max_agents)
     handle = supervisor.start(config)

@@ -72,6 +72,7 @@ class Fleet:
     def config(self) -> Any:
         from actors.agent import AgentConfig
         from actors.supervisor import FleetConfig
+        from infra import fleetkey
 
         agent = AgentConfig(
             nats_url=self.nats_url,
@@ -82,6 +83,7 @@ class Fleet:
             polite_timeout_s=2.0,
             term_timeout_s=2.0,
             monitor_period_s=0.2,
+            mac_key=fleetkey.load_or_create(self.state_dir),
         )
         return FleetConfig(agent=agent, pool_size=1, max_agents=20)
 

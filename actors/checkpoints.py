@@ -1,0 +1,208 @@
+"""Checkpoints and rollback, the actor's side: git and tmux work, each outcome an event.
+
+A checkpoint commits the whole worktree (tracked and untracked, not ignored) through a
+temporary index to `refs/fleet/checkpoints/<agent>/<n>` (HEAD, the branch and the real index do
+not move), saves the assistant's scrollback to `<state_dir>/checkpoints/<agent>/<n>.txt`, and
+records `checkpoint.taken` naming the log sequence it stands at.
+
+A rollback first checkpoints the current work (auto "rollback", so it can itself be undone by
+rolling back to that one), rebuilds the state as of the checkpoint by replaying the log up to
+its sequence, restores the worktree (infra.worktree.Worktrees.restore: files as saved, the
+branch back where it was then), restarts services whose configuration differs, and records
+`rolled_back`. The log is only ever appended to.
+
+Every function here runs with the actor's lock held, except `interval_loop`, which takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from actors import services, steps
+from schemas import commands as c
+from schemas import events as e
+from schemas.agent import AgentState, CheckpointRef
+from schemas.errors import FleetError, UnknownCheckpoint
+from schemas.states import Activity, Lifecycle
+from schemas.templates import ServiceSpec, decode_spec
+
+if TYPE_CHECKING:
+    from actors.agent import AgentActor
+
+log = logging.getLogger(__name__)
+REF_PREFIX = "refs/fleet/checkpoints/"
+L = Lifecycle
+
+
+class NoWorktree(FleetError):
+    code = "no_worktree"
+
+    def __init__(self, agent_id: str, what: str) -> None:
+        self.agent_id = agent_id
+        super().__init__(f"cannot {what} agent {agent_id}: it has no worktree (it was removed)")
+
+
+def ref_for(agent_id: str, n: int) -> str:
+    return f"{REF_PREFIX}{agent_id}/{n}"
+
+
+def next_number(state: AgentState) -> int:
+    return max((cp.checkpoint for cp in state.checkpoints), default=0) + 1
+
+
+def find(state: AgentState, n: int) -> CheckpointRef:
+    for cp in state.checkpoints:
+        if cp.checkpoint == n:
+            return cp
+    raise UnknownCheckpoint(state.agent_id, n)
+
+
+def _scrollback_path(actor: AgentActor, n: int) -> Path:
+    return Path(actor.config.state_dir) / "checkpoints" / actor.state.agent_id / f"{n}.txt"
+
+
+def _save_scrollback(actor: AgentActor, n: int) -> str:
+    """The agent window's whole history into a file; "" when there is no session to read."""
+    session = actor.state.tmux_session
+    if not session or not actor.tmux.has_session(session):
+        return ""
+    text = actor.tmux.capture(session, "agent", None, True)
+    path = _scrollback_path(actor, n)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    return str(path)
+
+
+async def take(
+    actor: AgentActor, *, label: str = "", auto: str = "", cause: str = "", by: str = ""
+) -> int:
+    """Commit the worktree, save the scrollback, record `checkpoint.taken`; its number."""
+    s = actor.state
+    if not s.worktree or not Path(s.worktree).is_dir():
+        raise NoWorktree(s.agent_id, "checkpoint")
+    n = next_number(s)
+    ref = ref_for(s.agent_id, n)
+    log_seq = actor.position.seq  # the last event before this checkpoint
+    commit = await steps.run(steps.worktrees(actor).save_to_ref, s.worktree, ref)
+    scrollback = await steps.run(_save_scrollback, actor, n)
+    meta = steps._meta(actor, cause) | ({"actor": by} if by else {})
+    taken = e.CheckpointTaken(
+        checkpoint=n,
+        log_seq=log_seq,
+        commit=commit,
+        ref=ref,
+        label=label,
+        auto=auto,
+        scrollback=scrollback,
+        **meta,
+    )
+    await actor.record([taken])
+    return n
+
+
+async def take_auto(actor: AgentActor, auto: str, label: str = "", cause: str = "") -> int | None:
+    """An automatic checkpoint that must never stand in the way of what triggered it (a stop,
+    an unhealthy service): a failure is logged, and None returned."""
+    try:
+        return await take(actor, label=label, auto=auto, cause=cause)
+    except NoWorktree:
+        return None
+    except Exception:
+        log.exception("agent %s: automatic checkpoint (%s) failed", actor.state.agent_id, auto)
+        return None
+
+
+async def checkpoint(actor: AgentActor, cmd: c.Checkpoint) -> dict[str, Any]:
+    """The `checkpoint` command: decide (lifecycle allows it), then take it."""
+    await actor.execute(cmd)
+    n = await take(actor, label=cmd.label, auto=cmd.auto, cause=cmd.id, by=cmd.by)
+    return {"checkpoint": n, "commit": find(actor.state, n).commit}
+
+
+async def rollback(actor: AgentActor, cmd: c.Rollback) -> dict[str, Any]:
+    """The `rollback` command; see the module docstring for the steps."""
+    await actor.execute(cmd)  # refuses an unknown checkpoint or a lifecycle that forbids it
+    s = actor.state
+    target = find(s, cmd.checkpoint)
+    if not s.worktree or not Path(s.worktree).is_dir():
+        raise NoWorktree(s.agent_id, "roll back")
+    label = f"before rollback to #{target.checkpoint}"
+    saved = await take(actor, label=label, auto="rollback", cause=cmd.id)
+    replayed = await actor.store.replay(s.agent_id, upto=target.log_seq)
+    await steps.run(steps.worktrees(actor).restore, s.worktree, target.commit)
+    restarted = await restart_changed_services(actor, replayed.state, cmd.id)
+    meta = steps._meta(actor, cmd.id) | ({"actor": cmd.by} if cmd.by else {})
+    done = e.RolledBack(
+        checkpoint=target.checkpoint,
+        to_seq=target.log_seq,
+        commit=target.commit,
+        saved_checkpoint=saved,
+        **meta,
+    )
+    await actor.record([done])
+    return {
+        "checkpoint": target.checkpoint,
+        "saved_checkpoint": saved,
+        "commit": target.commit,
+        "restarted": restarted,
+    }
+
+
+def changed_services(current: AgentState, replayed: AgentState) -> list[str]:
+    """Services whose configuration (their spec in the recorded template) differs between the
+    state as of the checkpoint and now. Today an agent's template is fixed when it is created,
+    so this is empty unless a later event changes it; the hook is here for when one does."""
+    now, then = _specs(current), _specs(replayed)
+    return sorted(name for name in now.keys() & then.keys() if now[name] != then[name])
+
+
+def _specs(state: AgentState) -> dict[str, ServiceSpec]:
+    template = decode_spec(state.template_spec)
+    return dict(template.services) if template is not None else {}
+
+
+async def restart_changed_services(
+    actor: AgentActor, replayed: AgentState, cause: str
+) -> list[str]:
+    """Restart the running services whose configuration differs from the checkpoint's."""
+    if actor.state.lifecycle is not L.RUNNING:
+        return []
+    names = [n for n in changed_services(actor.state, replayed) if n in actor.state.services]
+    for name in names:
+        await services.restart(actor, name, cause)
+    return names
+
+
+# -- every N minutes of WORKING ---------------------------------------------------------------
+
+
+def start_interval(actor: AgentActor) -> asyncio.Task[None] | None:
+    """The interval checkpoint task, when the agent's config asks for one."""
+    every_s = actor.config.checkpoint_every_min * 60.0
+    if every_s <= 0:
+        return None
+    return asyncio.get_running_loop().create_task(interval_loop(actor, every_s))
+
+
+async def interval_loop(actor: AgentActor, every_s: float) -> None:
+    """Count the time the agent is seen WORKING; checkpoint after each `every_s` of it."""
+    tick = min(5.0, every_s / 10)
+    worked, last = 0.0, time.monotonic()
+    while True:
+        await asyncio.sleep(tick)
+        now = time.monotonic()
+        s = actor.state
+        if s.lifecycle is L.RUNNING and s.activity is Activity.WORKING:
+            worked += now - last
+        last = now
+        if worked < every_s:
+            continue
+        worked = 0.0
+        async with actor.lock:
+            if actor.state.lifecycle is L.RUNNING:
+                minutes = f"{every_s / 60:g}"
+                await take_auto(actor, "interval", f"after {minutes} min of work")

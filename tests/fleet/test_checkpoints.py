@@ -1,0 +1,197 @@
+"""Checkpoints, rollback and audits against real Ray, nats-server, tmux and git."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+import pytest
+from nats.aio.client import Client
+
+from infra import fleetkey
+from infra.eventstore import EventStore
+from infra.nats import connect
+from schemas import events as e
+from schemas import subjects
+from schemas.agent import evolve
+from schemas.audit import MAC_HEADER, event_mac, restored_view
+from schemas.chain import event_hash
+from services import audit as auditing
+from tests.conftest import Fleet
+from tests.fleet.helpers import command, spawn
+
+
+@pytest.fixture
+async def nc(fleet: Fleet) -> AsyncIterator[Client]:
+    client = await connect(fleet.nats_url)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    path = tmp_path / "repo"
+    path.mkdir()
+    for args in (
+        ["init", "-q", "-b", "main"],
+        ["config", "user.email", "t@example.com"],
+        ["config", "user.name", "Test"],
+    ):
+        subprocess.run(["git", *args], cwd=path, check=True)
+    (path / "README.md").write_text("hello\n")
+    (path / ".gitignore").write_text("*.log\n")
+    subprocess.run(["git", "add", "-A"], cwd=path, check=True)
+    subprocess.run(["git", "commit", "-qm", "first"], cwd=path, check=True)
+    return path
+
+
+def git(where: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def fleet_cli(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        env=fleet.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_rollback_restores_files_state_and_can_be_undone(
+    fleet: Fleet, nc: Client, repo: Path
+) -> None:
+    reply = await spawn(nc, str(repo), "a1")
+    assert reply["ok"], reply
+    wt = Path(reply["agent"]["worktree"])
+    start = git(wt, "rev-parse", "HEAD")
+    (wt / "keep.txt").write_text("v1\n")  # untracked work is checkpointed too
+
+    taken = await command(nc, "a1", "checkpoint", label="one")
+    assert taken["ok"], taken
+    assert taken["checkpoint"] == 1
+    assert git(wt, "rev-parse", "HEAD") == start  # the branch did not move
+    assert git(wt, "status", "--porcelain") == "?? keep.txt"  # nor the index
+    ref = git(wt, "rev-parse", "refs/fleet/checkpoints/a1/1")
+    assert ref == taken["commit"]
+    assert git(wt, "show", f"{ref}:keep.txt") == "v1"
+
+    # Work after the checkpoint: a new file, a deletion, an edit, a commit, an ignored file.
+    (wt / "later.txt").write_text("later\n")
+    (wt / "README.md").unlink()
+    (wt / "keep.txt").write_text("v2\n")
+    (wt / "committed.txt").write_text("c\n")
+    git(wt, "add", "committed.txt")
+    git(wt, "commit", "-qm", "after the checkpoint")
+    later_head = git(wt, "rev-parse", "HEAD")
+    (wt / "build.log").write_text("ignored\n")
+
+    back = await command(nc, "a1", "rollback", checkpoint=1)
+    assert back["ok"], back
+    assert back["saved_checkpoint"] == 2
+    assert not (wt / "later.txt").exists()
+    assert not (wt / "committed.txt").exists()
+    assert (wt / "README.md").read_text() == "hello\n"
+    assert (wt / "keep.txt").read_text() == "v1\n"
+    assert (wt / "build.log").read_text() == "ignored\n"  # ignored files are kept
+    assert git(wt, "rev-parse", "HEAD") == start  # the branch is back where it was then
+    assert git(wt, "status", "--porcelain") == "?? keep.txt"
+
+    store = EventStore(nc)
+    rows = await store.read("a1")
+    last = rows[-1].event
+    assert isinstance(last, e.RolledBack)
+    assert (last.checkpoint, last.commit, last.saved_checkpoint) == (1, taken["commit"], 2)
+    full = (await store.replay("a1")).state
+    then = (await store.replay("a1", upto=last.to_seq)).state
+    assert restored_view(full) == restored_view(evolve(then, last))
+    assert full.head == taken["commit"]
+    assert [cp.auto for cp in full.checkpoints] == ["", "rollback"]
+    shown = (await command(nc, "a1", "show"))["agent"]
+    assert shown["lifecycle"] == "RUNNING"
+    assert shown["seq"] == rows[-1].seq  # the live actor stands where the replay ends
+
+    undo = await command(nc, "a1", "rollback", checkpoint=2)
+    assert undo["ok"], undo
+    assert (wt / "later.txt").read_text() == "later\n"
+    assert (wt / "committed.txt").read_text() == "c\n"
+    assert not (wt / "README.md").exists()
+    assert (wt / "keep.txt").read_text() == "v2\n"
+    assert git(wt, "rev-parse", "HEAD") == later_head
+
+    scrollback = Path(fleet.state_dir, "checkpoints", "a1", "1.txt")
+    assert scrollback.exists()
+
+
+async def test_cli_checkpoint_list_rollback_and_stop_checkpoint(
+    fleet: Fleet, nc: Client, repo: Path
+) -> None:
+    assert (await spawn(nc, str(repo), "c1"))["ok"]
+    done = fleet_cli(fleet, "checkpoint", "c1", "-m", "first try", "--json")
+    assert done.returncode == 0, done.stderr
+    assert msgspec.json.decode(done.stdout)["checkpoint"] == 1
+    listed = fleet_cli(fleet, "checkpoints", "c1")
+    assert "first try" in listed.stdout and "#1" in listed.stdout, listed
+    back = fleet_cli(fleet, "rollback", "c1", "1", "--json")
+    assert back.returncode == 0, back.stderr
+    assert msgspec.json.decode(back.stdout)["saved_checkpoint"] == 2
+    missing = fleet_cli(fleet, "rollback", "c1", "9")
+    assert missing.returncode == 2 and "no checkpoint 9" in missing.stderr
+    assert (await command(nc, "c1", "stop"))["ok"]
+    listed = msgspec.json.decode(fleet_cli(fleet, "checkpoints", "c1", "--json").stdout)
+    assert [cp["auto"] for cp in listed] == ["", "rollback", "stop"]
+
+
+async def test_audit_passes_an_honest_log_and_catches_forged_and_altered_events(
+    fleet: Fleet, nc: Client, repo: Path
+) -> None:
+    assert (await spawn(nc, str(repo), "f1"))["ok"]
+    assert (await command(nc, "f1", "checkpoint", label="x"))["ok"]
+    assert (await command(nc, "f1", "pause"))["ok"]
+    assert (await command(nc, "f1", "resume"))["ok"]
+    key = fleetkey.load(fleet.state_dir)
+    store = EventStore(nc)
+    honest = await auditing.audit_agent(store, "f1", auditing.AuditOptions(key=key))
+    assert honest.ok, honest.violations
+    ok = fleet_cli(fleet, "audit", "f1", "--verify")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    timeline = fleet_cli(fleet, "audit", "f1", "--at", "3")
+    assert "checkpoint.taken" not in timeline.stdout and "as of 3:" in timeline.stdout
+
+    # A forger who can publish computes a correct prev_hash, but cannot sign.
+    rows = await store.read("f1")
+    forged = e.InputSent(
+        agent_id="f1",
+        event_id="forged-1",
+        at=datetime.now(UTC),
+        text="rm -rf /",
+        prev_hash=event_hash(rows[-1].raw),
+    )
+    raw = msgspec.json.encode(forged)
+    ack = await nc.jetstream().publish(subjects.events("f1"), raw)
+    bad = fleet_cli(fleet, "audit", "f1", "--verify")
+    assert bad.returncode == 3
+    assert f"sequence {ack.seq}: no Fleet-Mac" in bad.stderr, bad.stderr
+
+    # An altered event (here: signed with the key, but naming a wrong prev_hash).
+    altered = msgspec.structs.replace(forged, event_id="altered-1", prev_hash="0" * 32)
+    raw2 = msgspec.json.encode(altered)
+    headers = {MAC_HEADER: event_mac(key, raw2)}
+    ack2 = await nc.jetstream().publish(subjects.events("f1"), raw2, headers=headers)
+    bad = fleet_cli(fleet, "audit", "f1", "--verify", "--json")
+    assert bad.returncode == 3
+    found = msgspec.json.decode(bad.stdout)
+    problems = {(v["seq"], v["problem"].split(":")[0]) for v in found["violations"]}
+    assert (ack.seq, "no Fleet-Mac") in problems
+    assert any(seq == ack2.seq and p.startswith("prev_hash") for seq, p in problems), problems
+    everyone = fleet_cli(fleet, "audit", "--all", "--verify", "--nats-url", fleet.nats_url)
+    assert everyone.returncode == 3 and f"sequence {ack2.seq}" in everyone.stderr
