@@ -187,6 +187,9 @@ class HealthService:
             return None
         w = Watched(loaded.state, loaded.position.seq, deque(maxlen=self.config.history))
         w.template = _template(w.state)
+        for name, svc in w.state.services.items():
+            if svc.state == "exited":
+                w.exited_at[name] = now()  # when is not in the state: from now on, then
         self.agents[agent_id] = w
         if w.state.lifecycle is L.RUNNING:
             self._background(self._locate_then_probe(w))

@@ -52,12 +52,16 @@ class Sampler:
             with contextlib.suppress(*_GONE, psutil.AccessDenied):
                 key = (proc.pid, proc.create_time())
                 proc = before.get(key, proc)
-                seen[key] = proc
                 with proc.oneshot():
-                    cpu += proc.cpu_percent(None)  # 0.0 at a process's first reading
-                    rss += proc.memory_info().rss
-                    threads += proc.num_threads()
-                    fds += proc.num_fds()
+                    figures = (
+                        proc.cpu_percent(None),  # 0.0 at a process's first reading
+                        proc.memory_info().rss,
+                        proc.num_threads(),
+                        proc.num_fds(),
+                    )
+                seen[key] = proc  # counted only once every figure was read
+                cpu, rss = cpu + figures[0], rss + figures[1]
+                threads, fds = threads + figures[2], fds + figures[3]
         self._seen[state.agent_id] = seen
         sample = Sample(
             cpu_percent=round(cpu, 1),

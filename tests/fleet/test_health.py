@@ -1,0 +1,198 @@
+"""The health service on a real fleet: probes, report_health, psutil history, the recovery ladder.
+
+The health service runs in the test's own event loop (as `fleet up` runs it), with short
+periods; agents are spawned with an explicit template recorded in their log, which is where
+the health service reads their probes and recovery spec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import ray
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from actors.agent import AgentActor
+from actors.supervisor import AGENT_PREFIX, agent_options
+from infra.eventstore import EventStore
+from infra.nats import connect
+from schemas import events as e
+from schemas import subjects
+from schemas.control import SpawnRequest
+from schemas.templates import (
+    Backoff,
+    HttpProbe,
+    Probe,
+    RecoverySpec,
+    RestartSpec,
+    ServiceSpec,
+    Template,
+    encode_spec,
+)
+from services.health import HealthConfig, HealthService
+from tests.conftest import Fleet
+from tests.fleet.helpers import command, request, until
+from tests.fleet.test_agents import repo  # noqa: F401  (a fixture)
+
+FAST = HealthConfig(sample_period_s=0.3, tick_s=0.1, exit_grace_s=0.2)
+QUICK_LADDER = RecoverySpec(
+    rungs=("restart_service", "recreate_session", "new_ports", "respawn", "ask_human"),
+    attempts=1,
+    backoff=Backoff(initial_s=0.2, max_s=0.5, jitter=0.0),
+)
+
+
+@pytest.fixture
+async def nc(fleet: Fleet) -> AsyncIterator[Client]:
+    client = await connect(fleet.nats_url)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def health(nc: Client) -> AsyncIterator[HealthService]:
+    service = HealthService(nc, FAST)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        yield service
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def spawn_with(fleet: Fleet, repo_path: Path, name: str, template: Template) -> Any:
+    config = fleet.config()
+    remote: Any = ray.remote(AgentActor)
+    handle = remote.options(**agent_options(AGENT_PREFIX + name, config)).remote(config.agent, name)
+    await handle.use_template.remote(template)
+    await fleet.supervisor.refind.remote()
+    req = SpawnRequest(repo=str(repo_path), name=name, template=template.name)
+    shell = "bash --noprofile --norc -i"
+    reply = await handle.spawn.remote(req, shell, False, encode_spec(template))
+    assert b'"ok":true' in reply, reply
+    return handle
+
+
+async def events(nc: Client, agent_id: str) -> list[e.AgentEvent]:
+    return [s.event for s in await EventStore(nc).read(agent_id) if s.event is not None]
+
+
+async def test_a_failing_liveness_probe_is_reported_and_sampled(
+    fleet: Fleet,
+    nc: Client,
+    repo: Path,  # noqa: F811
+    health: HealthService,
+) -> None:
+    api = ServiceSpec(
+        command="python3 -m http.server --bind 127.0.0.1 $PORT",
+        ports=("http",),
+        liveness=Probe(
+            http=HttpProbe(port="http"),
+            initial_delay_s=1.0,
+            period_s=0.1,
+            timeout_s=0.3,
+            failure_threshold=2,
+        ),
+    )
+    slow = RecoverySpec(rungs=("ask_human",), backoff=Backoff(initial_s=60))
+    template = Template(name="shell", services={"api": api}, recovery=slow)
+    seen: list[dict[str, Any]] = []
+
+    async def on_health(msg: Msg) -> None:
+        seen.append(msgspec.json.decode(msg.data))
+
+    await nc.subscribe(subjects.health("h1"), cb=on_health)
+    await spawn_with(fleet, repo, "h1", template)
+
+    async def live() -> bool:
+        reply = await request(nc, subjects.control("health"), {"agent": "h1", "kind": "probe"})
+        rows = reply.get("history") or []
+        return any(o["probe"] == "liveness" and o["ok"] for o in rows)
+
+    await until(live, "api's liveness probe to pass")
+    pid = (await command(nc, "h1", "show"))["agent"]["services"]["api"]["pid"]
+    os.kill(pid, signal.SIGSTOP)  # alive but not answering: only a probe can tell
+    try:
+
+        async def reported() -> list[e.ServiceHealth]:
+            log = await events(nc, "h1")
+            return [
+                ev
+                for ev in log
+                if isinstance(ev, e.ServiceHealth)
+                and not ev.healthy
+                and ev.actor == "service:health"
+            ]
+
+        found = (await until(reported, "service.health unhealthy from the health service"))[0]
+        assert found.service == "api" and found.probe == "liveness"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+    reply = await request(nc, subjects.control("health"), {"agent": "h1", "limit": 500})
+    assert reply["ok"], reply
+    samples = [o["sample"] for o in reply["history"] if o["kind"] == "sample"]
+    assert samples and all(s["rss_mb"] > 0 and s["processes"] >= 3 for s in samples)
+    assert all(s["threads"] >= 1 and s["open_files"] > 0 for s in samples)
+    probes = [o for o in reply["history"] if o["kind"] == "probe" and o["probe"] == "liveness"]
+    assert [o["ok"] for o in probes][:2] == [True, False]
+    log = await events(nc, "h1")
+    assert any(isinstance(ev, e.ServiceHealth) and ev.healthy for ev in log)
+    assert any(o["kind"] == "sample" for o in seen)  # also published on fleet.health.h1
+    unknown = await request(nc, subjects.control("health"), {"agent": "nobody"})
+    assert unknown["error"]["code"] == "unknown_agent"
+
+
+async def test_a_service_that_keeps_failing_climbs_the_ladder_to_a_person(
+    fleet: Fleet,
+    nc: Client,
+    repo: Path,  # noqa: F811
+    health: HealthService,
+) -> None:
+    bad = ServiceSpec(
+        command=["sh", "-c", "echo failing; exit 3"], restart=RestartSpec(policy="no")
+    )
+    template = Template(name="shell", services={"bad": bad}, recovery=QUICK_LADDER)
+    notices: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def on_notice(msg: Msg) -> None:
+        await notices.put(msgspec.json.decode(msg.data))
+
+    await nc.subscribe(subjects.notify("critical"), cb=on_notice)
+    await spawn_with(fleet, repo, "r1", template)
+
+    notice = await asyncio.wait_for(notices.get(), 120)
+    assert notice["agent"] == "r1" and notice["service"] == "bad"
+    assert "exited (status 3)" in notice["reason"]
+
+    log = await events(nc, "r1")
+    rungs = [(ev.rung, ev.attempt) for ev in log if isinstance(ev, e.RecoveryEscalated)]
+    assert rungs == [
+        ("restart_service", 1),
+        ("recreate_session", 1),
+        ("new_ports", 1),
+        ("respawn", 1),
+        ("ask_human", 1),
+    ]
+    kinds = [type(ev).__name__ for ev in log]
+    assert "ServiceRestarted" in kinds  # restart_service
+    closed = [ev for ev in log if isinstance(ev, e.SessionClosed)]
+    assert any(ev.reason == "recreate_session" for ev in closed)
+    assert kinds.count("AgentCreated") == 1 and kinds.count("SessionStarted") >= 3  # respawn
+    await asyncio.sleep(1.0)  # exhausted: no further rung
+    assert [ev for ev in await events(nc, "r1") if isinstance(ev, e.RecoveryEscalated)] == [
+        ev for ev in log if isinstance(ev, e.RecoveryEscalated)
+    ]
+    reply = await request(nc, subjects.control("health"), {"agent": "r1", "kind": "recovery"})
+    assert [o["rung"] for o in reply["history"]][-1] == "ask_human"
