@@ -82,6 +82,7 @@ class Mailbox:
         # consumer name -> (its inbox, the subscription on it, the lock of its pulls). JetStream
         # delivers a pulled message with its own subject, so a shared inbox could not route it.
         self._pulls: dict[str, tuple[str, Subscription, asyncio.Lock]] = {}
+        self._doorbells: dict[str, tuple[Subscription, asyncio.Event]] = {}
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -145,6 +146,32 @@ class Mailbox:
             await found[0].ack()
             await self.nc.flush()
         return found[0].item
+
+    async def wait(self, agent_id: str, timeout: float) -> bool:
+        """Wait until mail for `agent_id` may have arrived (True) or `timeout` passes (False).
+
+        A JetStream publish is also delivered to core subscribers of its subject, so a plain
+        subscription on `fleet.mail.<agent>.*` is a doorbell: a reader loops `read`, then
+        `wait` when it got nothing, and sees new mail within a round trip without polling.
+        """
+        if agent_id not in self._doorbells:
+            bell = asyncio.Event()
+
+            async def ring(_: Msg) -> None:
+                bell.set()
+
+            sub = await self.nc.subscribe(subjects.mailbox(agent_id), cb=ring)
+            await self.nc.flush()
+            self._doorbells[agent_id] = (sub, bell)
+            return True  # mail may have come before the bell was hung: read again first
+        bell = self._doorbells[agent_id][1]
+        try:
+            await asyncio.wait_for(bell.wait(), timeout)
+        except TimeoutError:
+            return False
+        finally:
+            bell.clear()
+        return True
 
     async def _open(self, to: str, priority: str, msg: Msg, now: datetime) -> Delivery | None:
         meta = msg.metadata
@@ -286,4 +313,7 @@ class Mailbox:
     async def close(self) -> None:
         for _, sub, _ in self._pulls.values():
             await sub.unsubscribe()
+        for sub, _ in self._doorbells.values():
+            await sub.unsubscribe()
         self._pulls.clear()
+        self._doorbells.clear()

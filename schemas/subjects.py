@@ -77,6 +77,11 @@ def mail(agent_id: str, priority: str) -> str:
     return f"{_ROOT}.mail.{token(agent_id)}.{_one_of(priority, PRIORITIES, 'priority')}"
 
 
+def mailbox(agent_id: str) -> str:
+    """Every priority of one agent's mail: `fleet.mail.<agent>.*`."""
+    return f"{_ROOT}.mail.{token(agent_id)}.*"
+
+
 def mail_of(subject: str) -> tuple[str, str]:
     """(agent id, priority) of a mail subject (`fleet.mail.a1.high` -> `("a1", "high")`)."""
     parts = subject.split(".")

@@ -13,6 +13,7 @@ GROUPS = {
     "eventstore": "tests.perf.bench_eventstore",
     "spawn": "tests.perf.bench_spawn",
     "services": "tests.perf.bench_services",
+    "bus": "tests.perf.bench_bus",
 }
 
 

@@ -1,0 +1,256 @@
+"""Group `bus`: mail throughput and latency, priority inversions, a command's round trip.
+
+Floors, measured in the same run: raw JetStream (publish_async windows plus a nats-py pull
+consumer that fetches and acks) for mail throughput; a core NATS publish/subscribe at the same
+steady rate for mail latency; a bare NATS request/reply echo for the command round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import ray
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from actors import supervisor
+from actors.agent import AgentConfig
+from actors.supervisor import FleetConfig
+from infra import raycluster
+from infra.mailbox import Mailbox, MailPolicy
+from infra.nats import connect, ensure_streams
+from infra.natsserver import NatsServer
+from schemas import subjects
+from schemas.mail import MailMessage, rank
+from tests.perf.bench_spawn import make_repo, spawn
+from tests.perf.common import emit, fresh_nats, log, p50
+
+THROUGHPUT_N, SENDERS, WINDOW, BATCH = 60_000, 4, 1_000, 1_000
+STEADY_RATE, STEADY_S = 1_000, 5.0
+INVERSION_N = 20_000
+ROUNDTRIPS = 2_000
+FAST = MailPolicy(send_rate=1e9, send_burst=1e9)
+
+
+def p99(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+async def drain(box: Mailbox, agent: str, n: int, got: list[Any] | None = None) -> None:
+    """Read and ack `n` messages in batches, waiting on the doorbell when the box is empty."""
+    seen = 0
+    while seen < n:
+        batch = await box.read(agent, BATCH)
+        for delivery in batch:
+            await delivery.msg.ack()
+            if got is not None:
+                got.append((time.perf_counter(), delivery.item))
+        seen += len(batch)
+        if not batch:
+            await box.wait(agent, 1.0)
+
+
+async def mail_throughput(nc: Client) -> None:
+    box = Mailbox(nc, FAST)
+    message = MailMessage(from_="bench", body="x" * 200)
+    per = THROUGHPUT_N // SENDERS
+
+    async def send(i: int) -> None:
+        await Mailbox(nc, FAST).send_many([("rcpt", message, "normal")] * per, WINDOW)
+
+    await box.wait("rcpt", 0)
+    t = time.perf_counter()
+    await asyncio.gather(drain(box, "rcpt", per * SENDERS), *(send(i) for i in range(SENDERS)))
+    ours = per * SENDERS / (time.perf_counter() - t)
+    emit("mail_throughput", ours, "msgs/s", await raw_throughput(nc), "target >= 15000")
+
+
+async def raw_throughput(nc: Client) -> float:
+    """Raw JetStream: publish_async windows and one pull consumer fetching and acking."""
+    js = nc.jetstream()
+    subject, data = subjects.mail("raw", "normal"), b"x" * 260
+    sub = await js.pull_subscribe(
+        subject,
+        durable="raw",
+        stream=subjects.MAIL_STREAM,
+        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=20_000),
+    )
+    n = THROUGHPUT_N // SENDERS * SENDERS
+
+    async def publish() -> None:
+        for _ in range(0, n, WINDOW):
+            futures = [await js.publish_async(subject, data) for _ in range(WINDOW)]
+            await asyncio.gather(*futures)
+
+    async def consume() -> None:
+        seen = 0
+        while seen < n:
+            try:
+                msgs = await sub.fetch(BATCH, timeout=1)
+            except TimeoutError:
+                continue
+            for msg in msgs:
+                await msg.ack()
+            seen += len(msgs)
+
+    t = time.perf_counter()
+    await asyncio.gather(consume(), publish())
+    return n / (time.perf_counter() - t)
+
+
+async def mail_p99(nc: Client) -> None:
+    sender, reader = Mailbox(nc, FAST), Mailbox(nc, FAST)
+    await reader.wait("steady", 0)
+    n = int(STEADY_RATE * STEADY_S)
+    sent: dict[str, float] = {}
+    got: list[tuple[float, Any]] = []
+
+    async def send() -> None:
+        start = time.perf_counter()
+        for i in range(n):
+            await asyncio.sleep(max(0.0, start + i / STEADY_RATE - time.perf_counter()))
+            sent[str(i)] = time.perf_counter()
+            await sender.send("steady", MailMessage(from_="bench", body=str(i)), "normal")
+
+    await asyncio.gather(drain(reader, "steady", n, got), send())
+    ours = [(at - sent[item.body]) * 1000 for at, item in got]
+    note = f"target <= 5; p50 {p50(ours):.2f} ms"
+    emit("mail_p99_ms", p99(ours), "ms", await core_p99(nc), note)
+
+
+async def core_p99(nc: Client) -> float:
+    """Core NATS publish to subscriber at the same steady rate."""
+    n = int(STEADY_RATE * STEADY_S)
+    latencies: list[float] = []
+    done = asyncio.Event()
+
+    async def on(msg: Msg) -> None:
+        latencies.append((time.perf_counter() - float(msg.data)) * 1000)
+        if len(latencies) == n:
+            done.set()
+
+    sub = await nc.subscribe(subjects.topic("bench.core"), cb=on)
+    start = time.perf_counter()
+    for i in range(n):
+        await asyncio.sleep(max(0.0, start + i / STEADY_RATE - time.perf_counter()))
+        await nc.publish(subjects.topic("bench.core"), str(time.perf_counter()).encode())
+    await asyncio.wait_for(done.wait(), 30)
+    await sub.unsubscribe()
+    return p99(latencies)
+
+
+async def priority_inversions(nc: Client) -> None:
+    """Senders store mixed priorities while a reader reads; a message read while a higher
+    priority one was already stored (acked by the server before the read began) and is read
+    later is an inversion."""
+    reader = Mailbox(nc, FAST)
+    await reader.wait("prio", 0)
+    stored: dict[str, float] = {}
+    reads: list[tuple[float, list[Any]]] = []
+    rng = random.Random(7)
+    prios = [rng.choice(subjects.PRIORITIES) for _ in range(INVERSION_N)]
+
+    async def send(part: int) -> None:
+        box = Mailbox(nc, FAST)
+        for i in range(part, INVERSION_N, 2):
+            await box.send("prio", MailMessage(from_="bench", body=str(i)), prios[i])
+            stored[str(i)] = time.perf_counter()
+
+    async def read() -> None:
+        seen = 0
+        while seen < INVERSION_N:
+            began = time.perf_counter()
+            batch = await reader.read("prio", 50)
+            for d in batch:
+                await d.ack()
+            reads.append((began, [d.item for d in batch]))
+            seen += len(batch)
+            if not batch:
+                await reader.wait("prio", 1.0)
+
+    await asyncio.gather(read(), send(0), send(1))
+    emit("priority_inversions", count_inversions(reads, stored), "messages", 0.0, "target 0")
+
+
+def count_inversions(reads: list[tuple[float, list[Any]]], stored: dict[str, float]) -> int:
+    """Walk the batches from the last: `earliest[r]` is when the first message of rank r
+    that was read later than the current batch had been stored."""
+    earliest = [float("inf")] * 4
+    inversions = 0
+    for began, items in reversed(reads):
+        waiting = [r for r in range(4) if earliest[r] < began]
+        if waiting:
+            inversions += sum(1 for i in items if rank(i.priority) > waiting[0])
+        for i in items:
+            r = rank(i.priority)
+            earliest[r] = min(earliest[r], stored[i.body])
+    return inversions
+
+
+async def cmd_roundtrip(nc: Client, root: Path) -> None:
+    repo = make_repo(root)
+    config = AgentConfig(
+        nats_url=nc.connected_url.geturl() if nc.connected_url else "",
+        state_dir=str(root / "state"),
+        worktree_root=str(root / "worktrees"),
+        tmux_socket="bench-bus",
+        namespace="bench-bus",
+        cmd_rate=1e9,
+        cmd_burst=1e9,
+    )
+    handle = supervisor.start(FleetConfig(agent=config, pool_size=1, max_agents=10))
+    ray.get(handle.known.remote())
+    await spawn(nc, repo, "rt")
+    show, subject = b'{"type":"show"}', subjects.command("rt")
+
+    async def respond(msg: Msg) -> None:
+        await msg.respond(msg.data)
+
+    echo = await nc.subscribe(subjects.topic("bench.echo"), cb=respond)
+    ours, floor = [], []
+    for _ in range(ROUNDTRIPS // 2):  # alternate, so machine noise hits both alike
+        t = time.perf_counter()
+        reply = await nc.request(subject, show, timeout=10)
+        ours.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        await nc.request(subjects.topic("bench.echo"), show, timeout=10)
+        floor.append((time.perf_counter() - t) * 1000)
+    assert msgspec.json.decode(reply.data)["ok"]
+    await echo.unsubscribe()
+    emit("cmd_roundtrip_p50_ms", p50(ours), "ms", p50(floor), "target ratio <= 3")
+
+
+async def main() -> None:
+    for name, bench in (
+        ("mail_throughput", mail_throughput),
+        ("mail_p99_ms", mail_p99),
+        ("priority_inversions", priority_inversions),
+    ):
+        log(f"bus: {name}")
+        async with fresh_nats() as nc:
+            await bench(nc)
+    log("bus: cmd_roundtrip_p50_ms (starts Ray)")
+    with tempfile.TemporaryDirectory(prefix="fleet-bench-bus-") as tmp:
+        root = Path(tmp)
+        server = NatsServer.start(root / "nats")
+        raycluster.start(None)
+        try:
+            nc = await connect(server.url)
+            await ensure_streams(nc.jetstream())
+            try:
+                await cmd_roundtrip(nc, root)
+            finally:
+                await nc.close()
+        finally:
+            raycluster.stop()
+            subprocess.run(["tmux", "-L", "bench-bus", "kill-server"], capture_output=True)
+            server.stop()
