@@ -12,6 +12,7 @@ import os
 import stat
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -57,9 +58,10 @@ def history(data: st.DataObject) -> Run:
 def checkpoint_or_rollback(run: Run, data: st.DataObject) -> None:
     """What the actor records for a checkpoint or a rollback (it decides those itself)."""
     s, at = run.state, T0 + timedelta(days=1, seconds=len(run.events))
-    meta = {"agent_id": AGENT, "event_id": run.new_id(), "at": at, "actor": "agent"}
+    meta: dict[str, Any] = {"agent_id": AGENT, "event_id": run.new_id(), "at": at, "actor": "agent"}
     seq = 1 + 3 * (len(run.events) - 1)  # the sequence `store` gives the last event
-    if s.checkpoints and data.draw(st.booleans()):
+    rollback: bool = data.draw(st.booleans())
+    if s.checkpoints and rollback:
         cp = data.draw(st.sampled_from(s.checkpoints))
         ev: e.AgentEvent = e.RolledBack(
             checkpoint=cp.checkpoint, to_seq=cp.log_seq, commit=cp.commit, **meta
@@ -129,7 +131,7 @@ def test_any_tampering_is_found_at_its_sequence(data: st.DataObject) -> None:
 
 
 def test_transitions_outside_the_table_and_foreign_events_are_named() -> None:
-    meta = {"event_id": "e", "at": T0}
+    meta: dict[str, Any] = {"event_id": "e", "at": T0}
     events: list[e.AgentEvent] = [
         e.AgentCreated(agent_id=AGENT, name=AGENT, template="shell", repo="/r", **meta),
         e.LifecycleChanged(agent_id=AGENT, to=Lifecycle.RUNNING, frm=Lifecycle.NEW, **meta),
@@ -146,7 +148,7 @@ def test_transitions_outside_the_table_and_foreign_events_are_named() -> None:
 
 
 def test_a_purged_start_and_a_short_read_are_violations() -> None:
-    meta = {"event_id": "e", "at": T0, "agent_id": AGENT}
+    meta: dict[str, Any] = {"event_id": "e", "at": T0, "agent_id": AGENT}
     created = e.AgentCreated(name=AGENT, template="shell", repo="/r", **meta)
     rows = store([created, e.LifecycleChanged(to=Lifecycle.SPAWNING, **meta)])
     audit = AgentAudit(AGENT, KEY)
@@ -160,7 +162,7 @@ def test_a_purged_start_and_a_short_read_are_violations() -> None:
 
 
 def test_last_healthy_checkpoint_is_the_last_taken_with_no_unhealthy_service() -> None:
-    meta = {"event_id": "e", "at": T0, "agent_id": AGENT}
+    meta: dict[str, Any] = {"event_id": "e", "at": T0, "agent_id": AGENT}
 
     def cp(n: int) -> e.CheckpointTaken:
         return e.CheckpointTaken(checkpoint=n, log_seq=n, commit="c", ref="r", **meta)
