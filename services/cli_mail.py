@@ -154,10 +154,10 @@ async def _mail(args: argparse.Namespace, message: MailMessage) -> dict[str, Any
 
 def topic_arguments(p: argparse.ArgumentParser) -> None:
     subs = p.add_subparsers(dest="topic_command", metavar="pub|sub", required=True)
-    pub = subs.add_parser("pub", help="publish DATA on fleet.topic.NAME")
+    pub = subs.add_parser("pub", help="publish DATA on the topic NAME")
     pub.add_argument("name")
     pub.add_argument("data")
-    sub = subs.add_parser("sub", help="print what arrives on fleet.topic.PATTERN (* and >)")
+    sub = subs.add_parser("sub", help="print what arrives on topics matching PATTERN (* and >)")
     sub.add_argument("pattern")
     sub.add_argument("--count", type=int, default=0, help="stop after this many (0: never)")
     sub.add_argument("--timeout", type=float, default=0.0, help="stop after this long")
