@@ -14,6 +14,7 @@ GROUPS = {
     "spawn": "tests.perf.bench_spawn",
     "services": "tests.perf.bench_services",
     "bus": "tests.perf.bench_bus",
+    "gateway": "tests.perf.bench_gateway",
 }
 
 
