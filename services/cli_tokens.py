@@ -45,6 +45,9 @@ def cmd_token(args: argparse.Namespace) -> int:
         removed = store.revoke(args.name)
         if not removed:
             raise FleetError(f"there is no token named {args.name!r} (fleet token ls lists them)")
-        print(msgspec.json.encode({"revoked": removed}).decode() if args.json else
-              f"revoked {removed} token(s) named {args.name}")  # fmt: skip
+        print(
+            msgspec.json.encode({"revoked": removed}).decode()
+            if args.json
+            else f"revoked {removed} token(s) named {args.name}"
+        )
     return 0

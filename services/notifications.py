@@ -169,8 +169,9 @@ class Notifier:
             except (DeliveryFailed, aiohttp.ClientError, OSError, TimeoutError) as e:
                 if attempt == self.config.retries:
                     self.metrics.notify_failed.labels(name, "error").inc()
-                    log.warning("notification to %s failed after %d attempts: %s",
-                                name, attempt + 1, e)  # fmt: skip
+                    log.warning(
+                        "notification to %s failed after %d attempts: %s", name, attempt + 1, e
+                    )
                     return
                 await asyncio.sleep(delay)
                 delay *= 2
@@ -179,12 +180,17 @@ class Notifier:
         match channel:
             case Webhook(url=url):
                 text = _line(notice)
-                await self._post(url, _encode({"text": text, "content": text[:2000]}),
-                                 {"Content-Type": "application/json"})  # fmt: skip
+                await self._post(
+                    url,
+                    _encode({"text": text, "content": text[:2000]}),
+                    {"Content-Type": "application/json"},
+                )
             case Ntfy(url=url):
-                headers = {"Title": f"fleetd {notice.severity}: {notice.kind}",
-                           "Priority": _NTFY_PRIORITY.get(notice.severity, "default"),
-                           "Tags": notice.severity}  # fmt: skip
+                headers = {
+                    "Title": f"fleetd {notice.severity}: {notice.kind}",
+                    "Priority": _NTFY_PRIORITY.get(notice.severity, "default"),
+                    "Tags": notice.severity,
+                }
                 await self._post(url, notice.message.encode(), headers)
             case Desktop(command=command):
                 await _desktop(command, notice)
@@ -194,8 +200,11 @@ class Notifier:
             case Bus():
                 if self.nc is None:
                     raise DeliveryFailed("no NATS connection for the bus channel")
-                await self.nc.publish(subjects.notify(notice.severity), _encode(notice),
-                                      headers={NOTIFIED_HEADER: "1"})  # fmt: skip
+                await self.nc.publish(
+                    subjects.notify(notice.severity),
+                    _encode(notice),
+                    headers={NOTIFIED_HEADER: "1"},
+                )
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> None:
         if self.http is None:
@@ -231,9 +240,14 @@ async def _desktop(command: str, notice: Notice) -> None:
         raise DeliveryFailed(f"{command} is not installed")
     urgency = {"critical": "critical", "warning": "normal"}.get(notice.severity, "low")
     proc = await asyncio.create_subprocess_exec(
-        command, "-u", urgency, f"fleetd: {notice.kind}", notice.message,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        command,
+        "-u",
+        urgency,
+        f"fleetd: {notice.kind}",
+        notice.message,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     _, err = await proc.communicate()
     if proc.returncode != 0:
         raise DeliveryFailed(f"{command} exited {proc.returncode}: {err.decode().strip()}")

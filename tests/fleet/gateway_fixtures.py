@@ -43,13 +43,25 @@ class Gateway:
 def created(agent_id: str) -> list[e.AgentEvent]:
     now = datetime.now(UTC)
     return [
-        e.AgentCreated(agent_id=agent_id, event_id=uuid.uuid4().hex, at=now, name=agent_id,
-                       template="shell", repo="/tmp/repo"),
-        e.LifecycleChanged(agent_id=agent_id, event_id=uuid.uuid4().hex, at=now,
-                           to=Lifecycle.SPAWNING),
-        e.LifecycleChanged(agent_id=agent_id, event_id=uuid.uuid4().hex, at=now,
-                           to=Lifecycle.RUNNING, frm=Lifecycle.SPAWNING),
-    ]  # fmt: skip
+        e.AgentCreated(
+            agent_id=agent_id,
+            event_id=uuid.uuid4().hex,
+            at=now,
+            name=agent_id,
+            template="shell",
+            repo="/tmp/repo",
+        ),
+        e.LifecycleChanged(
+            agent_id=agent_id, event_id=uuid.uuid4().hex, at=now, to=Lifecycle.SPAWNING
+        ),
+        e.LifecycleChanged(
+            agent_id=agent_id,
+            event_id=uuid.uuid4().hex,
+            at=now,
+            to=Lifecycle.RUNNING,
+            frm=Lifecycle.SPAWNING,
+        ),
+    ]
 
 
 def activity(agent_id: str, to: Activity, detail: str = "") -> e.ActivityChanged:

@@ -139,8 +139,11 @@ def repo(tmp_path: Path) -> Path:
 
     path = tmp_path / "repo"
     path.mkdir()
-    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "t@example.com"],
-                 ["config", "user.name", "Test"]):  # fmt: skip
+    for args in (
+        ["init", "-q", "-b", "main"],
+        ["config", "user.email", "t@example.com"],
+        ["config", "user.name", "Test"],
+    ):
         subprocess.run(["git", *args], cwd=path, check=True)
     (path / "README.md").write_text("hello\n")
     subprocess.run(["git", "add", "-A"], cwd=path, check=True)

@@ -105,13 +105,16 @@ async def test_an_agent_waiting_for_input_reaches_the_webhook_and_the_phone(
     store = EventStore(nc)
     async with n.running(settings, nc):
         position = await store.append("a1", created("a1"), Position())
-        await store.append("a1", [activity("a1", Activity.AWAITING_INPUT, "Proceed? [y/n]")],
-                           position)  # fmt: skip
+        await store.append(
+            "a1", [activity("a1", Activity.AWAITING_INPUT, "Proceed? [y/n]")], position
+        )
         await until(lambda: outside.hooks and outside.pushes and ui, "the notification")
     assert outside.hooks == [
-        {"text": ":warning: [warning] agent a1 is waiting for input: Proceed? [y/n]",
-         "content": ":warning: [warning] agent a1 is waiting for input: Proceed? [y/n]"}
-    ]  # fmt: skip
+        {
+            "text": ":warning: [warning] agent a1 is waiting for input: Proceed? [y/n]",
+            "content": ":warning: [warning] agent a1 is waiting for input: Proceed? [y/n]",
+        }
+    ]
     body, headers = outside.pushes[0]
     assert body == "agent a1 is waiting for input: Proceed? [y/n]"
     assert headers["Priority"] == "high"
@@ -157,12 +160,28 @@ async def test_notices_of_other_services_and_alertmanager_reach_the_same_channel
     )
     async for gw in run_gateway(nats_url, state_dir):
         async with n.running(settings, nc):
-            health = {"agent": "a7", "reason": "recovery exhausted: web down", "source": "health",
-                      "at": "2025-01-01T00:00:00Z", "severity": "critical"}  # fmt: skip
+            health = {
+                "agent": "a7",
+                "reason": "recovery exhausted: web down",
+                "source": "health",
+                "at": "2025-01-01T00:00:00Z",
+                "severity": "critical",
+            }
             await nc.publish(subjects.notify("critical"), msgspec.json.encode(health))
-            alert = {"status": "firing", "alerts": [{"status": "firing", "labels": {
-                "alertname": "FleetAgentError", "severity": "critical", "agent": "a8"},
-                "annotations": {"summary": "agent a8 is in ERROR"}}]}  # fmt: skip
+            alert = {
+                "status": "firing",
+                "alerts": [
+                    {
+                        "status": "firing",
+                        "labels": {
+                            "alertname": "FleetAgentError",
+                            "severity": "critical",
+                            "agent": "a8",
+                        },
+                        "annotations": {"summary": "agent a8 is in ERROR"},
+                    }
+                ],
+            }
             async with aiohttp.ClientSession() as http:
                 url = gw.url + "/api/alertmanager"
                 async with http.post(url, json=alert, headers=gw.headers("operator")) as r:

@@ -50,13 +50,24 @@ def _id() -> str:
 
 async def _create(store: EventStore, agent: str) -> Position:
     now = datetime.now(UTC)
-    return await store.append(agent, [
-        e.AgentCreated(agent_id=agent, event_id=_id(), at=now, name=agent, template="shell",
-                       repo="/tmp/repo"),
-        e.LifecycleChanged(agent_id=agent, event_id=_id(), at=now, to=Lifecycle.SPAWNING),
-        e.LifecycleChanged(agent_id=agent, event_id=_id(), at=now, to=Lifecycle.RUNNING,
-                           frm=Lifecycle.SPAWNING),
-    ], Position())  # fmt: skip
+    return await store.append(
+        agent,
+        [
+            e.AgentCreated(
+                agent_id=agent,
+                event_id=_id(),
+                at=now,
+                name=agent,
+                template="shell",
+                repo="/tmp/repo",
+            ),
+            e.LifecycleChanged(agent_id=agent, event_id=_id(), at=now, to=Lifecycle.SPAWNING),
+            e.LifecycleChanged(
+                agent_id=agent, event_id=_id(), at=now, to=Lifecycle.RUNNING, frm=Lifecycle.SPAWNING
+            ),
+        ],
+        Position(),
+    )
 
 
 async def _list_responder(nc: Client, store: EventStore, agents: list[str]) -> None:
@@ -82,9 +93,13 @@ async def _append_rounds(nats_url: str, agents: list[str]) -> None:
 
     async def one(agent: str, to: Activity, frm: Activity) -> None:
         event = e.ActivityChanged(
-            agent_id=agent, event_id=_id(), at=datetime.now(UTC), to=to, frm=frm,
+            agent_id=agent,
+            event_id=_id(),
+            at=datetime.now(UTC),
+            to=to,
+            frm=frm,
             detail=str(time.time_ns()),
-        )  # fmt: skip
+        )
         positions[agent] = await store.append(agent, [event], positions[agent])
 
     for round_ in range(ROUNDS):
@@ -158,15 +173,19 @@ async def main() -> None:
                 url = gateway.url_of(runner)
                 log(f"gateway: {AGENTS} agents, {ROUNDS} rounds of one event each")
                 browser, direct = await _events_to_browser(url, token, nc, url_nats.geturl())
-                note = (f"{AGENTS} agents, logs written with EventStore (no Ray), appended from "
-                        "another process, one event per agent at once per round; floor: a plain "
-                        "NATS subscriber in the gateway's process")  # fmt: skip
+                note = (
+                    f"{AGENTS} agents, logs written with EventStore (no Ray), appended from "
+                    "another process, one event per agent at once per round; floor: a plain "
+                    "NATS subscriber in the gateway's process"
+                )
                 emit("events_to_browser_p99_ms", _p99(browser), "ms", _p99(direct), note)
                 emit("events_to_browser_p50_ms", p50(browser), "ms", p50(direct), note)
                 over_http, over_nats = await _api_list(url, token, nc)
-                note = (f"{AGENTS} agents; fleet.ctl.list answered by a stand-in with their views "
-                        "(the real supervisor cannot hold 200 actors here); floor: the same "
-                        "request over NATS without HTTP")  # fmt: skip
+                note = (
+                    f"{AGENTS} agents; fleet.ctl.list answered by a stand-in with their views "
+                    "(the real supervisor cannot hold 200 actors here); floor: the same "
+                    "request over NATS without HTTP"
+                )
                 emit("api_list_p50_ms", p50(over_http), "ms", p50(over_nats), note)
             finally:
                 await runner.cleanup()

@@ -18,8 +18,14 @@ DEPLOY = Path(__file__).resolve().parents[2] / "infra" / "deploy" / "prometheus"
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
 @pytest.mark.parametrize("tests", sorted(p.name for p in DEPLOY.glob("*test*.yml")))
 def test_promtool_runs_the_rule_tests(tests: str) -> None:
-    done = subprocess.run(["promtool", "test", "rules", tests], cwd=DEPLOY, capture_output=True,
-                          text=True, timeout=60, check=False)  # fmt: skip
+    done = subprocess.run(
+        ["promtool", "test", "rules", tests],
+        cwd=DEPLOY,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
