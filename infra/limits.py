@@ -190,6 +190,8 @@ class Limits:
             for controller, path in self.groups(agent_id).items():
                 path.mkdir(exist_ok=True)
                 self._write_limits(controller, path, resources)
+            # A cgroup kept from an earlier incarnation keeps its counts: start from them.
+            self._counters(agent_id, self.agents[agent_id])
         self.adopt(agent_id, pids)
         return self.backend
 

@@ -196,3 +196,25 @@ async def test_a_service_that_keeps_failing_climbs_the_ladder_to_a_person(
     ]
     reply = await request(nc, subjects.control("health"), {"agent": "r1", "kind": "recovery"})
     assert [o["rung"] for o in reply["history"]][-1] == "ask_human"
+
+
+async def test_limits_applied_at_spawn_contain_a_hog_and_record_it(
+    fleet: Fleet,
+    nc: Client,
+    repo: Path,  # noqa: F811
+) -> None:
+    from schemas.templates import Resources
+
+    template = Template(name="shell", resources=Resources(memory_mb=64, on_exceed="warn"))
+    await spawn_with(fleet, repo, "m1", template)
+    hog = "python3 -c 'b = [bytearray(8 << 20) for _ in range(10**6)]'"
+    reply = await command(nc, "m1", "send", text=hog)
+    assert reply["ok"], reply
+
+    async def exceeded() -> list[e.ResourcesExceeded]:
+        return [ev for ev in await events(nc, "m1") if isinstance(ev, e.ResourcesExceeded)]
+
+    found = (await until(exceeded, "resources.exceeded from the agent", timeout=60))[0]
+    assert found.resource == "memory_mb" and found.limit == 64 and found.action == "warn"
+    shown = (await command(nc, "m1", "show"))["agent"]
+    assert shown["lifecycle"] == "RUNNING"  # warn: the hog was contained, the agent lives on

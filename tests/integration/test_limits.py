@@ -157,3 +157,19 @@ def test_neighbour_cgroups_are_separate(limits: Limits) -> None:
     for controller, path in limits.groups("x1").items():
         assert path != limits.groups("x2")[controller]
     assert limits.adopt("x1", []) == []
+
+
+def test_a_kept_cgroup_does_not_report_old_kills(
+    limits: Limits, agents: list[Agent], tmp_path: Path
+) -> None:
+    if limits.backend == "rlimit":
+        pytest.skip("no cgroups with the rlimit backend")
+    hog = Agent(tmp_path, "k1", [sys.executable, "-c", HOG])
+    agents.append(hog)
+    limits.apply(hog.id, [hog.proc.pid], Resources(memory_mb=64))
+    hog.start()
+    hog.proc.wait(timeout=60)
+    assert wait_until(lambda: limits.check(hog.id, []), "the oom kill")
+    # A new incarnation of the agent (its actor restarted) finds the cgroup with its counts.
+    limits.apply(hog.id, [], Resources(memory_mb=64))
+    assert limits.check(hog.id, []) == []
