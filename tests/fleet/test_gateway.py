@@ -133,6 +133,14 @@ async def test_tokens_are_stored_hashed_and_private(
     assert status == 404
 
 
+async def test_the_dashboard_is_served_without_a_token(
+    gw: Gateway, http: aiohttp.ClientSession
+) -> None:
+    for path, needle in (("/", "fleet.js"), ("/static/fleet.js", "/ws/events")):
+        async with http.get(gw.url + path) as r:
+            assert r.status == 200 and needle in await r.text()
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     import subprocess
