@@ -26,7 +26,7 @@ from actors import services, steps
 from schemas import commands as c
 from schemas import events as e
 from schemas.agent import AgentState, CheckpointRef
-from schemas.errors import FleetError, UnknownCheckpoint
+from schemas.errors import FleetError, TmuxFailed, UnknownCheckpoint
 from schemas.states import Activity, Lifecycle
 from schemas.templates import ServiceSpec, decode_spec
 
@@ -61,16 +61,23 @@ def find(state: AgentState, n: int) -> CheckpointRef:
     raise UnknownCheckpoint(state.agent_id, n)
 
 
+def _folder(actor: AgentActor) -> Path:
+    return Path(actor.config.state_dir) / "checkpoints" / actor.state.agent_id
+
+
 def _scrollback_path(actor: AgentActor, n: int) -> Path:
-    return Path(actor.config.state_dir) / "checkpoints" / actor.state.agent_id / f"{n}.txt"
+    return _folder(actor) / f"{n}.txt"
 
 
 def _save_scrollback(actor: AgentActor, n: int) -> str:
     """The agent window's whole history into a file; "" when there is no session to read."""
     session = actor.state.tmux_session
-    if not session or not actor.tmux.has_session(session):
+    if not session:
         return ""
-    text = actor.tmux.capture(session, "agent", None, True)
+    try:
+        text = actor.tmux.capture(session, "agent", None, True)
+    except TmuxFailed:  # the session is gone (a stop after the assistant exited): no scrollback
+        return ""
     path = _scrollback_path(actor, n)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n")
@@ -87,7 +94,8 @@ async def take(
     n = next_number(s)
     ref = ref_for(s.agent_id, n)
     log_seq = actor.position.seq  # the last event before this checkpoint
-    commit = await steps.run(steps.worktrees(actor).save_to_ref, s.worktree, ref)
+    index = _folder(actor) / "index"  # kept: the next checkpoint re-hashes only what changed
+    commit = await steps.run(steps.worktrees(actor).save_to_ref, s.worktree, ref, index)
     scrollback = await steps.run(_save_scrollback, actor, n)
     meta = steps._meta(actor, cause) | ({"actor": by} if by else {})
     taken = e.CheckpointTaken(
@@ -133,7 +141,8 @@ async def rollback(actor: AgentActor, cmd: c.Rollback) -> dict[str, Any]:
     label = f"before rollback to #{target.checkpoint}"
     saved = await take(actor, label=label, auto="rollback", cause=cmd.id)
     replayed = await actor.store.replay(s.agent_id, upto=target.log_seq)
-    await steps.run(steps.worktrees(actor).restore, s.worktree, target.commit)
+    index = _folder(actor) / "index"  # as the checkpoint just taken left it
+    await steps.run(steps.worktrees(actor).restore, s.worktree, target.commit, index)
     restarted = await restart_changed_services(actor, replayed.state, cmd.id)
     meta = steps._meta(actor, cmd.id) | ({"actor": cmd.by} if cmd.by else {})
     done = e.RolledBack(

@@ -114,45 +114,75 @@ class Worktrees:
         out = self._git("count commits", path, "rev-list", "--count", f"{base}..HEAD")
         return int(out)
 
-    def save_to_ref(self, path: str | Path, ref: str) -> str:
+    def save_to_ref(self, path: str | Path, ref: str, index_file: str | Path | None = None) -> str:
         """Commit the whole worktree (tracked + untracked, not ignored) to `ref`; return its sha.
 
         A temporary index (a copy of the real one, so unchanged files are not re-hashed) takes
         `git add -A`; the commit's parent is HEAD. The branch, the real index and the files
-        are untouched.
+        are untouched. With `index_file` (checkpoints), that index is kept between saves, so
+        a save re-hashes only the files changed since the previous one; it starts as a copy of
+        the real index.
         """
         if not _ref("git ref", ref).startswith("refs/"):
             raise InvalidName("git ref", ref, "a saved state's ref must start with refs/")
-        self._git("check a ref name", path, "check-ref-format", ref)
-        real_index = Path(self._git("find the index", path, "rev-parse", "--git-path", "index"))
-        real_index = real_index if real_index.is_absolute() else Path(path) / real_index
+        # Few processes: a checkpoint's time is mostly theirs. `update-ref` checks the ref's
+        # name (git check-ref-format rules) before it writes anything.
+        real_index = self._index_path(path)
+        identity = self._identity(path)
         with tempfile.TemporaryDirectory(prefix="fleet-index-") as tmp:
-            index = Path(tmp) / "index"
-            if real_index.exists():
+            index = Path(index_file) if index_file is not None else Path(tmp) / "index"
+            if real_index.exists() and not index.exists():
+                index.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(real_index, index)
-            env = {"GIT_INDEX_FILE": str(index), **self._identity(path)}
+            env = {"GIT_INDEX_FILE": str(index), **identity}
             self._git("stage the worktree", path, "add", "-A", **env)
             tree = self._git("write a tree", path, "write-tree", **env)
         message = f"fleet: saved state of {Path(path).name}"
         sha = self._git(
-            "commit the state", path, "commit-tree", tree, "-p", "HEAD", "-m", message,
-            **self._identity(path),
-        )  # fmt: skip
+            "commit the state", path, "commit-tree", tree, "-p", "HEAD", "-m", message, **identity
+        )
         self._git("store the state", path, "update-ref", ref, sha)
         return sha
 
-    def restore(self, path: str | Path, commit: str) -> None:
+    def _index_path(self, path: str | Path) -> Path:
+        """The worktree's index, read from its `.git` file (a linked worktree names its git
+        dir there) or directory; `git rev-parse --git-path index` for anything else."""
+        dot_git = Path(path) / ".git"
+        if dot_git.is_dir():
+            return dot_git / "index"
+        try:
+            first = dot_git.read_text().splitlines()[0]
+        except (OSError, IndexError):
+            first = ""
+        if first.startswith("gitdir: "):
+            gitdir = Path(first.removeprefix("gitdir: ").strip())
+            return (gitdir if gitdir.is_absolute() else Path(path) / gitdir) / "index"
+        found = Path(self._git("find the index", path, "rev-parse", "--git-path", "index"))
+        return found if found.is_absolute() else Path(path) / found
+
+    def restore(self, path: str | Path, commit: str, index_file: str | Path | None = None) -> None:
         """Make the worktree what `save_to_ref` saved in `commit`, and its branch what it was.
 
         Files written since disappear, deleted ones come back, untracked files made since are
         removed; ignored files are kept (`clean` without `-x`). The branch and the index return
         to the commit's parent (HEAD when the state was saved), so files that were untracked
         then are untracked again. Commits made since stay reachable from any later saved ref.
+
+        With `index_file` (the index `save_to_ref` kept, matching the files as just saved) only
+        the files that differ from `commit` are written: `read-tree --reset -u` is a one-way
+        merge that keeps the stat data of unchanged entries. Without it, `reset --hard` goes
+        through the real index, which rewrites every file that differs from HEAD.
         """
         sha = _ref("commit", commit)
-        self._git("restore the saved files", path, "reset", "-q", "--hard", sha)
-        self._git("remove files made since", path, "clean", "-q", "-f", "-d")
-        self._git("move the branch back", path, "reset", "-q", f"{sha}^")
+        if index_file is not None and Path(index_file).exists():
+            env = {"GIT_INDEX_FILE": str(index_file)}
+            self._git("restore the saved files", path, "read-tree", "--reset", "-u", sha, **env)
+            self._git("remove files made since", path, "clean", "-q", "-f", "-d", **env)
+        else:
+            self._git("restore the saved files", path, "reset", "-q", "--hard", sha)
+            self._git("remove files made since", path, "clean", "-q", "-f", "-d")
+        # --no-refresh: the next `git status` re-reads the files' stat data, not this reset.
+        self._git("move the branch back", path, "reset", "-q", "--no-refresh", f"{sha}^")
 
     def remove(
         self,
@@ -225,10 +255,13 @@ class Worktrees:
     def _identity(self, path: str | Path) -> dict[str, str]:
         """Author/committer env only where neither git config nor env names one (bare CI)."""
         env: dict[str, str] = {}
+        try:  # one process for both keys; exit status 1 when neither is set
+            out = self._git("read user.*", path, "config", "--get-regexp", r"^user\.(name|email)$")
+        except GitFailed:
+            out = ""
+        found = {line.split(" ", 1)[0] for line in out.splitlines()}
         for key, part in (("user.name", "NAME"), ("user.email", "EMAIL")):
-            try:
-                self._git(f"read {key}", path, "config", key)
-            except GitFailed:
+            if key not in found:
                 for var in (f"GIT_AUTHOR_{part}", f"GIT_COMMITTER_{part}"):
                     if var not in os.environ:
                         env[var] = _IDENTITY[var]

@@ -15,6 +15,7 @@ GROUPS = {
     "services": "tests.perf.bench_services",
     "bus": "tests.perf.bench_bus",
     "gateway": "tests.perf.bench_gateway",
+    "checkpoint": "tests.perf.bench_checkpoint",
 }
 
 
