@@ -215,3 +215,40 @@ async def test_web_demo_through_the_supervisor_answers_on_its_leased_port(
     w.close()
     assert b"hello from web-demo" in answer
     assert (await command(nc, "d1", "stop"))["agent"]["lifecycle"] == "STOPPED"
+
+
+async def test_a_restarted_actor_adopts_its_running_services(
+    fleet: Fleet,
+    nc: Client,
+    repo: Path,  # noqa: F811
+) -> None:
+    reply = await spawn(nc, str(repo), "r1", template="web-demo")
+    assert reply["ok"], reply
+
+    async def healthy_api() -> dict[str, Any] | None:
+        found = await services(nc, "r1")
+        return found if found.get("api", {}).get("healthy") else None
+
+    before = await until(healthy_api, "api healthy")
+    actor_pid = reply["agent"]["actor"]["pid"]
+    os.kill(actor_pid, signal.SIGKILL)  # Ray runs the constructor again: it re-adopts
+
+    async def readopted() -> dict[str, Any] | None:
+        try:
+            shown = (await command(nc, "r1", "show", timeout=2))["agent"]
+        except TimeoutError:
+            return None
+        return shown if shown.get("actor", {}).get("pid") not in (None, actor_pid) else None
+
+    await until(readopted, "the actor back", timeout=60)
+    assert alive(before["api"]["pid"])  # the services lived on in the tmux server
+    os.kill(before["api"]["pid"], signal.SIGKILL)
+
+    async def new_api() -> int | None:
+        now = (await services(nc, "r1")).get("api", {})
+        fresh = now.get("state") == "running" and now["pid"] != before["api"]["pid"]
+        return now["pid"] if fresh else None
+
+    assert alive(await until(new_api, "the adopted api restarted"))
+    await command(nc, "r1", "stop")
+    assert not alive(before["worker"]["pid"])
