@@ -5,8 +5,8 @@
   scrollback, the event. Floor: a copy of the index, `git add -A` into it, `write-tree` and
   `commit-tree`, from one shell, on the same worktree, alternating with ours.
 - `rollback_p50_ms`: `rollback` of the same agent after 20 changed and 5 new files (it
-  checkpoints the work first, replays, restores, records). Floor: `git reset --hard` + `git
-  clean -fd` to the same commit from one shell.
+  checkpoints the work first, replays, restores, records). Floor: `git reset --hard`, `git
+  clean -fd` and `git reset` to the parent, from one shell, to the same commit.
 - `audit_rate`: events/s audited by services.audit (what `fleet audit --verify` runs) on a
   100,000-event signed log. Floor: the raw ordered-consumer read of the same events.
 """
@@ -88,6 +88,10 @@ COMMIT_FLOOR = (
 )
 
 
+# The same end state as a rollback (files as saved, branch and index back to the parent).
+ROLLBACK_FLOOR = "git reset -q --hard {commit} && git clean -qfd && git reset -q {commit}^"
+
+
 async def command(nc: Client, agent: str, payload: dict[str, Any]) -> dict[str, Any]:
     msg = await nc.request(subjects.command(agent), msgspec.json.encode(payload), timeout=120)
     reply: dict[str, Any] = msgspec.json.decode(msg.data)
@@ -128,13 +132,13 @@ async def worktree_benchmarks(nc: Client, root: Path, nats_url: str) -> None:
     ours, floor = [], []
     for _ in range(ROLLBACKS):
         touch(wt, n, new=NEW)
-        floor.append(shell_ms(wt, f"git reset -q --hard {first} && git clean -qfd"))
+        floor.append(shell_ms(wt, ROLLBACK_FLOOR.format(commit=first)))
         touch(wt, n + CHANGED, new=NEW)
         n += 2 * CHANGED
         t = time.perf_counter()
         await command(nc, "big", {"type": "rollback", "checkpoint": target})
         ours.append((time.perf_counter() - t) * 1000)
-    note = f"target <= 500; {CHANGED} changed + {NEW} new files; floor: reset --hard + clean -fd"
+    note = f"target <= 500; {CHANGED} changed + {NEW} new files; floor: {ROLLBACK_FLOOR}"
     emit("rollback_p50_ms", p50(ours), "ms", p50(floor), note)
     ray.kill(handle, no_restart=True)
 
