@@ -509,7 +509,7 @@ def test_spawn_refusals_and_unknown_agents_with_a_fleet(live: Any, repo: Path) -
     assert again.status == 2 and "already exists" in again.sentence()
     nobody = run(live.env, "show", "nobody")
     assert nobody.status == 2
-    assert nobody.sentence() == "there is no running agent 'nobody' (fleet ls lists agents)"
+    assert nobody.sentence() == "there is no agent 'nobody'"
     result = run(live.env, "spawn", "--repo", str(repo), "--name", "d2", "--name", "d1")
     assert result.status == 2
     assert re.search(r"^d2\s+RUNNING", result.out, re.M), result.out
