@@ -22,6 +22,7 @@ from schemas import replies, subjects
 from schemas.control import ListRequest, SpawnRequest
 from schemas.errors import BadRequest, FleetError, RemoteError, UnknownAgent
 from schemas.notify import AlertmanagerPayload, from_alertmanager
+from services import gateway_term
 from services.client import COMMAND_TIMEOUT_S, RESTART_TIMEOUT_S, SPAWN_TIMEOUT_S, STOP_TIMEOUT_S
 from services.gateway import HUB, METRICS, NC, STORE, TOKENS, Handler, role, status_for, who
 from services.tokens import ROLES
@@ -209,6 +210,9 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
     return web.Response(body=body, content_type="application/json")
 
 
+ws_term = gateway_term.ws_term
+
+
 @role("viewer")
 async def ws_events(request: web.Request) -> web.StreamResponse:
     return await request.app[HUB].serve(request)
@@ -336,6 +340,12 @@ ROUTES: list[Route] = [
         AlertmanagerPayload,
     ),
     Route("GET", "/ws/events", ws_events, "WebSocket of live events (?agent=a1,a2)"),
+    Route(
+        "GET",
+        "/ws/term/{agent}",
+        ws_term,
+        "WebSocket terminal onto the agent's tmux session (?cols=&rows=; viewers read only)",
+    ),
     Route("GET", "/healthz", healthz, "liveness, and whether NATS is connected"),
     Route("GET", "/metrics", metrics, "Prometheus metrics"),
     Route("GET", "/openapi.json", openapi, "this document"),
@@ -347,4 +357,5 @@ def add_routes(app: web.Application) -> None:
         app.router.add_route(route.method, route.path, route.handler)
     from services import gateway_web
 
+    gateway_term.setup(app)
     gateway_web.add_routes(app)
