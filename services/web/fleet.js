@@ -1,5 +1,6 @@
 // fleetd dashboard: the fleet as a live grid (events batched into one DOM pass per frame) and
-// an agent page with its services, ports, timeline, screen and controls.
+// an agent page with its services, ports, timeline, controls and a terminal (xterm.js over
+// /ws/term/<id>; without xterm.js, the polled screen).
 "use strict";
 const agents = new Map();      // id -> AgentView-like object, updated from events
 const dirty = new Set();       // ids whose card needs redrawing
@@ -23,6 +24,8 @@ function apply(ev) {
     case "lifecycle.changed": a.lifecycle = ev.to; a.reason = ev.reason || ""; break;
     case "activity.changed": a.activity = ev.to; a.activity_detail = ev.detail || ""; break;
     case "ports.leased": a.ports = {...a.ports, ...ev.ports}; break;
+    case "user.attached": a.users = [...new Set([...(a.users || []), ev.user])]; break;
+    case "user.detached": a.users = (a.users || []).filter((u) => u !== ev.user); break;
     case "agent.removed": agents.delete(ev.agent_id); dirty.add(ev.agent_id); return;
   }
   agents.set(a.id, a); dirty.add(a.id);
@@ -79,15 +82,30 @@ async function load() {
 let current = null;
 function fleetPage() {
   current = null;
-  $("#main").innerHTML = `<div class="grid" id="grid"></div>`;
+  $("#main").innerHTML = `<form id="spawn" class="controls"><input name="repo" placeholder="git repository path" required>
+    <input name="name" placeholder="name (optional)"><button>spawn</button> <span id="result" class="hint"></span></form>
+    <div class="grid" id="grid"></div>`;
+  $("#spawn").onsubmit = (e) => { e.preventDefault(); spawnAgent(e.target); };
   for (const id of agents.keys()) dirty.add(id);
   schedule();
+}
+
+async function spawnAgent(form) {
+  const body = {repo: form.repo.value.trim()};
+  if (form.name.value.trim()) body.name = form.name.value.trim();
+  $("#result").textContent = "spawning…";
+  try { const {agent} = await api("/api/agents", {method: "POST", body: JSON.stringify(body)}); $("#result").textContent = `spawned ${agent.id}`; form.reset(); }
+  catch (e) { $("#result").textContent = e.message; }
 }
 
 function agentEvent(ev) {
   const t = $("#timeline");
   if (t) t.insertAdjacentHTML("afterbegin", row(ev));
+  const a = agents.get(ev.agent_id);
+  if (ev.type === "lifecycle.changed" || ev.type === "activity.changed") $("#lc").textContent = `${a.lifecycle} · ${a.activity} ${a.activity_detail || ""}`;
+  if (ev.type.startsWith("user.")) showUsers(a.users);
 }
+const showUsers = (users) => { const el = $("#users"); if (el) el.textContent = users && users.length ? `present: ${users.join(", ")}` : ""; };
 const row = (ev, seq) => `<tr><td>${seq ?? ""}</td><td>${esc((ev.at || "").slice(11, 19))}</td><td>${esc(ev.type)}</td>` +
   `<td>${esc(ev.to || ev.service || ev.detail || ev.reason || "")}</td></tr>`;
 
@@ -104,13 +122,43 @@ async function agentPage(id) {
     <form id="send"><input name="text" placeholder="send text to the agent" style="width:70%"><button>send</button></form>
     <p id="result" class="hint"></p></div>
     <h4>Services</h4><table>${services || "<tr><td>none</td></tr>"}</table>
-    <h4>Screen</h4><pre id="screen"></pre>
+    <h4>Terminal <small id="term-mode" class="hint"></small> <small id="users"></small></h4><div id="term"></div>
     <h4>Timeline</h4><table id="timeline"></table>`;
   document.querySelectorAll("[data-verb]").forEach((b) => (b.onclick = () => command(id, b.dataset.verb, {})));
   $("#send").onsubmit = (e) => { e.preventDefault(); command(id, "send", {text: e.target.text.value}); e.target.reset(); };
   const {events} = await api(`/api/agents/${id}/events?limit=200`);
   $("#timeline").innerHTML = events.reverse().map((x) => row(x.event, x.seq)).join("");
-  screen(id);
+  showUsers(a.users);
+  terminal(id);
+}
+
+let term = null, termWs = null;
+function closeTerminal() {
+  if (termWs) { termWs.onclose = null; termWs.close(); termWs = null; }
+  if (term) { term.dispose(); term = null; }
+  window.onresize = null;
+}
+
+function terminal(id) {
+  closeTerminal();
+  if (!window.Terminal) { $("#term").innerHTML = `<pre id="screen"></pre>`; screen(id); return; }  // npm ci not run
+  term = new Terminal({fontSize: 13, scrollback: 2000, cursorBlink: true});
+  const fit = new FitAddon.FitAddon();
+  term.loadAddon(fit); term.open($("#term")); fit.fit();
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${proto}://${location.host}/ws/term/${id}?token=${encodeURIComponent(token)}&cols=${term.cols}&rows=${term.rows}`);
+  ws.binaryType = "arraybuffer";
+  const enc = new TextEncoder();
+  ws.onmessage = (m) => {
+    if (typeof m.data !== "string") { term.write(new Uint8Array(m.data)); return; }
+    const hello = JSON.parse(m.data);
+    $("#term-mode").textContent = hello.readonly ? `read only, as ${hello.user}` : `interactive, as ${hello.user}`;
+  };
+  ws.onclose = (e) => { if (term) term.write(`\r\n[terminal closed${e.reason ? ": " + e.reason : ""}]\r\n`); };
+  term.onData((d) => ws.readyState === 1 && ws.send(enc.encode(d)));
+  term.onResize(({cols, rows}) => ws.readyState === 1 && ws.send(JSON.stringify({type: "resize", cols, rows})));
+  window.onresize = () => fit.fit();
+  termWs = ws;
 }
 
 async function screen(id) {
@@ -127,6 +175,7 @@ async function command(id, verb, body) {
 }
 
 function route() {
+  closeTerminal();
   if (!token) {
     $("#main").replaceChildren($("#login").content.cloneNode(true));
     $("#token-form").onsubmit = (e) => { e.preventDefault(); token = e.target.token.value.trim(); localStorage.setItem("fleet-token", token); start(); };

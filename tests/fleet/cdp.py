@@ -1,0 +1,131 @@
+"""Just enough of the Chrome DevTools Protocol to drive Debian's headless Chromium in tests.
+
+No Playwright or Selenium: Chromium is started with `--remote-debugging-port=0`, writes the
+port it chose to `<user-data-dir>/DevToolsActivePort`, and its first page is driven over one
+WebSocket (aiohttp) with `Runtime.evaluate`, `Page.navigate` and `Input.*`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--remote-debugging-port=0",
+    "--window-size=1000,800",
+]
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class Page:
+    """One page target: `call` a CDP method, `js` evaluates an expression (awaiting promises)."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            data = json.loads(msg.data)
+            future = self._waiting.pop(data.get("id", -1), None)
+            if future is not None and not future.done():
+                future.set_result(data)
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        msg_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[msg_id] = future
+        await self.ws.send_json({"id": msg_id, "method": method, "params": params})
+        reply = await asyncio.wait_for(future, 15)
+        if "error" in reply:
+            raise AssertionError(f"{method} failed: {reply['error']}")
+        result: dict[str, Any] = reply["result"]
+        return result
+
+    async def js(self, expression: str) -> Any:
+        result = await self.call(
+            "Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True
+        )
+        if "exceptionDetails" in result:
+            raise AssertionError(f"{expression!r} threw: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    async def until(self, expression: str, timeout: float = 20.0) -> Any:
+        """Poll `expression` until it is truthy; its value, or fail saying what it last was."""
+        deadline = time.monotonic() + timeout
+        value = None
+        while time.monotonic() < deadline:
+            value = await self.js(expression)
+            if value:
+                return value
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{expression!r} stayed {value!r} for {timeout} s")
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        await self.ws.close()
+
+
+@contextlib.asynccontextmanager
+async def browser(profile: Path) -> AsyncIterator[Page]:
+    """A headless Chromium on a fresh profile dir; its first page."""
+    binary = chromium()
+    assert binary is not None
+    profile.mkdir(parents=True, exist_ok=True)
+    proc = await asyncio.create_subprocess_exec(
+        binary,
+        *FLAGS,
+        f"--user-data-dir={profile}",
+        "about:blank",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        port_file = profile / "DevToolsActivePort"
+        for _ in range(200):
+            if port_file.exists() and port_file.read_text().strip():
+                break
+            await asyncio.sleep(0.05)
+        port = int(port_file.read_text().splitlines()[0])
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
+                targets = await r.json()
+            url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+            async with http.ws_connect(url, max_msg_size=0) as ws:
+                page = Page(ws)
+                try:
+                    yield page
+                finally:
+                    await page.close()
+    finally:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
