@@ -149,13 +149,14 @@ async def core_p99(nc: Client) -> float:
 
 
 async def priority_inversions(nc: Client) -> None:
-    """Senders store mixed priorities while a reader reads; a message read while a higher
-    priority one was already stored (acked by the server before the read began) and is read
-    later is an inversion."""
+    """Two senders store mixed priorities while a reader reads in batches of 50. A message is
+    an inversion when it is read before a higher-priority message that JetStream had already
+    stored when the read began. When a message was stored is JetStream's own time stamp (the
+    ack metadata, taken before the store and its PubAck), on the clock `time.time` reads, so
+    the count does not depend on when a sender's task happened to resume."""
     reader = Mailbox(nc, FAST)
     await reader.wait("prio", 0)
-    stored: dict[str, float] = {}
-    reads: list[tuple[float, list[Any]]] = []
+    reads: list[tuple[float, list[tuple[int, float]]]] = []
     rng = random.Random(7)
     prios = [rng.choice(subjects.PRIORITIES) for _ in range(INVERSION_N)]
 
@@ -163,36 +164,35 @@ async def priority_inversions(nc: Client) -> None:
         box = Mailbox(nc, FAST)
         for i in range(part, INVERSION_N, 2):
             await box.send("prio", MailMessage(from_="bench", body=str(i)), prios[i])
-            stored[str(i)] = time.perf_counter()
 
     async def read() -> None:
         seen = 0
         while seen < INVERSION_N:
-            began = time.perf_counter()
+            began = time.time()
             batch = await reader.read("prio", 50)
             for d in batch:
                 await d.ack()
-            reads.append((began, [d.item for d in batch]))
+            stamps = [(rank(d.item.priority), d.msg.metadata.timestamp.timestamp()) for d in batch]
+            reads.append((began, stamps))
             seen += len(batch)
             if not batch:
                 await reader.wait("prio", 1.0)
 
     await asyncio.gather(read(), send(0), send(1))
-    emit("priority_inversions", count_inversions(reads, stored), "messages", 0.0, "target 0")
+    emit("priority_inversions", count_inversions(reads), "messages", 0.0, "target 0")
 
 
-def count_inversions(reads: list[tuple[float, list[Any]]], stored: dict[str, float]) -> int:
-    """Walk the batches from the last: `earliest[r]` is when the first message of rank r
-    that was read later than the current batch had been stored."""
+def count_inversions(reads: list[tuple[float, list[tuple[int, float]]]]) -> int:
+    """Walk the reads (when it began; each message's rank and store time) from the last:
+    `earliest[r]` is when the first message of rank r that was read later had been stored."""
     earliest = [float("inf")] * 4
     inversions = 0
     for began, items in reversed(reads):
         waiting = [r for r in range(4) if earliest[r] < began]
         if waiting:
-            inversions += sum(1 for i in items if rank(i.priority) > waiting[0])
-        for i in items:
-            r = rank(i.priority)
-            earliest[r] = min(earliest[r], stored[i.body])
+            inversions += sum(1 for r, _ in items if r > waiting[0])
+        for r, stored in items:
+            earliest[r] = min(earliest[r], stored)
     return inversions
 
 
