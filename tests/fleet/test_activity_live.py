@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import shlex
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from nats.aio.client import Client
 
 from infra.eventstore import EventStore
-from infra.nats import connect
 from schemas.events import ActivityChanged, LifecycleChanged
 from tests.conftest import Fleet
 from tests.fleet.helpers import command, spawn, until
-from tests.fleet.test_agents import repo  # noqa: F401 - the fixture
 
 FAKE = Path(__file__).resolve().parents[1] / "fake_assistant.py"
-
-
-@pytest.fixture
-async def nc(fleet: Fleet) -> AsyncIterator[Client]:
-    client = await connect(fleet.nats_url)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def fake(who: str, script: str) -> str:
@@ -43,7 +30,7 @@ async def activities(nc: Client, agent_id: str) -> list[tuple[str, str]]:
 async def test_claude_codes_screens_become_activity_events(
     fleet: Fleet,
     nc: Client,
-    repo: Path,  # noqa: F811
+    repo: Path,
 ) -> None:
     reply = await spawn(
         nc, str(repo), "cc1", template="claude-code", command=fake("claude", "work:1,ask")
@@ -70,7 +57,7 @@ async def test_claude_codes_screens_become_activity_events(
 async def test_an_assistant_that_exits_puts_the_agent_in_error(
     fleet: Fleet,
     nc: Client,
-    repo: Path,  # noqa: F811
+    repo: Path,
 ) -> None:
     await spawn(nc, str(repo), "ex1", command="sh -c 'sleep 0.5; exit 3'")
 

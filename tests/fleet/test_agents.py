@@ -6,46 +6,18 @@ import asyncio
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 import psutil
-import pytest
 import ray
 from nats.aio.client import Client
 
 from infra.eventstore import EventStore
-from infra.nats import connect
 from infra.tmux import Tmux
 from schemas import subjects
 from tests.conftest import Fleet
 from tests.fleet.helpers import command, request, spawn, until
-
-
-@pytest.fixture
-async def nc(fleet: Fleet) -> AsyncIterator[Client]:
-    client = await connect(fleet.nats_url)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    path = tmp_path / "repo"
-    path.mkdir()
-    for args in (
-        ["init", "-q", "-b", "main"],
-        ["config", "user.email", "t@example.com"],
-        ["config", "user.name", "Test"],
-    ):
-        subprocess.run(["git", *args], cwd=path, check=True)
-    (path / "README.md").write_text("hello\n")
-    subprocess.run(["git", "add", "-A"], cwd=path, check=True)
-    subprocess.run(["git", "commit", "-qm", "first"], cwd=path, check=True)
-    return path
 
 
 async def types(nc: Client, agent_id: str) -> list[str]:

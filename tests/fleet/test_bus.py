@@ -4,13 +4,10 @@ unknown agents are answered, find/acquire work through the registry, limits hold
 from __future__ import annotations
 
 import asyncio
-import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -21,25 +18,6 @@ from infra.nats import connect
 from schemas import subjects
 from tests.conftest import Fleet
 from tests.fleet.helpers import command, request, spawn, until
-
-
-@pytest.fixture
-async def nc(fleet: Fleet) -> AsyncIterator[Client]:
-    client = await connect(fleet.nats_url)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    path = tmp_path / "repo"
-    path.mkdir()
-    for args in (["init", "-q", "-b", "main"], ["commit", "-q", "--allow-empty", "-m", "first"]):
-        subprocess.run(["git", "-c", "user.email=t@example.com", "-c", "user.name=T", *args],
-                       cwd=path, check=True)  # fmt: skip
-    return path
 
 
 async def replies_to(nc: Client, subject: str, data: bytes, wait: float = 0.5) -> list[Any]:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
-import pytest
 from nats.aio.client import Client
 
 from infra import fleetkey
@@ -23,32 +21,6 @@ from schemas.chain import event_hash
 from services import audit as auditing
 from tests.conftest import Fleet
 from tests.fleet.helpers import command, spawn
-
-
-@pytest.fixture
-async def nc(fleet: Fleet) -> AsyncIterator[Client]:
-    client = await connect(fleet.nats_url)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    path = tmp_path / "repo"
-    path.mkdir()
-    for args in (
-        ["init", "-q", "-b", "main"],
-        ["config", "user.email", "t@example.com"],
-        ["config", "user.name", "Test"],
-    ):
-        subprocess.run(["git", *args], cwd=path, check=True)
-    (path / "README.md").write_text("hello\n")
-    (path / ".gitignore").write_text("*.log\n")
-    subprocess.run(["git", "add", "-A"], cwd=path, check=True)
-    subprocess.run(["git", "commit", "-qm", "first"], cwd=path, check=True)
-    return path
 
 
 def git(where: Path, *args: str) -> str:

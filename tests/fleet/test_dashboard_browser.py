@@ -14,9 +14,6 @@ from services.gateway_web import NODE_MODULES, VENDOR
 from tests.conftest import Fleet
 from tests.fleet import cdp
 from tests.fleet.gateway_fixtures import run_gateway
-from tests.fleet.test_gateway import repo
-
-__all__ = ["repo"]  # the fixture, re-used
 
 pytestmark = [
     pytest.mark.slow,

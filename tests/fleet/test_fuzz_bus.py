@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 
-from infra.nats import connect
 from schemas import subjects
 from tests.conftest import Fleet
 from tests.fleet.helpers import command, request, spawn
@@ -52,15 +51,6 @@ payloads = st.one_of(
     st.binary(max_size=300),
     command_like.map(msgspec.json.encode),
 )
-
-
-@pytest.fixture
-async def nc(fleet: Fleet) -> AsyncIterator[Client]:
-    client = await connect(fleet.nats_url)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def drive(loop: asyncio.AbstractEventLoop) -> Callable[[Coroutine[Any, Any, Any]], Any]:

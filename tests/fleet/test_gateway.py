@@ -141,24 +141,6 @@ async def test_the_dashboard_is_served_without_a_token(
             assert r.status == 200 and needle in await r.text()
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    import subprocess
-
-    path = tmp_path / "repo"
-    path.mkdir()
-    for args in (
-        ["init", "-q", "-b", "main"],
-        ["config", "user.email", "t@example.com"],
-        ["config", "user.name", "Test"],
-    ):
-        subprocess.run(["git", *args], cwd=path, check=True)
-    (path / "README.md").write_text("hello\n")
-    subprocess.run(["git", "add", "-A"], cwd=path, check=True)
-    subprocess.run(["git", "commit", "-qm", "first"], cwd=path, check=True)
-    return path
-
-
 @pytest.mark.slow
 async def test_a_real_fleet_through_rest(fleet: Fleet, repo: Path) -> None:
     async for gw in run_gateway(fleet.nats_url, fleet.state_dir):

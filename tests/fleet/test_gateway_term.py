@@ -13,9 +13,6 @@ import pytest
 
 from tests.conftest import Fleet
 from tests.fleet.gateway_fixtures import Gateway, get_json, run_gateway
-from tests.fleet.test_gateway import repo
-
-__all__ = ["repo"]  # the fixture, re-used
 
 
 async def read_until(ws: aiohttp.ClientWebSocketResponse, needle: bytes, timeout: float) -> bytes:

@@ -23,7 +23,6 @@ from nats.aio.msg import Msg
 from actors.agent import AgentActor
 from actors.supervisor import AGENT_PREFIX, agent_options
 from infra.eventstore import EventStore
-from infra.nats import connect
 from schemas import events as e
 from schemas import subjects
 from schemas.control import SpawnRequest
@@ -40,7 +39,6 @@ from schemas.templates import (
 from services.health import HealthConfig, HealthService
 from tests.conftest import Fleet
 from tests.fleet.helpers import command, request, until
-from tests.fleet.test_agents import repo  # noqa: F401  (a fixture)
 
 FAST = HealthConfig(sample_period_s=0.3, tick_s=0.1, exit_grace_s=0.2)
 QUICK_LADDER = RecoverySpec(
@@ -48,15 +46,6 @@ QUICK_LADDER = RecoverySpec(
     attempts=1,
     backoff=Backoff(initial_s=0.2, max_s=0.5, jitter=0.0),
 )
-
-
-@pytest.fixture
-async def nc(fleet: Fleet) -> AsyncIterator[Client]:
-    client = await connect(fleet.nats_url)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 @pytest.fixture
@@ -91,7 +80,7 @@ async def events(nc: Client, agent_id: str) -> list[e.AgentEvent]:
 async def test_a_failing_liveness_probe_is_reported_and_sampled(
     fleet: Fleet,
     nc: Client,
-    repo: Path,  # noqa: F811
+    repo: Path,
     health: HealthService,
 ) -> None:
     api = ServiceSpec(
@@ -157,7 +146,7 @@ async def test_a_failing_liveness_probe_is_reported_and_sampled(
 async def test_a_service_that_keeps_failing_climbs_the_ladder_to_a_person(
     fleet: Fleet,
     nc: Client,
-    repo: Path,  # noqa: F811
+    repo: Path,
     health: HealthService,
 ) -> None:
     bad = ServiceSpec(
@@ -201,7 +190,7 @@ async def test_a_service_that_keeps_failing_climbs_the_ladder_to_a_person(
 async def test_limits_applied_at_spawn_contain_a_hog_and_record_it(
     fleet: Fleet,
     nc: Client,
-    repo: Path,  # noqa: F811
+    repo: Path,
 ) -> None:
     from schemas.templates import Resources
 

@@ -10,19 +10,16 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import psutil
-import pytest
 import ray
 from nats.aio.client import Client
 
 from actors.agent import AgentActor
 from actors.supervisor import AGENT_PREFIX, agent_options
 from infra.eventstore import EventStore
-from infra.nats import connect
 from schemas import events as e
 from schemas.control import SpawnRequest
 from schemas.templates import (
@@ -36,7 +33,6 @@ from schemas.templates import (
 )
 from tests.conftest import Fleet
 from tests.fleet.helpers import command, spawn, until
-from tests.fleet.test_agents import repo  # noqa: F401  (a fixture)
 
 FAST = RestartSpec(backoff=Backoff(initial_s=0.05, max_s=1.0), reset_after_s=30.0)
 API = ServiceSpec(
@@ -51,15 +47,6 @@ WORKER = ServiceSpec(
     depends_on={"api": "healthy"},
     restart=FAST,
 )
-
-
-@pytest.fixture
-async def nc(fleet: Fleet) -> AsyncIterator[Client]:
-    client = await connect(fleet.nats_url)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def spawn_with(fleet: Fleet, repo_path: Path, name: str, template: Template) -> Any:
@@ -95,7 +82,7 @@ def alive(pid: int) -> bool:
 async def test_api_then_worker_restart_on_kill_restart_service_and_stop(
     fleet: Fleet,
     nc: Client,
-    repo: Path,  # noqa: F811
+    repo: Path,
 ) -> None:
     template = Template(name="shell", services={"worker": WORKER, "api": API})
     await spawn_with(fleet, repo, "w1", template)
@@ -158,7 +145,7 @@ async def test_api_then_worker_restart_on_kill_restart_service_and_stop(
 async def test_a_service_that_keeps_failing_is_left_down_after_max_restarts(
     fleet: Fleet,
     nc: Client,
-    repo: Path,  # noqa: F811
+    repo: Path,
 ) -> None:
     failing = ServiceSpec(
         command=["sh", "-c", "echo failing; exit 3"],
@@ -195,7 +182,7 @@ async def test_a_service_that_keeps_failing_is_left_down_after_max_restarts(
 async def test_web_demo_through_the_supervisor_answers_on_its_leased_port(
     fleet: Fleet,
     nc: Client,
-    repo: Path,  # noqa: F811
+    repo: Path,
 ) -> None:
     reply = await spawn(nc, str(repo), "d1", template="web-demo")
     assert reply["ok"], reply
@@ -220,7 +207,7 @@ async def test_web_demo_through_the_supervisor_answers_on_its_leased_port(
 async def test_a_restarted_actor_adopts_its_running_services(
     fleet: Fleet,
     nc: Client,
-    repo: Path,  # noqa: F811
+    repo: Path,
 ) -> None:
     reply = await spawn(nc, str(repo), "r1", template="web-demo")
     assert reply["ok"], reply

@@ -14,24 +14,13 @@ import pytest
 from nats.aio.client import Client
 
 from infra.eventstore import EventStore
-from infra.nats import connect
 from schemas import events as e
 from schemas import subjects
 from schemas.templates import decode_spec
 from services import ports, templates
 from tests.conftest import Fleet
 from tests.fleet.helpers import command, spawn, until
-from tests.fleet.test_agents import repo  # noqa: F401  (a fixture)
 from tests.integration.test_ports_service import free_range
-
-
-@pytest.fixture
-async def nc(fleet: Fleet) -> AsyncIterator[Client]:
-    client = await connect(fleet.nats_url)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 @pytest.fixture
@@ -57,7 +46,7 @@ async def test_a_web_demo_agent_leases_its_ports_and_writes_dotenv(
     fleet: Fleet,
     nc: Client,
     span: tuple[int, int],
-    repo: Path,  # noqa: F811
+    repo: Path,
 ) -> None:
     reply = await spawn(nc, str(repo), "wd1", template="web-demo")
     assert reply["ok"], reply

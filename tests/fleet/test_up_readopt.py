@@ -13,8 +13,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.fleet.test_agents import repo  # noqa: F401 - the fixture
-
 REPO = Path(__file__).resolve().parents[2]
 GUARD_S = 180.0  # only stops a hung child from hanging the suite; nothing is timed
 
@@ -57,7 +55,7 @@ def down(env: dict[str, str]) -> None:
     psutil.Process(state["pid"]).wait(GUARD_S)
 
 
-def test_a_restarted_fleet_up_readopts_the_agent(env: dict[str, str], repo: Path) -> None:  # noqa: F811
+def test_a_restarted_fleet_up_readopts_the_agent(env: dict[str, str], repo: Path) -> None:
     assert fleet(env, "up", "--detach").returncode == 0
     spawned = fleet(env, "spawn", "--repo", str(repo), "--name", "a1", "--json")
     assert spawned.returncode == 0, spawned.stderr
