@@ -7,7 +7,8 @@ Protocol facts this module relies on:
 - A pull is a request to `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>` with
   `{"batch": n, "no_wait": true}`: the server sends what it has now (up to n), then a status
   message (404 No Messages, 408, 409) if it had fewer. nats-py's `fetch` waits out its timeout
-  on an empty consumer, so the pull is spoken here: one round trip per priority, even empty.
+  on an empty consumer, so the pull is spoken here. A reader with the doorbell hung pulls only
+  the priorities that rang (or were not seen empty lately); without it, every priority.
 - An unacked message comes back after the consumer's `backoff` delays; after `max_deliver`
   deliveries the server publishes `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<c>`,
   which `DeadLetters` turns into a copy on `fleet.deadmail.<agent>.<priority>`, a deletion

@@ -186,3 +186,26 @@ async def test_limits_on_body_size_and_sender_rate(nc: Client) -> None:
         await box.send("hal", msg("one more", sender="spammer"))
     assert caught.value.code == "rate_limited"
     await box.send("hal", msg("another sender is fine", sender="polite"))
+
+
+async def test_a_reader_with_the_doorbell_skips_empty_priorities_but_never_misses_mail(
+    nc: Client,
+) -> None:
+    box, sender = Mailbox(nc), Mailbox(nc)
+    assert await box.wait("ivy", 0)  # hangs the doorbell
+    assert await box.read("ivy", 10) == []  # every priority seen empty
+    await sender.send_many([("ivy", msg(f"low {i}"), "low") for i in range(100)])
+    assert await box.wait("ivy", 5)
+    first = await box.read("ivy", 10)
+    assert [d.item.body for d in first] == [f"low {i}" for i in range(10)]
+    await sender.send("ivy", msg("fire!"), "critical")
+    await nc.flush()
+    got = await box.read("ivy", 10)
+    assert [d.item.body for d in got][:2] == ["fire!", "low 10"]
+    for d in first + got:
+        await d.ack()
+    rest = []
+    while len(rest) < 81:
+        rest.extend(await box.read("ivy", 50))
+    assert [d.item.body for d in rest] == [f"low {i}" for i in range(19, 100)]
+    await box.close()
