@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 
 from infra import registry
 from infra.deadletters import DeadLetters
-from infra.mailbox import Mailbox, MailPolicy
+from infra.mailbox import Delivery, Mailbox, MailPolicy
 from infra.nats import connect, ensure_streams
 from schemas import subjects
 from schemas.discovery import RegistryEntry
@@ -204,7 +204,7 @@ async def test_a_reader_with_the_doorbell_skips_empty_priorities_but_never_misse
     assert [d.item.body for d in got][:2] == ["fire!", "low 10"]
     for d in first + got:
         await d.ack()
-    rest = []
+    rest: list[Delivery] = []
     while len(rest) < 81:
         rest.extend(await box.read("ivy", 50))
     assert [d.item.body for d in rest] == [f"low {i}" for i in range(19, 100)]
