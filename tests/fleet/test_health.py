@@ -207,3 +207,46 @@ async def test_limits_applied_at_spawn_contain_a_hog_and_record_it(
     assert found.resource == "memory_mb" and found.limit == 64 and found.action == "warn"
     shown = (await command(nc, "m1", "show"))["agent"]
     assert shown["lifecycle"] == "RUNNING"  # warn: the hog was contained, the agent lives on
+
+
+async def test_the_rollback_rung_returns_to_the_last_healthy_checkpoint(
+    fleet: Fleet,
+    nc: Client,
+    repo: Path,
+    health: HealthService,
+) -> None:
+    # The service runs while the worktree has no file `broken`; a checkpoint is taken while it
+    # is healthy, then the agent "breaks" the worktree and the service fails. The ladder's
+    # rollback rung takes the worktree back, and the restart after it holds.
+    app = ServiceSpec(
+        command=["sh", "-c", "test ! -e broken || exit 3; exec sleep 1000"],
+        restart=RestartSpec(policy="no"),
+    )
+    ladder = RecoverySpec(
+        rungs=("rollback", "restart_service", "ask_human"),
+        attempts=1,
+        backoff=Backoff(initial_s=0.2, max_s=0.5, jitter=0.0),
+    )
+    template = Template(name="shell", services={"app": app}, recovery=ladder)
+    await spawn_with(fleet, repo, "rb1", template)
+
+    async def running() -> bool:
+        shown = (await command(nc, "rb1", "show"))["agent"]
+        return shown["services"].get("app", {}).get("state") == "running"
+
+    await until(running, "the service to run", timeout=30)
+    taken = await command(nc, "rb1", "checkpoint", label="good")
+    assert taken["ok"], taken
+    worktree = Path((await command(nc, "rb1", "show"))["agent"]["worktree"])
+    (worktree / "broken").write_text("a bad change\n")
+    assert (await command(nc, "rb1", "restart_service", service="app"))["ok"]
+
+    async def rolled_back() -> list[e.RolledBack]:
+        return [ev for ev in await events(nc, "rb1") if isinstance(ev, e.RolledBack)]
+
+    done = await until(rolled_back, "the rollback rung", timeout=60)
+    assert done[0].checkpoint == taken["checkpoint"]
+    assert not (worktree / "broken").exists()
+    await until(running, "the service to run again after the rollback", timeout=60)
+    rungs = [ev.rung for ev in await events(nc, "rb1") if isinstance(ev, e.RecoveryEscalated)]
+    assert rungs[0] == "rollback" and "ask_human" not in rungs
