@@ -225,11 +225,18 @@ class Service:
         await self.reap(cause)
 
     async def _health(self, healthy: bool, probe: str, detail: str) -> None:
+        before = self.actor.state.services.get(self.name)
         ev = e.ServiceHealth(
             service=self.name, healthy=healthy, probe=probe, detail=detail[:500],
             **_meta(self.actor),
         )  # fmt: skip
         await self.actor.record([ev])
+        if not healthy and (before is None or before.healthy is not False):
+            # The same automatic checkpoint as a health-service report: the work as it was
+            # when the service turned unhealthy.
+            from actors import checkpoints
+
+            await checkpoints.take_auto(self.actor, "unhealthy", f"{self.name} unhealthy")
 
     # -- readiness --------------------------------------------------------------------------
 

@@ -154,8 +154,9 @@ async def test_a_service_that_keeps_failing_is_left_down_after_max_restarts(
     await spawn_with(fleet, repo, "f1", Template(name="shell", services={"bad": failing}))
 
     async def given_up() -> list[e.AgentEvent] | None:
+        # Giving up records service.health, then the automatic "unhealthy" checkpoint.
         log = await events(nc, "f1")
-        done = any(isinstance(ev, e.ServiceHealth) and ev.probe == "restart" for ev in log)
+        done = any(isinstance(ev, e.CheckpointTaken) and ev.auto == "unhealthy" for ev in log)
         return log if done else None
 
     log = await until(given_up, "the restarts to stop")
