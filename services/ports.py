@@ -31,9 +31,11 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from infra import kvscan
 from infra.eventstore import EventStore, Stored
 from schemas import events as e
 from schemas import replies, subjects
@@ -80,6 +82,7 @@ class PortLeaser:
     """Hands out ports of [low, high] by compare-and-set in KV; one per instance of the service."""
 
     kv: KeyValue
+    js: JetStreamContext
     low: int
     high: int
     holder: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
@@ -172,16 +175,10 @@ class PortLeaser:
     async def scan(self) -> Held:
         """Every lease in the bucket now, read afresh (a release must not trust the mirror)."""
         found: Held = {}
-        watcher = await self.kv.watchall(ignore_deletes=True)
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                lease = _lease_of(entry.key, entry.value)
-                if lease is not None:
-                    found[lease[0]] = (lease[1], entry.revision or 0)
-        finally:
-            await watcher.stop()
+        for row in await kvscan.rows(self.js, subjects.PORTS_BUCKET):
+            lease = _lease_of(row.key, row.value)
+            if lease is not None:
+                found[lease[0]] = (lease[1], row.revision)
         return found
 
     async def mirror(self) -> None:
@@ -217,10 +214,11 @@ def _lease_of(key: str, value: bytes | None) -> tuple[int, Lease] | None:
 
 
 def stale_rule(state: AgentState, grace_s: float) -> Callable[[Lease, int], bool] | None:
-    """Which leases of an agent in `state` to keep: None (keep none) for an agent that is gone
-    (no log, removed, stopped); else the ones its state records, or leased within `grace_s`
-    (its actor leases first and records `ports.leased` a moment later)."""
-    if state.lifecycle in (Lifecycle.NEW, Lifecycle.STOPPED) or state.removed:
+    """Which leases of an agent in `state` to keep: None (keep none) for an agent that stopped
+    or was removed; else the ones its state records, and any leased within `grace_s` (an
+    actor leases first and records `ports.leased` a moment later; a lease for an agent with no
+    log at all is kept that long too, then reclaimed as an orphan)."""
+    if state.lifecycle is Lifecycle.STOPPED or state.removed:
         return None
     since = datetime.now(UTC) - timedelta(seconds=grace_s)
 
@@ -307,7 +305,7 @@ async def start(
 ) -> PortsService:
     """Serve `fleet.ctl.ports`, follow the events and reclaim orphans; `close()` stops it all."""
     kv = await nc.jetstream().key_value(subjects.PORTS_BUCKET)
-    leaser = PortLeaser(kv, *port_range)
+    leaser = PortLeaser(kv, nc.jetstream(), *port_range)
     service = PortsService(leaser, EventStore(nc), grace_s=grace_s)
     leaser.known = await leaser.scan()
     spawn = asyncio.get_running_loop().create_task

@@ -20,10 +20,11 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from infra import templates
+from infra import kvscan, templates
 from schemas import replies, subjects
 from schemas.errors import FleetError, InvalidTemplate, UnknownTemplate
 from schemas.templates import (
@@ -46,8 +47,8 @@ _encode = msgspec.json.Encoder().encode
 class TemplateStore:
     """Versions of each template in one KV bucket."""
 
-    def __init__(self, kv: KeyValue) -> None:
-        self.kv = kv
+    def __init__(self, kv: KeyValue, js: JetStreamContext) -> None:
+        self.kv, self.js = kv, js
 
     async def latest(self, name: str) -> tuple[StoredTemplate, int] | None:
         """The newest version and its KV revision, or None."""
@@ -59,11 +60,9 @@ class TemplateStore:
 
     async def versions(self, name: str) -> list[StoredTemplate]:
         """Every version the bucket still keeps, oldest first."""
-        try:
-            entries = await self.kv.history(subjects.token(name, "template name"))
-        except NoKeysError:
-            return []
-        return [_decoder.decode(e.value) for e in entries if e.value]
+        key = subjects.token(name, "template name")
+        found = await kvscan.rows(self.js, subjects.TEMPLATES_BUCKET, key, history=True)
+        return [_decoder.decode(row.value) for row in found if row.value]
 
     async def get(self, name: str, version: int = 0) -> StoredTemplate:
         if version <= 0:
@@ -81,10 +80,7 @@ class TemplateStore:
         raise FleetError(f"template {name} has no version {version} kept (kept: {have})")
 
     async def names(self) -> list[str]:
-        try:
-            return sorted(await self.kv.keys())
-        except NoKeysError:
-            return []
+        return sorted({row.key for row in await kvscan.rows(self.js, subjects.TEMPLATES_BUCKET)})
 
     async def put(self, stored: StoredTemplate) -> tuple[StoredTemplate, bool]:
         """Store as the next version unless it equals the latest; (what is stored, changed)."""
@@ -230,7 +226,7 @@ def _shown(s: StoredTemplate) -> dict[str, Any]:
 async def start(nc: Client) -> TemplatesService:
     """Store missing built-ins and answer template requests; `close()` stops answering."""
     kv = await nc.jetstream().key_value(subjects.TEMPLATES_BUCKET)
-    service = TemplatesService(TemplateStore(kv))
+    service = TemplatesService(TemplateStore(kv, nc.jetstream()))
     added = await service.load_builtins()
     if added:
         log.info("stored built-in templates: %s", ", ".join(added))
