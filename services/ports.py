@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream: the key moved on since the revision we read
 DURABLE = "ports"
+CLOSE_TIMEOUT_S = 5.0
 _decoder = msgspec.json.Decoder(Lease)
 _encode = msgspec.json.Encoder().encode
 
@@ -181,25 +182,19 @@ class PortLeaser:
                 found[lease[0]] = (lease[1], row.revision)
         return found
 
-    async def mirror(self) -> None:
+    async def mirror(self, watcher: KeyValue.KeyWatcher) -> None:
         """Follow the bucket, so `lease` skips ports others took without asking KV."""
-        watcher = await self.kv.watchall()
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    continue
-                if not entry.key.isdigit():
-                    continue
-                port, rev = int(entry.key), entry.revision or 0
-                if self.known.get(port, (None, 0))[1] > rev:
-                    continue  # we wrote a newer revision ourselves already
-                lease = _lease_of(entry.key, entry.value) if entry.operation is None else None
-                if lease is not None:
-                    self.known[port] = (lease[1], rev)
-                else:
-                    self.known.pop(port, None)
-        finally:
-            await watcher.stop()
+        async for entry in watcher:
+            if entry is None or not entry.key.isdigit():
+                continue
+            port, rev = int(entry.key), entry.revision or 0
+            if self.known.get(port, (None, 0))[1] > rev:
+                continue  # we wrote a newer revision ourselves already
+            lease = _lease_of(entry.key, entry.value) if entry.operation is None else None
+            if lease is not None:
+                self.known[port] = (lease[1], rev)
+            else:
+                self.known.pop(port, None)
 
 
 def _lease_of(key: str, value: bytes | None) -> tuple[int, Lease] | None:
@@ -236,6 +231,7 @@ class PortsService:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     sub: Subscription | None = None
+    watcher: KeyValue.KeyWatcher | None = None
 
     async def handle(self, data: bytes) -> bytes:
         req: PortsOp = replies.decode_request(data, PortsOp, "ports request")
@@ -291,7 +287,11 @@ class PortsService:
             self.sub = None
         for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=CLOSE_TIMEOUT_S)
+        if self.watcher is not None:
+            await self.watcher.stop()
+            self.watcher = None
 
 
 async def start(
@@ -309,7 +309,8 @@ async def start(
     service = PortsService(leaser, EventStore(nc), grace_s=grace_s)
     leaser.known = await leaser.scan()
     spawn = asyncio.get_running_loop().create_task
-    service.tasks.append(spawn(leaser.mirror()))
+    service.watcher = await kv.watchall()
+    service.tasks.append(spawn(leaser.mirror(service.watcher)))
     if follow:
         service.tasks.append(spawn(service._reclaim_every(reclaim_every_s)))
         service.tasks.append(
