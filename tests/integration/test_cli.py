@@ -10,7 +10,6 @@ Three groups:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import getpass
 import json
@@ -455,8 +454,11 @@ def attach_in_a_terminal(env: dict[str, str], socket: str, agent: str) -> None:
                 capture_output=True, text=True, check=False,
             )  # fmt: skip
             while select.select([master], [], [], 0)[0]:  # drain, so tmux never blocks writing
-                with contextlib.suppress(OSError):
-                    os.read(master, 65536)
+                try:
+                    if not os.read(master, 65536):
+                        break
+                except OSError:  # EIO: the terminal's other side has closed
+                    break
             return out.stdout.split()
 
         wait_until(clients, f"a tmux client on {grouped}", timeout=30)
