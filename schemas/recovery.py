@@ -17,6 +17,7 @@ from typing import Literal
 
 import msgspec
 
+from schemas.restart import next_delay
 from schemas.templates import Backoff, RecoverySpec
 
 Rung = Literal[
@@ -57,16 +58,9 @@ Decision = Climb | Wait | Exhausted
 
 
 def delay_s(backoff: Backoff, climbed: int, rand: float = 0.0) -> float:
-    """The pause before the next rung after `climbed` earlier attempts (0 before the first).
-
-    initial * multiplier^(climbed-1), capped at max, plus up to `jitter` of itself at random
-    (`rand` in [0, 1)).
-    """
-    if climbed <= 0:
-        return 0.0
-    base = backoff.initial_s * backoff.multiplier ** min(climbed - 1, 64)
-    base = min(base, backoff.max_s)
-    return base + base * backoff.jitter * min(max(rand, 0.0), 1.0)
+    """The pause before the next rung after `climbed` earlier attempts (0 before the first):
+    the same exponential backoff, cap and jitter as a service's restarts."""
+    return next_delay(backoff, climbed, rand)
 
 
 def rungs(spec: RecoverySpec, *, healthy_checkpoint: bool) -> tuple[str, ...]:
