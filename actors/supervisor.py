@@ -30,7 +30,7 @@ from actors.templates import resolve_template
 from infra import registry
 from infra.deadletters import DeadLetters
 from infra.eventstore import EventStore
-from infra.nats import connect, ensure_streams
+from infra.nats import connect, ensure_streams, replicas_for
 from schemas import replies, subjects
 from schemas.control import ListRequest, SpawnRequest
 from schemas.discovery import AcquireRequest, FindRequest, RegistryEntry, select
@@ -78,7 +78,8 @@ class Supervisor:
         self.config = config
         self.nc = await connect(config.agent.nats_url, name="fleet-supervisor")
         self.store = EventStore(self.nc)
-        await ensure_streams(self.nc.jetstream())  # idempotent; the log must exist before agents
+        # idempotent; the log must exist before agents
+        await ensure_streams(self.nc.jetstream(), replicas_for(self.nc))
         self.actors: dict[str, Any] = {}  # agent id -> actor handle
         self.pool: list[Any] = []
         self.reserved: set[str] = set()

@@ -30,12 +30,14 @@ DUPLICATE_WINDOW_S = 120.0
 async def connect(url: str, name: str = "fleetd", *, reconnect: bool = True) -> Client:
     """Connect to NATS, or raise `StoreUnavailable` with the address that failed.
 
-    With `reconnect`, a lost server is retried forever every 250 ms (the embedded server is
-    restarted by `fleet up` on the same store), and publishes wait in nats-py's buffer.
+    `url` may list several servers, comma-separated (a cluster). With `reconnect`, a lost
+    server is retried forever every 250 ms (the embedded server is restarted by `fleet up` on
+    the same store), and publishes wait in nats-py's buffer.
     """
+    servers = [u.strip() for u in url.split(",") if u.strip()]  # a cluster: "nats://a,nats://b"
     try:
         return await nats.connect(
-            url,
+            servers,
             name=name,
             connect_timeout=2,
             allow_reconnect=reconnect,
@@ -83,8 +85,22 @@ def mail_configs(replicas: int = 1) -> list[StreamConfig]:
     return [mail, dlq]
 
 
+def replicas_for(nc: Client) -> int:
+    """3 on a JetStream cluster of 3 or more servers, else 1.
+
+    The server's INFO names its cluster (`cluster`) and lists every server's client address
+    (`connect_urls`); a lone server sends neither."""
+    info = nc._server_info  # nats-py keeps the server's last INFO here, with no public accessor
+    if not info.get("cluster"):
+        return 1
+    return 3 if len(info.get("connect_urls") or []) >= 3 else 1
+
+
 async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
-    """Create (or update) the event and mail streams and the KV buckets."""
+    """Create (or update) the event and mail streams and the KV buckets.
+
+    An existing stream keeps its replica count if it has more than `replicas`: a process
+    that asks for 1 must not shrink a cluster's streams."""
     await _ensure_stream(js, events_config(replicas))
     for stream in mail_configs(replicas):
         await _ensure_stream(js, stream)
@@ -112,4 +128,6 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     except BadRequestError as e:
         if e.err_code != STREAM_NAME_IN_USE:
             raise
+        info = await js.stream_info(config.name or "")
+        config.num_replicas = max(config.num_replicas or 1, info.config.num_replicas or 1)
         await js.update_stream(config)

@@ -127,7 +127,7 @@ async def _bring_up(settings: Settings, stack: AsyncExitStack) -> FleetState:
     logging.getLogger("nats.aio.client").addFilter(_OneLine())
     nc = await infra.nats.connect(url, name="fleet-up")
     stack.push_async_callback(nc.close)
-    await infra.nats.ensure_streams(nc.jetstream())
+    await infra.nats.ensure_streams(nc.jetstream(), infra.nats.replicas_for(nc))
     ray_address = await asyncio.to_thread(raycluster.start, settings.ray_address)
     stack.callback(raycluster.stop)
     await _start_templates_and_ports(settings, nc, stack)

@@ -1,0 +1,21 @@
+"""Fixtures of the fault tests: the shared ones (a nats-server, a fleet on Ray, a NATS client
+onto it, a git repository) and a 3-node JetStream cluster of real nats-server processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.natscluster import NatsCluster
+from tests.fleet.conftest import nc, repo
+
+__all__ = ["nats_cluster", "nc", "repo"]
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """Three routed nats-servers with JetStream, each on its own store; stopped afterwards."""
+    with NatsCluster.start(tmp_path / "cluster", size=3) as cluster:
+        yield cluster
