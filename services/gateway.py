@@ -30,9 +30,10 @@ from nats.js.errors import NotFoundError
 
 from infra.config import Settings
 from infra.eventstore import EventStore, decode
+from infra.mailbox import Mailbox
 from infra.nats import connect
 from schemas import replies, subjects
-from schemas.errors import FleetError
+from schemas.errors import FleetError, PayloadTooLarge
 from services.gateway_events import Hub
 from services.metrics import FleetMetrics
 from services.tokens import TokenEntry, TokenStore, allows
@@ -46,6 +47,7 @@ STORE = web.AppKey("store", EventStore)
 TOKENS = web.AppKey("tokens", TokenStore)
 METRICS = web.AppKey("metrics", FleetMetrics)
 HUB = web.AppKey("hub", Hub)
+MAILBOX = web.AppKey("mailbox", Mailbox)
 WHO = web.RequestKey("who", TokenEntry)  # the caller, once authenticated
 
 MAIL_POLL_S = 5.0
@@ -113,6 +115,9 @@ def _token_of(request: web.Request) -> str:
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        size = request.content_length or 0
+        return error_response(PayloadTooLarge("request body", size, request.client_max_size))
     except web.HTTPException:
         raise
     except FleetError as e:
@@ -173,10 +178,11 @@ async def _nats(app: web.Application) -> AsyncIterator[None]:
     nc = await connect(app[NATS_URL], name="fleet-gateway")
     app[NC] = nc
     app[STORE] = EventStore(nc)
+    app[MAILBOX] = Mailbox(nc)
     subs: list[Subscription] = [
         await nc.subscribe(subjects.ALL_EVENTS, cb=app[HUB].on_msg, pending_msgs_limit=-1),
         await _read_log(app, nc),
-        await nc.subscribe(subjects.ALL_HEALTH, cb=_on_health(app[METRICS])),
+        await nc.subscribe(subjects.ALL_HEALTH, cb=_on_health(app[METRICS], app[HUB])),
     ]
     poller = asyncio.create_task(_poll_mail(nc, app[METRICS]))
     try:
@@ -190,6 +196,7 @@ async def _nats(app: web.Application) -> AsyncIterator[None]:
         for sub in subs:
             with contextlib.suppress(Exception):  # the connection may already be gone
                 await sub.unsubscribe()
+        await app[MAILBOX].close()
         await nc.close()
 
 
@@ -212,14 +219,19 @@ async def _read_log(app: web.Application, nc: Client) -> Subscription:
     )
 
 
-def _on_health(metrics: FleetMetrics) -> Callable[[Msg], Awaitable[None]]:
+def _on_health(metrics: FleetMetrics, hub: Hub) -> Callable[[Msg], Awaitable[None]]:
+    """`fleet.health.<agent>`: into the metrics; a psutil sample also to the dashboards."""
+
     async def on_msg(msg: Msg) -> None:
         try:
             data = msgspec.json.decode(msg.data)
         except msgspec.DecodeError:
             log.debug("a health observation on %s is not JSON; ignored", msg.subject)
             return
-        metrics.health_observation(msg.subject.rpartition(".")[2], data)
+        agent = msg.subject.rpartition(".")[2]
+        metrics.health_observation(agent, data)
+        if isinstance(data, dict) and data.get("kind") == "sample":
+            hub.on_sample(agent, msg.data)
 
     return on_msg
 

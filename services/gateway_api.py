@@ -27,13 +27,14 @@ from services.client import COMMAND_TIMEOUT_S, RESTART_TIMEOUT_S, SPAWN_TIMEOUT_
 from services.gateway import HUB, METRICS, NC, STORE, TOKENS, Handler, role, status_for, who
 from services.tokens import ROLES
 
+CHECKPOINT_TIMEOUT_S = 60.0  # a commit of a large worktree (as `fleet checkpoint`)
 TIMEOUTS = {
     "stop": STOP_TIMEOUT_S,
     "kill": STOP_TIMEOUT_S,
     "remove": STOP_TIMEOUT_S,
     "restart": RESTART_TIMEOUT_S,
     "rollback": RESTART_TIMEOUT_S,
-    "checkpoint": STOP_TIMEOUT_S,
+    "checkpoint": CHECKPOINT_TIMEOUT_S,
     "recreate_session": RESTART_TIMEOUT_S,
     "new_ports": RESTART_TIMEOUT_S,
     "restart_service": STOP_TIMEOUT_S,
@@ -78,7 +79,7 @@ def _tag(cmd: type[c.Command]) -> str:
     return str(cmd.__struct_config__.tag)
 
 
-async def _ask(
+async def ask(
     request: web.Request,
     subject: str,
     payload: bytes,
@@ -111,7 +112,7 @@ async def _ask(
         request.app[METRICS].commands.labels(kind, outcome).observe(time.perf_counter() - started)
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
+async def json_body(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     if not raw.strip():
         return {}
@@ -124,22 +125,22 @@ def _by(request: web.Request) -> str:
     return f"token:{who(request).name}"
 
 
-def _agent(request: web.Request) -> str:
+def agent_of(request: web.Request) -> str:
     return subjects.token(request.match_info["agent"])
 
 
-async def _command(request: web.Request, verb: str, body: dict[str, Any]) -> web.Response:
-    agent = _agent(request)
+async def command(request: web.Request, verb: str, body: dict[str, Any]) -> web.Response:
+    agent = agent_of(request)
     fields = {**body, "type": verb, "by": body.get("by") or _by(request)}
     raw = _encode(fields)
     replies.decode_request(raw, c.AgentCommand, "command")  # refuse here, with the sentence
     timeout = TIMEOUTS.get(verb, COMMAND_TIMEOUT_S)
-    return await _ask(request, subjects.command(agent), raw, timeout, verb, UnknownAgent(agent))
+    return await ask(request, subjects.command(agent), raw, timeout, verb, UnknownAgent(agent))
 
 
 def _verb_handler(verb: str) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await _command(request, verb, await _json_body(request))
+        return await command(request, verb, await json_body(request))
 
     handler.__name__ = f"post_{verb}"
     return role("admin" if verb in ADMIN_VERBS else "operator")(handler)
@@ -150,7 +151,7 @@ async def list_agents(request: web.Request) -> web.StreamResponse:
     removed = request.query.get("removed", "") in ("1", "true", "yes")
     raw = _encode(ListRequest(removed=removed, by=_by(request)))
     nobody = RemoteError("no_responders", "no supervisor answers; is `fleet up` running?")
-    return await _ask(request, subjects.control("list"), raw, COMMAND_TIMEOUT_S, "list", nobody)
+    return await ask(request, subjects.control("list"), raw, COMMAND_TIMEOUT_S, "list", nobody)
 
 
 @role("admin")
@@ -159,7 +160,7 @@ async def spawn(request: web.Request) -> web.StreamResponse:
     req = msgspec.structs.replace(req, by=req.by or _by(request))
     nobody = RemoteError("no_responders", "no supervisor answers; is `fleet up` running?")
     subject = subjects.control("spawn")
-    response = await _ask(request, subject, _encode(req), SPAWN_TIMEOUT_S, "spawn", nobody)
+    response = await ask(request, subject, _encode(req), SPAWN_TIMEOUT_S, "spawn", nobody)
     if response.status == 200:
         response.set_status(201)
     return response
@@ -167,24 +168,24 @@ async def spawn(request: web.Request) -> web.StreamResponse:
 
 @role("viewer")
 async def show(request: web.Request) -> web.StreamResponse:
-    return await _command(request, "show", {})
+    return await command(request, "show", {})
 
 
 @role("admin")
 async def remove(request: web.Request) -> web.StreamResponse:
     force = request.query.get("force", "") in ("1", "true", "yes")
-    return await _command(request, "remove", {"force": force})
+    return await command(request, "remove", {"force": force})
 
 
 @role("viewer")
 async def output(request: web.Request) -> web.StreamResponse:
     fields: dict[str, Any] = {"window": request.query.get("window", "agent")}
     if "lines" in request.query:
-        fields["lines"] = _int(request, "lines")
-    return await _command(request, "output", fields)
+        fields["lines"] = query_int(request, "lines")
+    return await command(request, "output", fields)
 
 
-def _int(request: web.Request, name: str, default: int = 0) -> int:
+def query_int(request: web.Request, name: str, default: int = 0) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -197,9 +198,9 @@ def _int(request: web.Request, name: str, default: int = 0) -> int:
 @role("viewer")
 async def agent_events(request: web.Request) -> web.StreamResponse:
     """The agent's log after `?after=SEQ` (default: all), straight from JetStream."""
-    agent = _agent(request)
-    after = _int(request, "after")
-    limit = _int(request, "limit", 0)
+    agent = agent_of(request)
+    after = query_int(request, "after")
+    limit = query_int(request, "limit", 0)
     rows = await request.app[STORE].read(agent, after=after)
     if not rows and after == 0:
         raise UnknownAgent(agent)
@@ -284,7 +285,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
 async def openapi(request: web.Request) -> web.StreamResponse:
     from services.gateway_openapi import document
 
-    return web.Response(body=document(ROUTES), content_type="application/json")
+    return web.Response(body=document(all_routes()), content_type="application/json")
 
 
 def _command_routes() -> list[Route]:
@@ -352,8 +353,15 @@ ROUTES: list[Route] = [
 ]
 
 
+def all_routes() -> list[Route]:
+    """This module's routes and the agent page's (gateway_agent imports this module)."""
+    from services import gateway_agent
+
+    return [*ROUTES, *gateway_agent.ROUTES]
+
+
 def add_routes(app: web.Application) -> None:
-    for route in ROUTES:
+    for route in all_routes():
         app.router.add_route(route.method, route.path, route.handler)
     from services import gateway_web
 

@@ -7,6 +7,12 @@ event goes out at once (the leading edge); a busy one's are grouped, at most one
 window per client. A client that cannot keep up loses its oldest buffered events and is told
 how many (`"dropped": n`), so it can reload from `GET /api/agents`.
 
+Health samples (`fleet.health.<agent>` observations of kind `sample`: CPU and memory of the
+agent's process tree) ride in the same messages as `"health": [<observation>, ...]`, only the
+latest per agent since the last send: a dashboard of 200 agents gets at most 200 per window,
+however often the health service samples. The hub keeps each agent's latest for
+`GET /api/health`.
+
 Protocol fact: a core subscriber sees every publish on the subject, including an append that
 JetStream refuses (a stale writer); such a rare event may show live and not be in the log.
 """
@@ -27,6 +33,7 @@ log = logging.getLogger(__name__)
 
 BATCH_S = 0.025  # at most 40 messages a second per client, each with everything since the last
 MAX_BUFFERED = 5000  # events kept for a slow client before the oldest are dropped
+REMOVED = b'"type":"agent.removed"'  # msgspec writes JSON without spaces
 
 
 @dataclass(eq=False)
@@ -35,6 +42,7 @@ class Listener:
     agents: frozenset[str] | None  # None: every agent
     buffer: list[bytes] = field(default_factory=list)
     dropped: int = 0
+    samples: dict[str, bytes] = field(default_factory=dict)  # agent -> its latest, unsent
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def push(self, raw: bytes) -> None:
@@ -45,11 +53,22 @@ class Listener:
             self.dropped += excess
         self.wake.set()
 
+    def push_sample(self, agent: str, raw: bytes) -> None:
+        self.samples[agent] = raw
+        self.wake.set()
+
+    def pending(self) -> bool:
+        return bool(self.buffer or self.samples)
+
     def take(self) -> str:
         batch, self.buffer = self.buffer, []
         dropped, self.dropped = self.dropped, 0
         head = f'{{"dropped":{dropped},"events":[' if dropped else '{"events":['
-        return head + b",".join(batch).decode() + "]}"
+        out = head + b",".join(batch).decode() + "]"
+        if self.samples:
+            samples, self.samples = self.samples, {}
+            out += ',"health":[' + b",".join(samples.values()).decode() + "]"
+        return out + "}"
 
 
 class Hub:
@@ -59,6 +78,7 @@ class Hub:
         self.listeners: set[Listener] = set()
         self.by_agent: dict[str, set[Listener]] = {}
         self.everyone: set[Listener] = set()
+        self.samples: dict[str, bytes] = {}  # agent -> its latest sample observation (JSON)
 
     async def on_msg(self, msg: Msg) -> None:
         agent = msg.subject.rpartition(".")[2]
@@ -66,6 +86,16 @@ class Hub:
             listener.push(msg.data)
         for listener in self.by_agent.get(agent, ()):
             listener.push(msg.data)
+        if REMOVED in msg.data:
+            self.samples.pop(agent, None)  # a removed agent's last sample is not news
+
+    def on_sample(self, agent: str, raw: bytes) -> None:
+        """A health sample of `agent` (a `fleet.health.<agent>` observation, as JSON)."""
+        self.samples[agent] = raw
+        for listener in self.everyone:
+            listener.push_sample(agent, raw)
+        for listener in self.by_agent.get(agent, ()):
+            listener.push_sample(agent, raw)
 
     def add(self, listener: Listener) -> None:
         self.listeners.add(listener)
@@ -111,7 +141,7 @@ async def _write(listener: Listener) -> None:
         while not listener.ws.closed:
             await listener.wake.wait()
             listener.wake.clear()
-            if listener.buffer:
+            if listener.pending():
                 await listener.ws.send_str(listener.take())
             await asyncio.sleep(BATCH_S)
     except ConnectionResetError:

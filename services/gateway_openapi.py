@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from schemas.agent import CheckpointRef
 from schemas.control import AgentView
 from schemas.events import AgentEvent
+from schemas.health import Observation
+from schemas.mail import InboxItem
 from schemas.replies import ErrorReply
 
 if TYPE_CHECKING:
@@ -56,7 +59,70 @@ class Reply(msgspec.Struct, frozen=True):
     ok: bool
 
 
-_REPLIES = (AgentReply, ListReply, EventsReply, OutputReply, TokenReply, Reply, ErrorReply)
+class CheckpointsReply(msgspec.Struct, frozen=True):
+    ok: bool
+    agent: str
+    checkpoints: list[CheckpointRef]
+
+
+class CheckpointReply(msgspec.Struct, frozen=True):
+    ok: bool
+    agent: AgentView
+    checkpoint: int
+    commit: str
+
+
+class InboxReply(msgspec.Struct, frozen=True):
+    ok: bool
+    agent: str
+    mail: list[InboxItem]
+
+
+class SentReply(msgspec.Struct, frozen=True):
+    ok: bool
+    agent: str
+    seq: int  # the message's sequence in FLEET_MAIL
+    priority: str
+    from_: str = msgspec.field(name="from")
+
+
+class ServiceHealthView(msgspec.Struct, frozen=True):
+    state: str
+    pid: int | None
+    healthy: bool | None
+    checks: dict[str, bool]
+
+
+class HealthReply(msgspec.Struct, frozen=True):
+    ok: bool
+    agent: str
+    node: str
+    lifecycle: str
+    services: dict[str, ServiceHealthView]
+    recovery: list[dict[str, Any]]
+    history: list[Observation]
+
+
+class SamplesReply(msgspec.Struct, frozen=True):
+    ok: bool
+    samples: dict[str, Observation]  # agent id -> its latest sample
+
+
+_REPLIES = (
+    AgentReply,
+    ListReply,
+    EventsReply,
+    OutputReply,
+    TokenReply,
+    Reply,
+    ErrorReply,
+    CheckpointsReply,
+    CheckpointReply,
+    InboxReply,
+    SentReply,
+    HealthReply,
+    SamplesReply,
+)
 _REF = "#/components/schemas/{name}"
 _ROLE_NOTE = {
     "public": "No token needed.",
