@@ -26,6 +26,7 @@ from services.gateway_api import Route, agent_of, ask, command, json_body, query
 
 HEALTH_TIMEOUT_S = 5.0
 MAX_LIST = 200
+MAX_LABEL = 200
 HEALTH_KINDS = ("", "sample", "probe", "recovery")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -84,6 +85,11 @@ async def list_checkpoints(request: web.Request) -> web.StreamResponse:
 async def take_checkpoint(request: web.Request) -> web.StreamResponse:
     raw = await request.read()
     req = replies.decode_request(raw or b"{}", TakeCheckpoint, "checkpoint request")
+    if len(req.label) > MAX_LABEL or any(ch < " " or ch == "\x7f" for ch in req.label):
+        raise BadRequest(
+            f"invalid checkpoint request: `label` must be one line of at most {MAX_LABEL} "
+            "characters, without control characters"
+        )
     response = await command(request, "checkpoint", {"label": req.label})
     if response.status == 200:
         response.set_status(201)

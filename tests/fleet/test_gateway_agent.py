@@ -99,7 +99,7 @@ async def test_taking_a_checkpoint_and_rolling_back_check_roles_and_input(
     status, body = await post(http, url, gw.headers("operator"), {"labels": "x"})
     assert status == 400 and "labels" in body["error"]["message"]
     status, body = await post(http, url, gw.headers("operator"), {"label": "a\nb"})
-    assert status == 400 and "checkpoint label" in body["error"]["message"]
+    assert status == 400 and "`label` must be one line" in body["error"]["message"]
     status, body = await post(http, url, gw.headers("operator"), {"label": "ok"})
     assert status == 404 and body["error"]["code"] == "unknown_agent"  # no actor answers c1
     rollback = gw.url + "/api/agents/c1/rollback"
