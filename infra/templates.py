@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
+import signal
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -24,6 +25,7 @@ import msgspec
 import yaml
 
 from schemas import subjects
+from schemas import validation as v
 from schemas.agent import AgentState
 from schemas.assistants import BUILTIN as PROFILES
 from schemas.assistants import AssistantProfile, profile_for, with_patterns
@@ -32,6 +34,8 @@ from schemas.ports import env_key, lease_name
 from schemas.templates import Probe, Template, decode_spec
 
 MAX_EXTENDS_DEPTH = 16
+MAX_TEMPLATE_BYTES = 256 * 1024
+_SIGNALS = frozenset(s.name for s in signal.Signals)
 _SEGMENT = re.compile(r"\.([^.\[]+)|\[(\.\.\.|\d+)\]")
 
 Raw = dict[str, Any]
@@ -43,6 +47,10 @@ Lookup = Callable[[str], Raw | None]  # a template name -> its raw (unresolved) 
 
 def parse(text: str, source: str = "") -> Raw:
     """YAML text -> a mapping; a YAML error names the line and column."""
+    if len(text.encode()) > MAX_TEMPLATE_BYTES:
+        size = len(text.encode())
+        why = f"the template is {size} bytes, more than the limit of {MAX_TEMPLATE_BYTES} bytes"
+        raise InvalidTemplate(source, "", why)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -234,10 +242,45 @@ def check(t: Template, source: str = "") -> None:
             probe = getattr(spec, kind)
             if probe is not None:
                 _check_probe(probe, spec.ports, source, f"{at}.{kind}")
+        _field(source, f"{at}.cwd", v.relative_path, spec.cwd, "service cwd")
+        _field(source, f"{at}.env", v.env, spec.env, "env")
+        _field(source, f"{at}.shutdown.signal", _signal, spec.shutdown.signal, "signal")
     cycle = dependency_cycle({n: list(s.depends_on) for n, s in t.services.items()})
     if cycle:
         why = f"services depend on each other in a cycle: {' -> '.join(cycle)}"
         raise InvalidTemplate(source, f"services.{cycle[0]}.depends_on", why)
+    check_fields(t, source)
+
+
+def check_fields(t: Template, source: str = "") -> None:
+    """Environment, paths, refs and permissions (schemas.validation), each naming its field."""
+    _field(source, "env", v.env, t.env, "env")
+    _field(source, "assistant.env", v.env, t.assistant.env, "env")
+    _field(source, "assistant.command", v.text, t.assistant.command, "command", v.MAX_COMMAND)
+    _field(source, "workspace.base_ref", v.git_ref, t.workspace.base_ref, "base ref")
+    for i, path in enumerate(t.workspace.copy):
+        _field(source, f"workspace.copy[{i}]", v.relative_path, path, "file to copy")
+    _field(source, "capabilities", v.names, t.capabilities, "capability")
+    p = t.permissions
+    for i, name in enumerate(p.env_passthrough):
+        _field(source, f"permissions.env_passthrough[{i}]", v.env_name, name, "variable name")
+    for i, name in enumerate(p.secrets):
+        _field(source, f"permissions.secrets[{i}]", v.env_name, name, "variable name")
+    for i, path in enumerate(p.paths):
+        _field(source, f"permissions.paths[{i}]", v.absolute_path, path, "granted path")
+
+
+def _field(source: str, path: str, checker: Callable[..., Any], value: Any, *args: Any) -> None:
+    try:
+        checker(value, *args)
+    except InvalidName as e:
+        raise InvalidTemplate(source, path, e.message) from e
+
+
+def _signal(value: str, what: str) -> str:
+    if value not in _SIGNALS:
+        raise InvalidName(what, value, "expected a signal name such as SIGTERM or SIGINT")
+    return value
 
 
 def _token(value: str, what: str, source: str, path: str) -> None:

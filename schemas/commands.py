@@ -10,6 +10,7 @@ import typing
 
 import msgspec
 
+from schemas import validation as v
 from schemas.states import Activity
 
 
@@ -18,6 +19,13 @@ class Command(
 ):
     id: str = ""
     by: str = ""
+
+    def __post_init__(self) -> None:
+        v.sender(self.by, self.id)
+        self._check()
+
+    def _check(self) -> None:
+        """The command's own fields (schemas.validation); refuses before anything is decided."""
 
 
 class Create(Command, frozen=True, tag="create"):
@@ -32,6 +40,16 @@ class Create(Command, frozen=True, tag="create"):
     options: dict[str, str] = {}
     command: str = ""
     template_spec: str = ""  # the resolved template as JSON, recorded in agent.created
+
+    def _check(self) -> None:
+        v.name(self.name, "agent name")
+        v.name(self.template, "template name")
+        if self.repo:
+            v.absolute_path(self.repo, "repo path")
+        v.git_ref(self.base_ref)
+        v.names(self.capabilities, "capability")
+        v.options(self.options)
+        v.text(self.command, "assistant command", v.MAX_COMMAND)
 
 
 class Show(Command, frozen=True, tag="show"):
@@ -64,19 +82,31 @@ class Send(Command, frozen=True, tag="send"):
     keys: tuple[str, ...] = ()
     enter: bool = True
 
+    def _check(self) -> None:
+        v.keys(self.keys)
+
 
 class Output(Command, frozen=True, tag="output"):
     lines: int = 200
     window: str = "agent"
+
+    def _check(self) -> None:
+        v.name(self.window, "window name")
 
 
 class Attach(Command, frozen=True, tag="attach"):
     user: str
     readonly: bool = False
 
+    def _check(self) -> None:
+        v.name(self.user, "user")
+
 
 class Detach(Command, frozen=True, tag="detach"):
     user: str
+
+    def _check(self) -> None:
+        v.name(self.user, "user")
 
 
 class Remove(Command, frozen=True, tag="remove"):
@@ -89,6 +119,11 @@ class Checkpoint(Command, frozen=True, tag="checkpoint"):
     label: str = ""
     auto: str = ""  # "" for a person's checkpoint; else why: rollback, stop, interval, unhealthy
 
+    def _check(self) -> None:
+        v.line(self.label, "checkpoint label")
+        if self.auto:
+            v.name(self.auto, "checkpoint reason (auto)")
+
 
 class Rollback(Command, frozen=True, tag="rollback"):
     checkpoint: int
@@ -99,6 +134,9 @@ class Rollback(Command, frozen=True, tag="rollback"):
 
 class RestartService(Command, frozen=True, tag="restart_service"):
     service: str
+
+    def _check(self) -> None:
+        v.name(self.service, "service name")
 
 
 class RecreateSession(Command, frozen=True, tag="recreate_session"):
@@ -116,6 +154,9 @@ class Escalate(Command, frozen=True, tag="escalate"):
     attempt: int = 1
     reason: str = ""
 
+    def _check(self) -> None:
+        v.name(self.rung, "recovery rung")
+
 
 # Commands the actor and the services send as they observe the world.
 
@@ -125,6 +166,9 @@ class ReportHealth(Command, frozen=True, tag="report_health"):
     healthy: bool
     probe: str = ""
     detail: str = ""
+
+    def _check(self) -> None:
+        v.name(self.service, "service name")
 
 
 class MarkRunning(Command, frozen=True, tag="mark_running"):

@@ -12,6 +12,7 @@ from datetime import datetime
 
 import msgspec
 
+from schemas import validation as v
 from schemas.agent import AgentState, ServiceState
 
 
@@ -25,8 +26,21 @@ class SpawnRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     capabilities: tuple[str, ...] = ()
     options: dict[str, str] = {}
     command: str = ""  # overrides the template's assistant command
+    env: dict[str, str] = {}  # more environment for the agent; values never reach the log
     by: str = ""
     id: str = ""
+
+    def __post_init__(self) -> None:
+        v.absolute_path(self.repo, "repo path")
+        if self.name:
+            v.name(self.name, "agent name")
+        v.name(self.template, "template name")
+        v.git_ref(self.base_ref)
+        v.names(self.capabilities, "capability")
+        v.options(self.options)
+        v.text(self.command, "assistant command", v.MAX_COMMAND)
+        v.env(self.env, "spawn env")
+        v.sender(self.by, self.id)
 
 
 class ListRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -35,6 +49,9 @@ class ListRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     removed: bool = False
     by: str = ""
     id: str = ""
+
+    def __post_init__(self) -> None:
+        v.sender(self.by, self.id)
 
 
 class TmuxView(msgspec.Struct, frozen=True):

@@ -11,7 +11,7 @@ from schemas.agent import AgentState
 from schemas.chain import Snapshot
 from schemas.commands import COMMAND_TYPES, AgentCommand
 from schemas.events import EVENT_TYPES, TAGS, AgentEvent, LifecycleChanged
-from tests.unit.test_schemas_strategies import struct_st
+from tests.unit.test_schemas_strategies import command_st, struct_st
 
 ENCODE = msgspec.json.encode
 
@@ -44,7 +44,7 @@ def test_event_round_trips_through_the_union(cls: type, data: st.DataObject) -> 
 @settings(max_examples=40)
 @given(data=st.data())
 def test_command_round_trips_through_the_union(cls: type, data: st.DataObject) -> None:
-    cmd = data.draw(struct_st(cls))
+    cmd = data.draw(command_st(cls))
     raw = ENCODE(cmd)
     back = msgspec.json.decode(raw, type=AgentCommand)
     assert type(back) is cls
