@@ -41,6 +41,7 @@ from schemas.events import AgentEvent
 log = logging.getLogger(__name__)
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream API error: Nats-Expected-Last-Subject-Sequence failed
+INSUFFICIENT_RESOURCES = 10023  # JetStream API error: the store's limit (or disk) is reached
 SNAPSHOT_EVERY = 50
 SHORT_TAIL = 2 * SNAPSHOT_EVERY  # events read by direct get before switching to a consumer
 REQUEST_TIMEOUT_S = 5.0
@@ -151,7 +152,9 @@ class EventStore:
             reply = await self.nc.request(subject, raw, timeout=REQUEST_TIMEOUT_S, headers=headers)
         except TimeoutError as e:
             raise StoreUnavailable(
-                f"cannot append to agent {agent_id}'s log: JetStream did not acknowledge in time"
+                f"cannot append to agent {agent_id}'s log: JetStream did not acknowledge it in"
+                f" {REQUEST_TIMEOUT_S:.0f} s (the NATS server is down or restarting, or the disk"
+                " under its store is full); retrying the same events is safe"
             ) from e
         except NoRespondersError as e:
             raise StoreUnavailable(
@@ -161,6 +164,12 @@ class EventStore:
         if ack.error is not None:
             if ack.error.err_code == WRONG_LAST_SEQUENCE:
                 raise ConcurrentUpdate(agent_id, seq)
+            if ack.error.err_code == INSUFFICIENT_RESOURCES:
+                raise StoreUnavailable(
+                    f"cannot append to agent {agent_id}'s log: the JetStream store is full"
+                    f" (JetStream error {INSUFFICIENT_RESOURCES}, {ack.error.description});"
+                    " free space under the NATS store, then retry"
+                )
             raise StoreUnavailable(
                 f"cannot append to agent {agent_id}'s log: {ack.error.description}"
                 f" (JetStream error {ack.error.err_code})"

@@ -32,7 +32,7 @@ import infra.nats
 from actors import supervisor
 from actors.agent import AgentConfig
 from actors.supervisor import FleetConfig
-from infra import fleetkey, natsserver, raycluster
+from infra import fleetkey, natsserver, raycluster, storewatch
 from infra.config import (
     FleetState,
     Settings,
@@ -147,6 +147,9 @@ async def _bring_up(settings: Settings, stack: AsyncExitStack) -> FleetState:
     stack.callback(remove_state, settings.state_file)
     if server is not None:  # watched only once the state file exists, so a restart can update it
         stack.push_async_callback(_cancel, _supervise(server, settings, state))
+        # After a full disk, a restart is what makes JetStream write again (infra/storewatch.py).
+        watch = storewatch.watch_space(server.store_dir, lambda: server.pid)
+        stack.push_async_callback(_cancel, asyncio.create_task(watch))
     return state
 
 
