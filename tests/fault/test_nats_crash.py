@@ -1,0 +1,87 @@
+"""kill -9 of the embedded nats-server under `fleet up`, in the middle of checked appends and
+mail: `fleet up` restarts it on the same store, every acknowledged event and message is still
+there, and the agent answers commands again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from infra.eventstore import EventStore
+from infra.mailbox import Mailbox
+from infra.nats import connect
+from schemas import subjects
+from tests.fault.conftest import fleet_cli, fleet_state
+from tests.fault.load import Tally, append_until, lost_events, lost_mail, mail_until
+
+GUARD_S = 60.0  # only stops a stuck load from hanging the suite; nothing is timed
+WRITERS = 2
+
+
+async def until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + GUARD_S
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_a_killed_nats_server_loses_no_acknowledged_write(
+    up_env: dict[str, str], repo: Path
+) -> None:
+    started = fleet_cli(up_env, "up", "--detach", "--json")
+    assert started.returncode == 0, started.stderr
+    spawned = fleet_cli(up_env, "spawn", "--repo", str(repo), "--name", "a1", "--json")
+    assert spawned.returncode == 0, spawned.stderr
+    state = fleet_state(up_env)
+    nc = await connect(state["nats_url"], name="fault-load")
+    try:
+        store, mailbox = EventStore(nc), Mailbox(nc)
+        tallies = [Tally() for _ in range(WRITERS + 1)]
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(append_until(store, f"load-{i}", stop, tallies[i]))
+            for i in range(WRITERS)
+        ]
+        tasks.append(asyncio.create_task(mail_until(mailbox, "load-mail", stop, tallies[-1])))
+
+        def acked() -> list[int]:
+            return [len(t.acked) for t in tallies]
+
+        await until(lambda: min(acked()) >= 50, "50 acknowledged writes each before the kill")
+        os.kill(state["nats_pid"], signal.SIGKILL)
+        before = acked()
+        await until(
+            lambda: fleet_state(up_env)["nats_pid"] != state["nats_pid"],
+            "fleet up to restart nats-server",
+        )
+        await until(
+            lambda: all(a >= b + 50 for a, b in zip(acked(), before, strict=True)),
+            "every writer to carry on after the restart",
+        )
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), GUARD_S)
+        assert nc.stats["reconnects"] >= 1, "the kill never interrupted the load's connection"
+        for i in range(WRITERS):
+            assert await lost_events(store, f"load-{i}", tallies[i]) == []
+        assert await lost_mail(nc, "load-mail", tallies[-1]) == []
+
+        after = fleet_state(up_env)
+        assert after["nats_url"] == state["nats_url"]  # the same port and store
+        reply = await nc.request(
+            subjects.command("a1"), b'{"type": "send", "text": "echo still here"}', timeout=30
+        )
+        answered = msgspec.json.decode(reply.data)
+        assert answered["ok"] is True, answered
+        assert answered["agent"]["lifecycle"] == "RUNNING"
+    finally:
+        await nc.close()
+    status = json.loads(fleet_cli(up_env, "status", "--json").stdout)
+    assert status["nats_alive"] is True
