@@ -22,8 +22,10 @@ import msgspec
 from infra.config import FleetState, Settings, pid_alive, read_state
 from schemas.errors import FleetError
 from services import cli_agents as agents
+from services import cli_complete as completion
 from services import cli_health as health
 from services import cli_history as history
+from services import cli_live as live
 from services import cli_mail as mail
 from services import cli_templates as templates
 from services import cli_tokens as tokens
@@ -77,6 +79,7 @@ class Subcommand:
     run: Callable[[argparse.Namespace], int]
     arguments: Callable[[argparse.ArgumentParser], None] | None = None
     aliases: tuple[str, ...] = ()
+    hidden: bool = False  # left out of --help and of completion (for scripts, not people)
 
 
 SUBCOMMANDS: tuple[Subcommand, ...] = (
@@ -84,6 +87,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("status", cmd_status),
     Subcommand("spawn", agents.cmd_spawn, agents.spawn_arguments),
     Subcommand("ls", agents.cmd_ls, agents.ls_arguments, aliases=("list",)),
+    Subcommand("top", live.cmd_top, live.top_arguments),
     Subcommand("show", agents.cmd_show, agents.id_argument),
     Subcommand("events", agents.cmd_events, agents.events_arguments),
     Subcommand("stop", agents.cmd_stop, agents.stop_arguments),
@@ -107,6 +111,8 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("mail", mail.cmd_mail, mail.mail_arguments),
     Subcommand("topic", mail.cmd_topic, mail.topic_arguments),
     Subcommand("schema", mail.cmd_schema, mail.schema_arguments),
+    Subcommand("completion", completion.cmd_completion, completion.completion_arguments),
+    Subcommand(completion.HIDDEN, completion.cmd_complete_agents, hidden=True),
 )
 
 
@@ -117,8 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for sub in SUBCOMMANDS:
         summary = (sub.run.__doc__ or "").strip().splitlines()[0]
-        p = subs.add_parser(sub.name, aliases=list(sub.aliases), help=summary, description=summary)
+        aliases = list(sub.aliases)
+        if sub.hidden:  # argparse lists only the subcommands given a help
+            p = subs.add_parser(sub.name, aliases=aliases, description=summary)
+        else:
+            p = subs.add_parser(sub.name, aliases=aliases, help=summary, description=summary)
         p.add_argument("--json", action="store_true", help="print JSON for programs")
+        p.add_argument("--no-color", action="store_true",
+                       help="no colour (also NO_COLOR=1 or FLEET_COLOR=never)")  # fmt: skip
         if sub.arguments is not None:
             sub.arguments(p)
         p.set_defaults(run=sub.run)
@@ -154,7 +166,9 @@ def _report_bug(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `fleet` console script; returns the exit status."""
     logging.basicConfig(level=logging.WARNING, format="fleet: %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    completion.autocomplete(parser)  # answers and exits when a shell asks for completions
+    args = parser.parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)
@@ -164,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BUG if e.code == "internal" else EXIT_FLEET_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`fleet ls | head`): nothing left to say
+        sys.stderr.close()  # and no "Exception ignored" when Python flushes stdout at exit
+        return EXIT_OK
     except Exception as e:
         _report_bug(e)
         return EXIT_BUG

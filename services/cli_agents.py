@@ -22,7 +22,9 @@ from nats.aio.msg import Msg
 from schemas import events as e
 from schemas import subjects
 from schemas.errors import FleetError, RemoteError
+from services import cli_live, cli_style
 from services.cli_events import print_events, summary
+from services.cli_progress import Progress
 from services.client import (
     RESTART_TIMEOUT_S,
     SPAWN_TIMEOUT_S,
@@ -116,7 +118,9 @@ async def _spawn(args: argparse.Namespace) -> int:
     width = max(len(n) for n in names)
     async with open_client() as client:
         subs = []
-        if not args.json:
+        spinner = Progress(client.nc, names, "spawning")
+        # On a terminal the spinner shows the steps; the step lines are for logs and scripts.
+        if not args.json and not (spinner.enabled and cli_style.is_terminal(sys.stdout)):
 
             async def progress(msg: Msg) -> None:
                 try:
@@ -127,10 +131,11 @@ async def _spawn(args: argparse.Namespace) -> int:
 
             subs = [await client.nc.subscribe(subjects.events(n), cb=progress) for n in names]
             await client.nc.flush()  # subscribed before the first event can be published
-        results = await asyncio.gather(
-            *(client.control("spawn", r, SPAWN_TIMEOUT_S) for r in requests),
-            return_exceptions=True,
-        )
+        async with spinner:
+            results = await asyncio.gather(
+                *(client.control("spawn", r, SPAWN_TIMEOUT_S) for r in requests),
+                return_exceptions=True,
+            )
         await asyncio.sleep(0.05)  # let progress lines already received print first
         for sub in subs:
             await sub.unsubscribe()
@@ -174,10 +179,21 @@ def _spawn_report(names: list[str], results: list[Any], as_json: bool) -> int:
 
 def ls_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="include removed agents")
+    p.add_argument(
+        "-w",
+        "--watch",
+        action="store_true",
+        help="keep the table live from the events (Ctrl-C quits)",
+    )
+    p.add_argument(
+        "--interval", type=float, default=1.0, help="with --watch: least seconds between redraws"
+    )
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
     """List the fleet's agents."""
+    if args.watch:
+        return cli_live.ls_watch(args)
     return asyncio.run(_ls(args))
 
 
@@ -194,7 +210,8 @@ async def _ls(args: argparse.Namespace) -> int:
             [a["id"], a["lifecycle"], a["activity"], a["template"], a["branch"], a["worktree"]]
             for a in agents
         ]
-        print(table(["ID", "LIFECYCLE", "ACTIVITY", "TEMPLATE", "BRANCH", "WORKTREE"], rows))
+        paint = cli_style.painter(cli_style.color_wanted(sys.stdout, no_color=args.no_color))
+        print(cli_style.table(cli_live.LS_HEADERS, rows, paint=paint, coloured=frozenset({1, 2})))
     return 0
 
 
@@ -238,10 +255,18 @@ def describe(a: dict[str, Any]) -> str:
     return "\n".join([a["id"], *(f"  {k:<10} {v}" for k, v in rows if v)])
 
 
+# Commands long enough to show a spinner (on a terminal), and its words.
+PROGRESS = {"stop": "stopping", "restart": "restarting", "kill": "killing"}
+
+
 async def _one(agent_id: str, type_: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
     subjects.token(agent_id)  # a bad id is refused before looking for fleetd
     async with open_client() as client:
-        reply = await client.command(agent_id, type_, timeout, **fields)
+        if type_ in PROGRESS:
+            async with Progress(client.nc, [agent_id], PROGRESS[type_]):
+                reply = await client.command(agent_id, type_, timeout, **fields)
+        else:
+            reply = await client.command(agent_id, type_, timeout, **fields)
     agent: dict[str, Any] = reply["agent"]
     return agent
 

@@ -25,6 +25,7 @@ from schemas.errors import FleetError, UnknownAgent
 from services import audit as auditing
 from services.cli_agents import id_argument, table
 from services.cli_events import summary
+from services.cli_progress import Progress
 from services.client import STOP_TIMEOUT_S, nats_url, open_client
 
 EXIT_VIOLATIONS = 3  # `fleet audit --verify` found something wrong
@@ -38,7 +39,8 @@ def _print_json(value: Any) -> None:
 
 async def _command(agent_id: str, type_: str, timeout: float, **fields: Any) -> dict[str, Any]:
     subjects.token(agent_id)
-    async with open_client() as client:
+    label = {"checkpoint": "checkpointing", "rollback": "rolling back"}.get(type_, type_)
+    async with open_client() as client, Progress(client.nc, [agent_id], label):
         return await client.command(agent_id, type_, timeout, **fields)
 
 

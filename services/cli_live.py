@@ -1,0 +1,408 @@
+"""`fleet ls --watch` and `fleet top`: live views from one list, then the event stream.
+
+The fleet is listed once (`fleet.ctl.list`); from then on each agent's state is kept by
+folding the events published on `fleet.evt.>` with the domain's own `evolve`, and `top` adds
+the health service's samples from `fleet.health.*` (one `fleet.ctl.health` per agent first).
+Nothing is polled. Events that arrive while the list is in flight are held and applied after
+it; an event no newer than the state it would change (`at` <= the state's `updated_at`) was
+already folded into the list and is skipped. A core subscription carries no stream sequence,
+so an append JetStream refused (a stale writer's) would show too; the next event corrects it.
+
+On a terminal a frame is redrawn in place on the alternate screen (as `watch` and `htop` do)
+and the last one is printed on the normal screen at Ctrl-C, which exits 0. Elsewhere each
+frame that differs from the previous one is printed, followed by a blank line. `--interval`
+is the least time between two frames; changes in between are drawn together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+
+from schemas import events as e
+from schemas import subjects
+from schemas.agent import AgentState, evolve, initial
+from schemas.control import AgentView
+from schemas.errors import FleetError, RemoteError
+from schemas.health import Observation, Sample
+from schemas.states import Activity, Lifecycle
+from services import cli_style as style
+from services.client import FleetClient, open_client
+
+HEALTH_TIMEOUT_S = 2.0  # a node's health service answers only for its own agents
+ALT_SCREEN_ON, ALT_SCREEN_OFF, HOME = "\x1b[?1049h", "\x1b[?1049l", "\x1b[H"
+SORTS = ("cpu", "mem", "name")
+
+_event_decoder = msgspec.json.Decoder(e.AgentEvent)
+_observation_decoder = msgspec.json.Decoder(Observation)
+
+
+def state_of(v: AgentView) -> AgentState:
+    """The part of an agent's state a view carries, as a state `evolve` can go on from."""
+    return AgentState(
+        agent_id=v.id,
+        name=v.name,
+        template=v.template,
+        repo=v.repo,
+        branch=v.branch,
+        lifecycle=Lifecycle(v.lifecycle),
+        activity=Activity(v.activity),
+        activity_detail=v.activity_detail,
+        reason=v.reason,
+        worktree=v.worktree,
+        tmux_socket=v.tmux.socket,
+        tmux_session=v.tmux.session,
+        ports=v.ports,
+        services=v.services,
+        users=v.users,
+        created_at=v.created_at,
+        updated_at=v.updated_at,
+        events=v.events,
+    )
+
+
+class LiveFleet:
+    """The agents as the live views show them; `changed` is set whenever something moved."""
+
+    def __init__(self, include_removed: bool = False) -> None:
+        self.include_removed = include_removed
+        self.states: dict[str, AgentState] = {}
+        self.samples: dict[str, Sample] = {}
+        self.changed = asyncio.Event()
+        self._held: list[e.AgentEvent] | None = []  # events seen before the list came
+
+    def load(self, views: list[AgentView]) -> None:
+        self.states = {v.id: state_of(v) for v in views}
+        held, self._held = self._held or [], None
+        for event in held:
+            self.apply(event)
+        self.changed.set()
+
+    def apply(self, event: e.AgentEvent) -> bool:
+        """Fold one event in; return whether it changed anything."""
+        if self._held is not None:
+            self._held.append(event)
+            return False
+        old = self.states.get(event.agent_id) or initial(event.agent_id)
+        if old.updated_at is not None and event.at <= old.updated_at:
+            return False  # already in the listed state
+        self.states[event.agent_id] = evolve(old, event)
+        self.changed.set()
+        return True
+
+    def observe(self, obs: Observation) -> bool:
+        if obs.kind != "sample" or obs.sample is None:
+            return False
+        self.samples[obs.agent] = obs.sample
+        self.changed.set()
+        return True
+
+    def shown(self) -> list[AgentState]:
+        """The agents to show, by id (removed ones only when asked)."""
+        return [s for _, s in sorted(self.states.items()) if self.include_removed or not s.removed]
+
+
+def health_word(s: AgentState) -> str:
+    """failing (a service unhealthy, or ERROR), ok (every service healthy), else -."""
+    verdicts = [svc.healthy for svc in s.services.values()]
+    if s.lifecycle is Lifecycle.ERROR or False in verdicts:
+        return "failing"
+    return "ok" if verdicts and all(v is True for v in verdicts) else "-"
+
+
+def restarts(s: AgentState) -> int:
+    return sum(svc.restarts for svc in s.services.values())
+
+
+# -- frames ---------------------------------------------------------------------------------
+
+LS_HEADERS = ["ID", "LIFECYCLE", "ACTIVITY", "TEMPLATE", "BRANCH", "WORKTREE"]
+TOP_HEADERS = ["ID", "LIFECYCLE", "ACTIVITY", "CPU%", "RSS MB", "THREADS", "PROCS", "RESTARTS",
+               "HEALTH"]  # fmt: skip
+
+
+def ls_rows(fleet: LiveFleet) -> list[list[str]]:
+    return [
+        [s.agent_id, s.lifecycle.value, s.activity.value, s.template, s.branch, s.worktree]
+        for s in fleet.shown()
+    ]
+
+
+def ls_frame(fleet: LiveFleet, paint: style.Painter) -> str:
+    rows = ls_rows(fleet)
+    if not rows:
+        return "no agents (fleet spawn starts one)"
+    return style.table(LS_HEADERS, rows, paint=paint, coloured=frozenset({1, 2}))
+
+
+def ls_json(fleet: LiveFleet) -> str:
+    rows = [
+        {
+            "id": s.agent_id,
+            "lifecycle": s.lifecycle.value,
+            "activity": s.activity.value,
+            "activity_detail": s.activity_detail,
+            "reason": s.reason,
+            "template": s.template,
+            "branch": s.branch,
+            "worktree": s.worktree,
+        }
+        for s in fleet.shown()
+    ]
+    return msgspec.json.encode(rows).decode()
+
+
+def top_rows(fleet: LiveFleet, sort: str) -> list[dict[str, Any]]:
+    """One dict per agent: its state words, its last sample (None when unsampled), health."""
+    rows = []
+    for s in fleet.shown():
+        sample = fleet.samples.get(s.agent_id)
+        rows.append(
+            {
+                "id": s.agent_id,
+                "lifecycle": s.lifecycle.value,
+                "activity": s.activity.value,
+                "cpu_percent": sample.cpu_percent if sample else None,
+                "rss_mb": sample.rss_mb if sample else None,
+                "threads": sample.threads if sample else None,
+                "processes": sample.processes if sample else None,
+                "restarts": restarts(s),
+                "health": health_word(s),
+            }
+        )
+    return sort_rows(rows, sort)
+
+
+def sort_rows(rows: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:
+    """cpu and mem: highest first (unsampled last); name: by id. Ties by id."""
+    rows = sorted(rows, key=lambda r: r["id"])
+    if sort == "name":
+        return rows
+    key = "cpu_percent" if sort == "cpu" else "rss_mb"
+    return sorted(rows, key=lambda r: -1.0 if r[key] is None else r[key], reverse=True)
+
+
+def _figure(value: float | int | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def top_frame(rows: list[dict[str, Any]], paint: style.Painter) -> str:
+    if not rows:
+        return "no agents (fleet spawn starts one)"
+    cells = [
+        [
+            r["id"],
+            r["lifecycle"],
+            r["activity"],
+            _figure(r["cpu_percent"], ".1f"),
+            _figure(r["rss_mb"], ".1f"),
+            _figure(r["threads"], "d"),
+            _figure(r["processes"], "d"),
+            str(r["restarts"]),
+            r["health"],
+        ]
+        for r in rows
+    ]
+    return style.table(TOP_HEADERS, cells, paint=paint, coloured=frozenset({1, 2, 8}))
+
+
+def top_summary(rows: list[dict[str, Any]], sort: str) -> str:
+    running = sum(r["lifecycle"] == "RUNNING" for r in rows)
+    cpu = sum(r["cpu_percent"] or 0.0 for r in rows)
+    rss = sum(r["rss_mb"] or 0.0 for r in rows)
+    return (
+        f"{len(rows)} agents, {running} running, cpu {cpu:.1f}%, rss {rss:.0f} MB"
+        f"  (sorted by {sort})"
+    )
+
+
+# -- feeding the fleet ----------------------------------------------------------------------
+
+
+async def follow(client: FleetClient, fleet: LiveFleet, *, health: bool) -> list[Any]:
+    """Subscribe to every agent's events (and health observations), then list the fleet.
+
+    Subscribed before the list is asked for, so nothing that happens in between is missed.
+    Returns the subscriptions, to be ended by the caller.
+    """
+
+    async def on_event(msg: Msg) -> None:
+        try:
+            fleet.apply(_event_decoder.decode(msg.data))
+        except msgspec.DecodeError:
+            pass  # a tag this CLI does not know yet; `fleet events` shows it as unreadable
+
+    async def on_health(msg: Msg) -> None:
+        with contextlib.suppress(msgspec.DecodeError):
+            fleet.observe(_observation_decoder.decode(msg.data))
+
+    subs = [await client.nc.subscribe(subjects.ALL_EVENTS, cb=on_event)]
+    if health:
+        subs.append(await client.nc.subscribe(subjects.ALL_HEALTH, cb=on_health))
+    await client.nc.flush()
+    await load(client, fleet, health=health)
+    return subs
+
+
+async def load(client: FleetClient, fleet: LiveFleet, *, health: bool) -> None:
+    reply = await client.control("list", {"removed": fleet.include_removed})
+    fleet.load(msgspec.convert(reply.get("agents", []), list[AgentView]))
+    if health:
+        await asyncio.gather(*(_last_sample(client, fleet, a) for a in list(fleet.states)))
+
+
+async def _last_sample(client: FleetClient, fleet: LiveFleet, agent_id: str) -> None:
+    """The health service's latest sample of one agent, if it has one and answers in time."""
+    payload = {"agent": agent_id, "limit": 1, "kind": "sample"}
+    try:
+        reply = await client.control("health", payload, timeout=HEALTH_TIMEOUT_S)
+    except RemoteError:
+        return  # no health service, not this node's agent, or not sampled yet: shown as "-"
+    for row in reply.get("history") or []:
+        with contextlib.suppress(msgspec.ValidationError):
+            obs = msgspec.convert(row, Observation)
+            if agent_id not in fleet.samples:  # a live sample may already be newer
+                fleet.observe(obs)
+
+
+# -- drawing --------------------------------------------------------------------------------
+
+
+class Screen:
+    """Where frames go: redrawn in place on a terminal, appended otherwise."""
+
+    def __init__(self, in_place: bool) -> None:
+        self.in_place = in_place
+        self.last = ""
+
+    def __enter__(self) -> Screen:
+        if self.in_place:
+            sys.stdout.write(ALT_SCREEN_ON + style.HIDE_CURSOR)
+        return self
+
+    def show(self, frame: str) -> None:
+        if frame == self.last:
+            return
+        self.last = frame
+        if self.in_place:
+            sys.stdout.write(HOME + style.CLEAR_DOWN + frame + "\n")
+        else:
+            sys.stdout.write(frame + "\n\n")
+        sys.stdout.flush()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.in_place:  # back to the normal screen, and leave the last frame on it
+            sys.stdout.write(style.SHOW_CURSOR + ALT_SCREEN_OFF + self.last + "\n")
+            sys.stdout.flush()
+
+
+async def redraw(
+    fleet: LiveFleet, screen: Screen, render: Callable[[], str], interval: float
+) -> None:
+    """Draw a frame after each change, at most one per `interval` seconds; until cancelled."""
+    drawn_at = -interval
+    while True:
+        await fleet.changed.wait()
+        await asyncio.sleep(max(0.0, drawn_at + interval - time.monotonic()))
+        fleet.changed.clear()
+        screen.show(render())
+        drawn_at = time.monotonic()
+
+
+def _headline(title: str, interval: float) -> str:
+    now = datetime.now().strftime("%H:%M:%S")
+    return f"{title}  every {interval:g} s, Ctrl-C quits  {now}\n"
+
+
+async def watch(args: argparse.Namespace, render: Callable[[LiveFleet, bool], str], *,
+                health: bool, title: str) -> int:  # fmt: skip
+    """Run a live view until interrupted: `render(fleet, on_terminal)` makes a frame."""
+    fleet = LiveFleet(include_removed=getattr(args, "all", False))
+    in_place = not args.json and style.is_terminal(sys.stdout)
+    async with open_client() as client:
+        subs = await follow(client, fleet, health=health)
+        try:
+            with Screen(in_place) as screen:
+
+                def frame() -> str:
+                    body = render(fleet, in_place)
+                    return _headline(title, args.interval) + body if in_place else body
+
+                await redraw(fleet, screen, frame, args.interval)
+        finally:
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+    return 0
+
+
+def run_until_interrupted(coro: Any) -> int:
+    """Ctrl-C is how a live view ends, so it is exit status 0, not 130."""
+    try:
+        status: int = asyncio.run(coro)
+    except KeyboardInterrupt:
+        return 0
+    return status
+
+
+def check_interval(value: float) -> float:
+    if not value > 0:
+        raise FleetError(f"--interval must be more than 0 seconds, not {value:g}")
+    return value
+
+
+# -- the commands ---------------------------------------------------------------------------
+
+
+def ls_watch(args: argparse.Namespace) -> int:
+    """`fleet ls --watch`: the `ls` table, kept up to date from the event stream."""
+    check_interval(args.interval)
+    paint = style.painter(style.color_wanted(sys.stdout, no_color=args.no_color))
+
+    def render(fleet: LiveFleet, on_terminal: bool) -> str:
+        return ls_json(fleet) if args.json else ls_frame(fleet, paint)
+
+    return run_until_interrupted(watch(args, render, health=False, title="fleet ls --watch"))
+
+
+def top_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sort", choices=SORTS, default="cpu", help="order of the rows (default cpu)")
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.add_argument("--interval", type=float, default=2.0,
+                   help="least seconds between two frames (default 2)")  # fmt: skip
+    p.add_argument("--all", action="store_true", help="include removed agents")
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    """Live CPU, memory, threads, restarts and health of every agent."""
+    check_interval(args.interval)
+    paint = style.painter(style.color_wanted(sys.stdout, no_color=args.no_color))
+
+    def render(fleet: LiveFleet, on_terminal: bool) -> str:
+        rows = top_rows(fleet, args.sort)
+        if args.json:
+            return msgspec.json.encode(rows).decode()
+        body = top_frame(rows, paint)
+        return top_summary(rows, args.sort) + "\n\n" + body if on_terminal else body
+
+    if args.once:
+        return asyncio.run(_top_once(args, render))
+    return run_until_interrupted(watch(args, render, health=True, title="fleet top"))
+
+
+async def _top_once(args: argparse.Namespace, render: Callable[[LiveFleet, bool], str]) -> int:
+    fleet = LiveFleet(include_removed=args.all)
+    async with open_client() as client:
+        fleet.changed.clear()
+        await load(client, fleet, health=True)
+    print(render(fleet, False))
+    return 0
