@@ -53,8 +53,16 @@ def _log_tail(path: Path, lines: int = 8) -> str:
 class NatsServer:
     """One nats-server process with JetStream on `store_dir`; start with `NatsServer.start`."""
 
-    def __init__(self, store_dir: Path, host: str, port: int | None, binary: Path) -> None:
+    def __init__(
+        self,
+        store_dir: Path,
+        host: str,
+        port: int | None,
+        binary: Path,
+        config: Path | None = None,
+    ) -> None:
         self.store_dir = store_dir
+        self.config = config  # a config file (users and permissions: infra/natsauth.py)
         self.host = host
         self.port: int = port or 0  # 0 until the first start has chosen one
         self.binary = binary
@@ -66,10 +74,17 @@ class NatsServer:
 
     @classmethod
     def start(
-        cls, store_dir: Path | str, host: str = "127.0.0.1", port: int | None = None
+        cls,
+        store_dir: Path | str,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        config: Path | None = None,
     ) -> NatsServer:
-        """Start a server and return once it accepts clients; `port=None` lets the OS choose."""
-        server = cls(Path(store_dir), host, port, find_binary())
+        """Start a server and return once it accepts clients; `port=None` lets the OS choose.
+
+        With `config` (its users: infra/natsauth.py), the server reads a main config file that
+        names it, holds its JetStream store and includes `config`; SIGHUP re-reads them."""
+        server = cls(Path(store_dir), host, port, find_binary(), config)
         server._spawn()
         return server
 
@@ -87,16 +102,37 @@ class NatsServer:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def server_name(self) -> str:
+        return f"fleetd-{self.store_dir.name}"
+
     def _command(self) -> list[str]:
+        listen = ["--addr", self.host, "--port", str(self.port or -1)]
+        ports = ["--ports_file_dir", str(self.ports_dir)]
+        if self.config is not None:
+            return [str(self.binary), "--config", str(self._write_main_config()), *listen, *ports]
         return [
             str(self.binary),
-            "--addr", self.host,
-            "--port", str(self.port or -1),
+            *listen,
             "--jetstream",
             "--store_dir", str(self.store_dir),
-            "--server_name", f"fleetd-{self.store_dir.name}",
-            "--ports_file_dir", str(self.ports_dir),
+            "--server_name", self.server_name,
+            *ports,
         ]  # fmt: skip
+
+    def _write_main_config(self) -> Path:
+        """With a config, the name and JetStream go in a file that includes it: a reload
+        re-reads only files, and refuses a server name that is not in them."""
+        assert self.config is not None
+        main = self.store_dir.parent / f"{self.store_dir.name}-server.conf"
+        included = os.path.relpath(self.config, main.parent)  # include is relative to `main`
+        text = (
+            f"server_name: {json.dumps(self.server_name)}\n"
+            f"jetstream: {{store_dir: {json.dumps(str(self.store_dir))}}}\n"
+            f"include {json.dumps(included)}\n"
+        )
+        main.write_text(text)
+        return main
 
     def _spawn(self) -> None:
         """Launch and wait for the ports file, which the server writes only once it is ready."""
@@ -175,6 +211,14 @@ class NatsServer:
         if proc is not None:
             proc.wait()
             self._forget_ports_file(proc.pid)
+
+    def reload(self) -> None:
+        """Ask the server to re-read its config file (SIGHUP, as `--signal reload=<pid>`).
+
+        It returns at once; the server applies the file a moment later (see natsauth)."""
+        if not self.running:
+            raise NatsServerFailed("is not running, so it cannot reload", str(self.log_path), "")
+        os.kill(self.pid, signal.SIGHUP)
 
     def restart(self) -> None:
         """Stop if still running, then start again on the same store dir and the same port."""

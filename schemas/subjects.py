@@ -23,6 +23,7 @@ BUCKETS = (SNAPSHOTS_BUCKET, REGISTRY_BUCKET, PORTS_BUCKET, TEMPLATES_BUCKET, SL
 _ROOT = "fleet"
 ALL_EVENTS = f"{_ROOT}.evt.>"
 ALL_MAIL = f"{_ROOT}.mail.>"
+ANY_MAIL = f"{_ROOT}.mail.*.*"  # a message to any agent at any priority (agents may send it)
 ALL_DEAD_MAIL = f"{_ROOT}.deadmail.>"
 ALL_HEALTH = f"{_ROOT}.health.*"  # every agent's health observations
 ALL_NOTIFY = f"{_ROOT}.notify.*"  # notifications of every severity
@@ -71,6 +72,11 @@ def command(agent_id: str) -> str:
 def control(verb: str) -> str:
     """Fleet-wide request/reply subject: spawn, list, find, templates, ports."""
     return f"{_ROOT}.ctl.{token(verb, 'control verb')}"
+
+
+def node_control(verb: str, node: str) -> str:
+    """`fleet.ctl.<verb>.<node>`: a request for the service of one Ray node (ports binds there)."""
+    return f"{control(verb)}.{token(node, 'node id')}"
 
 
 def mail(agent_id: str, priority: str) -> str:
