@@ -83,4 +83,4 @@ def autocomplete(parser: argparse.ArgumentParser) -> None:
     """Answer a completion request and exit, if this run is one (`_ARGCOMPLETE` set)."""
     attach(parser)
     with contextlib.suppress(BrokenPipeError):
-        argcomplete.autocomplete(parser, exclude=[HIDDEN])
+        argcomplete.autocomplete(parser, always_complete_options=False, exclude=[HIDDEN])

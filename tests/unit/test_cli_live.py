@@ -1,0 +1,158 @@
+"""The live views' model (a list, then events folded with `evolve`), their rows and the spinner."""
+
+from __future__ import annotations
+
+import io
+import os
+import pty
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
+
+import msgspec
+import pytest
+
+from schemas import events as e
+from schemas.agent import ServiceState
+from schemas.control import AgentView
+from schemas.health import Observation, Sample
+from schemas.states import Activity, Lifecycle
+from services import cli_live as live
+from services.cli_progress import Progress, step
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def at(s: float) -> datetime:
+    return T0 + timedelta(seconds=s)
+
+
+def agent(agent_id: str, lifecycle: str = "RUNNING", updated: float = 10.0) -> AgentView:
+    return AgentView(
+        id=agent_id,
+        name=agent_id,
+        template="shell",
+        lifecycle=lifecycle,
+        activity="READY",
+        branch=f"fleet/{agent_id}",
+        updated_at=at(updated),
+    )
+
+
+def changed(agent_id: str, when: float, to: Lifecycle, frm: Lifecycle) -> e.LifecycleChanged:
+    return e.LifecycleChanged(agent_id=agent_id, event_id=f"{when}", at=at(when), to=to, frm=frm)
+
+
+async def test_events_after_the_list_change_the_rows() -> None:
+    fleet = live.LiveFleet()
+    fleet.load([agent("a1"), agent("a2")])
+    fleet.changed.clear()
+    assert fleet.apply(changed("a1", 11, Lifecycle.PAUSED, Lifecycle.RUNNING))
+    assert fleet.changed.is_set()
+    rows = {r[0]: r for r in live.ls_rows(fleet)}
+    assert rows["a1"][1] == "PAUSED" and rows["a2"][1] == "RUNNING"
+    asking = e.ActivityChanged(
+        agent_id="a2", event_id="q", at=at(12), to=Activity.AWAITING_INPUT, detail="Proceed?"
+    )
+    fleet.apply(asking)
+    assert fleet.states["a2"].activity_detail == "Proceed?"
+    assert [r[2] for r in live.ls_rows(fleet)] == ["READY", "AWAITING_INPUT"]
+
+
+async def test_events_seen_during_the_list_are_held_and_old_ones_skipped() -> None:
+    fleet = live.LiveFleet()
+    old = changed("a1", 5, Lifecycle.SPAWNING, Lifecycle.NEW)  # already folded into the list
+    new = changed("a1", 20, Lifecycle.STOPPING, Lifecycle.RUNNING)
+    assert not fleet.apply(old) and not fleet.apply(new)  # held: no list yet
+    assert fleet.states == {}
+    fleet.load([agent("a1", updated=10)])
+    assert fleet.states["a1"].lifecycle is Lifecycle.STOPPING
+    assert not fleet.apply(changed("a1", 20, Lifecycle.STOPPING, Lifecycle.RUNNING))
+
+
+async def test_a_new_agent_appears_and_a_removed_one_goes() -> None:
+    fleet = live.LiveFleet()
+    fleet.load([agent("a1")])
+    created = e.AgentCreated(
+        agent_id="b2", event_id="c", at=at(30), name="b2", template="claude", repo="/r"
+    )
+    fleet.apply(created)
+    fleet.apply(changed("b2", 31, Lifecycle.SPAWNING, Lifecycle.NEW))
+    assert [r[:4] for r in live.ls_rows(fleet)] == [
+        ["a1", "RUNNING", "READY", "shell"],
+        ["b2", "SPAWNING", "READY", "claude"],
+    ]
+    fleet.apply(e.AgentRemoved(agent_id="a1", event_id="r", at=at(32)))
+    assert [r[0] for r in live.ls_rows(fleet)] == ["b2"]
+    fleet.include_removed = True
+    assert [r[0] for r in live.ls_rows(fleet)] == ["a1", "b2"]
+
+
+def sample(agent_id: str, cpu: float, rss: float) -> Observation:
+    return Observation(
+        agent=agent_id, at=T0, kind="sample", sample=Sample(cpu_percent=cpu, rss_mb=rss, threads=3)
+    )
+
+
+async def test_top_rows_sort_and_show_samples_restarts_and_health() -> None:
+    fleet = live.LiveFleet()
+    web = ServiceState(name="web", state="running", healthy=True, restarts=2)
+    db = ServiceState(name="db", state="running", healthy=False, restarts=1)
+    views = [agent("a"), agent("b"), agent("c")]
+    views[0] = msgspec.structs.replace(views[0], services={"web": web})
+    views[1] = msgspec.structs.replace(views[1], services={"web": web, "db": db})
+    fleet.load(views)
+    assert not fleet.observe(Observation(agent="a", at=T0, kind="probe", ok=True))
+    fleet.observe(sample("a", 5.0, 300.0))
+    fleet.observe(sample("b", 50.0, 100.0))
+    by_cpu = live.top_rows(fleet, "cpu")
+    assert [r["id"] for r in by_cpu] == ["b", "a", "c"]  # unsampled last
+    assert [r["id"] for r in live.top_rows(fleet, "mem")] == ["a", "b", "c"]
+    assert [r["id"] for r in live.top_rows(fleet, "name")] == ["a", "b", "c"]
+    rows = {r["id"]: r for r in by_cpu}
+    assert rows["a"]["health"] == "ok" and rows["b"]["health"] == "failing"
+    assert rows["c"]["health"] == "-" and rows["c"]["cpu_percent"] is None
+    assert rows["b"]["restarts"] == 3 and rows["b"]["rss_mb"] == 100.0
+    frame = live.top_frame(by_cpu, live.style.plain)
+    assert frame.splitlines()[0].split()[:4] == ["ID", "LIFECYCLE", "ACTIVITY", "CPU%"]
+    assert frame.splitlines()[1].split() == ["b", "RUNNING", "READY", "50.0", "100.0", "3", "0",
+                                             "3", "failing"]  # fmt: skip
+    assert frame.splitlines()[3].split()[3:7] == ["-", "-", "-", "-"]
+
+
+def test_an_interval_must_be_positive() -> None:
+    with pytest.raises(live.FleetError, match="--interval must be more than 0 seconds, not 0"):
+        live.check_interval(0)
+
+
+# -- the spinner ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tty() -> Iterator[TextIO]:
+    master, slave = pty.openpty()
+    stream = os.fdopen(slave, "w")
+    try:
+        yield stream
+    finally:
+        stream.close()
+        os.close(master)
+
+
+def test_the_spinner_shows_each_agents_step_only_on_a_terminal(tty: TextIO) -> None:
+    nc: Any = None  # never reached: nothing subscribes until entered
+    assert not Progress(nc, ["a1"], "spawning", io.StringIO()).enabled
+    one = Progress(nc, ["a1"], "spawning", tty)
+    assert one.enabled
+    assert "spawning a1: waiting" in one.line()
+    ready = e.WorkspaceReady(agent_id="a1", event_id="w", at=T0, path="/w", branch="b")
+    one.saw(ready)
+    assert "spawning a1: workspace.ready" in one.line()
+    started = e.ServiceStarted(agent_id="a1", event_id="s", at=T0, service="web", pid=1)
+    assert step(started) == "service.started web"
+    several = Progress(nc, ["a1", "a2"], "spawning", tty)
+    several.saw(changed("a1", 1, Lifecycle.RUNNING, Lifecycle.SPAWNING))
+    several.saw(ready.__class__(agent_id="a2", event_id="w", at=T0, path="/w", branch="b"))
+    several.saw(changed("zz", 1, Lifecycle.RUNNING, Lifecycle.SPAWNING))  # not ours
+    assert "2 agents, 1 done" in several.line() and "a2: workspace.ready" in several.line()
+    assert "a1:" not in several.line()
