@@ -1,16 +1,23 @@
-"""The dashboard in real headless Chromium (Debian's `chromium`) on a real fleet: spawn from the
-page, see the card change live as the agent is paused and resumed, then type into the agent's
-terminal (xterm.js over `/ws/term`) and see the output, while the page shows who is present."""
+"""The dashboard in real headless Chromium (Debian's `chromium`) on a real fleet and the real
+health service: spawn from the page, see the card change live as the agent is paused and
+resumed and its CPU/memory arrive, then type into the agent's terminal (xterm.js over
+`/ws/term`) and see the output while the page shows who is present; take a checkpoint from the
+page and see it listed, mail the agent and see the mail in its inbox, roll back with the
+page's confirmation and see the rollback in the timeline."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from infra.nats import connect
 from services.gateway_web import NODE_MODULES, VENDOR
+from services.health import HealthConfig, HealthService
 from tests.conftest import Fleet
 from tests.fleet import cdp
 from tests.fleet.gateway_fixtures import run_gateway
@@ -32,12 +39,57 @@ TERMINAL_TEXT = """(() => { const b = term.buffer.active; const out = [];
   return out.join("\\n"); })()"""
 
 
-def card(agent: str) -> str:
-    return f"document.querySelector('#a-{agent} .lc')?.textContent"
+def card(agent: str, part: str = "lc") -> str:
+    return f"document.querySelector('#a-{agent} .{part}')?.textContent"
+
+
+def text(selector: str) -> str:
+    return f"(document.querySelector({selector!r})?.textContent || '')"
+
+
+def submit(form: str, **fields: str) -> str:
+    """JS that fills the form's fields and submits it as a person would."""
+    sets = "".join(f"f.elements[{k!r}].value = {json.dumps(v)}; " for k, v in fields.items())
+    return f"(() => {{ const f = document.querySelector({form!r}); {sets}f.requestSubmit(); }})()"
+
+
+PHONE_PX = 375
+WIDE_ELEMENTS = """[...document.querySelectorAll('body *')]
+  .filter((el) => el.getBoundingClientRect().right > PHONE_PX && !el.closest('.scroll'))
+  .slice(0, 4).map((el) => `${el.tagName}#${el.id}.${el.className} ${el.getBoundingClientRect().right}`)"""
+
+
+async def assert_fits_a_phone(page: cdp.Page) -> None:
+    """At 375 px wide nothing makes the page scroll sideways (wide tables scroll in place)."""
+    # mobile=False: a mobile viewport would zoom out to fit a too-wide page and hide it.
+    phone = {"width": PHONE_PX, "height": 740, "deviceScaleFactor": 1, "mobile": False}
+    await page.call("Emulation.setDeviceMetricsOverride", **phone)
+    try:
+        await page.js("new Promise((ok) => requestAnimationFrame(() => ok()))")
+        width = await page.js("document.documentElement.scrollWidth")
+        wide = await page.js(WIDE_ELEMENTS.replace("PHONE_PX", str(PHONE_PX)))
+        assert width <= PHONE_PX, f"the page is {width} px wide on a {PHONE_PX} px phone: {wide}"
+    finally:
+        await page.call("Emulation.clearDeviceMetricsOverride")
+
+
+@pytest.fixture
+async def health(fleet: Fleet) -> AsyncIterator[HealthService]:
+    """The real health service, sampling often, in the test's loop (as `fleet up` runs it)."""
+    nc = await connect(fleet.nats_url)
+    service = HealthService(nc, HealthConfig(sample_period_s=0.3, tick_s=0.1))
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        yield service
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await nc.close()
 
 
 async def test_spawn_watch_and_type_in_the_browser(
-    fleet: Fleet, repo: Path, tmp_path: Path
+    fleet: Fleet, repo: Path, tmp_path: Path, health: HealthService
 ) -> None:
     async for gw in run_gateway(fleet.nats_url, fleet.state_dir):
         async with cdp.browser(tmp_path / "chromium") as page, aiohttp.ClientSession() as http:
@@ -58,6 +110,9 @@ async def test_spawn_watch_and_type_in_the_browser(
                 async with http.post(url, headers=gw.headers("operator")) as r:
                     assert r.status == 200, await r.text()
                 await page.until(f"{card('b1')} === {shown!r}")  # live, over /ws/events
+            resources = await page.until(f"{card('b1', 'res')}")  # the health service's sample
+            assert resources.startswith("cpu ") and resources.endswith(" MB"), resources
+            await assert_fits_a_phone(page)
 
             await page.js("location.hash = '#/agent/b1'")
             mode = await page.until("document.querySelector('#term-mode')?.textContent")
@@ -70,6 +125,22 @@ async def test_spawn_watch_and_type_in_the_browser(
             await page.call("Input.dispatchKeyEvent", type="keyDown", text="\r", **enter)
             await page.call("Input.dispatchKeyEvent", type="keyUp", **enter)
             await page.until(f"{TERMINAL_TEXT}.includes('browser-42')")
+
+            await page.until(f"{text('#checkpoints')}.includes('no checkpoints yet')")
+            await page.js(submit("#cp-form", label="from the page"))
+            await page.until(f"{text('#checkpoints')}.includes('from the page')", 60)
+            assert "checkpoint #1" in await page.js(text("#result"))
+
+            await page.until(f"{text('#inbox')}.includes('no mail waiting')")
+            await page.js(submit("#mail-form", body="hello from the page", priority="high"))
+            await page.until(f"{text('#inbox')}.includes('hello from the page')")
+            row = await page.js(text("#inbox tr.p-high"))
+            assert "test-admin" in row, row  # sent from the token's name
+
+            await page.js("document.querySelector('#checkpoints button.rollback').click()")
+            await page.js("document.querySelector('#checkpoints button.confirm').click()")
+            await page.until(f"{text('#timeline')}.includes('rolled_back')", 90)
+            await assert_fits_a_phone(page)
 
             await page.js("location.hash = '#/'")  # leaving the page closes the terminal
             for _ in range(100):
