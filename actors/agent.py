@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import KeyNotFoundError
 
-from actors import checkpoints, services, steps
+from actors import checkpoints, dedupe, services, steps
 from actors.monitor import ActivityMonitor
 from infra import registry
 from infra.eventstore import EventStore
@@ -94,6 +94,7 @@ class AgentActor:
         self.interval: asyncio.Task[None] | None = None  # interval checkpoints (checkpoints.py)
         self.template: Template | None = None  # the resolved template, set before bring_up
         self.services: services.Services | None = None  # this incarnation's dev services
+        self.applied = dedupe.Applied()  # ids of commands already done: a retry is not redone
         self.limiter = RateLimiter(config.cmd_rate, config.cmd_burst, "commands")
         self.heartbeat = registry.Heartbeat(self.nc, self._registry_entry, config.heartbeat_s)
         self.node = _node_id()
@@ -123,6 +124,7 @@ class AgentActor:
             await kv.put(self.slot, agent_id.encode())
         loaded = await self.store.load(agent_id)
         self.state, self.position = loaded.state, loaded.position
+        self.applied = await dedupe.load(self.store, agent_id, self.position.seq)
         self.sub = await self.nc.subscribe(subjects.command(agent_id), cb=self._on_command)
         await self.nc.flush()
         self.heartbeat.start()
@@ -179,6 +181,7 @@ class AgentActor:
             loaded = await self.store.load(self.state.agent_id)
             self.state, self.position = loaded.state, loaded.position
             raise
+        self.applied.add(events)
         self.heartbeat.poke()  # the registry shows a new lifecycle or activity at once
 
     async def _fail(self, reason: str) -> None:
@@ -234,6 +237,8 @@ class AgentActor:
                 return replies.ok(output=await steps.output(self, window, lines))
         cmd = cmd if cmd.id else _with_id(cmd)
         async with self.lock:
+            if cmd.id in self.applied:  # a retry (same id) of a command already done
+                return replies.ok(agent=self.show(), repeated=True)
             extra = await steps.act(self, cmd)
         return replies.ok(agent=self.show(), **extra)
 
