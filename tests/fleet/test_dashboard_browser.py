@@ -56,7 +56,8 @@ def submit(form: str, **fields: str) -> str:
 PHONE_PX = 375
 WIDE_ELEMENTS = """[...document.querySelectorAll('body *')]
   .filter((el) => el.getBoundingClientRect().right > PHONE_PX && !el.closest('.scroll'))
-  .slice(0, 4).map((el) => `${el.tagName}#${el.id}.${el.className} ${el.getBoundingClientRect().right}`)"""
+  .slice(0, 4)
+  .map((el) => `${el.tagName}#${el.id}.${el.className} ${el.getBoundingClientRect().right}`)"""
 
 
 async def assert_fits_a_phone(page: cdp.Page) -> None:
