@@ -81,6 +81,8 @@ class Settings:
 
     state_dir: Path
     nats_url: str | None = None  # None: `fleet up` starts the embedded nats-server
+    # A credentials file (infra/natsauth.py): an agent's own NATS user, set in its panes.
+    nats_creds: Path | None = None
     ray_address: str | None = None  # None: `fleet up` starts a local Ray
     gateway_port: int = DEFAULT_GATEWAY_PORT
     worktree_root: Path | None = None  # None: `<state_dir>/worktrees`
@@ -99,6 +101,7 @@ class Settings:
         return cls(
             state_dir=Path(state_dir).expanduser() if state_dir else _default_state_dir(values),
             nats_url=values.get("FLEET_NATS_URL"),
+            nats_creds=Path(values["FLEET_NATS_CREDS"]) if "FLEET_NATS_CREDS" in values else None,
             ray_address=values.get("FLEET_RAY_ADDRESS"),
             gateway_port=_port(
                 "FLEET_GATEWAY_PORT",
@@ -139,6 +142,9 @@ class FleetState(msgspec.Struct, kw_only=True):
     state_dir: str
     nats_url: str
     nats_pid: int | None = None  # None when FLEET_NATS_URL points at a NATS we did not start
+    # The control plane's NATS credential (0600, infra/natsauth.py); None: NATS without users.
+    # `nats_url` never holds a password.
+    nats_creds: str | None = None
     started_at: datetime
     ray_address: str | None = None
     gateway_url: str | None = None

@@ -356,6 +356,10 @@ class Mailbox:
             return name
         policy = self.policy
         config = ConsumerConfig(
+            # With `name` too, nats-py creates on $JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>:
+            # the server checks the filter against that subject, so an agent's NATS user may be
+            # allowed exactly its own consumers (infra/natsauth.py).
+            name=name,
             durable_name=name,
             filter_subject=subjects.mail(agent_id, priority),
             ack_policy=AckPolicy.EXPLICIT,

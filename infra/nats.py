@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
+from infra.natsauth import without_userinfo
 from schemas import subjects
 from schemas.discovery import BUCKET_TTL_S
 from schemas.errors import StoreUnavailable
@@ -27,14 +28,20 @@ STREAM_NAME_IN_USE = 10058
 DUPLICATE_WINDOW_S = 120.0
 
 
-async def connect(url: str, name: str = "fleetd", *, reconnect: bool = True) -> Client:
+async def connect(
+    url: str, name: str = "fleetd", *, reconnect: bool = True, inbox_prefix: str = ""
+) -> Client:
     """Connect to NATS, or raise `StoreUnavailable` with the address that failed.
 
     `url` may list several servers, comma-separated (a cluster). With `reconnect`, a lost
     server is retried forever every 250 ms (the embedded server is restarted by `fleet up` on
-    the same store), and publishes wait in nats-py's buffer.
+    the same store), and publishes wait in nats-py's buffer. A user and password ride in the
+    URL (`nats://user:pass@host:port`); `inbox_prefix` is an agent's reply inbox
+    (infra/natsauth.py), the only one its permissions let it read.
     """
     servers = [u.strip() for u in url.split(",") if u.strip()]  # a cluster: "nats://a,nats://b"
+    extra = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}
+    shown = without_userinfo(url)  # never print a password
     try:
         return await nats.connect(
             servers,
@@ -43,9 +50,12 @@ async def connect(url: str, name: str = "fleetd", *, reconnect: bool = True) -> 
             allow_reconnect=reconnect,
             max_reconnect_attempts=-1 if reconnect else 0,
             reconnect_time_wait=0.25,
+            **extra,
         )
     except (OSError, TimeoutError, nats.errors.NoServersError) as e:
-        raise StoreUnavailable(f"cannot reach NATS at {url}: {e or type(e).__name__}") from e
+        raise StoreUnavailable(f"cannot reach NATS at {shown}: {e or type(e).__name__}") from e
+    except nats.errors.Error as e:  # the server refused the user: 'Authorization Violation'
+        raise StoreUnavailable(f"NATS at {shown} refused this client: {e}") from e
 
 
 def events_config(replicas: int = 1) -> StreamConfig:

@@ -18,6 +18,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 
+from infra import natsauth
 from infra.config import Settings, read_state
 from infra.nats import connect
 from schemas import subjects
@@ -46,14 +47,30 @@ def by() -> str:
     return f"user:{user_name()}"
 
 
-def nats_url(settings: Settings) -> str:
-    """Where NATS listens: the live `fleet up`'s state file, else `FLEET_NATS_URL`."""
+def nats_target(settings: Settings) -> tuple[str, str]:
+    """Where NATS listens and as whom: the URL (with a user and password in it when the
+    server wants them) and the reply-inbox prefix ("" for nats-py's own).
+
+    Inside an agent, `FLEET_NATS_CREDS` names the agent's own credential, used with
+    `FLEET_NATS_URL`; elsewhere the live `fleet up`'s state file gives the URL and the
+    control plane's credential, else `FLEET_NATS_URL` alone (an operator's NATS)."""
+    if settings.nats_creds is not None:
+        cred = natsauth.read_credential(settings.nats_creds)
+        base = settings.nats_url or read_state(settings).nats_url
+        return natsauth.with_credential(base, cred), cred.inbox_prefix
     try:
-        return read_state(settings).nats_url
+        state = read_state(settings)
     except NotRunning:
         if settings.nats_url:
-            return settings.nats_url
+            return settings.nats_url, ""
         raise
+    control = natsauth.read_credential(state.nats_creds) if state.nats_creds else None
+    return natsauth.with_credential(state.nats_url, control), ""
+
+
+def nats_url(settings: Settings) -> str:
+    """The URL of `nats_target`, for a connection that needs no reply inbox of its own."""
+    return nats_target(settings)[0]
 
 
 class FleetClient:
@@ -116,8 +133,8 @@ class FleetClient:
 @asynccontextmanager
 async def open_client(settings: Settings | None = None) -> AsyncIterator[FleetClient]:
     """Connect (no reconnect loop: a CLI call should fail fast) and close on the way out."""
-    url = nats_url(settings or Settings.from_env())
-    nc = await connect(url, name="fleet-cli", reconnect=False)
+    url, inbox_prefix = nats_target(settings or Settings.from_env())
+    nc = await connect(url, name="fleet-cli", reconnect=False, inbox_prefix=inbox_prefix)
     try:
         yield FleetClient(nc)
     finally:

@@ -1,0 +1,312 @@
+"""NATS users on a real nats-server: the control plane may do everything, an agent only its own.
+
+The server runs with the config infra/natsauth.py writes, and users come and go through the
+credentials service (services/creds.py) as `fleet up` runs it. A denied publish or subscribe
+is seen by the client as nats-py's permissions-violation error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from infra import natsauth
+from infra.mailbox import Mailbox
+from infra.nats import connect, ensure_streams
+from infra.natsserver import NatsServer
+from schemas import subjects
+from schemas.errors import StoreUnavailable
+from schemas.mail import MailMessage
+from services import creds
+
+
+@pytest.fixture
+def auth(tmp_path: Path) -> natsauth.AuthDir:
+    return natsauth.AuthDir.of(tmp_path / "state")
+
+
+@pytest.fixture
+def server(auth: natsauth.AuthDir, tmp_path: Path) -> Iterator[NatsServer]:
+    auth.write_config(natsauth.new_password())
+    srv = NatsServer.start(tmp_path / "nats", config=auth.config_path)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+async def control(server: NatsServer, auth: natsauth.AuthDir) -> AsyncIterator[Client]:
+    """The control plane's connection, with the credentials service answering on it."""
+    nc = await connect(natsauth.with_credential(server.url, auth.control()), name="test-control")
+    await ensure_streams(nc.jetstream())
+    sub = await creds.start(nc, creds.Credentials(server, auth))
+    try:
+        yield nc
+    finally:
+        await sub.unsubscribe()
+        await nc.close()
+
+
+@dataclass
+class Agent:
+    """One agent's own connection, and every error the server sent it."""
+
+    agent_id: str
+    cred: natsauth.Credential
+    nc: Client
+    errors: list[str] = field(default_factory=list)
+
+    async def violations(self) -> list[str]:
+        await asyncio.sleep(0.05)  # the server's -ERR follows the denied operation
+        await self.nc.flush()
+        return [e.lower() for e in self.errors if "permissions violation" in e.lower()]
+
+
+async def grant(control: Client, agent_id: str) -> natsauth.Credential:
+    """What an agent actor does at spawn (actors/creds.py): a password, its hash to fleet up."""
+    password = natsauth.new_password()
+    hashed = natsauth.hash_password(password)
+    request = {"op": "grant", "agent_id": agent_id, "password_hash": hashed}
+    msg = await control.request(subjects.control("creds"), msgspec.json.encode(request), timeout=20)
+    reply = msgspec.json.decode(msg.data)
+    assert reply == {"ok": True, "user": f"agent-{agent_id}", "changed": True}
+    return natsauth.Credential(
+        user=natsauth.agent_user(agent_id),
+        password=password,
+        inbox_prefix=natsauth.agent_inbox(agent_id),
+    )
+
+
+async def revoke(control: Client, agent_id: str) -> dict[str, object]:
+    request = {"op": "revoke", "agent_id": agent_id}
+    msg = await control.request(subjects.control("creds"), msgspec.json.encode(request), timeout=20)
+    reply: dict[str, object] = msgspec.json.decode(msg.data)
+    return reply
+
+
+async def connect_agent(server: NatsServer, agent_id: str, cred: natsauth.Credential) -> Agent:
+    errors: list[str] = []
+
+    async def on_error(e: Exception) -> None:
+        errors.append(str(e))
+
+    nc = await nats.connect(
+        natsauth.with_credential(server.url, cred),
+        inbox_prefix=cred.inbox_prefix,
+        error_cb=on_error,
+        allow_reconnect=False,
+    )
+    return Agent(agent_id, cred, nc, errors)
+
+
+@pytest.fixture
+async def a1(server: NatsServer, control: Client) -> AsyncIterator[Agent]:
+    agent = await connect_agent(server, "a1", await grant(control, "a1"))
+    try:
+        yield agent
+    finally:
+        await agent.nc.close()
+
+
+def mail(body: str, sender: str = "user") -> MailMessage:
+    return MailMessage(from_=sender, body=body)
+
+
+async def test_without_a_user_the_server_refuses(server: NatsServer) -> None:
+    with pytest.raises(StoreUnavailable, match="refused this client") as caught:
+        await connect(server.url, reconnect=False)
+    bad = natsauth.Credential(user=natsauth.CONTROL_USER, password="not-it")
+    with pytest.raises(StoreUnavailable) as wrong:
+        await connect(natsauth.with_credential(server.url, bad), reconnect=False)
+    assert "not-it" not in str(wrong.value) and "not-it" not in str(caught.value)
+
+
+async def test_the_control_plane_does_everything_the_fleet_needs(control: Client) -> None:
+    js = control.jetstream()
+    ack = await js.publish(subjects.events("b1"), b"{}")
+    assert ack.stream == subjects.EVENTS_STREAM
+    box = Mailbox(control)
+    await box.send("a1", mail("hello"), "high")
+    assert [i.body for i in await box.peek("a1")] == ["hello"]  # a stream read: control only
+    assert (await box.next("a1")).body == "hello"  # type: ignore[union-attr]
+    kv = await js.key_value(subjects.PORTS_BUCKET)
+    await kv.put("probe", b"1")
+
+    async def pong(msg: Msg) -> None:
+        await msg.respond(b"pong")
+
+    sub = await control.subscribe(subjects.command("b1"), cb=pong)
+    assert (await control.request(subjects.command("b1"), b"ping", timeout=2)).data == b"pong"
+    await sub.unsubscribe()
+
+
+async def test_an_agent_reads_its_commands_and_writes_its_log(control: Client, a1: Agent) -> None:
+    async def answer(msg: Msg) -> None:
+        await msg.respond(b"done: " + msg.data)
+
+    await a1.nc.subscribe(subjects.command("a1"), cb=answer)
+    await a1.nc.flush()
+    reply = await control.request(subjects.command("a1"), b"pause", timeout=2)
+    assert reply.data == b"done: pause"
+    ack = await a1.nc.jetstream().publish(subjects.events("a1"), b'{"type":"x"}')
+    stored = await control.jetstream().get_msg(subjects.EVENTS_STREAM, ack.seq)
+    assert stored.subject == subjects.events("a1")
+    assert await a1.violations() == []
+
+
+async def test_an_agent_reads_its_own_mail_sends_mail_and_uses_topics(
+    control: Client, a1: Agent
+) -> None:
+    await Mailbox(control).send("a1", mail("for a1"), "critical")
+    mine = Mailbox(a1.nc)
+    got = await mine.read("a1", 5)
+    assert [d.item.body for d in got] == ["for a1"]
+    await got[0].ack()
+    await a1.nc.flush()
+    assert await Mailbox(control).peek("a1") == []  # acked: gone from the work queue
+    await mine.send("b1", mail("from a1", "a1"), "normal")
+    assert [i.body for i in await Mailbox(control).peek("b1")] == ["from a1"]
+    heard: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def hear(msg: Msg) -> None:
+        await heard.put(msg.data)
+
+    await mine.subscribe_topic("builds.>", hear)
+    await Mailbox(control).publish_topic("builds.main", b"green")
+    await mine.publish_topic("builds.a1", b"mine")
+    assert {await asyncio.wait_for(heard.get(), 2) for _ in range(2)} == {b"green", b"mine"}
+    assert await mine.wait("a1", 0.01)  # its doorbell: a core subscription on its own mail
+    assert await a1.violations() == []
+
+
+async def test_an_agent_cannot_command_another(control: Client, a1: Agent) -> None:
+    heard: list[bytes] = []
+
+    async def b1_actor(msg: Msg) -> None:
+        heard.append(msg.data)
+        await msg.respond(b"obeyed")
+
+    await control.subscribe(subjects.command("b1"), cb=b1_actor)
+    await control.flush()
+    with pytest.raises(nats.errors.TimeoutError):  # the server drops it: nobody ever sees it
+        await a1.nc.request(subjects.command("b1"), b'{"type":"kill"}', timeout=0.5)
+    assert heard == []
+    assert f'permissions violation for publish to "{subjects.command("b1")}"' in " ".join(
+        await a1.violations()
+    )
+    await a1.nc.subscribe(subjects.command("b1"))  # nor listen to its commands
+    assert any("subscription" in v for v in await a1.violations())
+
+
+async def test_an_agent_cannot_read_anothers_mail_or_write_its_log(
+    control: Client, a1: Agent
+) -> None:
+    await Mailbox(control).send("b1", mail("secret for b1"), "high")
+    thief = Mailbox(a1.nc)
+    with pytest.raises(TimeoutError):  # its consumer create is dropped as a violation
+        await thief.read("b1", 5)
+    api = f"$JS.API.CONSUMER.MSG.NEXT.{subjects.MAIL_STREAM}.{subjects.mail_consumer('b1', 'high')}"
+    await a1.nc.publish(api, b'{"batch": 5, "no_wait": true}', reply=a1.nc.new_inbox())
+    await a1.nc.subscribe(subjects.mailbox("b1"))  # nor ring b1's doorbell
+    await a1.nc.publish(subjects.events("b1"), b'{"type":"forged"}')
+    violations = " ".join(await a1.violations())
+    assert f'publish to "{api.lower()}"' in violations  # nats-py lowercases the -ERR text
+    assert f'publish to "{subjects.events("b1")}"' in violations
+    assert "subscription" in violations
+    assert [i.body for i in await Mailbox(control).peek("b1")] == ["secret for b1"]  # untouched
+    info = await control.jetstream().stream_info(
+        subjects.EVENTS_STREAM, subjects_filter=subjects.events("b1")
+    )
+    assert not (info.state.subjects or {})  # no event of b1 was written
+
+
+async def test_revoked_at_stop_the_agent_is_cut_off(
+    server: NatsServer, control: Client, a1: Agent
+) -> None:
+    assert await revoke(control, "a1") == {"ok": True, "user": "agent-a1", "changed": True}
+    for _ in range(100):  # the server closes the connection of a user that is gone
+        if a1.nc.is_closed:
+            break
+        await asyncio.sleep(0.02)
+    assert a1.nc.is_closed
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(
+            natsauth.with_credential(server.url, a1.cred),
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+        )
+    again = await revoke(control, "a1")
+    assert again == {"ok": True, "user": "agent-a1", "changed": False}
+    assert "agent-a1" not in auth_text(server)
+
+
+def auth_text(server: NatsServer) -> str:
+    assert server.config is not None
+    return server.config.read_text()
+
+
+async def test_the_config_holds_hashes_and_private_files(
+    server: NatsServer, control: Client, auth: natsauth.AuthDir, a1: Agent
+) -> None:
+    text = auth_text(server)
+    assert a1.cred.password not in text and auth.control().password not in text
+    assert text.count('"$2a$') == 3  # control, the reload canary, a1
+    for path in (auth.config_path, auth.control_path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(auth.root.stat().st_mode) == 0o700
+
+
+async def test_a_bad_request_gets_a_sentence(control: Client) -> None:
+    msg = await control.request(
+        subjects.control("creds"), b'{"op":"grant","agent_id":"a.b"}', timeout=5
+    )
+    reply = msgspec.json.decode(msg.data)
+    assert reply["ok"] is False and "agent id" in reply["error"]["message"]
+
+
+async def test_users_survive_a_server_restart(
+    server: NatsServer, control: Client, a1: Agent
+) -> None:
+    """`fleet up` restarts a dead server on the same config: agents still get in."""
+    await a1.nc.close()
+    server.kill()
+    server.restart()
+    again = await connect_agent(server, "a1", a1.cred)
+    try:
+        await again.nc.jetstream().publish(subjects.events("a1"), b"{}")
+    finally:
+        await again.nc.close()
+
+
+def test_urls_carry_and_lose_credentials() -> None:
+    cred = natsauth.Credential(user="u", password="p-w_1")
+    url = natsauth.with_credential("nats://h1:4222,nats://x:y@h2:4223", cred)
+    assert url == "nats://u:p-w_1@h1:4222,nats://u:p-w_1@h2:4223"
+    assert natsauth.without_userinfo(url) == "nats://h1:4222,nats://h2:4223"
+    assert natsauth.userinfo_of(url) == cred
+    assert natsauth.userinfo_of("nats://h:1") is None
+    assert natsauth.with_credential("nats://h:1", None) == "nats://h:1"
+
+
+def test_a_credentials_file_is_read_or_refused_with_a_sentence(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    cred = natsauth.Credential(user="agent-a", password="x", inbox_prefix="_INBOX.agent-a")
+    natsauth.write_credential(path, cred)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert natsauth.read_credential(path) == cred
+    with pytest.raises(natsauth.CredentialsUnusable, match="there is no such file"):
+        natsauth.read_credential(tmp_path / "none.json")
+    path.write_text("user=x")
+    with pytest.raises(natsauth.CredentialsUnusable, match="not a fleetd credentials file"):
+        natsauth.read_credential(path)
