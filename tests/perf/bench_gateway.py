@@ -1,11 +1,16 @@
 """Gateway benchmarks at 200 agents: events to a WebSocket client, and `GET /api/agents`.
 
 The 200 agents' logs are written directly with EventStore (no Ray: 200 agent actors at ~42 MB
-and ~0.4 s each do not fit a 2-core machine next to a test suite). `fleet.ctl.list` is answered
-by a stand-in responder that replies with the 200 agents' views folded from those logs, the
-shape the supervisor sends; the real supervisor also asks each actor for its view over Ray,
-which this does not measure. The appends come from another process, as agent actors' do; the
-gateway and the WebSocket client share one event loop.
+and ~0.4 s each do not fit a 2-core machine next to a test suite). The appends come from
+another process, as agent actors' do; the gateway and the WebSocket client share one event loop.
+
+`GET /api/agents` is the gateway asking `fleet.ctl.list`, answered by the real supervisor
+(actors/supervisor.py: its constructor, its NATS connection and subscriptions, its `_list`),
+run in a process of its own. Only where it finds its actors differs: instead of 200 Ray actor
+handles, `refind` registers each agent's state folded from its real log, and `show.remote()`
+runs `AgentActor.show` itself on that state, in the supervisor's process. So the figure has
+the HTTP hop, the gateway, NATS request/reply, the supervisor's code and 200 `show` views
+built and encoded per request; it has no Ray actor call (one per agent per list).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -25,11 +31,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from infra.config import Settings
-from infra.eventstore import EventStore
+from infra.eventstore import EventStore, Loaded
 from schemas import events as e
-from schemas import replies, subjects
+from schemas import subjects
 from schemas.chain import Position
-from schemas.control import view
 from schemas.states import Activity, Lifecycle
 from services import gateway
 from services.tokens import TokenStore
@@ -70,16 +75,63 @@ async def _create(store: EventStore, agent: str) -> Position:
     )
 
 
-async def _list_responder(nc: Client, store: EventStore, agents: list[str]) -> None:
-    views = []
-    for agent in agents:
-        loaded = await store.load(agent)
-        views.append(msgspec.to_builtins(view(loaded.state, seq=loaded.position.seq)))
+class _Remote:
+    """`handle.method.remote()` without Ray: the method's result, already resolved."""
 
-    async def on_msg(msg: Msg) -> None:
-        await msg.respond(replies.ok(agents=views))
+    def __init__(self, method: Any) -> None:
+        self.method = method
 
-    await nc.subscribe(subjects.control("list"), cb=on_msg)
+    def remote(self, *args: Any) -> asyncio.Future[Any]:
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(self.method(*args))
+        return done
+
+
+class _AgentInProcess:
+    """What the supervisor asks an agent actor for, answered by `AgentActor.show` itself on
+    the agent's state folded from its log (the actor's own state after a rebuild)."""
+
+    def __init__(self, agent_id: str, loaded: Loaded) -> None:
+        from actors.agent import AgentActor
+
+        self.state, self.position, self.node = loaded.state, loaded.position, "bench"
+        actor: Any = AgentActor
+        self.show = _Remote(lambda: actor.show(self))
+        self.agent_id = _Remote(lambda: agent_id)
+
+
+async def _supervisor(nats_url: str, state_dir: Path) -> Any:
+    """The real supervisor (constructor, subscriptions, `_list`) with in-process agents."""
+    from actors.agent import AgentConfig
+    from actors.supervisor import FleetConfig, Supervisor
+
+    class BenchSupervisor(Supervisor):
+        async def refind(self) -> list[str]:
+            for agent_id in await self.store.agents():
+                self.actors[agent_id] = _AgentInProcess(agent_id, await self.store.load(agent_id))
+            return sorted(self.actors)
+
+        async def _fill_pool(self) -> None:
+            return None  # no warm pool: it would start Ray actors
+
+    agent = AgentConfig(nats_url, str(state_dir), str(state_dir / "worktrees"))
+    supervisor: Any = BenchSupervisor.__new__(BenchSupervisor)
+    await supervisor.__init__(FleetConfig(agent=agent, pool_size=0, max_agents=AGENTS))
+    assert len(supervisor.actors) == AGENTS, len(supervisor.actors)
+    return supervisor
+
+
+def _serve_supervisor(nats_url: str, state_dir: str) -> None:
+    """In a process of its own (as the supervisor actor is): answer until stdin closes."""
+
+    async def run() -> None:
+        supervisor = await _supervisor(nats_url, Path(state_dir))
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await supervisor.dead_letters.stop()
+        await supervisor.nc.close()
+
+    asyncio.run(run())
 
 
 async def _append_rounds(nats_url: str, agents: list[str]) -> None:
@@ -126,7 +178,7 @@ async def _events_to_browser(
     async with aiohttp.ClientSession() as http, http.ws_connect(ws_url) as ws:
         await asyncio.sleep(0.1)
         appender = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.perf.bench_gateway", nats_url
+            sys.executable, "-m", "tests.perf.bench_gateway", "append", nats_url
         )
         while len(browser) < AGENTS * ROUNDS:
             batch = await ws.receive_json(timeout=60)
@@ -150,7 +202,7 @@ async def _api_list(url: str, token: str, nc: Client) -> tuple[list[float], list
             async with http.get(url + "/api/agents", headers=headers) as r:
                 body = await r.read()
             over_http.append((time.perf_counter() - started) * 1000)
-            assert r.status == 200 and body.count(b'"lifecycle"') == AGENTS
+            assert r.status == 200 and body.count(b'"lifecycle"') == AGENTS, body[:300]
             started = time.perf_counter()
             await nc.request(subjects.control("list"), b"{}", timeout=5)
             over_nats.append((time.perf_counter() - started) * 1000)
@@ -162,7 +214,6 @@ async def main() -> None:
         store = EventStore(nc)
         agents = [f"b{i:03d}" for i in range(AGENTS)]
         await asyncio.gather(*(_create(store, a) for a in agents))
-        await _list_responder(nc, store, agents)
         with tempfile.TemporaryDirectory(prefix="fleet-bench-gw-") as tmp:
             token = TokenStore(Path(tmp)).create("viewer", "bench")
             url_nats = nc.connected_url
@@ -180,10 +231,16 @@ async def main() -> None:
                 )
                 emit("events_to_browser_p99_ms", _p99(browser), "ms", _p99(direct), note)
                 emit("events_to_browser_p50_ms", p50(browser), "ms", p50(direct), note)
-                over_http, over_nats = await _api_list(url, token, nc)
+                supervisor = await _start_supervisor(url_nats.geturl(), Path(tmp))
+                try:
+                    over_http, over_nats = await _api_list(url, token, nc)
+                finally:
+                    supervisor.stdin.close()  # type: ignore[union-attr]
+                    await supervisor.wait()
                 note = (
-                    f"{AGENTS} agents; fleet.ctl.list answered by a stand-in with their views "
-                    "(the real supervisor cannot hold 200 actors here); floor: the same "
+                    f"{AGENTS} agents with real logs; fleet.ctl.list answered by the real "
+                    "supervisor in its own process, each agent's view built by AgentActor.show "
+                    "on its folded log in that process (no Ray actor call); floor: the same "
                     "request over NATS without HTTP"
                 )
                 emit("api_list_p50_ms", p50(over_http), "ms", p50(over_nats), note)
@@ -191,5 +248,25 @@ async def main() -> None:
                 await runner.cleanup()
 
 
+async def _start_supervisor(nats_url: str, state_dir: Path) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.perf.bench_gateway",
+        "supervisor",
+        nats_url,
+        str(state_dir),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 60)
+    assert line == b"ready\n", f"the bench supervisor did not start: {line!r}"
+    return proc
+
+
 if __name__ == "__main__":
-    asyncio.run(_append_rounds(sys.argv[1], [f"b{i:03d}" for i in range(AGENTS)]))
+    if sys.argv[1] == "supervisor":
+        _serve_supervisor(sys.argv[2], sys.argv[3])
+    else:
+        asyncio.run(_append_rounds(sys.argv[2], [f"b{i:03d}" for i in range(AGENTS)]))
