@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import KeyNotFoundError
 
-from actors import checkpoints, dedupe, services, steps
+from actors import checkpoints, confine, dedupe, services, steps
 from actors.monitor import ActivityMonitor
 from infra import registry
 from infra.eventstore import EventStore
@@ -66,6 +66,7 @@ class AgentConfig:
     cmd_rate: float = 200.0
     cmd_burst: float = 400.0
     heartbeat_s: float = HEARTBEAT_S  # how often the agent's registry entry is refreshed
+    confine_paths: bool = True  # Landlock the panes to the template's paths (actors/confine.py)
 
 
 def new_id() -> str:
@@ -93,6 +94,8 @@ class AgentActor:
         self.monitor: ActivityMonitor | None = None
         self.interval: asyncio.Task[None] | None = None  # interval checkpoints (checkpoints.py)
         self.template: Template | None = None  # the resolved template, set before bring_up
+        self.extra_env: dict[str, str] = {}  # env given at spawn (kept in infra/secretstore.py)
+        self.secrets_loaded = False
         self.services: services.Services | None = None  # this incarnation's dev services
         self.applied = dedupe.Applied()  # ids of commands already done: a retry is not redone
         self.limiter = RateLimiter(config.cmd_rate, config.cmd_burst, "commands")
@@ -129,6 +132,7 @@ class AgentActor:
         await self.nc.flush()
         self.heartbeat.start()
         if self.state.lifecycle is not L.NEW:
+            await confine.recall(self)
             await self._adopt()
 
     async def _adopt(self) -> None:
@@ -217,13 +221,14 @@ class AgentActor:
             capabilities=request.capabilities,
             options=request.options,
             command=template_command,
-            template_spec=spec,
+            template_spec=confine.recorded_spec(spec),  # secrets redacted in the log
             template_version=version,
             by=request.by or "user",
             id=request.id or new_id(),
         )
         async with self.lock:
             await self.execute(create)
+            await confine.remember(self, spec, request.env)
             await steps.bring_up(self)
 
     async def handle(self, cmd: c.AgentCommand) -> bytes:

@@ -74,9 +74,11 @@ async def _new_session(actor: AgentActor, cause: str) -> None:
     session = steps.session_name(s.agent_id)
     path = Path(s.worktree)
     recordings = await steps.run(steps._recording_paths, actor)
-    env = steps.agent_env(actor, path)
+    env, prefix = await steps.run(steps.session_args, actor, path)
     create = actor.tmux.create_session
-    await steps.run(create, session, path, env, steps.WINDOWS, s.command or None, recordings)
+    await steps.run(
+        create, session, path, env, steps.WINDOWS, s.command or None, recordings, prefix
+    )
     started = e.SessionStarted(
         socket=actor.tmux.socket_name,
         session=session,

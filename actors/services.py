@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from actors import confine
 from infra import panes, probes, procs
 from infra.pidfd import wait_exit
 from schemas import events as e
@@ -166,7 +167,12 @@ class Service:
     async def start(self, cause: str = "") -> None:
         """Run the service (a new pane, or its old one again) and record `service.started`."""
         session = self.actor.state.tmux_session
+        from actors.steps import agent_env  # steps imports this module
+
+        worktree = Path(self.actor.state.worktree)
         argv = panes.service_argv(self.spec.command, self.status_file)
+        keep = [*agent_env(self.actor, worktree), *self.env()]  # the session's and its own
+        argv = await asyncio.to_thread(confine.wrap, self.actor, argv, keep, worktree)
         self.status_file.unlink(missing_ok=True)
         self.out_start = panes.log_size(self.log_file)
         self.healthy.clear()

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from actors import checkpoints, ports, recovery, services
-from infra import procs
+from actors import checkpoints, confine, ports, recovery, services
+from infra import procs, secretstore
 from infra.templates import agent_profile
 from infra.worktree import Worktrees
 from schemas import commands as c
@@ -61,6 +61,7 @@ def worktrees(actor: AgentActor) -> Worktrees:
 
 
 def agent_env(actor: AgentActor, worktree: Path) -> dict[str, str]:
+    """The panes' whole environment (actors/confine.py): granted env, FLEET_*, ports."""
     s = actor.state
     env = {
         "FLEET_AGENT_ID": s.agent_id,
@@ -71,7 +72,13 @@ def agent_env(actor: AgentActor, worktree: Path) -> dict[str, str]:
     }
     for name, port in s.ports.items():  # "api.http" -> PORT_API_HTTP
         env["PORT_" + "".join(ch if ch.isalnum() else "_" for ch in name.upper())] = str(port)
-    return env
+    return confine.environment(actor, env)
+
+
+def session_args(actor: AgentActor, worktree: Path) -> tuple[dict[str, str], list[str]]:
+    """The environment of a new session and the sandbox prefix of its panes."""
+    env = agent_env(actor, worktree)
+    return env, confine.wrap(actor, [], list(env), worktree)
 
 
 def _head(path: Path) -> str:
@@ -104,9 +111,10 @@ async def bring_up(actor: AgentActor) -> None:
             await run(actor.tmux.kill_session, session)  # a stale one from an older incarnation
         await ports.lease(actor, path)  # before the session: its environment has them
         recordings = await run(_recording_paths, actor)
-        env = agent_env(actor, path)
+        await confine.recall(actor)
+        env, prefix = await run(session_args, actor, path)
         create = actor.tmux.create_session
-        await run(create, session, path, env, WINDOWS, s.command or None, recordings)
+        await run(create, session, path, env, WINDOWS, s.command or None, recordings, prefix)
         started = e.SessionStarted(
             socket=actor.tmux.socket_name,
             session=session,
@@ -300,6 +308,7 @@ async def act(actor: AgentActor, cmd: c.AgentCommand) -> dict[str, Any]:
             await actor.execute(cmd)
             if s.worktree and Path(s.worktree).is_dir():
                 await _remove_worktree(actor, True)
+            await secretstore.delete(actor.nc, s.agent_id)
         case c.Checkpoint():
             return await checkpoints.checkpoint(actor, cmd)
         case c.Rollback():

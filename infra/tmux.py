@@ -140,8 +140,12 @@ class Tmux:
         windows: Sequence[str] = DEFAULT_WINDOWS,
         command_for_agent: str | None = None,
         recordings: Mapping[str, Path] | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
         """Create a detached session; the first window runs the assistant, the rest a shell.
+
+        `prefix` goes before every pane's argv: the sandbox launcher (infra/sandbox.py), which
+        `exec`s the pane's waiting shell, so the pane pid is still that shell's.
 
         Every pane runs under a waiting `/bin/sh` (see `pausable`), so `pane_pids` are those
         shells and the assistant is their child.
@@ -162,11 +166,11 @@ class Tmux:
         args = ["set-option", "-g", "history-limit", str(self.history_limit), _SEP]
         args += ["new-session", "-d", "-s", name, "-n", first, "-c", str(cwd)]
         args += ["-x", str(self.width), "-y", str(self.height), *env_args]
-        args += pausable(command_for_agent or self.shell)
+        args += [*prefix, *pausable(command_for_agent or self.shell)]
         args += [_SEP, "set-option", "-w", "-t", self._target(name, first), "remain-on-exit", "on"]
         for window in rest:
             args += [_SEP, "new-window", "-d", "-t", f"={name}:", "-n", window, "-c", str(cwd)]
-            args += pausable(self.shell)
+            args += [*prefix, *pausable(self.shell)]
         for window, path in (recordings or {}).items():
             args += [_SEP, "pipe-pane", "-o", "-t", self._target(name, window)]
             args.append(self._recorder(path, self.width, self.height))

@@ -1,0 +1,113 @@
+"""What an agent's processes may see: the environment and the paths its template grants.
+
+Every pane (assistant, shells, services) starts through `infra/sandbox.py`, which keeps only
+the variables named here (tmux would otherwise hand the pane its server's environment, the
+control plane's) and, where the kernel has Landlock, only the paths named here:
+
+- read and execute: the system (/usr, /bin, /lib*, /etc, /opt, /proc, /sys, /run), Python's
+  prefixes and fleetd's own code;
+- read and write: the worktree, its repository's git directory (commits), /dev, the agent's
+  own home and temp dir under the state dir, its services' status files, and each of the
+  template's `permissions.paths`.
+
+The environment is the basics (PATH, LANG, LC_*, TZ, USER, LOGNAME, SHELL), HOME and TMPDIR
+(the agent's own), the template's `permissions.env_passthrough` taken from the control plane,
+the template's `env` and `assistant.env`, the env given at spawn, the FLEET_* variables and
+the leased ports. Secret values come from infra/secretstore.py, never from the log.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from infra import sandbox, secretstore
+from schemas.secrets import redact_template
+from schemas.templates import Template, decode_spec, encode_spec
+
+if TYPE_CHECKING:
+    from actors.agent import AgentActor
+
+BASICS = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "SHELL")
+SYSTEM_READ = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
+KERNEL_READ = ("/proc", "/sys", "/run")
+FLEETD_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def recorded_spec(spec: str) -> str:
+    """The template as the log may hold it: every secret value redacted."""
+    real = decode_spec(spec)
+    return encode_spec(redact_template(real)) if real is not None else spec
+
+
+async def remember(actor: AgentActor, spec: str, env: Mapping[str, str]) -> None:
+    """Keep the agent's real template and spawn env apart from the log, and use them."""
+    await secretstore.put(
+        actor.nc, actor.state.agent_id, secretstore.AgentSecrets(template_spec=spec, env=dict(env))
+    )
+    actor.template = decode_spec(spec) or actor.template
+    actor.extra_env = dict(env)
+    actor.secrets_loaded = True
+
+
+async def recall(actor: AgentActor) -> None:
+    """After a restart of the actor: the real template and spawn env again (once)."""
+    if actor.secrets_loaded or not actor.state.agent_id:
+        return
+    found = await secretstore.get(actor.nc, actor.state.agent_id)
+    if found is not None:
+        actor.template = decode_spec(found.template_spec) or actor.template
+        actor.extra_env = dict(found.env)
+    actor.secrets_loaded = True
+
+
+def template(actor: AgentActor) -> Template | None:
+    return actor.template or decode_spec(actor.state.template_spec)
+
+
+def private_dir(actor: AgentActor, kind: str) -> Path:
+    path = Path(actor.config.state_dir) / kind / actor.state.agent_id
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def environment(actor: AgentActor, fleet: Mapping[str, str]) -> dict[str, str]:
+    """The whole environment of the agent's panes; `fleet` is FLEET_* and the ports."""
+    t = template(actor)
+    env = {k: os.environ[k] for k in BASICS if k in os.environ}
+    env["HOME"] = str(private_dir(actor, "homes"))
+    env["TMPDIR"] = str(private_dir(actor, "tmp"))
+    if t is not None:
+        env |= {k: os.environ[k] for k in t.permissions.env_passthrough if k in os.environ}
+        env |= t.env | t.assistant.env
+    return env | actor.extra_env | dict(fleet)
+
+
+def _git_dir(worktree: Path) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(worktree), "rev-parse", "--path-format=absolute", "--git-common-dir"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip()
+
+
+def wrap(
+    actor: AgentActor, command: Sequence[str], keep: Sequence[str], worktree: Path
+) -> list[str]:
+    """`command` started through the sandbox with this agent's grants."""
+    t = template(actor)
+    read = [*SYSTEM_READ, *KERNEL_READ, sys.prefix, sys.base_prefix, FLEETD_ROOT]
+    write = [str(worktree), "/dev", str(private_dir(actor, "homes"))]
+    write.append(str(private_dir(actor, "tmp")))
+    write.append(str(Path(actor.config.state_dir) / "services" / actor.state.agent_id))
+    git_dir = _git_dir(worktree)
+    write += [git_dir] if git_dir else []
+    write += list(t.permissions.paths) if t is not None else []
+    landlock = actor.config.confine_paths and sandbox.landlock_abi() > 0
+    return sandbox.argv(command, keep, read, write, landlock)
