@@ -164,8 +164,10 @@ def _spawn_report(names: list[str], results: list[Any], as_json: bool) -> int:
     else:
         rows = [[a["id"], a["lifecycle"], a["branch"], a["worktree"]] for a in agents]
         rows += [[n, "FAILED", str(r), ""] for n, r in failed]
+        paint = cli_style.painter(cli_style.color_wanted(sys.stdout))
         print()
-        print(table(["ID", "LIFECYCLE", "BRANCH", "WORKTREE"], rows))
+        print(cli_style.table(["ID", "LIFECYCLE", "BRANCH", "WORKTREE"], rows, paint=paint,
+                              coloured=frozenset({1})))  # fmt: skip
     for name, err in failed:
         print(f"fleet: {name}: {err}", file=sys.stderr)
     if failed:

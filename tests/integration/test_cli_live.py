@@ -10,6 +10,7 @@ import json
 import os
 import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -64,7 +65,38 @@ def on_a_terminal(env: dict[str, str], *args: str, stream: str = "stdout") -> tu
     return proc.returncode, seen.decode(errors="replace")
 
 
-def test_watch_on_a_pipe_prints_a_new_table_when_an_agent_is_paused(
+def redrawn_in_place(env: dict[str, str]) -> str:
+    """`fleet ls --watch` on a terminal until it shows an agent, then Ctrl-C; what it wrote."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "ls", "--watch"],
+        cwd=REPO, env={**env, "TERM": "xterm"}, stdin=subprocess.DEVNULL,
+        stdout=slave, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    os.close(slave)
+    seen = bytearray()
+    deadline = time.monotonic() + GUARD_S
+    try:
+        while b"RUNNING" not in seen and time.monotonic() < deadline:
+            if select.select([master], [], [], 1.0)[0]:
+                seen += os.read(master, 65536)
+        proc.send_signal(signal.SIGINT)
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child has closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        _, err = proc.communicate(timeout=GUARD_S)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, err
+    return seen.decode(errors="replace")
+
+
+def test_watch_shows_a_pause_live_on_a_pipe_and_redraws_in_place_on_a_terminal(
     live: Any,  # noqa: F811
     repo: Path,  # noqa: F811
     follow: Callable[..., subprocess.Popen[bytes]],  # noqa: F811
@@ -82,6 +114,11 @@ def test_watch_on_a_pipe_prints_a_new_table_when_an_agent_is_paused(
     watching.send_signal(signal.SIGINT)
     assert watching.wait(timeout=GUARD_S) == 0  # Ctrl-C ends a live view without an error
     assert watching.stderr is not None and b"Traceback" not in watching.stderr.read()
+
+    on_screen = redrawn_in_place(plain_env(env))
+    assert "\x1b[?1049h" in on_screen and "fleet ls --watch" in on_screen  # the alternate screen
+    last = on_screen.rpartition("\x1b[?1049l")[2]  # back on the normal screen: the last frame
+    assert "\x1b[?25h" in on_screen and re.search(r"w1\s+(\x1b\[\d+m)?RUNNING", last), last
 
     status, screen = on_a_terminal(plain_env(env), "ls")
     assert status == 0 and "\x1b[32mRUNNING" in screen  # a terminal gets colour
