@@ -38,6 +38,7 @@ from schemas.states import Activity, Lifecycle
 from services import cli_style as style
 from services.client import FleetClient, open_client
 
+ALIVE_CHECK_S = 1.0  # how often a quiet live view checks that its connection is still there
 HEALTH_TIMEOUT_S = 2.0  # a node's health service answers only for its own agents
 ALT_SCREEN_ON, ALT_SCREEN_OFF, HOME = "\x1b[?1049h", "\x1b[?1049l", "\x1b[H"
 SORTS = ("cpu", "mem", "name")
@@ -306,12 +307,21 @@ class Screen:
 
 
 async def redraw(
-    fleet: LiveFleet, screen: Screen, render: Callable[[], str], interval: float
-) -> None:
-    """Draw a frame after each change, at most one per `interval` seconds; until cancelled."""
+    fleet: LiveFleet, screen: Screen, render: Callable[[], str], interval: float,
+    connected: Callable[[], bool] = lambda: True,
+) -> None:  # fmt: skip
+    """Draw a frame after each change, at most one per `interval` seconds; until cancelled.
+
+    A view whose connection is gone would show a stale fleet as if live: it ends instead.
+    """
     drawn_at = -interval
     while True:
-        await fleet.changed.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(fleet.changed.wait(), ALIVE_CHECK_S)
+        if not connected():
+            raise RemoteError("disconnected", "lost the connection to NATS; is fleetd still up?")
+        if not fleet.changed.is_set():
+            continue
         await asyncio.sleep(max(0.0, drawn_at + interval - time.monotonic()))
         fleet.changed.clear()
         screen.show(render())
@@ -337,7 +347,7 @@ async def watch(args: argparse.Namespace, render: Callable[[LiveFleet, bool], st
                     body = render(fleet, in_place)
                     return _headline(title, args.interval) + body if in_place else body
 
-                await redraw(fleet, screen, frame, args.interval)
+                await redraw(fleet, screen, frame, args.interval, lambda: client.nc.is_connected)
         finally:
             for sub in subs:
                 with contextlib.suppress(Exception):

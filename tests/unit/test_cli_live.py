@@ -156,3 +156,20 @@ def test_the_spinner_shows_each_agents_step_only_on_a_terminal(tty: TextIO) -> N
     several.saw(changed("zz", 1, Lifecycle.RUNNING, Lifecycle.SPAWNING))  # not ours
     assert "2 agents, 1 done" in several.line() and "a2: workspace.ready" in several.line()
     assert "a1:" not in several.line()
+
+
+async def test_redraw_prints_changed_frames_and_ends_when_the_connection_goes(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live, "ALIVE_CHECK_S", 0.01)
+    fleet = live.LiveFleet()
+    fleet.load([agent("a1")])
+    answers = iter([True, True, False])
+    screen = live.Screen(in_place=False)
+    render = lambda: live.ls_frame(fleet, live.style.plain)  # noqa: E731
+    fleet.apply(changed("a1", 11, Lifecycle.PAUSED, Lifecycle.RUNNING))
+    with pytest.raises(live.RemoteError, match="lost the connection to NATS"):
+        await live.redraw(fleet, screen, render, 0.01, lambda: next(answers))
+    frames = capsys.readouterr().out.split("\n\n")
+    assert len(frames) == 2 and frames[1] == ""  # one frame (the two changes drawn together)
+    assert frames[0].splitlines()[1].split()[:2] == ["a1", "PAUSED"]
