@@ -89,10 +89,8 @@ async def test_secrets_reach_the_pane_but_not_the_log_show_or_gateway(
     assert reply["ok"], reply
     worktree = Path(reply["agent"]["worktree"])
 
-    probe = (
-        "{ pwd; env; cat %s/data.txt; echo; cat %s/data.txt; echo; } > out.txt 2>&1; echo END >> out.txt"
-        % (granted, hidden)
-    )
+    reads = f"cat {granted}/data.txt; echo; cat {hidden}/data.txt; echo"
+    probe = "{ pwd; env; " + reads + "; } > out.txt 2>&1; echo END >> out.txt"
     await command(nc, "sec1", "send", text=probe)
     out = await wait_file(worktree / "out.txt", "the pane's report")
     lines = out.splitlines()
@@ -122,12 +120,10 @@ async def test_secrets_reach_the_pane_but_not_the_log_show_or_gateway(
     # The gateway's REST view.
     async for gw in run_gateway(fleet.nats_url, fleet.state_dir):
         async with aiohttp.ClientSession() as http:
-            status, body = await get_json(
-                http, f"{gw.url}/api/agents/sec1", gw.headers("viewer")
-            )
+            status, body = await get_json(http, f"{gw.url}/api/agents/sec1", gw.headers("viewer"))
         assert status == 200, body
-        text = msgspec.json.encode(body)
-        assert b"sec1" in text and not any(s.encode() in text for s in secrets)
+        served = msgspec.json.encode(body)
+        assert b"sec1" in served and not any(s.encode() in served for s in secrets)
     # Whatever the actors and Ray logged.
     for log in glob.glob("/tmp/ray/session_latest/logs/*"):
         data = Path(log).read_bytes() if Path(log).is_file() else b""
