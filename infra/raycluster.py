@@ -22,7 +22,9 @@ def start(address: str | None, *, num_cpus: int | None = None) -> str:
     if ray.is_initialized():
         return str(ray.get_runtime_context().gcs_address)
     context = ray.init(
-        address=address,
+        # "local" starts a Ray of our own even when a `ray start` cluster is on this machine
+        # (ray.init(None) would join it, through /tmp/ray/ray_current_cluster).
+        address=address or "local",
         namespace=NAMESPACE,
         include_dashboard=False,
         log_to_driver=False,
