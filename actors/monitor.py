@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from typing import TYPE_CHECKING
 
 from schemas import commands as c
 from schemas.assistants import AssistantProfile, Debouncer, classify, detail
 from schemas.errors import FleetError
+from schemas.recovery import SESSION_GONE
 from schemas.states import Lifecycle
 
 if TYPE_CHECKING:
@@ -24,6 +26,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SETTLE_WINDOW_S = 3.0  # keep looking this long after the screen last changed
+
+
+def _server_alive(socket_name: str) -> bool:
+    """Whether the fleet's tmux server still listens, without running tmux: a connect to its
+    socket ($TMUX_TMPDIR, else /tmp, /tmux-<uid>/<name>). A server that exits removes the
+    socket; one killed with SIGKILL leaves it, and then the connect is refused."""
+    base = os.environ.get("TMUX_TMPDIR") or "/tmp"
+    path = os.path.join(base, f"tmux-{os.getuid()}", socket_name)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+        except OSError:  # anything else (a full backlog, a timeout): not evidence of death
+            return True
+    return True
 
 
 class ActivityMonitor:
@@ -73,6 +92,11 @@ class ActivityMonitor:
     async def tick(self) -> None:
         actor = self.actor
         state = actor.state
+        if state.lifecycle is Lifecycle.RUNNING and not _server_alive(actor.tmux.socket_name):
+            async with actor.lock:  # no tmux server, no session: the recovery ladder rebuilds it
+                if actor.state.lifecycle is Lifecycle.RUNNING:
+                    await actor._fail(f"{SESSION_GONE} (the tmux server died or was killed)")
+            return
         if state.lifecycle is not Lifecycle.RUNNING or not self._screen_moved():
             return
         tmux, session = actor.tmux, state.tmux_session

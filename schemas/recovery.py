@@ -25,6 +25,9 @@ Rung = Literal[
 ]
 ONCE: frozenset[str] = frozenset({"ask_human"})  # rungs that are never repeated
 STABLE_S = 60.0  # healthy this long after a climb resets the ladder
+# How an agent's failure starts when its tmux session vanished: the health service rebuilds the
+# session (the recreate_session rung) instead of leaving the agent in ERROR for a person.
+SESSION_GONE = "its tmux session is gone"
 
 
 class Attempt(msgspec.Struct, frozen=True, kw_only=True):

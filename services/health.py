@@ -337,8 +337,18 @@ class HealthService:
             if w.busy or not self.mine(w) or w.state.lifecycle not in (L.RUNNING, L.ERROR):
                 continue
             if w.state.lifecycle is L.ERROR and not w.attempts:
-                continue  # an agent failed outside recovery: a person's to look at
+                if w.state.reason.startswith(ladder.SESSION_GONE):
+                    self._rebuild_session(w, at)
+                continue  # any other failure outside recovery: a person's to look at
             self._weigh(w, at)
+
+    def _rebuild_session(self, w: Watched, at: datetime) -> None:
+        """The tmux server died under the agent: straight to the recreate_session rung (no
+        service can be restarted in a session that is gone); later rungs follow if it fails."""
+        w.busy = True
+        step = ladder.Climb(rung="recreate_session", attempt=1)
+        w.attempts.append(ladder.Attempt(rung=step.rung, attempt=1, at=at))
+        self._background(self.climb(w, step, "session", "is gone (the tmux server died)"))
 
     def _weigh(self, w: Watched, at: datetime) -> None:
         failing = self.failing(w, at)

@@ -135,7 +135,11 @@ async def test_a_failing_liveness_probe_is_reported_and_sampled(
     assert samples and all(s["rss_mb"] > 0 and s["processes"] >= 3 for s in samples)
     assert all(s["threads"] >= 1 and s["open_files"] > 0 for s in samples)
     probes = [o for o in reply["history"] if o["kind"] == "probe" and o["probe"] == "liveness"]
-    assert [o["ok"] for o in probes][:2] == [True, False]
+    # Passing, then failing once stopped. Not "the first two": under load the service may not
+    # listen yet at the first probe (a failure before any success), and the bounded history
+    # (500 observations) may have dropped the earliest probes of a slow run.
+    oks = [o["ok"] for o in probes]
+    assert True in oks and False in oks[oks.index(True) :], oks
     log = await events(nc, "h1")
     assert any(isinstance(ev, e.ServiceHealth) and ev.healthy for ev in log)
     assert any(o["kind"] == "sample" for o in seen)  # also published on fleet.health.h1
