@@ -108,6 +108,6 @@ def wrap(
     write.append(str(Path(actor.config.state_dir) / "services" / actor.state.agent_id))
     git_dir = _git_dir(worktree)
     write += [git_dir] if git_dir else []
-    write += list(t.permissions.paths) if t is not None else []
+    write += [os.path.expanduser(p) for p in t.permissions.paths] if t is not None else []
     landlock = actor.config.confine_paths and sandbox.landlock_abi() > 0
     return sandbox.argv(command, keep, read, write, landlock)

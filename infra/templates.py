@@ -267,7 +267,7 @@ def check_fields(t: Template, source: str = "") -> None:
     for i, name in enumerate(p.secrets):
         _field(source, f"permissions.secrets[{i}]", v.env_name, name, "variable name")
     for i, path in enumerate(p.paths):
-        _field(source, f"permissions.paths[{i}]", v.absolute_path, path, "granted path")
+        _field(source, f"permissions.paths[{i}]", v.granted_path, path, "granted path")
 
 
 def _field(source: str, path: str, checker: Callable[..., Any], value: Any, *args: Any) -> None:

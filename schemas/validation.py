@@ -102,6 +102,16 @@ def absolute_path(value: str, what: str) -> str:
     return value
 
 
+def granted_path(value: str, what: str) -> str:
+    """A path a template grants: absolute, or `~` / `~/...` for the home of whoever runs fleetd."""
+    line(value, what, MAX_PATH)
+    if not value.startswith(("/", "~/")) and value != "~":
+        raise _fail(what, value, "use an absolute path, or one starting with '~/' for your home")
+    if ".." in value.split("/"):
+        raise _fail(what, value, "'..' is not allowed; give the resolved path")
+    return value
+
+
 def git_ref(value: str, what: str = "base ref") -> str:
     """A branch, tag, `HEAD` or commit: what `git check-ref-format` accepts, no leading `-`."""
     line(value, what, MAX_LABEL)

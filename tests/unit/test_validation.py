@@ -181,6 +181,8 @@ def load(yaml_text: str) -> str:
         ("assistant: {env: {'1A': '1'}}", "assistant.env"),
         ("permissions: {paths: ['relative/dir']}", "permissions.paths[0]"),
         ("permissions: {paths: ['/srv/../etc']}", "permissions.paths[0]"),
+        ("permissions: {paths: ['~root/.ssh']}", "permissions.paths[0]"),
+        ("permissions: {paths: ['~/../etc']}", "permissions.paths[0]"),
         ("permissions: {env_passthrough: ['HOME;id']}", "permissions.env_passthrough[0]"),
         ("permissions: {secrets: ['A-B']}", "permissions.secrets[0]"),
         ("capabilities: ['a.b']", "capabilities"),
@@ -200,3 +202,16 @@ def test_an_oversized_template_is_refused() -> None:
 def test_every_builtin_template_passes_the_checks() -> None:
     for name in templates.builtin_names():
         templates.check_fields(templates.builtin(name), f"{name}.yaml")
+
+
+def test_a_granted_path_may_start_at_your_home() -> None:
+    t, _ = templates.load("name: t\npermissions: {paths: ['~', '~/.cache/tool', '/srv']}\n")
+    templates.check_fields(t, "t.yaml")
+    assert t.permissions.paths == ("~", "~/.cache/tool", "/srv")
+
+
+@pytest.mark.parametrize("name", ["claude-code", "codex", "aider", "gemini"])
+def test_builtin_assistants_keep_their_login_at_home(name: str) -> None:
+    """Their logins live under your home: the sandbox would otherwise hide them."""
+    granted = templates.builtin(name).permissions
+    assert "HOME" in granted.env_passthrough and "~" in granted.paths
