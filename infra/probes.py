@@ -181,11 +181,17 @@ async def tcp_connect(spec: TcpProbe, port: int) -> tuple[bool, str]:
     return True, f"connected to {spec.host}:{port}"
 
 
+PROBE_BASICS = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "HOME")
+
+
 async def run_exec(
     spec: ExecProbe, cwd: str, env: Mapping[str, str], timeout: float
 ) -> tuple[bool, str]:
-    """Run the command (its own session, so a timeout ends all it started)."""
-    full_env = {**os.environ, **env}
+    """Run the command (its own session, so a timeout ends all it started).
+
+    It sees the basics (PATH, locale, USER, HOME) and `env` (the ports), never the whole
+    environment of the health service, which may hold the control plane's secrets."""
+    full_env = {k: os.environ[k] for k in PROBE_BASICS if k in os.environ} | dict(env)
     common = {
         "cwd": cwd,
         "env": full_env,

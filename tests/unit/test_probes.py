@@ -101,6 +101,14 @@ async def test_exec_sees_its_cwd_and_ports_and_is_killed_on_timeout(tmp_path: Pa
         os.kill(pid, 0)
 
 
+async def test_exec_does_not_see_the_health_services_own_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEET_TEST_SECRET", "hunter2")
+    leak = Probe(exec=ExecProbe(command='test -z "$FLEET_TEST_SECRET" && test -n "$PATH"'))
+    assert (await probes.check(leak, ports={}, cwd=str(tmp_path), output=None)).ok
+
+
 async def test_log_matches_the_output_so_far() -> None:
     seen = ["starting\n"]
     probe = Probe(log=LogProbe(pattern=r"^listening on \d+$"))
