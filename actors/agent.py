@@ -59,6 +59,8 @@ class AgentConfig:
     monitor_period_s: float = 0.5
     checkpoint_every_min: float = 0.0  # automatic checkpoint per N minutes of WORKING; 0: off
     mac_key: bytes | None = None  # the fleet key: signs this agent's appends (infra/fleetkey.py)
+    # `fleet up` configures the NATS server: each agent gets its own user (actors/creds.py).
+    nats_auth: bool = False
     # The shell of the services and monitor windows. Without rc files: a user's .bashrc can
     # take seconds (or hang on a lock) and a fleet starts many of these at once.
     window_shell: str = "bash --noprofile --norc -i"

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from actors import checkpoints, confine, ports, recovery, services
+from actors import checkpoints, confine, creds, ports, recovery, services
 from infra import procs, secretstore
 from infra.templates import agent_profile
 from infra.worktree import Worktrees
@@ -66,9 +66,9 @@ def agent_env(actor: AgentActor, worktree: Path) -> dict[str, str]:
     env = {
         "FLEET_AGENT_ID": s.agent_id,
         "FLEET_AGENT_NAME": s.name,
-        "FLEET_NATS_URL": actor.config.nats_url,
         "FLEET_WORKTREE": str(worktree),
         "FLEET_TEMPLATE": s.template,
+        **creds.env(actor),  # FLEET_NATS_URL (no password in it), FLEET_NATS_CREDS
     }
     for name, port in s.ports.items():  # "api.http" -> PORT_API_HTTP
         env["PORT_" + "".join(ch if ch.isalnum() else "_" for ch in name.upper())] = str(port)
@@ -110,6 +110,7 @@ async def bring_up(actor: AgentActor) -> None:
         if await run(actor.tmux.has_session, session):
             await run(actor.tmux.kill_session, session)  # a stale one from an older incarnation
         await ports.lease(actor, path)  # before the session: its environment has them
+        await creds.grant(actor)  # its own NATS user, before anything in the session runs
         recordings = await run(_recording_paths, actor)
         await confine.recall(actor)
         env, prefix = await run(session_args, actor, path)
@@ -158,6 +159,7 @@ async def undo_spawn(actor: AgentActor, *, made_worktree: bool = True) -> None:
             ]
         )
     await ports.release(actor)
+    await creds.revoke(actor, quiet=True)
     if made_worktree and s.worktree and Path(s.worktree).is_dir():
         saved = await run(worktrees(actor).remove, s.agent_id, True)
         await actor.record(
@@ -183,6 +185,7 @@ async def stop(
         if live:
             await _end_session(actor, s.tmux_session, polite)
         await ports.release(actor)
+        await creds.revoke(actor)  # its connections are closed: nothing of it talks any more
         if remove_worktree and s.worktree:
             await _remove_worktree(actor, force)
     except FleetError as err:
@@ -306,6 +309,7 @@ async def act(actor: AgentActor, cmd: c.AgentCommand) -> dict[str, Any]:
         case c.Remove(force=force):
             await _refuse_if_work(actor, force)
             await actor.execute(cmd)
+            await creds.revoke(actor)  # an agent removed from ERROR may still hold its user
             if s.worktree and Path(s.worktree).is_dir():
                 await _remove_worktree(actor, True)
             await secretstore.delete(actor.nc, s.agent_id)

@@ -18,6 +18,8 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
+from infra import natsauth
+from infra.config import Settings
 from infra.mailbox import Mailbox
 from schemas import subjects
 from schemas.errors import FleetError
@@ -74,6 +76,7 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     if not agent:
         raise FleetError("name the agent, or run this inside an agent (FLEET_AGENT_ID is unset)")
     subjects.token(agent)
+    _refuse_what_the_agent_credential_cannot(agent, args.next or args.ack)
     items = asyncio.run(_inbox(agent, args.next, args.ack, 1 if args.next else args.limit))
     _keep(items if (args.next or args.ack) else [])
     if args.next:
@@ -87,6 +90,22 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     else:
         print("\n".join(_line(i) for i in items) if items else f"no mail for {agent}")
     return 0
+
+
+def _refuse_what_the_agent_credential_cannot(agent: str, take: bool) -> None:
+    """Inside an agent (`FLEET_NATS_CREDS`), NATS lets it read only its own mail, and only
+    through its consumers: say so at once rather than wait for a dropped request."""
+    path = Settings.from_env().nats_creds
+    if path is None:
+        return
+    user = natsauth.read_credential(path).user
+    if user != natsauth.agent_user(agent):
+        raise FleetError(f"the NATS credential {path} ({user}) may read only its own mail")
+    if not take:
+        raise FleetError(
+            f"listing mail without taking it needs the control plane's NATS credential; "
+            f"as {user}, take it with `fleet inbox --next` or `fleet inbox --ack`"
+        )
 
 
 async def _inbox(agent: str, take: bool, ack: bool, limit: int) -> list[InboxItem]:

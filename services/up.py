@@ -32,7 +32,7 @@ import infra.nats
 from actors import supervisor
 from actors.agent import AgentConfig
 from actors.supervisor import FleetConfig
-from infra import fleetkey, natsserver, raycluster, storewatch
+from infra import fleetkey, natsauth, natsserver, raycluster, storewatch
 from infra.config import (
     FleetState,
     Settings,
@@ -43,6 +43,7 @@ from infra.config import (
     write_state,
 )
 from schemas.errors import AlreadyRunning, FleetError
+from services import creds
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +84,32 @@ def format_state(state: FleetState, as_json: bool) -> str:
 
 
 def _start_nats(settings: Settings, stack: AsyncExitStack) -> natsserver.NatsServer | None:
-    """The embedded server (stopped when the stack unwinds), or None for `FLEET_NATS_URL`."""
+    """The embedded server (stopped when the stack unwinds), or None for `FLEET_NATS_URL`.
+
+    It runs with users (infra/natsauth.py): the control plane's, and those of the agents
+    that hold one, so agents kept running from the last `fleet up` can still connect."""
     if settings.nats_url:
         return None
-    server = natsserver.NatsServer.start(settings.nats_store_dir)
+    auth = natsauth.AuthDir.of(settings.state_dir)
+    auth.write_config(natsauth.new_password())
+    server = natsserver.NatsServer.start(settings.nats_store_dir, config=auth.config_path)
     stack.callback(server.stop)
     return server
+
+
+def _control_access(settings: Settings, server: natsserver.NatsServer | None) -> tuple[str, str]:
+    """The URL the control plane connects with (its credential in it), and the file that keeps
+    that credential for the CLI ("" when NATS wants none). An operator's NATS
+    (`FLEET_NATS_URL`) gets the user and password given in that URL, if any."""
+    auth = natsauth.AuthDir.of(settings.state_dir)
+    if server is not None:
+        return natsauth.with_credential(server.url, auth.control()), str(auth.control_path)
+    url = str(settings.nats_url)
+    given = natsauth.userinfo_of(url)
+    if given is None:
+        return url, ""
+    natsauth.write_credential(auth.external_path, given)
+    return url, str(auth.external_path)
 
 
 def _supervise(
@@ -123,22 +144,26 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 async def _bring_up(settings: Settings, stack: AsyncExitStack) -> FleetState:
     """Start each part in dependency order, registering its stop on the stack."""
     server = _start_nats(settings, stack)
-    url = server.url if server else str(settings.nats_url)
+    url, creds_file = _control_access(settings, server)
     logging.getLogger("nats.aio.client").addFilter(_OneLine())
     nc = await infra.nats.connect(url, name="fleet-up")
     stack.push_async_callback(nc.close)
     await infra.nats.ensure_streams(nc.jetstream(), infra.nats.replicas_for(nc))
+    if server is not None:  # answers before any agent actor asks for its user
+        access = creds.Credentials(server, natsauth.AuthDir.of(settings.state_dir))
+        stack.push_async_callback((await creds.start(nc, access)).unsubscribe)
     ray_address = await asyncio.to_thread(raycluster.start, settings.ray_address)
     stack.callback(raycluster.stop)
-    await _start_templates_and_ports(settings, nc, stack)
-    await _start_supervisor(settings, url)
+    await _start_templates_and_ports(settings, nc, stack, url)
+    await _start_supervisor(settings, url, nats_auth=server is not None)
     gateway_url = await _start_faces(settings, url, nc, stack)
     await _start_health(settings, nc, stack)
     state = FleetState(
         pid=os.getpid(),
         state_dir=str(settings.state_dir),
-        nats_url=url,
+        nats_url=natsauth.without_userinfo(url),
         nats_pid=server.pid if server else None,
+        nats_creds=creds_file or None,
         started_at=now_utc(),
         ray_address=ray_address,
         gateway_url=gateway_url,
@@ -168,10 +193,11 @@ async def _start_faces(settings: Settings, nats_url: str, nc: Client, stack: Asy
     return gateway.url_of(runner)
 
 
-async def _start_supervisor(settings: Settings, nats_url: str) -> None:
+async def _start_supervisor(settings: Settings, nats_url: str, *, nats_auth: bool) -> None:
     """The supervisor actor (it re-finds every agent the log knows); waits until it answers."""
     agent = AgentConfig(
         nats_url=nats_url,
+        nats_auth=nats_auth,
         state_dir=str(settings.state_dir),
         worktree_root=str(settings.worktrees),
         tmux_socket=settings.tmux_socket,
@@ -183,12 +209,17 @@ async def _start_supervisor(settings: Settings, nats_url: str) -> None:
     log.info("supervisor up; %d agent(s) re-adopted", len(agents))
 
 
-async def _start_templates_and_ports(settings: Settings, nc: Client, stack: AsyncExitStack) -> None:
-    """The templates and ports services, answering before the supervisor spawns anything."""
-    from services import ports, templates
+async def _start_templates_and_ports(
+    settings: Settings, nc: Client, stack: AsyncExitStack, url: str
+) -> None:
+    """The templates and ports services, answering before the supervisor spawns anything; on a
+    Ray cluster, ports and health on every other node too (services/node.py)."""
+    from services import node, ports, templates
 
     stack.push_async_callback((await templates.start(nc)).close)
-    stack.push_async_callback((await ports.start(nc, settings.port_range)).close)
+    own = node.this_node(settings)
+    stack.push_async_callback((await ports.start(nc, settings.port_range, node=own)).close)
+    await node.start(settings, url, stack)
 
 
 async def _start_health(settings: Settings, nc: Client, stack: AsyncExitStack) -> None:

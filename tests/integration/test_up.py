@@ -17,6 +17,7 @@ import nats
 import psutil
 import pytest
 
+from infra import natsauth
 from infra.natsserver import NatsServer
 from schemas import subjects
 
@@ -89,7 +90,12 @@ async def test_up_status_refuse_and_stop(
     assert shown["state_dir"] == str(state_dir) and shown["pid"] == proc.pid
     assert printed["nats_url"] in fleet("status").stdout
 
-    nc = await nats.connect(shown["nats_url"])
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):  # users only
+        await nats.connect(shown["nats_url"], allow_reconnect=False, max_reconnect_attempts=0)
+    control = natsauth.read_credential(shown["nats_creds"])  # the control plane's, 0600
+    assert control.password not in json.dumps(shown)
+    assert not Path(shown["nats_creds"]).stat().st_mode & 0o077
+    nc = await nats.connect(natsauth.with_credential(shown["nats_url"], control))
     try:
         info = await nc.jetstream().stream_info(subjects.EVENTS_STREAM)
         assert info.config.name == subjects.EVENTS_STREAM

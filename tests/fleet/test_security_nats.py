@@ -1,0 +1,192 @@
+"""A real agent on a NATS server with users: its own credential is granted at spawn, reaches its
+panes through FLEET_NATS_URL and FLEET_NATS_CREDS, works for `fleet inbox` and `fleet mail
+send`, cannot command another agent, and is revoked when the agent stops.
+
+The fleet is the one of tests/conftest.py, but its nats-server runs with the config of
+infra/natsauth.py and the credentials service answers in the test's loop, as in `fleet up`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from infra import natsauth
+from infra.config import FleetState, Settings, now_utc, write_state
+from infra.mailbox import Mailbox
+from infra.nats import connect
+from infra.natsserver import NatsServer
+from infra.tmux import Tmux
+from schemas import subjects
+from schemas.mail import MailMessage
+from services import creds
+from tests.conftest import Fleet, _fleet_down
+from tests.fleet.helpers import command, spawn, until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def auth_fleet(
+    ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Fleet, NatsServer]]:
+    """nats-server with users + Ray + a supervisor whose agents get their own NATS users."""
+    import ray
+
+    from actors import supervisor
+
+    tag = uuid.uuid4().hex[:8]
+    state_dir = tmp_path / "state"
+    auth = natsauth.AuthDir.of(state_dir)
+    auth.write_config(natsauth.new_password())
+    server = NatsServer.start(tmp_path / "nats", config=auth.config_path)
+    env = {
+        "FLEET_STATE_DIR": str(state_dir),
+        "FLEET_TMUX_SOCKET": f"fleet-test-{tag}",
+        "FLEET_WORKTREE_ROOT": str(tmp_path / "worktrees"),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    fleet = Fleet(
+        nats_url=natsauth.with_credential(server.url, auth.control()),
+        state_dir=state_dir,
+        worktree_root=tmp_path / "worktrees",
+        tmux_socket=env["FLEET_TMUX_SOCKET"],
+        namespace=f"test-{tag}",
+        supervisor=None,
+        env={**os.environ, **env},
+    )
+    config = fleet.config()
+    config = dataclasses.replace(config, agent=dataclasses.replace(config.agent, nats_auth=True))
+    try:
+        fleet.supervisor = supervisor.start(config)
+        ray.get(fleet.supervisor.known.remote(), timeout=60)
+        state = FleetState(
+            pid=os.getpid(),
+            state_dir=str(state_dir),
+            nats_url=server.url,
+            nats_pid=server.pid,
+            nats_creds=str(auth.control_path),
+            started_at=now_utc(),
+            ray_address=ray_cluster,
+        )
+        write_state(Settings.from_env().state_file, state)
+        yield fleet, server
+    finally:
+        _fleet_down(fleet)
+        server.stop()
+
+
+@pytest.fixture
+async def control(auth_fleet: tuple[Fleet, NatsServer]) -> AsyncIterator[Client]:
+    """The control plane's connection, and the credentials service `fleet up` would run."""
+    fleet, server = auth_fleet
+    nc = await connect(fleet.nats_url)
+    access = creds.Credentials(server, natsauth.AuthDir.of(fleet.state_dir))
+    sub = await creds.start(nc, access)
+    try:
+        yield nc
+    finally:
+        await sub.unsubscribe()
+        await nc.close()
+
+
+def pane_env(fleet: Fleet, session: str) -> dict[str, str]:
+    """The environment of the agent's first pane, as the kernel has it."""
+    pid = Tmux(fleet.tmux_socket).pane_pids(session)[0]
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    pairs = (item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+    return dict(pairs)
+
+
+async def fleet_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`fleet ...` with only the agent's NATS settings: no state dir that holds the control
+    plane's credential (FLEET_STATE_DIR points at an empty one)."""
+    keep = {k: env[k] for k in ("FLEET_AGENT_ID", "FLEET_NATS_URL", "FLEET_NATS_CREDS")}
+    full = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **keep}
+    full["FLEET_STATE_DIR"] = str(Path(env["FLEET_NATS_CREDS"]).parent / "nowhere")
+    argv = [sys.executable, "-m", "services.cli", *args]
+    return await asyncio.to_thread(
+        subprocess.run, argv, env=full, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+async def test_an_agent_gets_its_own_credential_and_loses_it_at_stop(
+    auth_fleet: tuple[Fleet, NatsServer], control: Client, repo: Path
+) -> None:
+    fleet, server = auth_fleet
+    for name in ("sa1", "sb1"):
+        reply = await spawn(control, str(repo), name)
+        assert reply["ok"], reply
+    env = pane_env(fleet, "fleet-sa1")
+    assert env["FLEET_NATS_URL"] == server.url  # no password in it
+    creds_file = Path(env["FLEET_NATS_CREDS"])
+    assert creds_file.stat().st_mode & 0o777 == 0o600
+    cred = natsauth.read_credential(creds_file)
+    assert cred.user == "agent-sa1" and cred.inbox_prefix == "_INBOX.agent-sa1"
+    assert natsauth.AuthDir.of(fleet.state_dir).control().password not in json.dumps(env)
+
+    await Mailbox(control).send("sa1", MailMessage(from_="boss", body="do the thing"), "high")
+    taken = await fleet_cli(env, "inbox", "--ack", "--json")
+    assert taken.returncode == 0, taken.stderr
+    assert [m["body"] for m in json.loads(taken.stdout)] == ["do the thing"]
+    sent = await fleet_cli(env, "mail", "send", "sb1", "done", "--json")
+    assert sent.returncode == 0, sent.stderr
+    assert [i.body for i in await Mailbox(control).peek("sb1")] == ["done"]
+    other = await fleet_cli(env, "inbox", "sb1", "--ack")
+    assert other.returncode == 2 and "may read only its own mail" in other.stderr
+    assert [i.body for i in await Mailbox(control).peek("sb1")] == ["done"]  # still there
+
+    # The same credential, from any client: sa1 cannot command sb1.
+    errors: list[str] = []
+
+    async def on_error(e: Exception) -> None:
+        errors.append(str(e).lower())
+
+    agent_nc = await nats.connect(
+        natsauth.with_credential(env["FLEET_NATS_URL"], cred),
+        inbox_prefix=cred.inbox_prefix,
+        error_cb=on_error,
+        allow_reconnect=False,
+    )
+    with pytest.raises(nats.errors.TimeoutError):
+        await agent_nc.request(subjects.command("sb1"), b'{"type":"kill"}', timeout=1)
+    assert any(f'publish to "{subjects.command("sb1")}"' in e for e in errors), errors
+    shown = await command(control, "sb1", "show")
+    assert shown["agent"]["lifecycle"] == "RUNNING"
+
+    stopped = await command(control, "sa1", "stop")
+    assert stopped["agent"]["lifecycle"] == "STOPPED", stopped
+    await until(_closed(agent_nc), "the server to drop the revoked agent's connection")
+    assert not creds_file.exists()
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(
+            natsauth.with_credential(server.url, cred),
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+        )
+    # A restart grants a new user; sb1 kept its own all along.
+    restarted = await command(control, "sa1", "restart")
+    assert restarted["agent"]["lifecycle"] == "RUNNING", restarted
+    again = natsauth.read_credential(creds_file)
+    assert again.password != cred.password
+    theirs = await fleet_cli(pane_env(fleet, "fleet-sb1"), "inbox", "--next", "--json")
+    assert theirs.returncode == 0 and json.loads(theirs.stdout)["body"] == "done", theirs.stderr
+
+
+def _closed(nc: Client) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return nc.is_closed
+
+    return check
