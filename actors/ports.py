@@ -44,8 +44,16 @@ def _meta(actor: AgentActor) -> dict[str, Any]:
 
 
 async def _request(actor: AgentActor, payload: msgspec.Struct) -> dict[str, Any]:
-    subject = subjects.control("ports")
-    msg = await actor.nc.request(subject, msgspec.json.encode(payload), REQUEST_TIMEOUT_S)
+    """Ask the ports service of this actor's node (its bind check must happen here), or, where
+    none runs (one machine, or a node without its services yet), the fleet-wide one."""
+    data = msgspec.json.encode(payload)
+    try:
+        if not actor.node:
+            raise NoRespondersError
+        subject = subjects.node_control("ports", actor.node)
+        msg = await actor.nc.request(subject, data, REQUEST_TIMEOUT_S)
+    except NoRespondersError:
+        msg = await actor.nc.request(subjects.control("ports"), data, REQUEST_TIMEOUT_S)
     reply: dict[str, Any] = msgspec.json.decode(msg.data)
     if reply.get("ok") is not True:
         error = reply.get("error") or {}

@@ -25,6 +25,7 @@ import msgspec
 import ray
 from nats.aio.msg import Msg
 
+from actors import placement
 from actors.agent import AgentActor, AgentConfig, new_id
 from actors.templates import resolve_template
 from infra import registry
@@ -123,13 +124,15 @@ class Supervisor:
                 continue
             state = (await self.store.load(agent_id)).state
             if state.agent_id and state.lifecycle.value != "NEW" and not state.removed:
-                self.actors[agent_id] = self._cold(agent_id)
+                options = placement.options_of_spec(state.template_spec)
+                self.actors[agent_id] = self._cold(agent_id, options)
         await asyncio.gather(*(a.agent_id.remote() for a in self.actors.values()))
         return sorted(self.actors)
 
-    def _cold(self, agent_id: str) -> Any:
+    def _cold(self, agent_id: str, placed: dict[str, Any] | None = None) -> Any:
+        """A new actor for the agent; `placed`: its template's Ray options (actors/placement.py)."""
         remote: Any = ray.remote(AgentActor)
-        options = agent_options(AGENT_PREFIX + agent_id, self.config)
+        options = {**agent_options(AGENT_PREFIX + agent_id, self.config), **(placed or {})}
         return remote.options(**options).remote(self.config.agent, agent_id)
 
     async def _fill_pool(self) -> None:
@@ -183,9 +186,11 @@ class Supervisor:
             raise AgentExists(name)
         if len(self.actors) + len(self.reserved) >= self.config.max_agents:
             raise TooManyAgents(self.config.max_agents)
+        placed = placement.options_of(template)
+        await placement.checked(name, placed)
         self.reserved.add(name)
         try:
-            actor, pooled = await self._actor_for(name)
+            actor, pooled = await self._actor_for(name, placed)
             req = msgspec.structs.replace(req, name=name)
             command = req.command or template.assistant.command
             spec = encode_spec(template)
@@ -196,8 +201,14 @@ class Supervisor:
         self._background(self._fill_pool())
         return reply
 
-    async def _actor_for(self, name: str) -> tuple[Any, bool]:
-        """A warm pool actor bound to `name`, else a new one; and whether it was warm."""
+    async def _actor_for(self, name: str, placed: dict[str, Any]) -> tuple[Any, bool]:
+        """A warm pool actor bound to `name`, else a new one; and whether it was warm.
+
+        An agent placed by its resources always gets a new actor, made where Ray places it."""
+        if placed:
+            actor = self._cold(name, placed)
+            await placement.started(actor, name, placed)
+            return actor, False
         while self.pool:
             handle = self.pool.pop()
             try:

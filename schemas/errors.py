@@ -302,3 +302,14 @@ class PortsExhausted(FleetError):
             f"cannot lease {wanted} port(s) for agent {agent_id}: every port in {low}-{high} is "
             "leased or in use (widen FLEET_PORT_RANGE, or stop agents that hold ports)"
         )
+
+
+class CannotPlace(FleetError):
+    """No Ray node can take an agent with the resources its template asks for."""
+
+    code = "cannot_place"
+
+    def __init__(self, agent_id: str, wanted: dict[str, float], why: str) -> None:
+        self.agent_id, self.wanted, self.why = agent_id, wanted, why
+        asked = ", ".join(f"{k}={v:g}" for k, v in sorted(wanted.items())) or "nothing"
+        super().__init__(f"cannot place agent {agent_id} (it asks Ray for {asked}): {why}")

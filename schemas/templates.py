@@ -108,6 +108,11 @@ class Resources(_Spec, frozen=True):
     pids: int | None = None
     max_lifetime_s: float | None = None
     on_exceed: Literal["warn", "restart", "stop"] = "warn"
+    # Placement on a Ray cluster: custom resources the agent's node must offer, e.g.
+    # {"gpu-box": 1} or Ray's own {"node:10.0.0.5": 0.01}; its actor asks Ray for them, so the
+    # session, ports and services are on such a node.
+    ray: dict[str, float] = {}
+    reserve: bool = False  # also reserve `cpu` and `memory_mb` there (Ray num_cpus and memory)
 
 
 class Permissions(_Spec, frozen=True):

@@ -231,6 +231,7 @@ class PortsService:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     sub: Subscription | None = None
+    node_sub: Subscription | None = None  # `fleet.ctl.ports.<node>`: leases bound on this node
     watcher: KeyValue.KeyWatcher | None = None
 
     async def handle(self, data: bytes) -> bytes:
@@ -282,9 +283,10 @@ class PortsService:
 
     async def close(self) -> None:
         self.stop.set()
-        if self.sub is not None:
-            await self.sub.unsubscribe()
-            self.sub = None
+        for sub in (self.sub, self.node_sub):
+            if sub is not None:
+                await sub.unsubscribe()
+        self.sub = self.node_sub = None
         for task in self.tasks:
             task.cancel()
         if self.tasks:
@@ -302,10 +304,18 @@ async def start(
     reclaim_every_s: float = 30.0,
     grace_s: float = 10.0,
     follow: bool = True,
+    node: str = "",
+    fleet_wide: bool = True,
 ) -> PortsService:
-    """Serve `fleet.ctl.ports`, follow the events and reclaim orphans; `close()` stops it all."""
+    """Serve `fleet.ctl.ports`, follow the events and reclaim orphans; `close()` stops it all.
+
+    With a Ray `node`, also serve `fleet.ctl.ports.<node>`, which the agents of that node ask,
+    so the bind that checks a port happens where the agent's services will listen. The
+    service of another node serves only that (`fleet_wide=False`, usually `follow=False`)."""
     kv = await nc.jetstream().key_value(subjects.PORTS_BUCKET)
     leaser = PortLeaser(kv, nc.jetstream(), *port_range)
+    if node:
+        leaser.holder = f"{node[:12]}-{leaser.holder}"
     service = PortsService(leaser, EventStore(nc), grace_s=grace_s)
     leaser.known = await leaser.scan()
     spawn = asyncio.get_running_loop().create_task
@@ -316,5 +326,9 @@ async def start(
         service.tasks.append(
             spawn(service.store.follow(durable, service.on_event, stop=service.stop))
         )
-    service.sub = await serve(nc, subjects.control("ports"), service.handle, "ports")
+    if fleet_wide:
+        service.sub = await serve(nc, subjects.control("ports"), service.handle, "ports")
+    if node:
+        subject = subjects.node_control("ports", node)
+        service.node_sub = await serve(nc, subject, service.handle, "ports")
     return service
