@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgspec
 
+from infra import natsauth
 from infra.eventstore import EventStore
 from infra.mailbox import Mailbox
 from infra.nats import connect
@@ -41,7 +42,8 @@ async def test_a_killed_nats_server_loses_no_acknowledged_write(
     spawned = fleet_cli(up_env, "spawn", "--repo", str(repo), "--name", "a1", "--json")
     assert spawned.returncode == 0, spawned.stderr
     state = fleet_state(up_env)
-    nc = await connect(state["nats_url"], name="fault-load")
+    control = natsauth.read_credential(state["nats_creds"])  # fleet up's NATS has users
+    nc = await connect(natsauth.with_credential(state["nats_url"], control), name="fault-load")
     try:
         store, mailbox = EventStore(nc), Mailbox(nc)
         tallies = [Tally() for _ in range(WRITERS + 1)]
