@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from actors import creds
 from infra import sandbox, secretstore
 from schemas.secrets import redact_template
 from schemas.templates import Template, decode_spec, encode_spec
@@ -103,6 +104,7 @@ def wrap(
     """`command` started through the sandbox with this agent's grants."""
     t = template(actor)
     read = [*SYSTEM_READ, *KERNEL_READ, sys.prefix, sys.base_prefix, FLEETD_ROOT]
+    read += [creds.creds_path(actor)] if actor.config.nats_auth else []  # FLEET_NATS_CREDS
     write = [str(worktree), "/dev", str(private_dir(actor, "homes"))]
     write.append(str(private_dir(actor, "tmp")))
     write.append(str(Path(actor.config.state_dir) / "services" / actor.state.agent_id))

@@ -137,6 +137,14 @@ async def test_an_agent_gets_its_own_credential_and_loses_it_at_stop(
     assert cred.user == "agent-sa1" and cred.inbox_prefix == "_INBOX.agent-sa1"
     assert natsauth.AuthDir.of(fleet.state_dir).control().password not in json.dumps(env)
 
+    # In the agent's own pane (sandboxed as its template says): `fleet inbox` takes its mail.
+    await Mailbox(control).send("sa1", MailMessage(from_="boss", body="first"), "high")
+    worktree = Path(env["FLEET_WORKTREE"])
+    typed = f"{sys.executable} -m services.cli inbox --next --ack --json > got.json 2>&1"
+    await command(control, "sa1", "send", text=typed + "; echo done > got.end")
+    await until(_exists(worktree / "got.end"), "the pane's `fleet inbox`", timeout=30)
+    assert json.loads((worktree / "got.json").read_text())["body"] == "first"
+
     await Mailbox(control).send("sa1", MailMessage(from_="boss", body="do the thing"), "high")
     taken = await fleet_cli(env, "inbox", "--ack", "--json")
     assert taken.returncode == 0, taken.stderr
@@ -183,6 +191,13 @@ async def test_an_agent_gets_its_own_credential_and_loses_it_at_stop(
     assert again.password != cred.password
     theirs = await fleet_cli(pane_env(fleet, "fleet-sb1"), "inbox", "--next", "--json")
     assert theirs.returncode == 0 and json.loads(theirs.stdout)["body"] == "done", theirs.stderr
+
+
+def _exists(path: Path) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return path.exists()
+
+    return check
 
 
 def _closed(nc: Client) -> Callable[[], Awaitable[bool]]:
