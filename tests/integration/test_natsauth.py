@@ -8,8 +8,11 @@ is seen by the client as nats-py's permissions-violation error.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +35,7 @@ from services import creds
 
 @pytest.fixture
 def auth(tmp_path: Path) -> natsauth.AuthDir:
-    return natsauth.AuthDir.of(tmp_path / "state")
+    return natsauth.AuthDir.of(tmp_path / "server-state")
 
 
 @pytest.fixture
@@ -310,3 +313,32 @@ def test_a_credentials_file_is_read_or_refused_with_a_sentence(tmp_path: Path) -
     path.write_text("user=x")
     with pytest.raises(natsauth.CredentialsUnusable, match="not a fleetd credentials file"):
         natsauth.read_credential(path)
+
+
+def test_fleet_up_on_an_operators_nats_keeps_the_credential_it_was_given(
+    server: NatsServer,
+    auth: natsauth.AuthDir,
+    state_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`FLEET_NATS_URL` with a user in it: fleet up and the CLI use it, nothing prints it."""
+    from tests.integration.test_up import _first_line, _stopped_cleanly, fleet
+
+    control = auth.control()  # stands in for a user the operator made for fleetd
+    monkeypatch.setenv("FLEET_NATS_URL", natsauth.with_credential(server.url, control))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up", "--json"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    printed = json.loads(_first_line(proc))
+    assert printed["nats_url"] == server.url and printed["nats_pid"] is None
+    assert natsauth.read_credential(printed["nats_creds"]) == control
+    monkeypatch.delenv("FLEET_NATS_URL")  # the CLI finds the credential through the state dir
+    listed = fleet("ls", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert control.password not in fleet("status").stdout
+    _stopped_cleanly(proc, printed, state_dir)
