@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -36,6 +37,7 @@ import msgspec
 from schemas import subjects
 from schemas.errors import FleetError
 
+log = logging.getLogger(__name__)
 AUTH_DIR_NAME = "nats-auth"
 CONTROL_USER = "fleet-control"
 CANARY_USER = "fleet-reload"  # no permissions at all; its fresh password proves a reload
@@ -252,9 +254,11 @@ class AuthDir:
         """agent id -> bcrypt hash, of every agent that holds a user now."""
         found: dict[str, str] = {}
         for path in sorted((self.root / "users").glob("*.json")):
-            with contextlib.suppress(OSError, ValueError, KeyError):
+            try:
                 entry = json.loads(path.read_bytes())
                 found[subjects.token(entry["agent_id"])] = str(entry["hash"])
+            except (OSError, ValueError, KeyError, TypeError) as e:  # one bad file: that user only
+                log.warning("NATS user file %s skipped (%s); that agent cannot connect", path, e)
         return found
 
     def write_config(self, canary_password: str) -> None:
