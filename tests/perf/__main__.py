@@ -1,4 +1,4 @@
-"""Run benchmark groups: `python -m tests.perf [GROUP ...]` (all groups when none is named)."""
+"""Run benchmark groups: `python -m tests.perf [GROUP ...]` (all but `load` when none is named)."""
 
 from __future__ import annotations
 
@@ -16,14 +16,18 @@ GROUPS = {
     "bus": "tests.perf.bench_bus",
     "gateway": "tests.perf.bench_gateway",
     "checkpoint": "tests.perf.bench_checkpoint",
+    "load": "tests.perf.bench_load",  # minutes long: run only when named
 }
+DEFAULT = [g for g in GROUPS if g != "load"]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="just bench")
-    parser.add_argument("groups", nargs="*", help=f"one of: {', '.join(GROUPS)} (default: all)")
+    parser.add_argument(
+        "groups", nargs="*", help=f"one of: {', '.join(GROUPS)} (default: all but load)"
+    )
     args = parser.parse_args()
-    names = [g for g in args.groups if g] or list(GROUPS)
+    names = [g for g in args.groups if g] or DEFAULT
     unknown = [g for g in names if g not in GROUPS]
     if unknown:
         print(

@@ -77,6 +77,7 @@ def env(tmp_path: Path, cluster: dict[str, Any]) -> Iterator[dict[str, str]]:
         "FLEET_TMUX_SOCKET": socket,
         "FLEET_POOL_SIZE": "0",
         "FLEET_RAY_ADDRESS": cluster["address"],
+        "FLEET_GATEWAY_PORT": "0",  # any free port: other fleets may run on this machine
     }
     values.pop("FLEET_NATS_URL", None)
     yield values

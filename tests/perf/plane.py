@@ -1,0 +1,144 @@
+"""The control plane under test for the load benchmark: a real `fleet up` and its process tree.
+
+"The control plane" is `fleet up` and every process under it: the embedded nats-server, the
+local Ray it starts (GCS, raylet, dashboard agent, and the Ray workers: supervisor, agent
+actors, node services), the gateway, templates, ports, health and notifications services.
+The agents' own processes (the tmux server and the shells and HTTP services in it) are not
+part of it: they belong to the agents and outlive the control plane by design.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[2]
+GUARD_S = 600.0  # only keeps a hung child from hanging the run
+
+
+@dataclass
+class Plane:
+    env: dict[str, str]
+    cpu_first: dict[int, float] = field(default_factory=dict)  # pid -> user+system s, first seen
+    cpu_last: dict[int, float] = field(default_factory=dict)
+
+    @classmethod
+    def make(cls, root: Path, socket: str, agents: int) -> Plane:
+        env = {
+            **os.environ,
+            "FLEET_STATE_DIR": str(root / "state"),
+            "FLEET_TMUX_SOCKET": socket,
+            "FLEET_POOL_SIZE": "0",
+            "FLEET_MAX_AGENTS": str(max(agents, 200)),
+            "FLEET_GATEWAY_PORT": "0",
+        }
+        for name in ("FLEET_NATS_URL", "FLEET_RAY_ADDRESS", "FLEET_NATS_CREDS"):
+            env.pop(name, None)
+        return cls(env)
+
+    @property
+    def state_file(self) -> Path:
+        return Path(self.env["FLEET_STATE_DIR"]) / "fleet.json"
+
+    def pid(self) -> int | None:
+        if not self.state_file.exists():
+            return None
+        pid: int = json.loads(self.state_file.read_text())["pid"]
+        return pid if psutil.pid_exists(pid) else None
+
+    def start(self) -> float:
+        """`fleet up --detach`; seconds until it wrote its state file (it is ready then)."""
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "services.cli", "up", "--detach"],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=GUARD_S,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"fleet up failed: {done.stderr.strip() or done.stdout.strip()}")
+        return time.perf_counter() - started
+
+    def tree(self) -> list[psutil.Process]:
+        pid = self.pid()
+        if pid is None:
+            return []
+        top = psutil.Process(pid)
+        return [top, *top.children(recursive=True)]
+
+    def sample(self) -> float:
+        """The tree's RSS now (MB), and each process's CPU time recorded for `cpu_s`."""
+        rss = 0
+        for proc in self.tree():
+            try:
+                with proc.oneshot():
+                    rss += proc.memory_info().rss
+                    times = proc.cpu_times()
+            except psutil.Error:
+                continue  # it ended meanwhile
+            used = times.user + times.system + times.children_user + times.children_system
+            self.cpu_first.setdefault(proc.pid, used)
+            self.cpu_last[proc.pid] = used
+        return rss / 2**20
+
+    def cpu_s(self) -> float:
+        """CPU seconds the tree used between the first and the last sample of each process."""
+        return sum(self.cpu_last[p] - self.cpu_first[p] for p in self.cpu_last)
+
+    def reset_cpu(self) -> None:
+        self.cpu_first.clear()
+        self.cpu_last.clear()
+
+    def kill9(self) -> int:
+        """SIGKILL every process of the control plane at once (a crash of the machine's fleetd,
+        not of the agents); how many were killed."""
+        procs = self.tree()
+        for proc in procs:
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.Error:
+                continue
+        psutil.wait_procs(procs, timeout=30)
+        return len(procs)
+
+    def stop(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGINT)
+            try:
+                psutil.Process(pid).wait(120)
+            except psutil.TimeoutExpired:
+                self.kill9()
+
+    def end_agents(self) -> None:
+        """Kill the agents' tmux server and whatever its panes still run."""
+        socket = self.env["FLEET_TMUX_SOCKET"]
+        found = subprocess.run(
+            ["tmux", "-L", socket, "list-panes", "-a", "-F", "#{pane_pid}"],
+            capture_output=True,
+            text=True,
+        )
+        procs = []
+        for pid in [int(p) for p in found.stdout.split() if p.isdigit()]:
+            try:
+                top = psutil.Process(pid)
+                procs += [top, *top.children(recursive=True)]
+            except psutil.Error:
+                continue
+        subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True, check=False)
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.Error:
+                continue
+        psutil.wait_procs(procs, timeout=10)
