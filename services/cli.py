@@ -27,6 +27,7 @@ from services import cli_health as health
 from services import cli_history as history
 from services import cli_live as live
 from services import cli_mail as mail
+from services import cli_spawn as spawn
 from services import cli_templates as templates
 from services import cli_tokens as tokens
 from services import doctor
@@ -85,7 +86,7 @@ class Subcommand:
 SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("up", cmd_up, _up_arguments),
     Subcommand("status", cmd_status),
-    Subcommand("spawn", agents.cmd_spawn, agents.spawn_arguments),
+    Subcommand("spawn", spawn.cmd_spawn, spawn.spawn_arguments),
     Subcommand("ls", agents.cmd_ls, agents.ls_arguments, aliases=("list",)),
     Subcommand("top", live.cmd_top, live.top_arguments),
     Subcommand("show", agents.cmd_show, agents.id_argument),

@@ -517,3 +517,20 @@ def test_spawn_refusals_and_unknown_agents_with_a_fleet(live: Any, repo: Path) -
     assert re.search(r"^d2\s+RUNNING", result.out, re.M), result.out
     assert re.search(r"^d1\s+FAILED\s+an agent named 'd1' already exists", result.out, re.M)
     assert "fleet: 1 of 2 spawns failed" in result.err
+
+
+def test_spawn_env_reaches_the_panes_and_never_the_log(live: Any, repo: Path) -> None:
+    env = dict(live.env, FLEET_CLI_PASSED="from-your-shell")
+    secret = f"s3cret-{uuid.uuid4().hex[:8]}"
+    spawned = run(
+        env, "spawn", "--repo", str(repo), "--name", "e1",
+        "--env", f"DEPLOY_TOKEN={secret}", "--env", "FLEET_CLI_PASSED",
+    )  # fmt: skip
+    assert spawned.status == 0, spawned.err
+    assert run(env, "send", "e1", 'echo "got:$DEPLOY_TOKEN:$FLEET_CLI_PASSED"').status == 0
+    seen = f"got:{secret}:from-your-shell"
+    wait_until(lambda: seen in run(env, "logs", "e1", "-n", "40").out, f"{seen!r} on screen")
+    assert secret not in run(env, "show", "e1", "--json").out
+    assert secret not in run(env, "events", "e1", "--json").out
+    unset = run(env, "spawn", "--repo", str(repo), "--name", "e2", "--env", "FLEET_NOT_SET_X")
+    assert unset.status == 2 and "--env 'FLEET_NOT_SET_X' has no value" in unset.sentence()
