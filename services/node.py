@@ -26,6 +26,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import infra.nats
 from infra.config import Settings
+from schemas.errors import FleetError
 from services import health, ports
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ class NodeServices:
     async def __init__(  # type: ignore[misc]  # Ray runs async constructors
         self, nats_url: str, port_range: tuple[int, int], node: str
     ) -> None:
+        runs_on = ray.get_runtime_context().get_node_id()
+        if runs_on != node:  # a lease's bind check elsewhere would be wrong: refuse to serve
+            raise FleetError(f"the services of Ray node {node} started on node {runs_on}")
         self.node_id = node
         self.nc = await infra.nats.connect(nats_url, name=f"fleet-node-{node[:12]}")
         self.ports = await ports.start(

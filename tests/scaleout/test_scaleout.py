@@ -69,7 +69,8 @@ def cluster() -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture
-def env(tmp_path: Path, cluster: dict[str, Any]) -> Iterator[dict[str, str]]:
+def env(tmp_path: Path, cluster: dict[str, Any], nats_url: str) -> Iterator[dict[str, str]]:
+    """fleetd pointed at existing clusters: the Ray cluster above and a NATS it did not start."""
     socket = f"fleet-scale-{os.getpid()}-{tmp_path.name[-12:]}"
     values = {
         **os.environ,
@@ -79,7 +80,7 @@ def env(tmp_path: Path, cluster: dict[str, Any]) -> Iterator[dict[str, str]]:
         "FLEET_RAY_ADDRESS": cluster["address"],
         "FLEET_GATEWAY_PORT": "0",  # any free port: other fleets may run on this machine
     }
-    values.pop("FLEET_NATS_URL", None)
+    values["FLEET_NATS_URL"] = nats_url
     yield values
     state = tmp_path / "state" / "fleet.json"
     if state.exists():
@@ -126,6 +127,9 @@ def test_agents_land_on_the_nodes_with_their_resources_and_work_there(
 ) -> None:
     up = fleet(env, "up", "--detach")
     assert up.returncode == 0, up.stderr
+    status = json.loads(fleet(env, "status", "--json").stdout)
+    assert status["nats_url"] == env["FLEET_NATS_URL"] and status["nats_pid"] is None
+    assert status["ray_address"] == cluster["address"]
     for name, resource in (("on-n1", "n1"), ("on-n2", "n2"), ("on-n3", "n3")):
         path = tmp_path / f"{name}.yaml"
         path.write_text(TEMPLATE.format(name=name, resource=resource))
