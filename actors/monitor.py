@@ -28,21 +28,23 @@ log = logging.getLogger(__name__)
 SETTLE_WINDOW_S = 3.0  # keep looking this long after the screen last changed
 
 
-def _server_alive(socket_name: str) -> bool:
-    """Whether the fleet's tmux server still listens, without running tmux: a connect to its
-    socket ($TMUX_TMPDIR, else /tmp, /tmux-<uid>/<name>). A server that exits removes the
-    socket; one killed with SIGKILL leaves it, and then the connect is refused."""
+def _server_id(socket_name: str) -> int | None:
+    """The inode of the fleet's tmux server socket while a server listens on it, else None;
+    no tmux call. tmux keeps its socket at $TMUX_TMPDIR (else /tmp)/tmux-<uid>/<name>; a server
+    that exits removes it, one killed with SIGKILL leaves it (a connect is then refused), and
+    a new server makes a new one: a changed inode means the sessions of the old one are gone."""
     base = os.environ.get("TMUX_TMPDIR") or "/tmp"
     path = os.path.join(base, f"tmux-{os.getuid()}", socket_name)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(1.0)
         try:
+            inode = os.stat(path).st_ino
             sock.connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
-            return False
+            return None
         except OSError:  # anything else (a full backlog, a timeout): not evidence of death
-            return True
-    return True
+            return -1
+    return inode
 
 
 class ActivityMonitor:
@@ -55,6 +57,8 @@ class ActivityMonitor:
         self.task: asyncio.Task[None] | None = None
         self._size = -1
         self._changed_at = time.monotonic()
+        # The tmux server this incarnation's session lives on (see `_server_id`).
+        self._server = _server_id(actor.tmux.socket_name)
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -92,7 +96,10 @@ class ActivityMonitor:
     async def tick(self) -> None:
         actor = self.actor
         state = actor.state
-        if state.lifecycle is Lifecycle.RUNNING and not _server_alive(actor.tmux.socket_name):
+        server = _server_id(actor.tmux.socket_name)
+        if self._server in (None, -1):
+            self._server = server
+        elif state.lifecycle is Lifecycle.RUNNING and server != -1 and server != self._server:
             async with actor.lock:  # no tmux server, no session: the recovery ladder rebuilds it
                 if actor.state.lifecycle is Lifecycle.RUNNING:
                     await actor._fail(f"{SESSION_GONE} (the tmux server died or was killed)")
