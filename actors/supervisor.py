@@ -15,6 +15,7 @@ skips the Ray worker start. A binding is written to KV first, so a pool actor th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -27,13 +28,14 @@ from nats.aio.msg import Msg
 
 from actors import placement
 from actors.agent import AgentActor, AgentConfig, new_id
+from actors.fleetview import FleetView
 from actors.templates import resolve_template
 from infra import registry
 from infra.deadletters import DeadLetters
 from infra.eventstore import EventStore
 from infra.nats import connect, ensure_streams, replicas_for
 from schemas import replies, subjects
-from schemas.control import ListRequest, SpawnRequest
+from schemas.control import ActorView, ListRequest, SpawnRequest
 from schemas.discovery import AcquireRequest, FindRequest, RegistryEntry, select
 from schemas.errors import (
     AgentExists,
@@ -87,6 +89,8 @@ class Supervisor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._filling = False
         self.pool_target = config.pool_size
+        self.view = FleetView(self.nc)  # `list` answers from the log, not 200 Ray calls
+        await self.view.start()
         await self.refind()
         handlers = (
             ("spawn", self._spawn),
@@ -196,6 +200,7 @@ class Supervisor:
             spec = encode_spec(template)
             reply: bytes = await actor.spawn.remote(req, command, pooled, spec, version)
             self.actors[name] = actor
+            self._learn_where(name, reply)
         finally:
             self.reserved.discard(name)
         self._background(self._fill_pool())
@@ -230,7 +235,14 @@ class Supervisor:
         return len(self.pool)
 
     async def _list(self, data: bytes) -> bytes:
+        """Every agent with an actor (and with `removed`, every agent the log knows), folded
+        from the log; from the actors themselves if the fold cannot catch up."""
         req = replies.decode_request(data or b"{}", ListRequest, "list request")
+        live = list(self.actors)
+        if await self.view.caught_up() and all(a in self.view.states for a in live):
+            self.view.refresh(live, self._where)
+            wanted = set(self.view.states) if req.removed else set(live)
+            return replies.ok(agents=self.view.views(wanted))
         shown = await asyncio.gather(*(a.show.remote() for a in self.actors.values()))
         if req.removed:
             from schemas.control import view
@@ -240,6 +252,20 @@ class Supervisor:
                     loaded = await self.store.load(agent_id)
                     shown.append(msgspec.to_builtins(view(loaded.state, seq=loaded.position.seq)))
         return replies.ok(agents=sorted(shown, key=lambda v: v["id"]))
+
+    def _learn_where(self, agent_id: str, reply: bytes) -> None:
+        """The spawn reply says where the actor runs: the next list needs no Ray call for it."""
+        with contextlib.suppress(msgspec.DecodeError, KeyError, TypeError):
+            where = msgspec.json.decode(reply)["agent"]["actor"]
+            self.view.actors[agent_id] = ActorView(where["node"], where["pid"])
+
+    async def _where(self, agent_id: str) -> ActorView | None:
+        """Where an agent's actor runs (it changes when Ray restarts the actor)."""
+        actor = self.actors.get(agent_id)
+        if actor is None:
+            return None
+        shown = await actor.show.remote()
+        return ActorView(shown["actor"]["node"], shown["actor"]["pid"])
 
     async def _on_command(self, msg: Msg) -> None:
         """`fleet.cmd.*`: answer only for ids that no agent actor serves.
@@ -301,6 +327,7 @@ class Supervisor:
     def forget(self, agent_id: str) -> None:
         """Called when an agent is removed: its actor is gone."""
         self.actors.pop(agent_id, None)
+        self.view.forget(agent_id)
 
     def known(self) -> list[str]:
         return sorted(self.actors)
