@@ -5,21 +5,17 @@ and ~0.4 s each do not fit a 2-core machine next to a test suite). The appends c
 another process, as agent actors' do; the gateway and the WebSocket client share one event loop.
 
 `GET /api/agents` is the gateway asking `fleet.ctl.list`, answered by the real supervisor
-(actors/supervisor.py: its constructor, its NATS connection and subscriptions, its `_list`),
-run in a process of its own. Only where it finds its actors differs: instead of 200 Ray actor
-handles, `refind` registers each agent's state folded from its real log, and `show.remote()`
-runs `AgentActor.show` itself on that state, in the supervisor's process. So the figure has
-the HTTP hop, the gateway, NATS request/reply, the supervisor's code and 200 `show` views
-built and encoded per request; it has no Ray actor call (one per agent per list).
-`ray_show_fanout_p50_ms` measures that missing part on its own: 200 `show.remote()` calls
-gathered as `_list` gathers them, over RAY_ACTORS real (unbound) agent actors on a local Ray,
-a few processes standing in for 200 (which would need ~8 GB and a minute and a half to start).
+(actors/supervisor.py: its constructor, subscriptions, fleet view and `_list`), run in a process
+of its own. The list is folded from the log (actors/fleetview.py) and asks no actor, so the
+figure is the whole path: HTTP, the gateway, NATS request/reply, the catch-up check against the
+stream, 200 views built and encoded. Only the actor handles are stand-ins (200 Ray actors need
+~8 GB and a minute and a half here): `AgentActor.show` on each agent's folded log answers the
+background "where does it run" refresh, which is off the list's path.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
@@ -38,7 +34,6 @@ from infra.config import Settings
 from infra.eventstore import EventStore, Loaded
 from schemas import events as e
 from schemas import subjects
-from schemas.agent import AgentState
 from schemas.chain import Position
 from schemas.states import Activity, Lifecycle
 from services import gateway
@@ -48,8 +43,6 @@ from tests.perf.common import emit, fresh_nats, log, p50
 AGENTS = 200
 ROUNDS = 15
 LIST_REQUESTS = 200
-RAY_ACTORS = 8
-RAY_ROUNDS = 50
 
 
 def _p99(samples: list[float]) -> float:
@@ -246,59 +239,12 @@ async def main() -> None:
                     await supervisor.wait()
                 note = (
                     f"{AGENTS} agents with real logs; fleet.ctl.list answered by the real "
-                    "supervisor in its own process, each agent's view built by AgentActor.show "
-                    "on its folded log in that process (no Ray actor call); floor: the same "
-                    "request over NATS without HTTP"
+                    "supervisor in its own process from its fleet view (folded from the log); "
+                    "floor: the same request over NATS without HTTP"
                 )
                 emit("api_list_p50_ms", p50(over_http), "ms", p50(over_nats), note)
-                over_ray, in_process = await _ray_fanout(url_nats.geturl(), Path(tmp))
-                note = (
-                    f"{AGENTS} show.remote() calls gathered as the supervisor's list does, over "
-                    f"{RAY_ACTORS} real agent actors on a local Ray; floor: the same calls in "
-                    "one process without Ray"
-                )
-                emit("ray_show_fanout_p50_ms", p50(over_ray), "ms", p50(in_process), note)
             finally:
                 await runner.cleanup()
-
-
-async def _ray_fanout(nats_url: str, state_dir: Path) -> tuple[list[float], list[float]]:
-    """200 `show.remote()` calls gathered (as `Supervisor._list` does) over a few real agent
-    actors on a local Ray; the floor is the same 200 `show` calls in this process."""
-    import ray
-
-    from actors.agent import AgentActor, AgentConfig
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback only, as infra/raycluster.py
-    # address="local": a Ray of its own, never one another process on the machine started
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        config = AgentConfig(nats_url, str(state_dir), str(state_dir / "worktrees"))
-        remote: Any = ray.remote(AgentActor)
-        options = {"num_cpus": 0, "max_concurrency": 100}
-        actors = [remote.options(**options).remote(config) for _ in range(RAY_ACTORS)]
-        await asyncio.gather(*(a.agent_id.remote() for a in actors))  # all constructed
-        local = _AgentInProcess("local", Loaded(AgentState(), Position()))
-        over_ray: list[float] = []
-        in_process: list[float] = []
-        for round_ in range(RAY_ROUNDS + 5):  # the first rounds warm up
-            started = time.perf_counter()
-            shown = await asyncio.gather(
-                *(actors[i % RAY_ACTORS].show.remote() for i in range(AGENTS))
-            )
-            elapsed = (time.perf_counter() - started) * 1000
-            started = time.perf_counter()
-            await asyncio.gather(*(local.show.remote() for _ in range(AGENTS)))
-            if round_ >= 5:
-                over_ray.append(elapsed)
-                in_process.append((time.perf_counter() - started) * 1000)
-            assert len(shown) == AGENTS
-        for actor in actors:
-            ray.kill(actor)
-        return over_ray, in_process
-    finally:
-        ray.shutdown()
 
 
 async def _start_supervisor(nats_url: str, state_dir: Path) -> asyncio.subprocess.Process:
