@@ -197,11 +197,16 @@ async def lost(client: FleetClient, tally: Tally) -> tuple[int, int]:
 
 
 async def all_running(client: FleetClient, count: int) -> bool:
+    """Every agent listed RUNNING, and each one's actor answering a command itself (a listing
+    alone may come from the supervisor's view of the log)."""
     try:
         agents = (await client.control("list", {}, timeout=60))["agents"]
+        if len(agents) < count or any(a["lifecycle"] != "RUNNING" for a in agents):
+            return False
+        shown = await asyncio.gather(*(client.command(a["id"], "show", 30) for a in agents))
     except FleetError:
         return False
-    return len(agents) >= count and all(a["lifecycle"] == "RUNNING" for a in agents)
+    return all(s["agent"]["lifecycle"] == "RUNNING" for s in shown)
 
 
 async def idle_cpu(plane: Plane, seconds: float) -> float:
