@@ -20,10 +20,12 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
 from infra import natsauth
+from infra.eventstore import EventStore
 from infra.natsserver import NatsServer
 from schemas import replies, subjects
 from schemas.credentials import CredsRequest
 from schemas.errors import FleetError
+from schemas.states import Lifecycle
 from services import replying
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,23 @@ class Credentials:
         done = "granted" if req.op == "grant" else "revoked" if had else "had none to revoke"
         log.info("agent %s: NATS user %s", req.agent_id, done)
         return replies.ok(user=natsauth.agent_user(req.agent_id), changed=had)
+
+
+async def prune(nc: Client, creds: Credentials) -> list[str]:
+    """Revoke the users of agents that stopped or went away while `fleet up` was down (a crash
+    skips the revoke at stop): the log says which agents may still hold one."""
+    store = EventStore(nc)
+    dropped = []
+    for agent_id in sorted(await asyncio.to_thread(creds.auth.agents)):
+        state = (await store.load(agent_id)).state
+        if state.removed or state.lifecycle in (Lifecycle.NEW, Lifecycle.STOPPED):
+            await asyncio.to_thread(creds.auth.remove_agent, agent_id)
+            await asyncio.to_thread(natsauth.remove_file, creds.auth.agent_creds_path(agent_id))
+            dropped.append(agent_id)
+    if dropped:
+        await creds.reload()
+        log.info("NATS users of %d stopped or removed agent(s) revoked: %s", len(dropped), dropped)
+    return dropped
 
 
 async def start(nc: Client, creds: Credentials) -> Subscription:

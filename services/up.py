@@ -152,6 +152,7 @@ async def _bring_up(settings: Settings, stack: AsyncExitStack) -> FleetState:
     if server is not None:  # answers before any agent actor asks for its user
         access = creds.Credentials(server, natsauth.AuthDir.of(settings.state_dir))
         stack.push_async_callback((await creds.start(nc, access)).unsubscribe)
+        await creds.prune(nc, access)
     ray_address = await asyncio.to_thread(raycluster.start, settings.ray_address)
     stack.callback(raycluster.stop)
     await _start_templates_and_ports(settings, nc, stack, url)

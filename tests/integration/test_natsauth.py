@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -346,3 +347,45 @@ def test_fleet_up_on_an_operators_nats_keeps_the_credential_it_was_given(
     assert listed.returncode == 0, listed.stderr
     assert control.password not in fleet("status").stdout
     _stopped_cleanly(proc, printed, state_dir)
+
+
+async def test_users_of_agents_stopped_while_fleet_up_was_down_are_pruned(
+    server: NatsServer, control: Client, auth: natsauth.AuthDir
+) -> None:
+    from infra.eventstore import EventStore
+    from schemas import commands as c
+    from schemas.agent import decide, initial
+    from schemas.chain import Position
+
+    store, now = EventStore(control), datetime.now(UTC)
+    ids = iter(range(1_000_000))
+
+    async def record(agent_id: str, *cmds: c.AgentCommand) -> None:
+        state, pos = initial(agent_id), Position()
+        for cmd in cmds:
+            made = decide(state, cmd, now=now, new_id=lambda: f"ev-{next(ids)}")
+            state, pos = await store.record(state, made, pos)
+
+    await record("live1", c.Create(name="live1"), c.MarkRunning())
+    await record("done1", c.Create(name="done1"), c.MarkRunning(), c.Stop(), c.MarkStopped())
+    live = await connect_agent(server, "live1", await grant(control, "live1"))
+    stale = await connect_agent(server, "done1", await grant(control, "done1"))
+    ghost = await grant(control, "ghost1")  # no log at all
+    try:
+        access = creds.Credentials(server, auth)
+        assert await creds.prune(control, access) == ["done1", "ghost1"]
+        assert sorted(auth.agents()) == ["live1"]
+        for _ in range(100):
+            if stale.nc.is_closed:
+                break
+            await asyncio.sleep(0.02)
+        assert stale.nc.is_closed and not live.nc.is_closed
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nats.connect(
+                natsauth.with_credential(server.url, ghost),
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+            )
+    finally:
+        await live.nc.close()
+        await stale.nc.close()
