@@ -15,7 +15,8 @@ from nats.aio.msg import Msg
 
 from infra import registry
 from infra.deadletters import DeadLetters
-from infra.mailbox import Delivery, Mailbox, MailPolicy
+from infra.mailbox import Mailbox
+from infra.mailpull import Delivery, MailPolicy
 from infra.nats import connect, ensure_streams
 from schemas import subjects
 from schemas.discovery import RegistryEntry

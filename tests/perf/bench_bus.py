@@ -25,7 +25,8 @@ from actors import supervisor
 from actors.agent import AgentConfig
 from actors.supervisor import FleetConfig
 from infra import raycluster
-from infra.mailbox import Mailbox, MailPolicy
+from infra.mailbox import Mailbox
+from infra.mailpull import MailPolicy
 from infra.nats import connect, ensure_streams
 from infra.natsserver import NatsServer
 from schemas import subjects
