@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from infra.eventstore import SHORT_TAIL, EventStore
+from infra.eventscan import SHORT_TAIL
+from infra.eventstore import EventStore
 from schemas.events import AgentEvent
 
 WINDOW = 1_000  # command ids remembered; a retry comes seconds later, not thousands of commands

@@ -8,29 +8,33 @@ Protocol facts this module relies on:
   again with `duplicate: true` and the first copy's sequence, and stored once.
 - `Fleet-Mac` (ours) is HMAC-SHA256 of the payload with the fleet key (infra/fleetkey.py): the
   hash chain shows that nothing was altered, the MAC that the agent's own actor wrote it.
-- A batch direct get (`$JS.API.DIRECT.GET.<stream>` with `next_by_subj` and `batch`) answers
-  with one message per event (headers `Nats-Sequence`, ...) then a `204 EOB` status; nats-py
-  2.x does not wrap it, so it is spoken here over a single wildcard inbox subscription.
+
+Reading and scanning a log is infra/eventscan.py; following the stream, infra/eventfollow.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 from msgspec.structs import replace
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from infra.eventfollow import Following
+from infra.eventscan import (
+    REQUEST_TIMEOUT_S,
+    SNAPSHOT_EVERY,
+    EventReader,
+    Stored,
+    decode,
+    event_decoder,
+)
 from schemas import subjects
 from schemas.agent import AgentState, evolve, initial
 from schemas.audit import MAC_HEADER, event_mac
@@ -42,12 +46,8 @@ log = logging.getLogger(__name__)
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream API error: Nats-Expected-Last-Subject-Sequence failed
 INSUFFICIENT_RESOURCES = 10023  # JetStream API error: the store's limit (or disk) is reached
-SNAPSHOT_EVERY = 50
-SHORT_TAIL = 2 * SNAPSHOT_EVERY  # events read by direct get before switching to a consumer
-REQUEST_TIMEOUT_S = 5.0
 
 _encode = msgspec.json.Encoder().encode
-_event_decoder = msgspec.json.Decoder(AgentEvent)
 _snapshot_decoder = msgspec.json.Decoder(Snapshot)
 
 
@@ -69,17 +69,6 @@ class _PubAck(msgspec.Struct):
 _ack_decoder = msgspec.json.Decoder(_PubAck)
 
 
-@dataclass(frozen=True, slots=True)
-class Stored:
-    """One message of the log as stored: its sequence, raw bytes and (if readable) the event."""
-
-    seq: int
-    raw: bytes
-    event: AgentEvent | None
-    problem: str = ""  # why `event` is None: msgspec's message
-    mac: str = ""  # the Fleet-Mac header as stored ("" when absent)
-
-
 @dataclass(slots=True)
 class Loaded:
     state: AgentState
@@ -87,16 +76,7 @@ class Loaded:
     skipped: list[Stored] = field(default_factory=list)  # undecodable events, reported
 
 
-def decode(seq: int, raw: bytes, mac: str = "") -> Stored:
-    """Decode one stored event; an unreadable one is reported with its sequence, not raised."""
-    try:
-        return Stored(seq, raw, _event_decoder.decode(raw), mac=mac)
-    except msgspec.DecodeError as e:  # ValidationError is a DecodeError
-        log.warning("event log sequence %d skipped: %s", seq, e)
-        return Stored(seq, raw, None, str(e), mac)
-
-
-class EventStore:
+class EventStore(EventReader, Following):
     """Appends and loads agents' logs. One per process; cheap to share between tasks."""
 
     def __init__(
@@ -107,14 +87,9 @@ class EventStore:
         snapshot_every: int = SNAPSHOT_EVERY,
         mac_key: bytes | None = None,
     ) -> None:
-        self.nc = nc
+        super().__init__(nc, js)
         self.mac_key = mac_key  # signs appends (Fleet-Mac) when set: only agent actors have it
-        self.js = js or nc.jetstream()
         self.snapshot_every = snapshot_every
-        self._inbox_prefix = nc.new_inbox()
-        self._inbox_sub: Subscription | None = None
-        self._batches: dict[str, _Batch] = {}
-        self._next_batch = 0
         self._kv: KeyValue | None = None
 
     # -- writing --------------------------------------------------------------------------
@@ -233,7 +208,7 @@ class EventStore:
             nonlocal state, last
             last = (seq, raw)
             try:
-                state = evolve(state, _event_decoder.decode(raw))
+                state = evolve(state, event_decoder.decode(raw))
             except msgspec.DecodeError:
                 loaded.skipped.append(decode(seq, raw))
 
@@ -242,61 +217,6 @@ class EventStore:
         if last is not None:
             loaded.position = Position(last[0], event_hash(last[1]))
         return loaded
-
-    async def scan(
-        self,
-        agent_id: str,
-        on_row: Callable[[int, bytes], None],
-        *,
-        after: int = 0,
-        upto: int | None = None,
-    ) -> int:
-        """Call `on_row(seq, raw)` for each stored event after `after`, in order; return the count.
-
-        Measured on 2 cores: a batch direct get answers a short tail in well under a
-        millisecond but streams ~90k events/s, an ordered push consumer costs ~2 ms to set up
-        but streams ~170k events/s. So the first `SHORT_TAIL` events come by direct get, and a
-        longer log continues through an ordered consumer.
-        """
-        return await self.scan_signed(
-            agent_id, lambda seq, raw, _mac: on_row(seq, raw), after=after, upto=upto
-        )
-
-    async def scan_signed(
-        self,
-        agent_id: str,
-        on_row: Callable[[int, bytes, str], None],
-        *,
-        after: int = 0,
-        upto: int | None = None,
-    ) -> int:
-        """`scan`, with each event's `Fleet-Mac` header ("" when absent), for the audit."""
-        subject = subjects.events(agent_id)
-        rows = await self._direct_batch(subject, after + 1, SHORT_TAIL)
-        count = 0
-        for seq, raw, mac in rows:
-            if upto is not None and seq > upto:
-                return count
-            on_row(seq, raw, mac)
-            count += 1
-        if len(rows) < SHORT_TAIL:
-            return count
-        last = await self.last_seq(agent_id)
-        if upto is not None:
-            last = min(last, upto)
-        if last > rows[-1][0]:
-            count += await self._ordered(subject, rows[-1][0] + 1, last, on_row)
-        return count
-
-    async def read(self, agent_id: str, *, after: int = 0, upto: int | None = None) -> list[Stored]:
-        """The agent's stored events after `after` (up to `upto`), decoded; for small logs."""
-        rows: list[Stored] = []
-
-        def on_row(seq: int, raw: bytes, mac: str) -> None:
-            rows.append(decode(seq, raw, mac))
-
-        await self.scan_signed(agent_id, on_row, after=after, upto=upto)
-        return rows
 
     async def read_snapshot(self, agent_id: str) -> Snapshot | None:
         kv = await self._snapshots()
@@ -311,165 +231,9 @@ class EventStore:
             return None
         return snapshot if snapshot.version == SNAPSHOT_VERSION else None
 
-    async def agents(self) -> list[str]:
-        """Every agent with at least one event, in id order."""
-        try:
-            info = await self.js.stream_info(
-                subjects.EVENTS_STREAM, subjects_filter=subjects.ALL_EVENTS
-            )
-        except NotFoundError:
-            return []
-        found = (info.state.subjects or {}).keys()
-        return sorted(subjects.agent_from_events(s) for s in found)
-
-    async def last_seq(self, agent_id: str) -> int:
-        """Sequence of the agent's last event (0 if none), straight from the stream."""
-        try:
-            msg = await self.js.get_last_msg(subjects.EVENTS_STREAM, subjects.events(agent_id))
-        except NotFoundError:
-            return 0
-        return msg.seq or 0
-
-    # -- following, for services ------------------------------------------------------------
-
-    async def follow(
-        self,
-        durable: str,
-        handler: Callable[[Stored], Awaitable[None]],
-        *,
-        stop: asyncio.Event,
-        filter_subject: str = subjects.ALL_EVENTS,
-        max_deliver: int = 5,
-    ) -> None:
-        """Feed every event to `handler` through a durable consumer, until `stop` is set.
-
-        Acked after the handler returns; an unreadable event is logged and terminated; a
-        failing handler's event is redelivered with a growing delay, at most `max_deliver` times.
-        """
-        config = ConsumerConfig(
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            max_deliver=max_deliver,
-            ack_wait=30,
-        )
-        psub = await self.js.pull_subscribe(
-            filter_subject, durable=subjects.token(durable, "durable name"), config=config
-        )
-        try:
-            while not stop.is_set():
-                try:
-                    msgs = await psub.fetch(100, timeout=0.5)
-                except TimeoutError:
-                    continue  # nats-py raises on an empty fetch
-                for msg in msgs:
-                    await _deliver(msg, handler)
-        finally:
-            await psub.unsubscribe()
-
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _snapshots(self) -> KeyValue:
         if self._kv is None:
             self._kv = await self.js.key_value(subjects.SNAPSHOTS_BUCKET)
         return self._kv
-
-    async def _direct_batch(
-        self, subject: str, start: int, batch: int
-    ) -> list[tuple[int, bytes, str]]:
-        if self._inbox_sub is None:
-            self._inbox_sub = await self.nc.subscribe(self._inbox_prefix + ".*", cb=self._on_batch)
-        self._next_batch += 1
-        token = str(self._next_batch)
-        pending = self._batches[token] = _Batch(asyncio.get_running_loop().create_future())
-        request = _encode({"seq": start, "next_by_subj": subject, "batch": batch})
-        try:
-            await self.nc.publish(
-                f"$JS.API.DIRECT.GET.{subjects.EVENTS_STREAM}",
-                request,
-                reply=f"{self._inbox_prefix}.{token}",
-            )
-            status = await asyncio.wait_for(pending.done, REQUEST_TIMEOUT_S)
-        except TimeoutError as e:
-            raise StoreUnavailable(
-                f"reading {subject} timed out after {REQUEST_TIMEOUT_S} s"
-            ) from e
-        finally:
-            del self._batches[token]
-        if status not in ("204", "404"):  # 204: end of batch; 404: nothing after `start`
-            raise StoreUnavailable(f"reading {subject} failed: status {status}")
-        return pending.rows
-
-    async def _ordered(
-        self, subject: str, first: int, last: int, on_row: Callable[[int, bytes, str], None]
-    ) -> int:
-        """Stream sequences first..last of `subject` through nats-py's ordered consumer."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        count = 0
-
-        async def on_msg(msg: Msg) -> None:
-            nonlocal count
-            if done.done():
-                return
-            seq = _stream_seq(msg.reply)
-            if seq <= last:
-                headers = msg.headers
-                on_row(seq, msg.data, headers.get(MAC_HEADER, "") if headers else "")
-                count += 1
-            if seq >= last:
-                done.set_result(None)
-
-        sub = await self.js.subscribe(
-            subject,
-            ordered_consumer=True,
-            cb=on_msg,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            config=ConsumerConfig(opt_start_seq=first),
-            pending_msgs_limit=-1,
-            pending_bytes_limit=-1,
-        )
-        try:
-            await done
-        finally:
-            await sub.unsubscribe()
-        return count
-
-    async def _on_batch(self, msg: Msg) -> None:
-        pending = self._batches.get(msg.subject.rpartition(".")[2])
-        if pending is None:
-            return  # a late reply to a request that already timed out
-        headers = msg.headers or {}
-        status = headers.get("Status")
-        if status is not None:
-            if not pending.done.done():
-                pending.done.set_result(status)
-            return
-        pending.rows.append((int(headers["Nats-Sequence"]), msg.data, headers.get(MAC_HEADER, "")))
-
-
-@dataclass(slots=True)
-class _Batch:
-    done: asyncio.Future[str]
-    rows: list[tuple[int, bytes, str]] = field(default_factory=list)
-
-
-def _stream_seq(reply: str) -> int:
-    # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>, or
-    # with a domain and account hash: $JS.ACK.<domain>.<hash>.<stream>... plus a random token.
-    tokens = reply.split(".")
-    return int(tokens[5] if len(tokens) == 9 else tokens[7])
-
-
-async def _deliver(msg: Msg, handler: Callable[[Stored], Awaitable[None]]) -> None:
-    meta = msg.metadata
-    stored = decode(meta.sequence.stream, msg.data)
-    if stored.event is None:
-        await msg.term()
-        return
-    try:
-        await handler(stored)
-    except Exception:
-        delay = min(30.0, 0.5 * 2 ** (meta.num_delivered - 1))
-        log.exception("handler failed on sequence %d; redelivery in %.1f s", stored.seq, delay)
-        await msg.nak(delay=delay)
-        return
-    await msg.ack()
