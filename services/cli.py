@@ -25,11 +25,11 @@ from services import cli_agents as agents
 from services import cli_complete as completion
 from services import cli_health as health
 from services import cli_history as history
-from services import cli_live as live
 from services import cli_mail as mail
 from services import cli_spawn as spawn
 from services import cli_templates as templates
 from services import cli_tokens as tokens
+from services import cli_top as top
 from services import doctor
 
 log = logging.getLogger("fleet.cli")
@@ -88,7 +88,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("status", cmd_status),
     Subcommand("spawn", spawn.cmd_spawn, spawn.spawn_arguments),
     Subcommand("ls", agents.cmd_ls, agents.ls_arguments, aliases=("list",)),
-    Subcommand("top", live.cmd_top, live.top_arguments),
+    Subcommand("top", top.cmd_top, top.top_arguments),
     Subcommand("show", agents.cmd_show, agents.id_argument),
     Subcommand("events", agents.cmd_events, agents.events_arguments),
     Subcommand("stop", agents.cmd_stop, agents.stop_arguments),

@@ -18,6 +18,7 @@ from schemas.control import AgentView
 from schemas.health import Observation, Sample
 from schemas.states import Activity, Lifecycle
 from services import cli_live as live
+from services import cli_top as top
 from services.cli_progress import Progress, step
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -105,15 +106,15 @@ async def test_top_rows_sort_and_show_samples_restarts_and_health() -> None:
     assert not fleet.observe(Observation(agent="a", at=T0, kind="probe", ok=True))
     fleet.observe(sample("a", 5.0, 300.0))
     fleet.observe(sample("b", 50.0, 100.0))
-    by_cpu = live.top_rows(fleet, "cpu")
+    by_cpu = top.top_rows(fleet, "cpu")
     assert [r["id"] for r in by_cpu] == ["b", "a", "c"]  # unsampled last
-    assert [r["id"] for r in live.top_rows(fleet, "mem")] == ["a", "b", "c"]
-    assert [r["id"] for r in live.top_rows(fleet, "name")] == ["a", "b", "c"]
+    assert [r["id"] for r in top.top_rows(fleet, "mem")] == ["a", "b", "c"]
+    assert [r["id"] for r in top.top_rows(fleet, "name")] == ["a", "b", "c"]
     rows = {r["id"]: r for r in by_cpu}
     assert rows["a"]["health"] == "ok" and rows["b"]["health"] == "failing"
     assert rows["c"]["health"] == "-" and rows["c"]["cpu_percent"] is None
     assert rows["b"]["restarts"] == 3 and rows["b"]["rss_mb"] == 100.0
-    frame = live.top_frame(by_cpu, live.style.plain)
+    frame = top.top_frame(by_cpu, live.style.plain)
     assert frame.splitlines()[0].split()[:4] == ["ID", "LIFECYCLE", "ACTIVITY", "CPU%"]
     assert frame.splitlines()[1].split() == ["b", "RUNNING", "READY", "50.0", "100.0", "3", "0",
                                              "3", "failing"]  # fmt: skip
