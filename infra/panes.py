@@ -144,6 +144,9 @@ def service_pid(shell_pid: int, timeout: float = 1.0) -> int:
     try:
         shell = psutil.Process(shell_pid)
         while True:
+            if _launching(shell) and time.monotonic() < deadline:
+                time.sleep(0.001)  # the sandbox has not `exec`ed the waiting shell yet
+                continue
             children = shell.children()
             if not children and shell.name() != "sh":  # the command `exec`ed in its shell
                 return shell_pid
@@ -154,6 +157,15 @@ def service_pid(shell_pid: int, timeout: float = 1.0) -> int:
             time.sleep(0.0005)
     except psutil.NoSuchProcess:
         return shell_pid
+
+
+def _launching(proc: psutil.Process) -> bool:
+    """Whether the pane's process is still the sandbox launcher (infra/sandbox.py), which
+    `exec`s the pane's shell under the same pid a few milliseconds after tmux starts it."""
+    try:
+        return any(arg.endswith("sandbox.py") for arg in proc.cmdline()[:4])
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
 
 
 def read_status(status_file: Path) -> tuple[int | None, int | None]:
