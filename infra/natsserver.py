@@ -3,7 +3,9 @@
 A plain `pip install` brings a real broker, so `fleet up` and the tests need no system
 package. The server is our child process: `stop()` always reaps it, so neither a zombie nor
 an orphan is left behind, and `restart()` brings it back on the same store and port, which is
-what the fault tests and the supervision in `fleet up` need.
+what the fault tests and the supervision in `fleet up` need. If we die without stopping it,
+it dies with us, and the next start on the store stops any server still on it
+(infra/natsorphan.py): one server per store, always.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
 
+from infra import natsorphan
 from schemas.errors import NatsServerFailed, NatsServerMissing
 
 log = logging.getLogger(__name__)
@@ -79,12 +82,18 @@ class NatsServer:
         host: str = "127.0.0.1",
         port: int | None = None,
         config: Path | None = None,
+        *,
+        reuse_port: bool = False,
     ) -> NatsServer:
-        """Start a server and return once it accepts clients; `port=None` lets the OS choose.
+        """Start a server and return once it accepts clients; `port=None` lets the OS choose,
+        unless `reuse_port` and the port of the last server on this store is free.
 
         With `config` (its users: infra/natsauth.py), the server reads a main config file that
         names it, holds its JetStream store and includes `config`; SIGHUP re-reads them."""
         server = cls(Path(store_dir), host, port, find_binary(), config)
+        if port is None and reuse_port:
+            server._stop_orphan()  # first, or its port would not be free
+            server.port = natsorphan.previous_port(server.store_dir, host) or 0
         server._spawn()
         return server
 
@@ -134,10 +143,22 @@ class NatsServer:
         main.write_text(text)
         return main
 
+    def _stop_orphan(self) -> None:
+        """Stop a server that still runs on our store (not ours): never two on one store."""
+        markers = [
+            str(self.store_dir),
+            str(self.store_dir.parent / f"{self.store_dir.name}-server.conf"),
+        ]
+        own = self._proc.pid if self._proc is not None else None
+        natsorphan.stop_orphan(self.store_dir, markers, own)
+
     def _spawn(self) -> None:
-        """Launch and wait for the ports file, which the server writes only once it is ready."""
+        """Launch and wait for the ports file, which the server writes only once it is ready.
+
+        The server gets SIGTERM if this process dies (see infra/natsorphan.py)."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.ports_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_orphan()
         with self.log_path.open("ab") as logf:
             self._proc = subprocess.Popen(
                 self._command(),
@@ -145,12 +166,14 @@ class NatsServer:
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 close_fds=True,
+                preexec_fn=natsorphan.die_with_parent(),  # one libc call, then exec
             )
         try:
             self.port = self._wait_ready(self._proc)
         except BaseException:
             self._terminate()
             raise
+        natsorphan.record(self.store_dir, self._proc.pid, self.port)
         log.info("nats-server %d ready on %s (store %s)", self._proc.pid, self.url, self.store_dir)
 
     def _wait_ready(self, proc: subprocess.Popen[bytes]) -> int:

@@ -148,6 +148,17 @@ class NatsServerFailed(FleetError):
         super().__init__(f"nats-server {reason} (log: {log_path}){tail}")
 
 
+class RayStartFailed(FleetError):
+    """`ray start --head` for fleetd's own local Ray failed; its log says why."""
+
+    code = "ray_start_failed"
+
+    def __init__(self, reason: str, log_path: str, log_tail: str) -> None:
+        self.reason, self.log_path, self.log_tail = reason, log_path, log_tail
+        tail = f"; last log lines:\n{log_tail}" if log_tail else ""
+        super().__init__(f"fleetd's local Ray could not start: {reason} (log: {log_path}){tail}")
+
+
 class TmuxFailed(FleetError):
     """A tmux command on fleetd's socket failed; `detail` is tmux's own words."""
 

@@ -1,8 +1,8 @@
 """`fleet up`: the composition root that starts fleetd's parts in order and stops them in reverse.
 
 The parts: NATS (the embedded server, or `FLEET_NATS_URL`) with its streams and buckets, Ray
-(local, or `FLEET_RAY_ADDRESS`) and the supervisor actor, which re-adopts every agent the log
-knows; later issues add the services and the gateway here. Once ready
+(a local daemon of our own that outlives a crash of this process, or `FLEET_RAY_ADDRESS`) and
+the supervisor actor, which re-adopts every agent the log knows; later issues add the services and the gateway here. Once ready
 it writes the state file so every other `fleet` command can find it, and it runs until
 SIGINT or SIGTERM. A flock on `<state_dir>/fleet.lock` keeps a second `fleet up` off the
 same state dir; the kernel releases it if this process dies, so a crash never wedges it.
@@ -92,9 +92,35 @@ def _start_nats(settings: Settings, stack: AsyncExitStack) -> natsserver.NatsSer
         return None
     auth = natsauth.AuthDir.of(settings.state_dir)
     auth.write_config(natsauth.new_password())
-    server = natsserver.NatsServer.start(settings.nats_store_dir, config=auth.config_path)
+    server = natsserver.NatsServer.start(
+        settings.nats_store_dir, config=auth.config_path, reuse_port=True
+    )  # the last port, if free: agents and the supervisor kept running reconnect to it
     stack.callback(server.stop)
     return server
+
+
+def _nats_moved(settings: Settings, url: str) -> bool:
+    """True if a crashed `fleet up` (its state file is left) had NATS at another URL: the
+    actors it left running would never reach the new one."""
+    try:
+        previous = read_state_file(settings.state_file)
+    except FleetError:
+        return False
+    return previous is not None and previous.nats_url != natsauth.without_userinfo(url)
+
+
+async def _start_ray(settings: Settings, stack: AsyncExitStack, nats_url: str) -> str:
+    """Join `FLEET_RAY_ADDRESS`, or our own local Ray daemon (infra/raycluster.py): one left
+    running by a crashed `fleet up` is joined, with its actors; a clean stop ends it."""
+    address = settings.ray_address
+    if address is None:
+        state_dir, fresh = settings.state_dir, _nats_moved(settings, nats_url)
+        daemon = await asyncio.to_thread(raycluster.ensure_daemon, state_dir, fresh=fresh)
+        stack.callback(raycluster.stop_daemon, state_dir, daemon)
+        address = daemon.gcs_address
+    joined = await asyncio.to_thread(raycluster.start, address)
+    stack.callback(raycluster.stop)
+    return joined
 
 
 def _control_access(settings: Settings, server: natsserver.NatsServer | None) -> tuple[str, str]:
@@ -153,8 +179,7 @@ async def _bring_up(settings: Settings, stack: AsyncExitStack) -> FleetState:
         access = creds.Credentials(server, natsauth.AuthDir.of(settings.state_dir))
         stack.push_async_callback((await creds.start(nc, access)).unsubscribe)
         await creds.prune(nc, access)
-    ray_address = await asyncio.to_thread(raycluster.start, settings.ray_address)
-    stack.callback(raycluster.stop)
+    ray_address = await _start_ray(settings, stack, url)
     await _start_templates_and_ports(settings, nc, stack, url)
     await _start_supervisor(settings, url, nats_auth=server is not None)
     gateway_url = await _start_faces(settings, url, nc, stack)
