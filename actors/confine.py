@@ -98,12 +98,33 @@ def _git_dir(worktree: Path) -> str:
     return done.stdout.strip()
 
 
+TOOL_DIRS = ("bin", "sbin", "shims")
+
+
+def tool_roots(path_var: str, state_dir: Path) -> list[str]:
+    """What the tools on PATH need to run: each PATH directory, and the install above a
+    `bin`/`shims` directory (~/.pyenv, ~/.cargo, ~/.nvm/versions/node/vN), read-only. Never
+    the home directory itself, nor a folder holding the state dir (other agents' credentials)."""
+    home, state = Path.home().resolve(), state_dir.resolve()
+    roots: list[str] = []
+    for entry in filter(None, path_var.split(":")):
+        where = Path(entry)
+        if not where.is_absolute() or not where.is_dir():
+            continue
+        roots.append(str(where))
+        above = where.resolve().parent
+        if where.name in TOOL_DIRS and above != home and not state.is_relative_to(above):
+            roots.append(str(above))
+    return list(dict.fromkeys(roots))
+
+
 def wrap(
     actor: AgentActor, command: Sequence[str], keep: Sequence[str], worktree: Path
 ) -> list[str]:
     """`command` started through the sandbox with this agent's grants."""
     t = template(actor)
     read = [*SYSTEM_READ, *KERNEL_READ, sys.prefix, sys.base_prefix, FLEETD_ROOT]
+    read += tool_roots(os.environ.get("PATH", ""), Path(actor.config.state_dir))
     read += [creds.creds_path(actor)] if actor.config.nats_auth else []  # FLEET_NATS_CREDS
     write = [str(worktree), "/dev", str(private_dir(actor, "homes"))]
     write.append(str(private_dir(actor, "tmp")))
