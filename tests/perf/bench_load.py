@@ -4,9 +4,11 @@ N agents (`FLEET_BENCH_LOAD_AGENTS`, default 200), each a shell with one HTTP se
 liveness the health service probes every 2 s, run for `FLEET_BENCH_LOAD_S` seconds (default
 600) while mail flows (sent to random agents at every priority, read and acked by a reader)
 and commands flow (`send` of a line typed into the agent's shell, each an `input.sent` event).
-Then every process of the control plane is killed with SIGKILL (tests/perf/plane.py says what
-that is), `fleet up` is started again, and the time until it lists all N agents RUNNING again
-(each actor answering) is taken.
+Then the control plane crashes: `fleet up`'s process group (`fleet up` and its nats-server)
+is killed with SIGKILL (tests/perf/plane.py). Its local Ray daemon, with the supervisor and
+agent actors in it, lives on beside it, as the agents' tmux server does. `fleet up` is
+started again, and the time until it lists all N agents RUNNING again (each actor answering)
+is taken.
 
 Figures:
 - `load_<N>_agents_lost`: acknowledged commands whose `input.sent` is not in the agent's log,
@@ -268,9 +270,9 @@ def growth_pct(rss: list[tuple[float, float]], warm_until: float) -> float:
 
 
 async def recover(plane: Plane, count: int) -> float:
-    """kill -9 the control plane, start `fleet up` again; seconds until all agents are back."""
+    """kill -9 `fleet up`'s process group, start it again; seconds until all agents are back."""
     killed = plane.kill9()
-    log(f"load: killed {killed} control-plane processes with SIGKILL; starting fleet up again")
+    log(f"load: killed fleet up's process group ({killed} processes) with SIGKILL; Ray lives on")
     started = time.perf_counter()
     plane.start()
     async with open_client(Settings.from_env(plane.env)) as client:
@@ -313,8 +315,8 @@ async def run(root: Path, count: int, seconds: float) -> None:
             recovery,
             "s",
             up_floor,
-            f"{count} agents re-adopted after kill -9 of fleet up's whole process tree; "
-            "floor: fleet up with no agents",
+            f"{count} agents re-adopted after kill -9 of fleet up's process group (its Ray "
+            "daemon lives on); floor: fleet up with no agents, Ray started",
         )
     finally:
         plane.stop()

@@ -1,10 +1,14 @@
-"""The control plane under test for the load benchmark: a real `fleet up` and its process tree.
+"""The control plane under test for the load benchmark: a real `fleet up` and its processes.
 
-"The control plane" is `fleet up` and every process under it: the embedded nats-server, the
-local Ray it starts (GCS, raylet, dashboard agent, and the Ray workers: supervisor, agent
-actors, node services), the gateway, templates, ports, health and notifications services.
-The agents' own processes (the tmux server and the shells and HTTP services in it) are not
-part of it: they belong to the agents and outlive the control plane by design.
+"The control plane" is `fleet up` and every process under it (the embedded nats-server, the
+gateway, templates, ports, health and notifications services) plus the local Ray daemon it
+runs beside itself (GCS, raylet, Ray's agents, and the Ray workers: supervisor, agent actors,
+node services; infra/raycluster.py). Memory and CPU are sampled over all of them.
+
+A crash of the control plane (`kill9`) is a kill -9 of `fleet up`'s own process group: the
+`fleet up` process and its nats-server. The Ray daemon lives on beside it in a session of its
+own, like the agents' tmux server and the shells and HTTP services in it, which belong to the
+agents and outlive the control plane by design; the next `fleet up` joins that Ray.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from infra import raycluster
 
 REPO = Path(__file__).resolve().parents[2]
 GUARD_S = 600.0  # only keeps a hung child from hanging the run
@@ -69,12 +75,21 @@ class Plane:
             raise RuntimeError(f"fleet up failed: {done.stderr.strip() or done.stdout.strip()}")
         return time.perf_counter() - started
 
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.env["FLEET_STATE_DIR"])
+
     def tree(self) -> list[psutil.Process]:
+        """`fleet up`, every process under it, and every process of its Ray daemon."""
+        procs: list[psutil.Process] = []
         pid = self.pid()
-        if pid is None:
-            return []
-        top = psutil.Process(pid)
-        return [top, *top.children(recursive=True)]
+        if pid is not None:
+            top = psutil.Process(pid)
+            procs += [top, *top.children(recursive=True)]
+        daemon = raycluster.read_daemon(self.state_dir)
+        if daemon is not None:
+            procs += raycluster.processes(daemon)
+        return procs
 
     def sample(self) -> float:
         """The tree's RSS now (MB), and each process's CPU time recorded for `cpu_s`."""
@@ -100,18 +115,18 @@ class Plane:
         self.cpu_last.clear()
 
     def kill9(self) -> int:
-        """SIGKILL every process of the control plane at once (a crash of the machine's fleetd,
-        not of the agents); how many were killed."""
-        procs = self.tree()
-        for proc in procs:
-            try:
-                proc.send_signal(signal.SIGKILL)
-            except psutil.Error:
-                continue
+        """SIGKILL `fleet up`'s process group (itself and its nats-server), as a crash of the
+        control plane would; its Ray daemon lives on. How many processes were killed."""
+        pid = self.pid()
+        if pid is None:
+            return 0
+        procs = [p for p in psutil.process_iter() if _pgid(p.pid) == pid]
+        os.killpg(pid, signal.SIGKILL)  # `fleet up --detach` leads its own session and group
         psutil.wait_procs(procs, timeout=30)
         return len(procs)
 
     def stop(self) -> None:
+        """A clean stop (SIGINT), which ends the Ray daemon too; whatever is left is killed."""
         pid = self.pid()
         if pid is not None:
             os.kill(pid, signal.SIGINT)
@@ -119,6 +134,9 @@ class Plane:
                 psutil.Process(pid).wait(120)
             except psutil.TimeoutExpired:
                 self.kill9()
+        daemon = raycluster.read_daemon(self.state_dir)
+        if daemon is not None:
+            raycluster.stop_daemon(self.state_dir, daemon)
 
     def end_agents(self) -> None:
         """Kill the agents' tmux server and whatever its panes still run."""
@@ -142,3 +160,10 @@ class Plane:
             except psutil.Error:
                 continue
         psutil.wait_procs(procs, timeout=10)
+
+
+def _pgid(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return -1
