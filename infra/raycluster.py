@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -96,8 +97,9 @@ def read_daemon(state_dir: Path) -> RayDaemon | None:
 
 
 def processes(daemon: RayDaemon, *, check_gcs: bool = True) -> list[psutil.Process]:
-    """Every live process of the daemon's session; [] if that session is not a Ray of ours
-    (no GCS on our port in it: the session id was reused, or the daemon is gone)."""
+    """Every live process of the daemon's session; [] if that session is not a Ray of ours:
+    none in it names our GCS port (the GCS itself, or the raylet and Ray's agents, which name
+    its address), so the session id was reused, or the daemon is gone."""
     found: list[psutil.Process] = []
     for proc in psutil.process_iter(["name", "status"]):
         with contextlib.suppress(OSError, psutil.Error):
@@ -108,10 +110,10 @@ def processes(daemon: RayDaemon, *, check_gcs: bool = True) -> list[psutil.Proce
                 found.append(proc)
     if not check_gcs:
         return found
-    port = f"--gcs_server_port={daemon.gcs_port}"
+    ours = re.compile(rf"--gcs[-_](?:server_port=|address=\S*:){daemon.gcs_port}\b")
     for proc in found:
         with contextlib.suppress(psutil.Error):
-            if proc.info["name"] == "gcs_server" and port in proc.cmdline():
+            if any(ours.match(arg) for arg in proc.cmdline()):
                 return found
     return []
 
@@ -190,7 +192,7 @@ def start_daemon(state_dir: Path, *, num_cpus: int | None = None) -> RayDaemon:
     log_path = state_dir / "ray-start.log"
     with log_path.open("ab") as logf:
         cli = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=logf,
-                               stderr=subprocess.STDOUT, env={**os.environ, **RAY_ENV},
+                               stderr=subprocess.STDOUT, env={**RAY_ENV, **os.environ},
                                start_new_session=True)  # fmt: skip
         try:
             status = cli.wait(START_TIMEOUT_S)
