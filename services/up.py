@@ -2,10 +2,11 @@
 
 The parts: NATS (the embedded server, or `FLEET_NATS_URL`) with its streams and buckets, Ray
 (a local daemon of our own that outlives a crash of this process, or `FLEET_RAY_ADDRESS`) and
-the supervisor actor, which re-adopts every agent the log knows; later issues add the services and the gateway here. Once ready
-it writes the state file so every other `fleet` command can find it, and it runs until
-SIGINT or SIGTERM. A flock on `<state_dir>/fleet.lock` keeps a second `fleet up` off the
-same state dir; the kernel releases it if this process dies, so a crash never wedges it.
+the supervisor actor, which re-adopts every agent the log knows; later issues add the
+services and the gateway here. Once ready it writes the state file so every other `fleet`
+command can find it, and it runs until SIGINT or SIGTERM. A flock on `<state_dir>/fleet.lock`
+keeps a second `fleet up` off the same state dir; the kernel releases it if this process
+dies, so a crash never wedges it.
 """
 
 from __future__ import annotations
