@@ -236,9 +236,11 @@ async def test_the_rollback_rung_returns_to_the_last_healthy_checkpoint(
 
     async def running() -> bool:
         shown = (await command(nc, "rb1", "show"))["agent"]
-        return shown["services"].get("app", {}).get("state") == "running"
+        app = shown["services"].get("app", {})
+        return app.get("state") == "running" and app.get("healthy") is True
 
-    await until(running, "the service to run", timeout=30)
+    # Only a checkpoint taken once the service is known healthy is one the rung returns to.
+    await until(running, "the service to run, healthy", timeout=30)
     taken = await command(nc, "rb1", "checkpoint", label="good")
     assert taken["ok"], taken
     worktree = Path((await command(nc, "rb1", "show"))["agent"]["worktree"])
