@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
+from infra import raycluster
 from infra.natscluster import NatsCluster
 from tests.fleet.conftest import nc, repo
 
@@ -55,7 +56,8 @@ def fleet_state(env: dict[str, str]) -> dict[str, Any]:
 @pytest.fixture
 def up_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     """The environment of a private `fleet up`; whatever it left running is stopped afterwards
-    (the `fleet up` process, then the tmux server of its agents)."""
+    (the `fleet up` process, the local Ray daemon a crashed one leaves, then the tmux server
+    of its agents)."""
     socket = f"fleet-fault-{os.getpid()}-{tmp_path.name[-12:]}"
     values = {
         **os.environ,
@@ -74,4 +76,7 @@ def up_env(tmp_path: Path) -> Iterator[dict[str, str]]:
             os.kill(pid, signal.SIGINT)
             with contextlib.suppress(psutil.Error):
                 psutil.Process(pid).wait(60)
+    daemon = raycluster.read_daemon(tmp_path / "state")
+    if daemon is not None:
+        raycluster.stop_daemon(tmp_path / "state", daemon)
     subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True, check=False)

@@ -4,14 +4,12 @@ same agent actors there, re-adopted without a restart. A clean stop then ends ou
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -51,21 +49,6 @@ def _servers_on(store: Path) -> list[int]:
     return found
 
 
-@pytest.fixture
-def crash_env(up_env: dict[str, str]) -> Iterator[dict[str, str]]:
-    """`up_env`, and afterwards no Ray daemon of this test left running, whatever failed."""
-    yield up_env
-    state_dir = Path(up_env["FLEET_STATE_DIR"])
-    with contextlib.suppress(FileNotFoundError, KeyError):
-        pid = fleet_state(up_env)["pid"]
-        if not _ended(pid):
-            os.kill(pid, signal.SIGINT)
-            _wait_ended(pid)
-    daemon = raycluster.read_daemon(state_dir)
-    if daemon is not None:
-        raycluster.stop_daemon(state_dir, daemon)
-
-
 def _agent(env: dict[str, str], name: str) -> dict[str, object]:
     shown = fleet_cli(env, "show", name, "--json")
     assert shown.returncode == 0, shown.stderr
@@ -74,9 +57,9 @@ def _agent(env: dict[str, str], name: str) -> dict[str, object]:
 
 
 def test_a_crashed_fleet_up_leaves_ray_running_and_the_next_one_readopts_at_once(
-    crash_env: dict[str, str], repo: Path
+    up_env: dict[str, str], repo: Path
 ) -> None:
-    env, names = crash_env, ["a1", "a2"]
+    env, names = up_env, ["a1", "a2"]
     store = Path(env["FLEET_STATE_DIR"]) / "nats"
     assert fleet_cli(env, "up", "--detach").returncode == 0
     for name in names:
