@@ -138,3 +138,29 @@ def _port_of(pid: int) -> int:
             return min(listening)
         time.sleep(0.01)
     pytest.fail(f"nats-server {pid} never listened")
+
+
+def test_when_the_old_nats_port_is_taken_the_next_fleet_up_starts_a_new_ray(
+    up_env: dict[str, str], repo: Path
+) -> None:
+    """Actors left running would retry the old URL forever: they go with their Ray, and the
+    new one re-creates them (the slow path, as after a crash of the whole machine)."""
+    env, state_dir = up_env, Path(up_env["FLEET_STATE_DIR"])
+    assert fleet_cli(env, "up", "--detach").returncode == 0
+    spawned = fleet_cli(env, "spawn", "--repo", str(repo), "--name", "a1", "--json")
+    assert spawned.returncode == 0, spawned.stderr
+    before, first = _agent(env, "a1")["actor"], fleet_state(env)
+    old = raycluster.read_daemon(state_dir)
+    assert old is not None
+    os.kill(first["pid"], signal.SIGKILL)
+    _wait_ended(first["pid"])
+    _wait_ended(first["nats_pid"])
+    port = int(first["nats_url"].rpartition(":")[2])
+    with socket.create_server(("127.0.0.1", port)):  # someone else took it meanwhile
+        again = fleet_cli(env, "up", "--detach")
+        assert again.returncode == 0, again.stderr
+        assert fleet_state(env)["nats_url"] != first["nats_url"]
+        assert raycluster.processes(old) == [], "the old Ray, unreachable from NATS, is ended"
+        assert raycluster.read_daemon(state_dir) != old
+        agent = _agent(env, "a1")
+        assert agent["lifecycle"] == "RUNNING" and agent["actor"] != before
