@@ -10,10 +10,8 @@ process tree (the tmux pane processes and their descendants). Observations go to
 `fleet.health.<agent>` and into a bounded history that `fleet.ctl.health` answers with.
 
 A verdict that changes is sent to the agent as `report_health`, which records
-`service.health`. A failure that persists climbs the recovery ladder (schemas.recovery):
-each rung is recorded with `escalate` (`recovery.escalated`), then carried out by a command
-to the agent (`restart_service`, `recreate_session`, `new_ports`, `rollback`, `restart`);
-the last rung, `ask_human`, publishes a notice on `fleet.notify.critical`.
+`service.health`, retried until the agent acknowledges it (services/health_commands.py). A
+failure that persists climbs the recovery ladder (services/health_ladder.py).
 
 With a `node` configured, only agents whose actor runs on that node are watched (the actor
 says where it runs in its `show` reply), so probes run next to the services they check.
@@ -24,85 +22,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import deque
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
 
 from infra import probes
 from infra.eventstore import EventStore, Stored
 from schemas import events as e
-from schemas import recovery as ladder
 from schemas import replies, subjects
-from schemas.agent import AgentState, evolve
+from schemas.agent import evolve
 from schemas.errors import FleetError, UnknownAgent
-from schemas.health import HealthRequest, Notice, Observation
-from schemas.ports import lease_name
+from schemas.health import HealthRequest, Observation
 from schemas.states import Lifecycle
-from schemas.templates import ServiceSpec, Template, decode_spec
+from services.health_commands import Reporter, command
+from services.health_ladder import RecoveryLadder
+from services.health_model import (
+    HealthConfig,
+    Watched,
+    now,
+    service_cwd,
+    service_ports,
+    template_of,
+)
 from services.health_sampling import Sampler
+
+__all__ = ["HealthConfig", "HealthService", "Watched", "run"]
 
 log = logging.getLogger(__name__)
 
 L = Lifecycle
-BY = "service:health"
 KINDS = ("liveness", "readiness")
 _encode = msgspec.json.Encoder().encode
-
-
-@dataclass(frozen=True)
-class HealthConfig:
-    node: str = ""  # watch only agents whose actor runs on this (Ray) node; "" for all
-    sample_period_s: float = 2.0
-    tick_s: float = 0.25  # how often persisting failures are weighed against the ladder
-    history: int = 500  # observations kept per agent
-    exit_grace_s: float = 1.0  # beyond the service's own restart backoff, before it counts
-    stable_s: float = ladder.STABLE_S
-    command_timeout_s: float = 120.0  # a respawn stops and brings up the whole agent
-
-    @property
-    def durable(self) -> str:
-        return f"health-{self.node}"[:64] if self.node else "health"
-
-
-@dataclass
-class Watched:
-    """What the health service knows and decides about one agent."""
-
-    state: AgentState
-    seq: int
-    history: deque[Observation]
-    template: Template | None = None
-    node: str | None = None  # where its actor runs; None until asked
-    probes: dict[tuple[str, str], asyncio.Task[Any]] = field(default_factory=dict)
-    verdicts: dict[tuple[str, str], bool] = field(default_factory=dict)  # (service, kind)
-    details: dict[str, str] = field(default_factory=dict)
-    exited_at: dict[str, datetime] = field(default_factory=dict)
-    attempts: list[ladder.Attempt] = field(default_factory=list)
-    healthy_since: datetime | None = None
-    healthy_checkpoint: int | None = None
-    busy: bool = False
-
-    @property
-    def agent_id(self) -> str:
-        return self.state.agent_id
-
-    def verdict(self, service: str) -> bool | None:
-        """False if any check of the service fails, True if all it has pass, None unknown."""
-        found = [v for (s, _), v in self.verdicts.items() if s == service]
-        if not found:
-            return None
-        return all(found)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 class HealthService:
@@ -113,6 +66,9 @@ class HealthService:
         self.agents: dict[str, Watched] = {}
         self.sampler = Sampler()
         self._tasks: set[asyncio.Task[Any]] = set()
+        backoff = self.config.report_backoff_s
+        self.reporter = Reporter(nc, timeout_s=self.config.report_timeout_s, backoff_s=backoff)
+        self.ladder = RecoveryLadder(nc, self.config, self.observe, self._background)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -136,6 +92,7 @@ class HealthService:
             for task in [*loops, *self._tasks, *self._probe_tasks()]:
                 task.cancel()
             await asyncio.gather(*loops, *self._tasks, return_exceptions=True)
+            await self.reporter.close()
 
     def _probe_tasks(self) -> list[asyncio.Task[Any]]:
         return [t for w in self.agents.values() for t in w.probes.values()]
@@ -175,7 +132,7 @@ class HealthService:
             if w is None:
                 return
         if isinstance(ev, e.RecoveryEscalated):
-            self._note_attempt(w, ev)
+            self.ladder.note_attempt(w, ev)
         if stored.seq <= w.seq:
             return  # already in the state loaded at first sight
         w.state, w.seq = evolve(w.state, ev), stored.seq
@@ -186,7 +143,7 @@ class HealthService:
         if loaded.state.removed:
             return None
         w = Watched(loaded.state, loaded.position.seq, deque(maxlen=self.config.history))
-        w.template = _template(w.state)
+        w.template = template_of(w.state)
         for name, svc in w.state.services.items():
             if svc.state == "exited":
                 w.exited_at[name] = now()  # when is not in the state: from now on, then
@@ -198,7 +155,7 @@ class HealthService:
     async def _react(self, w: Watched, ev: e.AgentEvent) -> None:
         match ev:
             case e.AgentCreated():
-                w.template = _template(w.state)
+                w.template = template_of(w.state)
             case e.LifecycleChanged(to=L.RUNNING):
                 self._background(self._locate_then_probe(w))
             case e.LifecycleChanged(to=to):
@@ -223,20 +180,11 @@ class HealthService:
             case _:
                 pass
 
-    def _note_attempt(self, w: Watched, ev: e.RecoveryEscalated) -> None:
-        """A rung in the log: ours (already counted) or another's (a replay, a person)."""
-        if (now() - ev.at).total_seconds() > self.config.stable_s:
-            return  # a climb long over
-        for a in w.attempts:
-            if a.rung == ev.rung and a.attempt == ev.attempt:
-                return
-        w.attempts.append(ladder.Attempt(rung=ev.rung, attempt=ev.attempt, at=ev.at))
-
     # -- probes -----------------------------------------------------------------------------
 
     async def _locate_then_probe(self, w: Watched) -> None:
         if self.config.node and w.node is None:
-            reply = await self._command(w.agent_id, "show", timeout=5.0)
+            reply = await command(self.nc, w.agent_id, "show", timeout=5.0)
             actor = ((reply or {}).get("agent") or {}).get("actor") or {}
             w.node = str(actor.get("node") or "")
         if self.mine(w) and w.state.lifecycle is L.RUNNING:
@@ -249,7 +197,7 @@ class HealthService:
         if spec is None:
             return
         ports = service_ports(w.state, service, spec)
-        cwd = str(_join(w.state.worktree, spec.cwd))
+        cwd = service_cwd(w.state.worktree, spec.cwd)
         for kind in KINDS:
             probe = getattr(spec, kind)
             if probe is None or probe.log is not None:
@@ -266,11 +214,13 @@ class HealthService:
             w.probes.pop(key).cancel()
         for key in [k for k in w.verdicts if service is None or k[0] == service]:
             del w.verdicts[key]
+        self.reporter.forget(w.agent_id, service)  # verdicts of a run that is over
 
     async def verdict(
         self, w: Watched, service: str, kind: str, ok: bool, detail: str, ms: float = 0.0
     ) -> None:
-        """A check changed its verdict: publish it, and tell the agent if the service's did."""
+        """A check changed its verdict: publish it, and tell the agent if the service's did
+        (delivered in the background until acknowledged: a probe never waits on the agent)."""
         before = w.verdict(service)
         w.verdicts[(service, kind)] = ok
         w.details[service] = f"{kind}: {detail}"
@@ -281,10 +231,7 @@ class HealthService:
         await self.observe(w, obs)
         after = w.verdict(service)
         if after is not None and after != before:
-            await self._command(
-                w.agent_id, "report_health", service=service, healthy=after, probe=kind,
-                detail=detail,
-            )  # fmt: skip
+            self.reporter.report(w.agent_id, service, after, kind, detail)
 
     async def observe(self, w: Watched, obs: Observation) -> None:
         w.history.append(obs)
@@ -310,122 +257,8 @@ class HealthService:
                     detail = "process running" if ok else "process gone"
                     await self.verdict(w, name, "process", ok, detail)
 
-    # -- the ladder -------------------------------------------------------------------------
-
-    def failing(self, w: Watched, at: datetime) -> list[tuple[str, str]]:
-        """(service, why) for each service that has failed for longer than a blip."""
-        found = []
-        for name, svc in w.state.services.items():
-            if svc.state == "exited":
-                since = w.exited_at.get(name)
-                if svc.exit_code == 0 or since is None:
-                    continue  # completed, or an exit this service has not seen happen
-                if (at - since).total_seconds() >= self._grace(w, name):
-                    found.append((name, f"exited (status {svc.exit_code})"))
-            elif w.verdict(name) is False:
-                found.append((name, f"is unhealthy ({w.details.get(name, '')})"))
-        return found
-
-    def _grace(self, w: Watched, service: str) -> float:
-        spec = w.template.services.get(service) if w.template else None
-        own = 0.0 if spec is None or spec.restart.policy == "no" else spec.restart.backoff.max_s
-        return own + self.config.exit_grace_s
-
     async def tick(self) -> None:
-        at = now()
-        for w in list(self.agents.values()):
-            if w.busy or not self.mine(w) or w.state.lifecycle not in (L.RUNNING, L.ERROR):
-                continue
-            if w.state.lifecycle is L.ERROR and not w.attempts:
-                if w.state.reason.startswith(ladder.SESSION_GONE):
-                    self._rebuild_session(w, at)
-                continue  # any other failure outside recovery: a person's to look at
-            self._weigh(w, at)
-
-    def _rebuild_session(self, w: Watched, at: datetime) -> None:
-        """The tmux server died under the agent: straight to the recreate_session rung (no
-        service can be restarted in a session that is gone); later rungs follow if it fails."""
-        w.busy = True
-        step = ladder.Climb(rung="recreate_session", attempt=1)
-        w.attempts.append(ladder.Attempt(rung=step.rung, attempt=1, at=at))
-        self._background(self.climb(w, step, "session", "is gone (the tmux server died)"))
-
-    def _weigh(self, w: Watched, at: datetime) -> None:
-        failing = self.failing(w, at)
-        if not failing:
-            if w.attempts and w.healthy_since is None:
-                w.healthy_since = at
-            elif not ladder.still_climbing(
-                w.attempts, healthy_since=w.healthy_since, now=at, stable_s=self.config.stable_s
-            ):
-                w.attempts.clear()
-                w.healthy_since = None
-            return
-        w.healthy_since = None
-        spec = w.template.recovery if w.template else Template(name="-").recovery
-        decision = ladder.next_rung(
-            spec, w.attempts, now=at, healthy_checkpoint=w.healthy_checkpoint is not None,
-            rand=random.random(),
-        )  # fmt: skip
-        if isinstance(decision, ladder.Climb):
-            w.busy = True
-            w.attempts.append(ladder.Attempt(rung=decision.rung, attempt=decision.attempt, at=at))
-            self._background(self.climb(w, decision, *failing[0]))
-
-    async def climb(self, w: Watched, step: ladder.Climb, service: str, why: str) -> None:
-        """Record the rung, then carry it out."""
-        reason = f"service {service} {why}"
-        try:
-            await self._command(
-                w.agent_id, "escalate", rung=step.rung, attempt=step.attempt, reason=reason
-            )
-            obs = Observation(
-                agent=w.agent_id, at=now(), kind="recovery", service=service, rung=step.rung,
-                attempt=step.attempt, detail=reason,
-            )  # fmt: skip
-            await self.observe(w, obs)
-            await self._carry_out(w, step.rung, service, reason)
-        finally:
-            w.busy = False
-
-    async def _carry_out(self, w: Watched, rung: str, service: str, reason: str) -> None:
-        timeout = self.config.command_timeout_s
-        match rung:
-            case "restart_service":
-                await self._command(w.agent_id, "restart_service", timeout, service=service)
-            case "recreate_session" | "new_ports":
-                await self._command(w.agent_id, rung, timeout)
-            case "rollback":
-                await self._command(
-                    w.agent_id, "rollback", timeout, checkpoint=w.healthy_checkpoint
-                )
-            case "respawn":
-                await self._command(w.agent_id, "restart", timeout)
-            case "ask_human":
-                notice = Notice(
-                    agent=w.agent_id, reason=f"recovery exhausted: {reason}", at=now(),
-                    service=service,
-                )  # fmt: skip
-                await self.nc.publish(subjects.notify("critical"), _encode(notice))
-            case _:
-                log.warning("health: agent %s: unknown rung %r skipped", w.agent_id, rung)
-
-    async def _command(
-        self, agent_id: str, type_: str, timeout: float = 10.0, **fields: Any
-    ) -> dict[str, Any] | None:
-        """A command to the agent; a refusal or silence is logged (the ladder goes on)."""
-        payload = {"type": type_, "by": BY, **fields}
-        try:
-            msg = await self.nc.request(
-                subjects.command(agent_id), _encode(payload), timeout=timeout
-            )
-        except (TimeoutError, NoRespondersError) as err:
-            log.warning("health: agent %s did not answer %s: %r", agent_id, type_, err)
-            return None
-        reply: dict[str, Any] = msgspec.json.decode(msg.data)
-        if replies.is_error(reply):
-            log.warning("health: agent %s refused %s: %s", agent_id, type_, reply.get("error"))
-        return reply
+        await self.ladder.tick([w for w in list(self.agents.values()) if self.mine(w)])
 
     # -- answering --------------------------------------------------------------------------
 
@@ -460,35 +293,9 @@ class HealthService:
             "lifecycle": w.state.lifecycle.value,
             "services": services,
             "recovery": [msgspec.to_builtins(a) for a in w.attempts],
+            "unreported": self.reporter.pending(w.agent_id),  # verdicts not yet acknowledged
             "history": [msgspec.to_builtins(o) for o in rows[-max(1, req.limit) :]],
         }
-
-
-def _template(state: AgentState) -> Template | None:
-    try:
-        return decode_spec(state.template_spec)
-    except msgspec.DecodeError as err:
-        log.warning("agent %s: its recorded template is unreadable: %s", state.agent_id, err)
-        return None
-
-
-def _join(worktree: str, cwd: str) -> str:
-    from pathlib import Path
-
-    return str(Path(worktree or ".") / cwd)
-
-
-def service_ports(state: AgentState, service: str, spec: ServiceSpec) -> dict[str, int]:
-    """The service's own ports by name (its leases `<service>.<name>`), as probes name them."""
-    ports = {
-        p: state.ports[lease_name(service, p)]
-        for p in spec.ports
-        if lease_name(service, p) in state.ports
-    }
-    known = state.services.get(service)
-    if not ports and spec.ports and known is not None and known.port:
-        ports[spec.ports[0]] = known.port
-    return ports
 
 
 async def run(nc: Client, stop: asyncio.Event, config: HealthConfig | None = None) -> None:
