@@ -8,13 +8,18 @@ the health service reads their probes and recovery spec.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import os
 import signal
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
+import nats.errors
+import psutil
 import pytest
 import ray
 from nats.aio.client import Client
@@ -41,6 +46,7 @@ from tests.conftest import Fleet
 from tests.fleet.helpers import command, request, until
 
 FAST = HealthConfig(sample_period_s=0.3, tick_s=0.1, exit_grace_s=0.2)
+GUARD_S = 60.0  # only stops a stuck wait from hanging the suite; nothing is timed
 QUICK_LADDER = RecoverySpec(
     rungs=("restart_service", "recreate_session", "new_ports", "respawn", "ask_human"),
     attempts=1,
@@ -77,12 +83,8 @@ async def events(nc: Client, agent_id: str) -> list[e.AgentEvent]:
     return [s.event for s in await EventStore(nc).read(agent_id) if s.event is not None]
 
 
-async def test_a_failing_liveness_probe_is_reported_and_sampled(
-    fleet: Fleet,
-    nc: Client,
-    repo: Path,
-    health: HealthService,
-) -> None:
+def unanswering_api() -> Template:
+    """An HTTP service with a quick liveness probe, and a ladder too slow to act in a test."""
     api = ServiceSpec(
         command="python3 -m http.server --bind 127.0.0.1 $PORT",
         ports=("http",),
@@ -95,7 +97,61 @@ async def test_a_failing_liveness_probe_is_reported_and_sampled(
         ),
     )
     slow = RecoverySpec(rungs=("ask_human",), backoff=Backoff(initial_s=60))
-    template = Template(name="shell", services={"api": api}, recovery=slow)
+    return Template(name="shell", services={"api": api}, recovery=slow)
+
+
+async def live(nc: Client, agent: str) -> bool:
+    """Whether the health service has seen the api's liveness probe pass."""
+    reply = await request(nc, subjects.control("health"), {"agent": agent, "kind": "probe"})
+    rows = reply.get("history") or []
+    return any(o["probe"] == "liveness" and o["ok"] for o in rows)
+
+
+def group_members(pid: int) -> list[int]:
+    """Every process of the pid's process group but its leader (the pane's waiting shell)."""
+    group = os.getpgid(pid)
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):
+            if proc.pid != group and os.getpgid(proc.pid) == group:
+                found.append(proc.pid)
+    return found
+
+
+async def stop_service(nc: Client, agent: str) -> list[int]:
+    """SIGSTOP the api: alive but not answering, which only a probe can tell; the pids, for
+    SIGCONT. Every process of the pane's group but the waiting shell that leads it, not only
+    the recorded pid: under load that pid can be the shell's (infra/panes.py gives up
+    looking for its child after 1 s), and tmux answers a stop of a pane's own process with
+    SIGCONT to its group, so the server would go on answering."""
+    pid = (await command(nc, agent, "show"))["agent"]["services"]["api"]["pid"]
+    stopped = group_members(pid)
+    assert stopped, f"no service process under the pane of pid {pid}"
+    signal_all(stopped, signal.SIGSTOP)
+    return stopped
+
+
+def signal_all(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+async def unhealthy_reports(nc: Client, agent: str) -> list[e.ServiceHealth]:
+    return [
+        ev
+        for ev in await events(nc, agent)
+        if isinstance(ev, e.ServiceHealth) and not ev.healthy and ev.actor == "service:health"
+    ]
+
+
+async def test_a_failing_liveness_probe_is_reported_and_sampled(
+    fleet: Fleet,
+    nc: Client,
+    repo: Path,
+    health: HealthService,
+) -> None:
+    template = unanswering_api()
     seen: list[dict[str, Any]] = []
 
     async def on_health(msg: Msg) -> None:
@@ -104,30 +160,19 @@ async def test_a_failing_liveness_probe_is_reported_and_sampled(
     await nc.subscribe(subjects.health("h1"), cb=on_health)
     await spawn_with(fleet, repo, "h1", template)
 
-    async def live() -> bool:
-        reply = await request(nc, subjects.control("health"), {"agent": "h1", "kind": "probe"})
-        rows = reply.get("history") or []
-        return any(o["probe"] == "liveness" and o["ok"] for o in rows)
-
-    await until(live, "api's liveness probe to pass")
-    pid = (await command(nc, "h1", "show"))["agent"]["services"]["api"]["pid"]
-    os.kill(pid, signal.SIGSTOP)  # alive but not answering: only a probe can tell
+    await until(lambda: live(nc, "h1"), "api's liveness probe to pass", GUARD_S)
+    stopped = await stop_service(nc, "h1")
     try:
-
-        async def reported() -> list[e.ServiceHealth]:
-            log = await events(nc, "h1")
-            return [
-                ev
-                for ev in log
-                if isinstance(ev, e.ServiceHealth)
-                and not ev.healthy
-                and ev.actor == "service:health"
-            ]
-
-        found = (await until(reported, "service.health unhealthy from the health service"))[0]
+        found = (
+            await until(
+                lambda: unhealthy_reports(nc, "h1"),
+                "service.health unhealthy from the health service",
+                GUARD_S,
+            )
+        )[0]
         assert found.service == "api" and found.probe == "liveness"
     finally:
-        os.kill(pid, signal.SIGCONT)
+        signal_all(stopped, signal.SIGCONT)
 
     reply = await request(nc, subjects.control("health"), {"agent": "h1", "limit": 500})
     assert reply["ok"], reply
@@ -145,6 +190,81 @@ async def test_a_failing_liveness_probe_is_reported_and_sampled(
     assert any(o["kind"] == "sample" for o in seen)  # also published on fleet.health.h1
     unknown = await request(nc, subjects.control("health"), {"agent": "nobody"})
     assert unknown["error"]["code"] == "unknown_agent"
+
+
+class LossyLink:
+    """The health service's NATS connection on a network that loses, for every report_health
+    (each command id), the first try (the agent never gets it) and the second try's reply
+    (the agent applies it, unheard). Everything else passes through."""
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self.tries: collections.Counter[str] = collections.Counter()
+        self.replies: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._nc, name)
+
+    async def request(self, subject: str, payload: bytes = b"", timeout: float = 0.5) -> Msg:
+        cmd = msgspec.json.decode(payload) if payload.startswith(b"{") else {}
+        if cmd.get("type") != "report_health":
+            return await self._nc.request(subject, payload, timeout=timeout)
+        key = cmd.get("id") or uuid.uuid4().hex  # without an id, every try is a first one
+        self.tries[key] += 1
+        if self.tries[key] == 1:
+            raise nats.errors.TimeoutError  # lost on the way to the agent
+        if self.tries[key] == 2:
+            await self._nc.publish(subject, payload, reply=self._nc.new_inbox())
+            raise nats.errors.TimeoutError  # the reply is lost on the way back
+        msg = await self._nc.request(subject, payload, timeout=timeout)
+        self.replies[key].append(msgspec.json.decode(msg.data))
+        return msg
+
+
+async def test_a_lost_report_is_sent_again_until_acknowledged_and_recorded_once(
+    fleet: Fleet, nc: Client, repo: Path
+) -> None:
+    link = LossyLink(nc)
+    service = HealthService(cast(Client, link), FAST)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        await spawn_with(fleet, repo, "lr1", unanswering_api())
+
+        async def healthy() -> bool:  # recorded after any earlier report (one at a time)
+            api = (await command(nc, "lr1", "show"))["agent"]["services"].get("api") or {}
+            return api.get("healthy") is True
+
+        await until(healthy, "the healthy report, retried", GUARD_S)
+        before = len(await unhealthy_reports(nc, "lr1"))
+        stopped = await stop_service(nc, "lr1")
+        try:  # stopped until the report is acknowledged: a newer verdict would replace it
+
+            async def reported() -> list[e.ServiceHealth]:
+                return (await unhealthy_reports(nc, "lr1"))[before:]
+
+            found = await until(reported, "the unhealthy report, retried", GUARD_S)
+            report_id = found[0].causation
+            assert report_id and link.tries[report_id] >= 2, link.tries
+
+            async def acknowledged() -> list[dict[str, Any]]:
+                return link.replies[report_id]
+
+            reply = (await until(acknowledged, "the report's retry to be answered", GUARD_S))[0]
+        finally:
+            signal_all(stopped, signal.SIGCONT)
+        assert reply["ok"] is True and reply.get("repeated") is True, reply  # applied once
+        assert link.tries[report_id] == 3  # acknowledged: not sent again
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    reports = [
+        ev.causation
+        for ev in await events(nc, "lr1")
+        if isinstance(ev, e.ServiceHealth) and ev.actor == "service:health"
+    ]
+    assert reports and all(n == 1 for n in collections.Counter(reports).values()), reports
+    assert set(reports) <= set(link.tries), "every recorded report came through the link"
 
 
 async def test_a_service_that_keeps_failing_climbs_the_ladder_to_a_person(
