@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import socket
+import struct
 import time
 from typing import TYPE_CHECKING
 
@@ -29,22 +30,28 @@ SETTLE_WINDOW_S = 3.0  # keep looking this long after the screen last changed
 
 
 def _server_id(socket_name: str) -> int | None:
-    """The inode of the fleet's tmux server socket while a server listens on it, else None;
-    no tmux call. tmux keeps its socket at $TMUX_TMPDIR (else /tmp)/tmux-<uid>/<name>; a server
-    that exits removes it, one killed with SIGKILL leaves it (a connect is then refused), and
-    a new server makes a new one: a changed inode means the sessions of the old one are gone."""
+    """The pid of the tmux server listening on the fleet's socket, else None; no tmux call.
+
+    tmux keeps its socket at $TMUX_TMPDIR (else /tmp)/tmux-<uid>/<name>; a server that exits
+    removes it, one killed with SIGKILL leaves it (a connect is then refused), and a new server
+    makes a new one. The peer's credentials (SO_PEERCRED) name the listening process, so a new
+    server is told apart even where the file system hands the new socket the old inode."""
     base = os.environ.get("TMUX_TMPDIR") or "/tmp"
     path = os.path.join(base, f"tmux-{os.getuid()}", socket_name)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(1.0)
         try:
-            inode = os.stat(path).st_ino
             sock.connect(path)
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
         except (FileNotFoundError, ConnectionRefusedError):
             return None
         except OSError:  # anything else (a full backlog, a timeout): not evidence of death
             return -1
-    return inode
+    pid: int = _UCRED.unpack(creds)[0]
+    return pid
+
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class ActivityMonitor:
@@ -97,13 +104,19 @@ class ActivityMonitor:
         actor = self.actor
         state = actor.state
         server = _server_id(actor.tmux.socket_name)
-        if self._server in (None, -1):
-            self._server = server
-        elif state.lifecycle is Lifecycle.RUNNING and server != -1 and server != self._server:
-            async with actor.lock:  # no tmux server, no session: the recovery ladder rebuilds it
-                if actor.state.lifecycle is Lifecycle.RUNNING:
-                    await actor._fail(f"{SESSION_GONE} (the tmux server died or was killed)")
-            return
+        if state.lifecycle is Lifecycle.RUNNING and server != -1 and server != self._server:
+            # Another server than the one we knew (or none, or we never knew one): ours only
+            # if our session is on it. One tmux call, made only when the socket changed.
+            here = server is not None and await asyncio.to_thread(
+                actor.tmux.has_session, state.tmux_session
+            )
+            if here:
+                self._server = server
+            else:
+                async with actor.lock:  # no session: the recovery ladder rebuilds it
+                    if actor.state.lifecycle is Lifecycle.RUNNING:
+                        await actor._fail(f"{SESSION_GONE} (the tmux server died or was killed)")
+                return
         if state.lifecycle is not Lifecycle.RUNNING or not self._screen_moved():
             return
         tmux, session = actor.tmux, state.tmux_session

@@ -82,8 +82,12 @@ async def test_a_killed_tmux_server_is_noticed_and_the_ladder_rebuilds_sessions(
                 return bool(failed) and "recreate_session" in rungs and last.to.value == "RUNNING"
 
             await until(rebuilt, f"agent {name} in ERROR, then rebuilt by the ladder", 60)
-            shown = (await command(nc, name, "show"))["agent"]
-            assert shown["lifecycle"] == "RUNNING"
+
+            async def running(name: str = name) -> dict | None:
+                shown: dict = (await command(nc, name, "show"))["agent"]
+                return shown if shown["lifecycle"] == "RUNNING" else None
+
+            shown = await until(running, f"agent {name} RUNNING after the rebuild", 30)
             assert tmux(fleet, "has-session", "-t", shown["tmux"]["session"]) == ""
             sent = await command(nc, name, "send", text="echo rebuilt")
             assert sent["ok"] is True, sent
