@@ -100,6 +100,24 @@ def control_plane(pid: int, gcs_address: str) -> list[psutil.Process]:
     return [p for p in found.values() if p.pid != os.getpid()]
 
 
+def of_ray(gcs_address: str) -> list[psutil.Process]:
+    """Every live process that names the GCS (its raylet, workers and agents do), wherever
+    its session: what a kill of the plane must not leave behind."""
+    port = gcs_address.rpartition(":")[2]
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            args = proc.cmdline()
+            named = any(
+                a == f"--gcs_server_port={port}"
+                or (a.startswith(("--gcs-address=", "--gcs_address=")) and a.endswith(f":{port}"))
+                for a in args
+            )
+            if named and running(proc):
+                found.append(proc)
+    return found
+
+
 def running(proc: psutil.Process) -> bool:
     """Alive and not a zombie (an orphan that init has not reaped yet has ended)."""
     try:
@@ -159,8 +177,11 @@ def test_a_killed_control_plane_is_replaced_and_every_agent_readopted(
     names = {p.name() for p in plane}
     assert {"gcs_server", "raylet", "nats-server"} <= names, names
     assert not {p.pid for p in plane} & {api_pid}, "the agents' services are not the plane's"
+    ray_procs = {p.pid for p in of_ray(state["ray_address"])}
+    assert len(ray_procs) >= 2 and ray_procs <= {p.pid for p in plane}, ray_procs
     survivors = kill_all(plane)
     assert survivors == [], f"left running after kill -9: {survivors}"
+    assert of_ray(state["ray_address"]) == [], "a process of the killed Ray lives on"
     assert sessions(up_env) >= {f"fleet-{a}" for a in AGENTS}, "sessions outlive the plane"
     assert http_ok(port), "the service outlives the control plane, in its tmux pane"
 
