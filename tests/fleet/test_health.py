@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,6 +28,7 @@ from nats.aio.msg import Msg
 from actors.agent import AgentActor
 from actors.supervisor import AGENT_PREFIX, agent_options
 from infra.eventstore import EventStore
+from infra.nats import connect
 from schemas import events as e
 from schemas import subjects
 from schemas.control import SpawnRequest
@@ -42,6 +43,7 @@ from schemas.templates import (
     encode_spec,
 )
 from services.health import HealthConfig, HealthService
+from services.health_commands import Reporter
 from tests.conftest import Fleet
 from tests.fleet.helpers import command, request, until
 
@@ -265,6 +267,58 @@ async def test_a_lost_report_is_sent_again_until_acknowledged_and_recorded_once(
     ]
     assert reports and all(n == 1 for n in collections.Counter(reports).values()), reports
     assert set(reports) <= set(link.tries), "every recorded report came through the link"
+
+
+async def test_a_newer_verdict_replaces_an_unacknowledged_one_and_a_gone_agent_ends_it(
+    nats_url: str,
+) -> None:
+    """The Reporter alone, against a stand-in for the agent on a real server: silent at first
+    (every try is retried under its id), then answering; the older verdict is never sent
+    after the newer one, and `unknown_agent` ends a delivery at once."""
+    nc = await connect(nats_url)
+    tries: list[dict[str, Any]] = []
+    answering = asyncio.Event()
+
+    async def agent(msg: Msg) -> None:
+        cmd = msgspec.json.decode(msg.data)
+        tries.append(cmd)
+        if subjects.agent_from_command(msg.subject) == "gone":
+            await msg.respond(b'{"ok": false, "error": {"code": "unknown_agent", "message": "-"}}')
+        elif answering.is_set():
+            await msg.respond(b'{"ok": true}')
+
+    await nc.subscribe(subjects.ALL_COMMANDS, cb=agent)
+    reporter = Reporter(nc, timeout_s=0.1, backoff_s=(0.05, 0.1))
+
+    def settled(agent_id: str) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return not reporter.pending(agent_id)
+
+        return check
+
+    async def tried_thrice() -> bool:
+        return len(tries) >= 3
+
+    try:
+        reporter.report("x1", "api", False, "liveness", "no answer")
+        await until(tried_thrice, "three tries of the unanswered report")
+        reporter.report("x1", "api", True, "liveness", "HTTP 200")
+        answering.set()
+        await until(settled("x1"), "the newer report to be acknowledged")
+        reporter.report("gone", "api", False, "liveness", "no answer")
+        await until(settled("gone"), "the delivery to a gone agent to end")
+        await asyncio.sleep(0.3)  # and nothing is sent after that
+    finally:
+        await reporter.close()
+        await nc.close()
+    ids = list(dict.fromkeys(t["id"] for t in tries))
+    assert len(ids) == 3, tries  # the older report, the newer one, the one to the gone agent
+    older, newer, gone = ([t for t in tries if t["id"] == i] for i in ids)
+    assert len(older) >= 3 and all(t["healthy"] is False for t in older)
+    assert all(t["healthy"] is True for t in newer)
+    last_older = max(i for i, t in enumerate(tries) if t["id"] == ids[0])
+    assert last_older < tries.index(newer[0]), "the older verdict was sent after the newer"
+    assert len(gone) == 1  # refused with unknown_agent: not retried
 
 
 async def test_a_service_that_keeps_failing_climbs_the_ladder_to_a_person(
