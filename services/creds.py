@@ -30,7 +30,7 @@ from services import replying
 
 log = logging.getLogger(__name__)
 
-RELOAD_TIMEOUT_S = 10.0
+RELOAD_TIMEOUT_S = 30.0  # a guard; a reload under a loaded 2-core machine takes ~0.1 s
 PROBE_PAUSE_S = 0.005
 
 
