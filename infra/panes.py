@@ -135,7 +135,7 @@ def window_of(session: str) -> str:
     return f"={session}:={WINDOW}"
 
 
-def service_pid(shell_pid: int, timeout: float = 1.0) -> int:
+def service_pid(shell_pid: int, timeout: float = 5.0) -> int:
     """The service's own pid: the waiting shell's first child (the shell forks it at once).
 
     Falls back to the shell's pid if the service is already gone or never appears.
