@@ -13,10 +13,14 @@ are the agent's earlier work. If a worktree has it checked out, `add` refuses.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -101,7 +105,8 @@ class Worktrees:
                 raise GitFailed("add a worktree", where, f"base ref {base_ref!r} does not exist")
             args = ["worktree", "add", "-b", full, str(path), f"{base_ref}^{{commit}}"]
         self.root.mkdir(parents=True, exist_ok=True)
-        self._git("add a worktree", where, *args)
+        with _repo_lock(self.main):  # concurrent `worktree add`s in one repo race in .git/worktrees
+            self._git("add a worktree", where, *args)
         return path
 
     def is_dirty(self, path: str | Path) -> bool:
@@ -266,3 +271,17 @@ class Worktrees:
                     if var not in os.environ:
                         env[var] = _IDENTITY[var]
         return env
+
+
+@contextlib.contextmanager
+def _repo_lock(repo: Path) -> Iterator[None]:
+    """One `git worktree add` at a time per repository on this machine (every process):
+    git writes .git/worktrees/<name>/ in steps another add can read half-made."""
+    key = hashlib.sha256(str(repo.resolve()).encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"fleetd-worktree-{key}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -129,3 +129,17 @@ def test_save_to_ref_refuses_bad_refs(trees: Worktrees) -> None:
         trees.save_to_ref(path, "HEAD")
     with pytest.raises(GitFailed):
         trees.save_to_ref(path, "refs/fleet/bad..ref")
+
+
+def test_many_adds_at_once_in_one_repo_all_succeed(trees: Worktrees) -> None:
+    """Spawns run in parallel; unserialised `git worktree add`s in one repo raced in
+    .git/worktrees ("failed to read .../commondir") during a 200-agent spawn."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [f"p{i:02d}" for i in range(16)]
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda n: trees.add(n, n, "HEAD"), names))
+    assert all((p / ".git").exists() for p in paths)
+    assert sorted(str(w.branch) for w in trees.list_fleet_worktrees()) == [
+        f"fleet/{n}" for n in names
+    ]
