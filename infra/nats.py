@@ -8,6 +8,8 @@ the log).
 from __future__ import annotations
 
 import logging
+import random
+import time
 
 import nats
 from nats.aio.client import Client
@@ -26,6 +28,55 @@ log = logging.getLogger(__name__)
 # JetStream API error code: "stream name already in use with a different configuration".
 STREAM_NAME_IN_USE = 10058
 DUPLICATE_WINDOW_S = 120.0
+RECONNECT_FIRST_S = 0.25  # the wait after the first failed reconnect; it doubles from there
+RECONNECT_MAX_S = 2.0
+
+
+class _Reconnects:
+    """Reconnects that stay cheap when a server is gone for a while.
+
+    nats-py retries every `reconnect_time_wait` and hands each failure to the error callback,
+    whose default logs a traceback. With 200 agent actors waiting for a restarted `fleet up`
+    that is 800 tracebacks a second for Ray to carry to the driver's log, and it starved the
+    restart itself (two minutes before the new `fleet up` got to run). Here an outage logs one
+    line when it starts and one when it ends, and the wait doubles, with jitter so that a
+    fleet of clients does not come back in step, up to RECONNECT_MAX_S. nats-py reads the
+    wait from `options` before each attempt, so changing it there is how it is set.
+    """
+
+    def __init__(self, name: str, shown: str, *, loud: bool) -> None:
+        self.name, self.shown, self.loud = name, shown, loud
+        self.nc: Client | None = None
+        self.failures = 0
+        self.lost_at = 0.0
+
+    async def on_error(self, e: Exception) -> None:
+        if self.nc is None or not self.nc.is_reconnecting:
+            # A one-shot client (the CLI) raises its own sentence for a failed connect.
+            level = logging.WARNING if self.loud and self.nc is not None else logging.DEBUG
+            log.log(level, "%s: NATS at %s: %s", self.name, self.shown, e or type(e).__name__)
+            return
+        self.failures += 1
+        if self.failures == 1:
+            log.warning("%s: NATS at %s unreachable (%r); retrying", self.name, self.shown, e)
+        wait = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2**self.failures)
+        self.nc.options["reconnect_time_wait"] = wait * random.uniform(0.75, 1.25)
+
+    async def on_disconnected(self) -> None:
+        self.lost_at = time.monotonic()
+
+    async def on_reconnected(self) -> None:
+        if self.nc is not None:
+            self.nc.options["reconnect_time_wait"] = RECONNECT_FIRST_S
+        gone = time.monotonic() - self.lost_at if self.lost_at else 0.0
+        log.warning(
+            "%s: NATS at %s back after %.1f s (%d failed attempts)",
+            self.name,
+            self.shown,
+            gone,
+            self.failures,
+        )
+        self.failures = 0
 
 
 async def connect(
@@ -42,16 +93,21 @@ async def connect(
     servers = [u.strip() for u in url.split(",") if u.strip()]  # a cluster: "nats://a,nats://b"
     extra = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}
     shown = without_userinfo(url)  # never print a password
+    watch = _Reconnects(name, shown, loud=reconnect)
     try:
-        return await nats.connect(
+        watch.nc = await nats.connect(
             servers,
             name=name,
             connect_timeout=2,
             allow_reconnect=reconnect,
             max_reconnect_attempts=-1 if reconnect else 0,
-            reconnect_time_wait=0.25,
+            reconnect_time_wait=RECONNECT_FIRST_S,
+            error_cb=watch.on_error,
+            disconnected_cb=watch.on_disconnected,
+            reconnected_cb=watch.on_reconnected,
             **extra,
         )
+        return watch.nc
     except (OSError, TimeoutError, nats.errors.NoServersError) as e:
         raise StoreUnavailable(f"cannot reach NATS at {shown}: {e or type(e).__name__}") from e
     except nats.errors.Error as e:  # the server refused the user: 'Authorization Violation'

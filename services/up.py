@@ -43,7 +43,7 @@ from infra.config import (
     remove_state,
     write_state,
 )
-from schemas.errors import AlreadyRunning, FleetError
+from schemas.errors import AlreadyRunning, FleetError, InvalidSetting
 from services import creds
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,36 @@ def _control_access(settings: Settings, server: natsserver.NatsServer | None) ->
     return url, str(auth.external_path)
 
 
+async def _credentials(
+    settings: Settings, server: natsserver.NatsServer | None, nc: Client, stack: AsyncExitStack
+) -> creds.Credentials | None:
+    """Who issues agents' NATS users: the embedded server's config, the auth callout of a
+    NATS you run (`FLEET_NATS_CALLOUT_SEED_FILE`), or nobody (a NATS you run without one)."""
+    auth = natsauth.AuthDir.of(settings.state_dir)
+    seed_file = settings.nats_callout_seed_file
+    if server is not None and seed_file is not None:
+        raise InvalidSetting(
+            "FLEET_NATS_CALLOUT_SEED_FILE",
+            str(seed_file),
+            "it is for a NATS you run (FLEET_NATS_URL); the embedded server has its own users",
+        )
+    if server is not None:
+        return creds.EmbeddedUsers(auth, server=server)
+    if seed_file is None:
+        return None
+    if not settings.nats_system_url:
+        raise InvalidSetting(
+            "FLEET_NATS_SYSTEM_URL",
+            "",
+            "with FLEET_NATS_CALLOUT_SEED_FILE, fleetd needs a system-account user "
+            "(nats://sys:SECRET@host:4222) to close a revoked agent's NATS connections",
+        )
+    access = await creds.callout(nc, auth, seed_file, settings.nats_system_url)
+    stack.push_async_callback(access.system.close)
+    stack.push_async_callback((await access.serve()).unsubscribe)
+    return access
+
+
 def _supervise(
     server: natsserver.NatsServer, settings: Settings, state: FleetState
 ) -> asyncio.Task[None]:
@@ -168,23 +198,47 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
+class _Phases:
+    """How long each part took to start, for the log line that says fleetd is ready."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.monotonic()
+        self.parts: list[str] = []
+
+    def __call__(self, part: str) -> None:
+        now = time.monotonic()
+        self.parts.append(f"{part} {now - self.last:.2f} s")
+        self.last = now
+
+    def __str__(self) -> str:
+        return f"{time.monotonic() - self.started:.2f} s ({', '.join(self.parts)})"
+
+
 async def _bring_up(settings: Settings, stack: AsyncExitStack) -> FleetState:
     """Start each part in dependency order, registering its stop on the stack."""
+    took = _Phases()
     server = _start_nats(settings, stack)
     url, creds_file = _control_access(settings, server)
     logging.getLogger("nats.aio.client").addFilter(_OneLine())
     nc = await infra.nats.connect(url, name="fleet-up")
     stack.push_async_callback(nc.close)
     await infra.nats.ensure_streams(nc.jetstream(), infra.nats.replicas_for(nc))
-    if server is not None:  # answers before any agent actor asks for its user
-        access = creds.Credentials(server, natsauth.AuthDir.of(settings.state_dir))
+    took("nats")
+    access = await _credentials(settings, server, nc, stack)
+    if access is not None:  # answers before any agent actor asks for its user
         stack.push_async_callback((await creds.start(nc, access)).unsubscribe)
         await creds.prune(nc, access)
+        took("credentials")
     ray_address = await _start_ray(settings, stack, url)
+    took("ray")
     await _start_templates_and_ports(settings, nc, stack, url)
-    await _start_supervisor(settings, url, nats_auth=server is not None)
+    took("templates and ports")
+    await _start_supervisor(settings, url, nats_auth=access is not None)
+    took("supervisor")
     gateway_url = await _start_faces(settings, url, nc, stack)
+    took("gateway")
     await _start_health(settings, nc, stack)
+    took("health")
     state = FleetState(
         pid=os.getpid(),
         state_dir=str(settings.state_dir),
@@ -196,6 +250,7 @@ async def _bring_up(settings: Settings, stack: AsyncExitStack) -> FleetState:
         gateway_url=gateway_url,
     )
     write_state(settings.state_file, state)
+    log.info("ready in %s", took)
     stack.callback(remove_state, settings.state_file)
     if server is not None:  # watched only once the state file exists, so a restart can update it
         stack.push_async_callback(_cancel, _supervise(server, settings, state))
@@ -280,6 +335,8 @@ def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
 async def serve(settings: Settings, out: TextIO, as_json: bool) -> None:
     """Bring fleetd up, say where it listens, run until signalled, then stop in reverse order."""
     stop = asyncio.Event()
+    for part in ("services", "infra"):  # fleetd's own progress lines go to fleet-up.log
+        logging.getLogger(part).setLevel(logging.INFO)
     with hold_lock(settings), _stop_on_signals(stop):
         async with AsyncExitStack() as stack:
             state = await _bring_up(settings, stack)

@@ -21,7 +21,8 @@ Figures:
 - `recovery_after_control_plane_kill_s`: from the new `fleet up` to all N agents re-adopted.
   Floor: the first `fleet up` of this run, with no agents (its start with nothing to adopt).
 
-Run a short one with `FLEET_BENCH_LOAD_AGENTS=20 FLEET_BENCH_LOAD_S=60 just bench load`.
+Run a short one with `FLEET_BENCH_LOAD_AGENTS=20 FLEET_BENCH_LOAD_S=60 just bench load`;
+`FLEET_BENCH_LOAD_DIR=<new dir>` keeps its state dir (and `fleet-up.log`) there.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import asyncio
 import os
 import random
 import statistics
-import subprocess
 import tempfile
 import time
 import uuid
@@ -49,7 +49,7 @@ from schemas import mail as m
 from schemas import subjects
 from schemas.errors import FleetError
 from services.client import FleetClient, open_client
-from tests.perf.common import emit, log
+from tests.perf.common import emit, git_repo, log
 from tests.perf.plane import Plane
 
 SAMPLE_S = 5.0
@@ -87,18 +87,7 @@ class Tally:
 
 
 def make_repo(root: Path) -> Path:
-    repo = root / "repo"
-    repo.mkdir()
-    for args in (
-        ["init", "-q", "-b", "main"],
-        ["config", "user.email", "b@example.com"],
-        ["config", "user.name", "Bench"],
-    ):
-        subprocess.run(["git", *args], cwd=repo, check=True)
-    (repo / "README.md").write_text("load\n")
-    subprocess.run(["git", "add", "README.md"], cwd=repo, check=True)
-    subprocess.run(["git", "commit", "-qm", "base"], cwd=repo, check=True)
-    return repo
+    return git_repo(root, lambda repo: (repo / "README.md").write_text("load\n"))
 
 
 async def every(period_s: float, stop: asyncio.Event, step: Callable[[], Awaitable[None]]) -> None:
@@ -274,7 +263,7 @@ async def recover(plane: Plane, count: int) -> float:
     killed = plane.kill9()
     log(f"load: killed fleet up's process group ({killed} processes) with SIGKILL; Ray lives on")
     started = time.perf_counter()
-    plane.start()
+    log(f"load: the new fleet up was ready after {plane.start():.1f} s")
     async with open_client(Settings.from_env(plane.env)) as client:
         while time.perf_counter() - started < RECOVERY_LIMIT_S:
             if await all_running(client, count):
@@ -348,5 +337,11 @@ async def main() -> None:
     count = int(knob("FLEET_BENCH_LOAD_AGENTS", 200))
     seconds = knob("FLEET_BENCH_LOAD_S", 600)
     log(f"load: {count} agents for {seconds:.0f} s")
+    keep = os.environ.get("FLEET_BENCH_LOAD_DIR", "").strip()
+    if keep:  # the run's state dir and fleet-up.log stay there, for a look afterwards
+        root = Path(keep).expanduser().resolve()
+        root.mkdir(parents=True, exist_ok=False)
+        await run(root, count, seconds)
+        return
     with tempfile.TemporaryDirectory(prefix="fleet-load-") as tmp:
         await run(Path(tmp), count, seconds)
