@@ -75,6 +75,10 @@ def _count(name: str, raw: str | None, default: int) -> int:
     return value
 
 
+def _path(raw: str | None) -> Path | None:
+    return Path(raw).expanduser() if raw else None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything fleetd reads from the environment, read once and then passed around."""
@@ -83,6 +87,10 @@ class Settings:
     nats_url: str | None = None  # None: `fleet up` starts the embedded nats-server
     # A credentials file (infra/natsauth.py): an agent's own NATS user, set in its panes.
     nats_creds: Path | None = None
+    # A NATS you run with auth callout (infra/natscallout.py): the issuer's seed file, and a
+    # system-account URL that closes a revoked agent's connections.
+    nats_callout_seed_file: Path | None = None
+    nats_system_url: str | None = None
     ray_address: str | None = None  # None: `fleet up` starts a local Ray
     gateway_port: int = DEFAULT_GATEWAY_PORT
     worktree_root: Path | None = None  # None: `<state_dir>/worktrees`
@@ -102,6 +110,8 @@ class Settings:
             state_dir=Path(state_dir).expanduser() if state_dir else _default_state_dir(values),
             nats_url=values.get("FLEET_NATS_URL"),
             nats_creds=Path(values["FLEET_NATS_CREDS"]) if "FLEET_NATS_CREDS" in values else None,
+            nats_callout_seed_file=_path(values.get("FLEET_NATS_CALLOUT_SEED_FILE")),
+            nats_system_url=values.get("FLEET_NATS_SYSTEM_URL"),
             ray_address=values.get("FLEET_RAY_ADDRESS"),
             gateway_port=_port(
                 "FLEET_GATEWAY_PORT",

@@ -116,6 +116,13 @@ def hash_password(password: str, rounds: int = BCRYPT_ROUNDS) -> str:
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds, prefix=b"2a")).decode()
 
 
+def password_matches(password: str, hashed: str) -> bool:
+    try:
+        return bcrypt.checkpw(password.encode(), hashed.encode())
+    except ValueError:  # not a bcrypt hash
+        return False
+
+
 # -- URLs ----------------------------------------------------------------------------------------
 
 
@@ -248,6 +255,19 @@ class AuthDir:
     def remove_agent(self, agent_id: str) -> bool:
         """Forget an agent's user; True if it had one."""
         return remove_file(self._user_path(agent_id))
+
+    def agent_hash(self, agent_id: str) -> str | None:
+        """The bcrypt hash of the agent's current password, or None if it holds no user."""
+        try:
+            entry = json.loads(self._user_path(agent_id).read_bytes())
+            return str(entry["hash"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning(
+                "NATS user file of agent %s unreadable (%s); it cannot connect", agent_id, e
+            )
+            return None
 
     def agents(self) -> dict[str, str]:
         """agent id -> bcrypt hash, of every agent that holds a user now."""

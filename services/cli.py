@@ -26,6 +26,7 @@ from services import cli_complete as completion
 from services import cli_health as health
 from services import cli_history as history
 from services import cli_mail as mail
+from services import cli_nats as nats_keys
 from services import cli_spawn as spawn
 from services import cli_templates as templates
 from services import cli_tokens as tokens
@@ -112,6 +113,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("mail", mail.cmd_mail, mail.mail_arguments),
     Subcommand("topic", mail.cmd_topic, mail.topic_arguments),
     Subcommand("schema", mail.cmd_schema, mail.schema_arguments),
+    Subcommand("callout-key", nats_keys.cmd_callout_key, nats_keys.callout_key_arguments),
     Subcommand("completion", completion.cmd_completion, completion.completion_arguments),
     Subcommand(completion.HIDDEN, completion.cmd_complete_agents, hidden=True),
 )

@@ -54,7 +54,7 @@ async def control(server: NatsServer, auth: natsauth.AuthDir) -> AsyncIterator[C
     """The control plane's connection, with the credentials service answering on it."""
     nc = await connect(natsauth.with_credential(server.url, auth.control()), name="test-control")
     await ensure_streams(nc.jetstream())
-    sub = await creds.start(nc, creds.Credentials(server, auth))
+    sub = await creds.start(nc, creds.EmbeddedUsers(auth, server=server))
     try:
         yield nc
     finally:
@@ -374,7 +374,7 @@ async def test_users_of_agents_stopped_while_fleet_up_was_down_are_pruned(
     stale = await connect_agent(server, "done1", await grant(control, "done1"))
     ghost = await grant(control, "ghost1")  # no log at all
     try:
-        access = creds.Credentials(server, auth)
+        access = creds.EmbeddedUsers(auth, server=server)
         assert await creds.prune(control, access) == ["done1", "ghost1"]
         assert sorted(auth.agents()) == ["live1"]
         for _ in range(100):
