@@ -14,6 +14,7 @@ import msgspec
 
 from schemas import validation as v
 from schemas.agent import AgentState, ServiceState
+from schemas.states import Activity, Lifecycle
 
 
 class SpawnRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -87,6 +88,31 @@ class AgentView(msgspec.Struct, frozen=True, kw_only=True):
     seq: int = 0  # stream sequence of the last event
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+
+def state_of(shown: AgentView) -> AgentState:
+    """`view`'s way back: the part of an agent's state a view carries, as a state that
+    `evolve` can go on from (the live views fold events onto it)."""
+    return AgentState(
+        agent_id=shown.id,
+        name=shown.name,
+        template=shown.template,
+        repo=shown.repo,
+        branch=shown.branch,
+        lifecycle=Lifecycle(shown.lifecycle),
+        activity=Activity(shown.activity),
+        activity_detail=shown.activity_detail,
+        reason=shown.reason,
+        worktree=shown.worktree,
+        tmux_socket=shown.tmux.socket,
+        tmux_session=shown.tmux.session,
+        ports=shown.ports,
+        services=shown.services,
+        users=shown.users,
+        created_at=shown.created_at,
+        updated_at=shown.updated_at,
+        events=shown.events,
+    )
 
 
 def view(state: AgentState, *, seq: int = 0, node: str = "", pid: int = 0) -> AgentView:

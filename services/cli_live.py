@@ -33,10 +33,9 @@ from nats.aio.msg import Msg
 from schemas import events as e
 from schemas import subjects
 from schemas.agent import AgentState, evolve, initial
-from schemas.control import AgentView
+from schemas.control import AgentView, state_of
 from schemas.errors import FleetError, RemoteError
 from schemas.health import Observation, Sample
-from schemas.states import Activity, Lifecycle
 from services import cli_style as style
 from services.client import FleetClient, open_client
 
@@ -46,30 +45,6 @@ ALT_SCREEN_ON, ALT_SCREEN_OFF, HOME = "\x1b[?1049h", "\x1b[?1049l", "\x1b[H"
 
 _event_decoder = msgspec.json.Decoder(e.AgentEvent)
 _observation_decoder = msgspec.json.Decoder(Observation)
-
-
-def state_of(v: AgentView) -> AgentState:
-    """The part of an agent's state a view carries, as a state `evolve` can go on from."""
-    return AgentState(
-        agent_id=v.id,
-        name=v.name,
-        template=v.template,
-        repo=v.repo,
-        branch=v.branch,
-        lifecycle=Lifecycle(v.lifecycle),
-        activity=Activity(v.activity),
-        activity_detail=v.activity_detail,
-        reason=v.reason,
-        worktree=v.worktree,
-        tmux_socket=v.tmux.socket,
-        tmux_session=v.tmux.session,
-        ports=v.ports,
-        services=v.services,
-        users=v.users,
-        created_at=v.created_at,
-        updated_at=v.updated_at,
-        events=v.events,
-    )
 
 
 class LiveFleet:
