@@ -13,6 +13,7 @@ agents and outlive the control plane by design; the next `fleet up` joins that R
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -159,7 +160,10 @@ class Plane:
                 proc.kill()
             except psutil.Error:
                 continue
-        psutil.wait_procs(procs, timeout=10)
+        deadline = time.monotonic() + 10
+        for proc in procs:  # one by one: psutil.wait_procs fails on one gone mid-wait (ENOENT)
+            with contextlib.suppress(psutil.Error, OSError):
+                proc.wait(max(0.0, deadline - time.monotonic()))
 
 
 def _pgid(pid: int) -> int:
