@@ -1,18 +1,21 @@
-"""What every benchmark group shares: the JSON line format, a fresh server, percentiles."""
+"""What every benchmark group shares: the JSON line format, a fresh server (alone, or with a
+local Ray for the groups that run actors), a git repository, percentiles."""
 
 from __future__ import annotations
 
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from nats.aio.client import Client
 
+from infra import raycluster
 from infra.nats import connect, ensure_streams
 from infra.natsserver import NatsServer
 
@@ -60,6 +63,44 @@ async def fresh_nats() -> AsyncIterator[Client]:
                 await nc.close()
         finally:
             server.stop()
+
+
+@asynccontextmanager
+async def nats_and_ray(root: Path, *sockets: str) -> AsyncIterator[NatsServer]:
+    """An embedded nats-server on root/nats with fleetd's streams, and a local Ray; afterwards
+    Ray, the tmux servers on `sockets` (the agents' and the floors'), then the server stop."""
+    server = NatsServer.start(root / "nats")
+    try:
+        raycluster.start(None)
+        try:
+            nc = await connect(server.url)
+            try:
+                await ensure_streams(nc.jetstream())
+            finally:
+                await nc.close()
+            yield server
+        finally:
+            raycluster.stop()
+            for socket in sockets:
+                subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True)
+    finally:
+        server.stop()
+
+
+def git_repo(root: Path, fill: Callable[[Path], object]) -> Path:
+    """A repository at root/repo on branch main: what `fill` writes into it, in one commit."""
+    repo = root / "repo"
+    repo.mkdir()
+    for args in (
+        ["init", "-q", "-b", "main"],
+        ["config", "user.email", "b@example.com"],
+        ["config", "user.name", "Bench"],
+    ):
+        subprocess.run(["git", *args], cwd=repo, check=True)
+    fill(repo)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-qm", "base"], cwd=repo, check=True)
+    return repo
 
 
 def log(message: str) -> None:
