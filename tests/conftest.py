@@ -1,4 +1,5 @@
-"""Fixtures shared by every test folder: a real nats-server per test and a private state dir."""
+"""Fixtures shared by every test folder: a real nats-server per test, a private state dir, a
+git repository, a whole fleet on Ray, and the environment of a private `fleet up`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from infra.natsserver import NatsServer
+from tests.fleetcli import private_up
 
 
 @pytest.fixture
@@ -40,6 +42,31 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in ("FLEET_NATS_URL", "FLEET_RAY_ADDRESS", "FLEET_GATEWAY_PORT"):
         monkeypatch.delenv(name, raising=False)
     return path
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A repository with one commit: a README and a .gitignore that ignores *.log."""
+    path = tmp_path / "repo"
+    path.mkdir()
+    for args in (
+        ["init", "-q", "-b", "main"],
+        ["config", "user.email", "t@example.com"],
+        ["config", "user.name", "Test"],
+    ):
+        subprocess.run(["git", *args], cwd=path, check=True)
+    (path / "README.md").write_text("hello\n")
+    (path / ".gitignore").write_text("*.log\n")
+    subprocess.run(["git", "add", "-A"], cwd=path, check=True)
+    subprocess.run(["git", "commit", "-qm", "first"], cwd=path, check=True)
+    return path
+
+
+@pytest.fixture
+def up_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The environment of a private `fleet up` (tests/fleetcli.py), cleaned up afterwards."""
+    with private_up(tmp_path) as env:
+        yield env
 
 
 # -- a whole fleet: real nats-server, real Ray, the supervisor, a private tmux socket ---------

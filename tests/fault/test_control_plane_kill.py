@@ -26,7 +26,8 @@ import psutil
 from infra import kvscan, natsauth
 from infra.nats import connect
 from schemas import subjects
-from tests.fault.conftest import fleet_cli, fleet_state
+from tests.fleetcli import fleet_cli, fleet_state
+from tests.integration.conftest import wait_until
 
 GUARD_S = 60.0  # only stops a hung wait from hanging the suite; nothing is timed
 AGENTS = {"w1": "web-demo", "s1": "shell", "s2": "shell"}
@@ -36,13 +37,7 @@ RECOVERY_TARGET_S = 10.0  # issue 8's target for 200 agents; printed, never asse
 
 
 def wait_for(check: Any, what: str) -> Any:
-    deadline = time.monotonic() + GUARD_S
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"gave up waiting for {what}")
+    return wait_until(check, what, timeout=GUARD_S, interval=0.1)
 
 
 def http_ok(port: int) -> bool:

@@ -19,8 +19,8 @@ from infra.eventstore import EventStore
 from infra.mailbox import Mailbox
 from infra.nats import connect
 from schemas import subjects
-from tests.fault.conftest import fleet_cli, fleet_state
 from tests.fault.load import Tally, append_until, lost_events, lost_mail, mail_until
+from tests.fleetcli import fleet_cli, fleet_state
 
 GUARD_S = 60.0  # only stops a stuck load from hanging the suite; nothing is timed
 WRITERS = 2

@@ -17,7 +17,7 @@ import pytest
 
 from infra import natsorphan, raycluster
 from infra.natsserver import NatsServer, find_binary
-from tests.fault.conftest import GUARD_S, fleet_cli, fleet_state
+from tests.fleetcli import GUARD_S, fleet_cli, fleet_state
 
 
 def _ended(pid: int) -> bool:

@@ -45,22 +45,12 @@ from schemas.agent import decide, initial
 from schemas.chain import Position
 from schemas.control import AgentView
 from services.cli_agents import new_lines, table
+from tests.fleetcli import GUARD_S, REPO, fleet_cli
 from tests.integration.conftest import wait_until
 
-REPO = Path(__file__).resolve().parents[2]
-GUARD_S = 180.0  # stops a hung child from hanging the suite; nothing is timed
 
-
-def run(env: dict[str, str], *args: str, stdin: int | None = subprocess.DEVNULL) -> Result:
-    proc = subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
-        cwd=REPO,
-        env=env,
-        stdin=stdin,
-        capture_output=True,
-        text=True,
-        timeout=GUARD_S,
-    )
+def run(env: dict[str, str], *args: str) -> Result:
+    proc = fleet_cli(env, *args)
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 

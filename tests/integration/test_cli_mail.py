@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from infra.nats import connect, ensure_streams
-from tests.integration.test_cli import REPO, Result
-
-
-def run(env: dict[str, str], *args: str) -> Result:
-    proc = subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+from tests.integration.test_cli import run
 
 
 @pytest.fixture

@@ -20,19 +20,22 @@ import pytest
 from infra import natsauth
 from infra.natsserver import NatsServer
 from schemas import subjects
-
-REPO = Path(__file__).resolve().parents[2]
-GUARD_S = 120.0  # only stops a hung child from hanging the suite; nothing is timed
+from tests.fleetcli import GUARD_S, REPO, fleet_cli
 
 
 def fleet(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+    return fleet_cli(dict(os.environ), *args)
+
+
+def up_json() -> subprocess.Popen[str]:
+    """A foreground `fleet up --json` in this process's environment, its output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up", "--json"],
         cwd=REPO,
         env=dict(os.environ),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=GUARD_S,
     )
 
 
@@ -53,14 +56,7 @@ def _first_line(proc: subprocess.Popen[str]) -> str:
 @pytest.fixture
 def fleet_up(state_dir: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
     """A foreground `fleet up --json` and the state it printed; interrupted if a test did not."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", "--json"],
-        cwd=REPO,
-        env=dict(os.environ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = up_json()
     try:
         yield proc, json.loads(_first_line(proc))
     finally:
@@ -130,14 +126,7 @@ def test_up_uses_an_existing_nats(
     state_dir: Path, nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FLEET_NATS_URL", nats_server.url)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", "--json"],
-        cwd=REPO,
-        env=dict(os.environ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = up_json()
     printed = json.loads(_first_line(proc))
     assert (printed["nats_url"], printed["nats_pid"]) == (nats_server.url, None)
     assert not (state_dir / "nats").exists()

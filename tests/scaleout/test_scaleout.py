@@ -19,14 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from infra.config import Settings
 from services.client import open_client
-
-REPO = Path(__file__).resolve().parents[2]
-GUARD_S = 180.0  # only stops a hung child from hanging the suite; nothing is timed
+from tests.fleetcli import REPO, fleet_cli, private_up
 
 TEMPLATE = """\
 name: {name}
@@ -71,35 +68,10 @@ def cluster() -> Iterator[dict[str, Any]]:
 @pytest.fixture
 def env(tmp_path: Path, cluster: dict[str, Any], nats_url: str) -> Iterator[dict[str, str]]:
     """fleetd pointed at existing clusters: the Ray cluster above and a NATS it did not start."""
-    socket = f"fleet-scale-{os.getpid()}-{tmp_path.name[-12:]}"
-    values = {
-        **os.environ,
-        "FLEET_STATE_DIR": str(tmp_path / "state"),
-        "FLEET_TMUX_SOCKET": socket,
-        "FLEET_POOL_SIZE": "0",
-        "FLEET_RAY_ADDRESS": cluster["address"],
-        "FLEET_GATEWAY_PORT": "0",  # any free port: other fleets may run on this machine
-    }
-    values["FLEET_NATS_URL"] = nats_url
-    yield values
-    state = tmp_path / "state" / "fleet.json"
-    if state.exists():
-        pid = json.loads(state.read_text())["pid"]
-        if psutil.pid_exists(pid):
-            os.kill(pid, signal.SIGINT)
-            psutil.Process(pid).wait(60)
-    subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True, check=False)
-
-
-def fleet(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=GUARD_S,
-    )
+    with private_up(
+        tmp_path, FLEET_RAY_ADDRESS=cluster["address"], FLEET_NATS_URL=nats_url
+    ) as values:
+        yield values
 
 
 def until(check: Any, what: str, timeout: float = 60.0, last: Any = None) -> Any:
@@ -125,29 +97,31 @@ async def leases(env: dict[str, str]) -> list[dict[str, Any]]:
 def test_agents_land_on_the_nodes_with_their_resources_and_work_there(
     env: dict[str, str], cluster: dict[str, Any], repo: Path, tmp_path: Path
 ) -> None:
-    up = fleet(env, "up", "--detach")
+    up = fleet_cli(env, "up", "--detach")
     assert up.returncode == 0, up.stderr
-    status = json.loads(fleet(env, "status", "--json").stdout)
+    status = json.loads(fleet_cli(env, "status", "--json").stdout)
     assert status["nats_url"] == env["FLEET_NATS_URL"] and status["nats_pid"] is None
     assert status["ray_address"] == cluster["address"]
     for name, resource in (("on-n1", "n1"), ("on-n2", "n2"), ("on-n3", "n3")):
         path = tmp_path / f"{name}.yaml"
         path.write_text(TEMPLATE.format(name=name, resource=resource))
-        applied = fleet(env, "template", "apply", str(path))
+        applied = fleet_cli(env, "template", "apply", str(path))
         assert applied.returncode == 0, applied.stderr
     where = {}
     for agent, template in (("a1", "on-n1"), ("a2", "on-n2")):
-        spawned = fleet(env, "spawn", "--repo", str(repo), "--name", agent, "--template", template)
+        spawned = fleet_cli(
+            env, "spawn", "--repo", str(repo), "--name", agent, "--template", template
+        )
         assert spawned.returncode == 0, spawned.stderr + spawned.stdout
-        shown = json.loads(fleet(env, "show", agent, "--json").stdout)
+        shown = json.loads(fleet_cli(env, "show", agent, "--json").stdout)
         assert shown["lifecycle"] == "RUNNING"
         where[agent] = shown["actor"]["node"]
     assert where == {"a1": node_with(cluster, "n1"), "a2": node_with(cluster, "n2")}
 
     for agent in where:  # a command round trip through each node's agent and its tmux pane
-        assert fleet(env, "send", agent, f"echo round-trip-{agent}").returncode == 0
+        assert fleet_cli(env, "send", agent, f"echo round-trip-{agent}").returncode == 0
         until(
-            lambda a=agent: f"round-trip-{a}\n" in fleet(env, "logs", a).stdout + "\n",
+            lambda a=agent: f"round-trip-{a}\n" in fleet_cli(env, "logs", a).stdout + "\n",
             f"{agent} echoes",
         )
 
@@ -161,7 +135,7 @@ def test_agents_land_on_the_nodes_with_their_resources_and_work_there(
     last: list[str] = []
 
     def healthy(agent: str) -> dict[str, Any] | None:
-        got = fleet(env, "health", agent, "--json")
+        got = fleet_cli(env, "health", agent, "--json")
         last[:] = [agent, got.stdout, got.stderr]
         report = json.loads(got.stdout) if got.returncode == 0 else {}
         web = report.get("services", {}).get("web", {})
@@ -171,9 +145,9 @@ def test_agents_land_on_the_nodes_with_their_resources_and_work_there(
         report = until(lambda a=agent: healthy(a), f"{agent}'s web is healthy", last=last)
         assert report["node"] == node
 
-    refused = fleet(env, "spawn", "--repo", str(repo), "--name", "a3", "--template", "on-n3")
+    refused = fleet_cli(env, "spawn", "--repo", str(repo), "--name", "a3", "--template", "on-n3")
     assert refused.returncode == 2
     assert "cannot place agent a3 (it asks Ray for n3=1)" in refused.stderr
     assert "no Ray node has that much" in refused.stderr
     for agent in where:
-        assert fleet(env, "stop", agent).returncode == 0
+        assert fleet_cli(env, "stop", agent).returncode == 0
