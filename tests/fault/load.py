@@ -9,9 +9,13 @@ and `lost_mail` compare what was acknowledged with what the stream holds.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
+from typing import TypeVar
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
@@ -26,6 +30,7 @@ from schemas.errors import FleetError
 from schemas.events import AgentEvent, InputSent
 
 RETRY_S = 0.05
+T = TypeVar("T")
 
 
 def input_event(agent_id: str, n: int) -> AgentEvent:
@@ -42,6 +47,16 @@ class Tally:
     failures: list[str] = field(default_factory=list)  # one line per failed attempt
 
 
+async def retried(attempt: Callable[[], Awaitable[T]], tally: Tally) -> T:
+    """`attempt` again after each failure (counted in `tally`) until the server acknowledges."""
+    while True:
+        try:
+            return await attempt()
+        except (FleetError, NatsError, TimeoutError) as e:
+            tally.failures.append(f"{type(e).__name__}: {e}")
+            await asyncio.sleep(RETRY_S)
+
+
 async def append_until(
     store: EventStore, agent_id: str, stop: asyncio.Event, tally: Tally, limit: int = 10**9
 ) -> None:
@@ -50,13 +65,7 @@ async def append_until(
     n = 0
     while not stop.is_set() and n < limit:
         event = input_event(agent_id, n)
-        while True:
-            try:
-                position = await store.append(agent_id, [event], position)
-                break
-            except (FleetError, NatsError, TimeoutError) as e:
-                tally.failures.append(f"{type(e).__name__}: {e}")
-                await asyncio.sleep(RETRY_S)
+        position = await retried(partial(store.append, agent_id, [event], position), tally)
         tally.acked.append(event.event_id)
         n += 1
 
@@ -69,16 +78,54 @@ async def mail_until(
     n = 0
     while not stop.is_set():
         message = m.MailMessage(from_="fault-test", body=f"message {n}", id=uuid.uuid4().hex)
-        while True:
-            try:
-                await mailbox.send(to, message, "high")
-                break
-            except (FleetError, NatsError, TimeoutError) as e:
-                tally.failures.append(f"{type(e).__name__}: {e}")
-                await asyncio.sleep(RETRY_S)
+        await retried(partial(mailbox.send, to, message, "high"), tally)
         tally.acked.append(message.id)
         n += 1
         await asyncio.sleep(pause_s)
+
+
+@dataclass
+class Load:
+    """Appenders to agents load-0, load-1, ... and one sender of mail to load-mail, all on one
+    connection, each counting what was acknowledged, until `finish`."""
+
+    store: EventStore
+    tallies: list[Tally]  # one per appender, then the mail sender's
+    stop: asyncio.Event
+    tasks: list[asyncio.Task[None]]
+
+    @classmethod
+    def start(cls, nc: Client, writers: int) -> Load:
+        store, stop = EventStore(nc), asyncio.Event()
+        tallies = [Tally() for _ in range(writers + 1)]
+        tasks = [
+            asyncio.create_task(append_until(store, f"load-{i}", stop, tallies[i]))
+            for i in range(writers)
+        ]
+        tasks.append(asyncio.create_task(mail_until(Mailbox(nc), "load-mail", stop, tallies[-1])))
+        return cls(store, tallies, stop, tasks)
+
+    def acked(self) -> list[int]:
+        """How many writes each appender, then the mail sender, has had acknowledged."""
+        return [len(t.acked) for t in self.tallies]
+
+    def carried_on(self, since: list[int], writes: int = 50) -> bool:
+        """Whether every writer has had `writes` more acknowledged than at `since`."""
+        return all(a >= b + writes for a, b in zip(self.acked(), since, strict=True))
+
+    async def finish(self, timeout: float) -> None:
+        """Stop every writer after its current write, and wait for them all."""
+        self.stop.set()
+        await asyncio.wait_for(asyncio.gather(*self.tasks), timeout)
+
+
+async def until(check: Callable[[], bool], what: str, timeout: float) -> None:
+    """Poll `check` (a look at counters, no I/O) until it holds; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 async def lost_events(store: EventStore, agent_id: str, tally: Tally) -> list[str]:

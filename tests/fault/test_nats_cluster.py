@@ -3,33 +3,20 @@ node killed with SIGKILL in the middle of a load loses nothing that was acknowle
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from infra.eventstore import EventStore
-from infra.mailbox import Mailbox
 from infra.nats import connect, ensure_streams, replicas_for
 from infra.natscluster import NatsCluster, wait_jetstream
 from infra.natsserver import find_binary
 from schemas import subjects
-from tests.fault.load import Tally, append_until, lost_events, lost_mail, mail_until
+from tests.fault.load import Load, lost_events, lost_mail, until
 
 DEPLOY = Path(__file__).resolve().parents[2] / "infra" / "deploy" / "nats"
 GUARD_S = 45.0  # only stops a stuck load from hanging the suite; nothing is timed
 WRITERS = 4
-
-
-async def until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + GUARD_S
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize(
@@ -65,32 +52,23 @@ async def test_a_node_killed_mid_load_loses_no_acknowledged_write(
         for stream in (subjects.EVENTS_STREAM, subjects.MAIL_STREAM):
             info = await js.stream_info(stream)
             assert info.config.num_replicas == 3, stream
-        store, mailbox = EventStore(nc), Mailbox(nc)
-        tallies = [Tally() for _ in range(WRITERS + 1)]
-        stop = asyncio.Event()
-        tasks = [
-            asyncio.create_task(append_until(store, f"load-{i}", stop, tallies[i]))
-            for i in range(WRITERS)
-        ]
-        tasks.append(asyncio.create_task(mail_until(mailbox, "load-mail", stop, tallies[-1])))
-
-        def acked() -> list[int]:
-            return [len(t.acked) for t in tallies]
-
-        await until(lambda: min(acked()) >= 50, "50 acknowledged writes each before the kill")
+        load = Load.start(nc, WRITERS)
+        await until(
+            lambda: min(load.acked()) >= 50, "50 acknowledged writes each before the kill", GUARD_S
+        )
         leader = (await js.stream_info(subjects.EVENTS_STREAM)).cluster.leader  # type: ignore[union-attr]
         victim = next(n for n in nats_cluster.nodes if n.name == leader)
         victim.kill()
-        before = acked()
+        before = load.acked()
         await until(
-            lambda: all(a >= b + 50 for a, b in zip(acked(), before, strict=True)),
+            lambda: load.carried_on(before),
             "every writer to carry on after the leader died",
+            GUARD_S,
         )
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), GUARD_S)
+        await load.finish(GUARD_S)
         for i in range(WRITERS):
-            assert await lost_events(store, f"load-{i}", tallies[i]) == []
-        assert await lost_mail(nc, "load-mail", tallies[-1]) == []
+            assert await lost_events(load.store, f"load-{i}", load.tallies[i]) == []
+        assert await lost_mail(nc, "load-mail", load.tallies[-1]) == []
         new_leader = (await js.stream_info(subjects.EVENTS_STREAM)).cluster.leader  # type: ignore[union-attr]
         assert new_leader != leader
     finally:

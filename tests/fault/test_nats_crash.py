@@ -4,34 +4,21 @@ there, and the agent answers commands again."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 
 from infra import natsauth
-from infra.eventstore import EventStore
-from infra.mailbox import Mailbox
 from infra.nats import connect
 from schemas import subjects
-from tests.fault.load import Tally, append_until, lost_events, lost_mail, mail_until
+from tests.fault.load import Load, lost_events, lost_mail, until
 from tests.fleetcli import fleet_cli, fleet_state
 
 GUARD_S = 60.0  # only stops a stuck load from hanging the suite; nothing is timed
 WRITERS = 2
-
-
-async def until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + GUARD_S
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def test_a_killed_nats_server_loses_no_acknowledged_write(
@@ -45,35 +32,25 @@ async def test_a_killed_nats_server_loses_no_acknowledged_write(
     control = natsauth.read_credential(state["nats_creds"])  # fleet up's NATS has users
     nc = await connect(natsauth.with_credential(state["nats_url"], control), name="fault-load")
     try:
-        store, mailbox = EventStore(nc), Mailbox(nc)
-        tallies = [Tally() for _ in range(WRITERS + 1)]
-        stop = asyncio.Event()
-        tasks = [
-            asyncio.create_task(append_until(store, f"load-{i}", stop, tallies[i]))
-            for i in range(WRITERS)
-        ]
-        tasks.append(asyncio.create_task(mail_until(mailbox, "load-mail", stop, tallies[-1])))
-
-        def acked() -> list[int]:
-            return [len(t.acked) for t in tallies]
-
-        await until(lambda: min(acked()) >= 50, "50 acknowledged writes each before the kill")
+        load = Load.start(nc, WRITERS)
+        await until(
+            lambda: min(load.acked()) >= 50, "50 acknowledged writes each before the kill", GUARD_S
+        )
         os.kill(state["nats_pid"], signal.SIGKILL)
-        before = acked()
+        before = load.acked()
         await until(
             lambda: fleet_state(up_env)["nats_pid"] != state["nats_pid"],
             "fleet up to restart nats-server",
+            GUARD_S,
         )
         await until(
-            lambda: all(a >= b + 50 for a, b in zip(acked(), before, strict=True)),
-            "every writer to carry on after the restart",
+            lambda: load.carried_on(before), "every writer to carry on after the restart", GUARD_S
         )
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), GUARD_S)
+        await load.finish(GUARD_S)
         assert nc.stats["reconnects"] >= 1, "the kill never interrupted the load's connection"
         for i in range(WRITERS):
-            assert await lost_events(store, f"load-{i}", tallies[i]) == []
-        assert await lost_mail(nc, "load-mail", tallies[-1]) == []
+            assert await lost_events(load.store, f"load-{i}", load.tallies[i]) == []
+        assert await lost_mail(nc, "load-mail", load.tallies[-1]) == []
 
         after = fleet_state(up_env)
         assert after["nats_url"] == state["nats_url"]  # the same port and store
