@@ -1,6 +1,6 @@
 """Fixtures of the fault tests: the shared ones (a nats-server, a fleet on Ray, a NATS client
-onto it, a git repository, a private `fleet up`) and a 3-node JetStream cluster of real
-nats-server processes."""
+onto it and the health service on that, a git repository, a private `fleet up`) and a 3-node
+JetStream cluster of real nats-server processes."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from infra.natscluster import NatsCluster
-from tests.fleet.conftest import nc
+from tests.fleet.conftest import health, nc
 
-__all__ = ["nats_cluster", "nc"]
+__all__ = ["health", "nats_cluster", "nc"]
 
 
 @pytest.fixture

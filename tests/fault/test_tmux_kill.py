@@ -4,39 +4,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psutil
-import pytest
 from nats.aio.client import Client
 
 from infra.eventstore import EventStore
 from schemas import events as e
 from schemas.recovery import SESSION_GONE
-from services.health import HealthConfig, HealthService
+from services.health import HealthService
 from tests.conftest import Fleet
 from tests.fleet.helpers import command, spawn, until
 
 AGENTS = ("t1", "t2")
-FAST = HealthConfig(sample_period_s=0.3, tick_s=0.1, exit_grace_s=0.2)
-
-
-@pytest.fixture
-async def health(nc: Client) -> AsyncIterator[HealthService]:
-    service = HealthService(nc, FAST)
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    try:
-        yield service
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 def tmux(fleet: Fleet, *args: str) -> str:

@@ -1,5 +1,5 @@
-"""Fixtures of the fleet tests: a NATS client onto the test fleet (the git repository is
-tests/conftest.py's `repo`)."""
+"""Fixtures of the fleet tests: a NATS client onto the test fleet and the health service on it
+(the git repository is tests/conftest.py's `repo`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 from nats.aio.client import Client
 
 from infra.nats import connect
+from services.health import HealthService
 from tests.conftest import Fleet
+from tests.fleet.health_fixtures import running_health
 
 
 @pytest.fixture
@@ -19,3 +21,10 @@ async def nc(fleet: Fleet) -> AsyncIterator[Client]:
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def health(nc: Client) -> AsyncIterator[HealthService]:
+    """The health service on the test fleet, sampling often (`FAST`)."""
+    async with running_health(nc) as service:
+        yield service

@@ -7,20 +7,20 @@ page's confirmation and see the rollback in the timeline."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from nats.aio.client import Client
 
-from infra.nats import connect
 from services.gateway_web import NODE_MODULES, VENDOR
 from services.health import HealthConfig, HealthService
 from tests.conftest import Fleet
 from tests.fleet import cdp
 from tests.fleet.gateway_fixtures import run_gateway
+from tests.fleet.health_fixtures import running_health
 
 pytestmark = [
     pytest.mark.slow,
@@ -75,18 +75,10 @@ async def assert_fits_a_phone(page: cdp.Page) -> None:
 
 
 @pytest.fixture
-async def health(fleet: Fleet) -> AsyncIterator[HealthService]:
+async def health(nc: Client) -> AsyncIterator[HealthService]:
     """The real health service, sampling often, in the test's loop (as `fleet up` runs it)."""
-    nc = await connect(fleet.nats_url)
-    service = HealthService(nc, HealthConfig(sample_period_s=0.3, tick_s=0.1))
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    try:
+    async with running_health(nc, HealthConfig(sample_period_s=0.3, tick_s=0.1)) as service:
         yield service
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await nc.close()
 
 
 async def test_spawn_watch_and_type_in_the_browser(

@@ -20,8 +20,9 @@ from schemas import events as e
 from schemas import subjects
 from schemas.health import Observation, Sample
 from schemas.replies import MAX_REQUEST_BYTES
-from services.health import HealthConfig, HealthService
+from services.health import HealthConfig
 from tests.fleet.gateway_fixtures import Gateway, created, get_json, run_gateway
+from tests.fleet.health_fixtures import running_health
 
 
 @pytest.fixture
@@ -175,10 +176,7 @@ async def test_health_report_and_samples_live_and_at_rest(
     url = gw.url + "/api/agents/h1/health"
     status, body = await get_json(http, url, gw.headers("viewer"))
     assert status == 503 and "no health service" in body["error"]["message"]  # type: ignore[index]
-    service = HealthService(bus, HealthConfig(sample_period_s=60))
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    try:
+    async with running_health(bus, HealthConfig(sample_period_s=60)):
         for _ in range(100):
             status, body = await get_json(http, url, gw.headers("viewer"))
             if status == 200:
@@ -192,9 +190,6 @@ async def test_health_report_and_samples_live_and_at_rest(
             http, gw.url + "/api/agents/ghost/health", gw.headers("viewer")
         )
         assert status == 404 and body["error"]["code"] == "unknown_agent"  # type: ignore[index]
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
     ws_url = gw.url + "/ws/events?agent=h1&token=" + gw.tokens["viewer"]
     async with http.ws_connect(ws_url) as ws:

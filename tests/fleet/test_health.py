@@ -11,13 +11,11 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import psutil
-import pytest
 import ray
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -38,29 +36,16 @@ from schemas.templates import (
     Template,
     encode_spec,
 )
-from services.health import HealthConfig, HealthService
+from services.health import HealthService
 from tests.conftest import Fleet
 from tests.fleet.helpers import command, request, until
 
-FAST = HealthConfig(sample_period_s=0.3, tick_s=0.1, exit_grace_s=0.2)
 GUARD_S = 60.0  # only stops a stuck wait from hanging the suite; nothing is timed
 QUICK_LADDER = RecoverySpec(
     rungs=("restart_service", "recreate_session", "new_ports", "respawn", "ask_human"),
     attempts=1,
     backoff=Backoff(initial_s=0.2, max_s=0.5, jitter=0.0),
 )
-
-
-@pytest.fixture
-async def health(nc: Client) -> AsyncIterator[HealthService]:
-    service = HealthService(nc, FAST)
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    try:
-        yield service
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 async def spawn_with(fleet: Fleet, repo_path: Path, name: str, template: Template) -> Any:

@@ -20,12 +20,11 @@ from nats.aio.msg import Msg
 from infra.nats import connect
 from schemas import events as e
 from schemas import subjects
-from services.health import HealthService
 from services.health_commands import Reporter
 from tests.conftest import Fleet
+from tests.fleet.health_fixtures import FAST, running_health
 from tests.fleet.helpers import command, until
 from tests.fleet.test_health import (
-    FAST,
     GUARD_S,
     events,
     signal_all,
@@ -69,10 +68,7 @@ async def test_a_lost_report_is_sent_again_until_acknowledged_and_recorded_once(
     fleet: Fleet, nc: Client, repo: Path
 ) -> None:
     link = LossyLink(nc)
-    service = HealthService(cast(Client, link), FAST)
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    try:
+    async with running_health(cast(Client, link), FAST):
         await spawn_with(fleet, repo, "lr1", unanswering_api())
 
         async def healthy() -> bool:  # recorded after any earlier report (one at a time)
@@ -99,9 +95,6 @@ async def test_a_lost_report_is_sent_again_until_acknowledged_and_recorded_once(
             signal_all(stopped, signal.SIGCONT)
         assert reply["ok"] is True and reply.get("repeated") is True, reply  # applied once
         assert link.tries[report_id] == 3  # acknowledged: not sent again
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
     reports = [
         ev.causation
         for ev in await events(nc, "lr1")

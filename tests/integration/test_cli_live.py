@@ -23,6 +23,7 @@ import pytest
 
 from infra.nats import connect
 from services.health import HealthConfig, HealthService
+from tests.fleet.health_fixtures import running_health
 from tests.integration.test_cli import (  # noqa: F401  (fixtures, by name)
     GUARD_S,
     REPO,
@@ -148,14 +149,10 @@ def test_spawn_shows_a_spinner_on_a_terminal_and_nothing_on_a_pipe(
 async def health(live: Any) -> AsyncIterator[HealthService]:  # noqa: F811
     """The health service, sampling every 0.3 s, in this test's event loop (as `fleet up` does)."""
     nc = await connect(live.nats_url)
-    service = HealthService(nc, HealthConfig(sample_period_s=0.3, tick_s=0.1))
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
     try:
-        yield service
+        async with running_health(nc, HealthConfig(sample_period_s=0.3, tick_s=0.1)) as service:
+            yield service
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
         await nc.close()
 
 
