@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -90,3 +91,12 @@ async def get_json(
 ) -> tuple[int, dict[str, object]]:
     async with session.get(url, headers=headers) as r:
         return r.status, await r.json()
+
+
+async def spawn(http: aiohttp.ClientSession, gw: Gateway, repo: Path, name: str) -> dict[str, Any]:
+    """Spawn agent `name` on `repo` through REST, as an admin; the reply, once it is a 201."""
+    payload = {"repo": str(repo), "name": name}
+    async with http.post(gw.url + "/api/agents", headers=gw.headers("admin"), json=payload) as r:
+        body: dict[str, Any] = await r.json()
+        assert r.status == 201, body
+    return body

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +14,14 @@ import pytest
 
 from schemas.states import Activity
 from tests.conftest import Fleet
-from tests.fleet.gateway_fixtures import Gateway, activity, created, get_json, run_gateway
-
-
-@pytest.fixture
-async def gw(nats_url: str, state_dir: Path) -> AsyncIterator[Gateway]:
-    async for g in run_gateway(nats_url, state_dir):
-        yield g
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+from tests.fleet.gateway_fixtures import (
+    Gateway,
+    activity,
+    created,
+    get_json,
+    run_gateway,
+    spawn,
+)
 
 
 async def test_no_token_is_401_and_a_small_role_is_403(
@@ -145,12 +139,7 @@ async def test_the_dashboard_is_served_without_a_token(
 async def test_a_real_fleet_through_rest(fleet: Fleet, repo: Path) -> None:
     async for gw in run_gateway(fleet.nats_url, fleet.state_dir):
         async with aiohttp.ClientSession() as http:
-            spawn = {"repo": str(repo), "name": "g1"}
-            async with http.post(
-                gw.url + "/api/agents", headers=gw.headers("admin"), json=spawn
-            ) as r:
-                body = await r.json()
-                assert r.status == 201, body
+            body = await spawn(http, gw, repo, "g1")
             assert body["agent"]["lifecycle"] == "RUNNING"
             status, listed = await get_json(http, gw.url + "/api/agents", gw.headers("viewer"))
             assert status == 200

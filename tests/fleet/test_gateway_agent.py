@@ -7,7 +7,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,20 +20,8 @@ from schemas import subjects
 from schemas.health import Observation, Sample
 from schemas.replies import MAX_REQUEST_BYTES
 from services.health import HealthConfig
-from tests.fleet.gateway_fixtures import Gateway, created, get_json, run_gateway
+from tests.fleet.gateway_fixtures import Gateway, created, get_json
 from tests.fleet.health_fixtures import running_health
-
-
-@pytest.fixture
-async def gw(nats_url: str, state_dir: Path) -> AsyncIterator[Gateway]:
-    async for g in run_gateway(nats_url, state_dir):
-        yield g
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture

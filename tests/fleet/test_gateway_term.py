@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import Fleet
-from tests.fleet.gateway_fixtures import Gateway, get_json, run_gateway
+from tests.fleet.gateway_fixtures import Gateway, get_json, run_gateway, spawn
 
 
 async def read_until(ws: aiohttp.ClientWebSocketResponse, needle: bytes, timeout: float) -> bytes:
@@ -53,11 +53,7 @@ async def wait_users(
 async def test_operators_type_viewers_watch_and_both_are_present(fleet: Fleet, repo: Path) -> None:
     async for gw in run_gateway(fleet.nats_url, fleet.state_dir):
         async with aiohttp.ClientSession() as http:
-            spawn = {"repo": str(repo), "name": "t1"}
-            async with http.post(
-                gw.url + "/api/agents", headers=gw.headers("admin"), json=spawn
-            ) as r:
-                assert r.status == 201, await r.text()
+            await spawn(http, gw, repo, "t1")
             term = gw.url + "/ws/term/t1?cols=100&rows=30&token="
             async with (
                 http.ws_connect(term + gw.tokens["operator"]) as op,
