@@ -128,19 +128,12 @@ def _fleet_down(fleet: Fleet) -> None:
     )
 
 
-@pytest.fixture
-def fleet(
-    ray_cluster: str, nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Fleet]:
-    """nats-server + Ray + supervisor + private tmux socket, and a state file for the CLI."""
-    import ray
-
-    from actors import supervisor
-    from infra.config import FleetState, Settings, now_utc, write_state
-
+def new_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nats_url: str) -> Fleet:
+    """A fleet under tmp_path with its own tmux socket and Ray namespace, its variables set for
+    the CLI; its supervisor is not started yet (`start_supervisor`)."""
     tag = uuid.uuid4().hex[:8]
     state_dir = tmp_path / "state"
-    state_dir.mkdir()
+    state_dir.mkdir(exist_ok=True)
     env = {
         "FLEET_STATE_DIR": str(state_dir),
         "FLEET_TMUX_SOCKET": f"fleet-test-{tag}",
@@ -148,8 +141,8 @@ def fleet(
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    fleet = Fleet(
-        nats_url=nats_server.url,
+    return Fleet(
+        nats_url=nats_url,
         state_dir=state_dir,
         worktree_root=tmp_path / "worktrees",
         tmux_socket=env["FLEET_TMUX_SOCKET"],
@@ -157,19 +150,40 @@ def fleet(
         supervisor=None,
         env={**os.environ, **env},
     )
-    fleet.supervisor = supervisor.start(fleet.config())
+
+
+def start_supervisor(
+    fleet: Fleet, config: Any, ray_address: str, server: NatsServer, **state: Any
+) -> None:
+    """Start the fleet's supervisor and write the state file the CLI finds the fleet by;
+    `state` adds fields to it (the control plane's NATS credentials)."""
+    import ray
+
+    from actors import supervisor
+    from infra.config import FleetState, Settings, now_utc, write_state
+
+    fleet.supervisor = supervisor.start(config)
     ray.get(fleet.supervisor.known.remote(), timeout=60)
-    settings = Settings.from_env()
-    state = FleetState(
+    written = FleetState(
         pid=os.getpid(),
-        state_dir=str(state_dir),
-        nats_url=nats_server.url,
-        nats_pid=nats_server.pid,
+        state_dir=str(fleet.state_dir),
+        nats_url=server.url,
+        nats_pid=server.pid,
         started_at=now_utc(),
-        ray_address=ray_cluster,
+        ray_address=ray_address,
+        **state,
     )
-    write_state(settings.state_file, state)
+    write_state(Settings.from_env().state_file, written)
+
+
+@pytest.fixture
+def fleet(
+    ray_cluster: str, nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Fleet]:
+    """nats-server + Ray + supervisor + private tmux socket, and a state file for the CLI."""
+    fleet = new_fleet(tmp_path, monkeypatch, nats_server.url)
     try:
+        start_supervisor(fleet, fleet.config(), ray_cluster, nats_server)
         yield fleet
     finally:
         _fleet_down(fleet)

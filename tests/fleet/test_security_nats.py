@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -23,7 +22,6 @@ import pytest
 from nats.aio.client import Client
 
 from infra import natsauth
-from infra.config import FleetState, Settings, now_utc, write_state
 from infra.mailbox import Mailbox
 from infra.nats import connect
 from infra.natsserver import NatsServer
@@ -31,7 +29,7 @@ from infra.tmux import Tmux
 from schemas import subjects
 from schemas.mail import MailMessage
 from services import creds
-from tests.conftest import Fleet, _fleet_down
+from tests.conftest import Fleet, _fleet_down, new_fleet, start_supervisor
 from tests.fleet.helpers import command, spawn, until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,46 +40,15 @@ def auth_fleet(
     ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[Fleet, NatsServer]]:
     """nats-server with users + Ray + a supervisor whose agents get their own NATS users."""
-    import ray
-
-    from actors import supervisor
-
-    tag = uuid.uuid4().hex[:8]
     state_dir = tmp_path / "state"
     auth = natsauth.AuthDir.of(state_dir)
     auth.write_config(natsauth.new_password())
     server = NatsServer.start(tmp_path / "nats", config=auth.config_path)
-    env = {
-        "FLEET_STATE_DIR": str(state_dir),
-        "FLEET_TMUX_SOCKET": f"fleet-test-{tag}",
-        "FLEET_WORKTREE_ROOT": str(tmp_path / "worktrees"),
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    fleet = Fleet(
-        nats_url=natsauth.with_credential(server.url, auth.control()),
-        state_dir=state_dir,
-        worktree_root=tmp_path / "worktrees",
-        tmux_socket=env["FLEET_TMUX_SOCKET"],
-        namespace=f"test-{tag}",
-        supervisor=None,
-        env={**os.environ, **env},
-    )
+    fleet = new_fleet(tmp_path, monkeypatch, natsauth.with_credential(server.url, auth.control()))
     config = fleet.config()
     config = dataclasses.replace(config, agent=dataclasses.replace(config.agent, nats_auth=True))
     try:
-        fleet.supervisor = supervisor.start(config)
-        ray.get(fleet.supervisor.known.remote(), timeout=60)
-        state = FleetState(
-            pid=os.getpid(),
-            state_dir=str(state_dir),
-            nats_url=server.url,
-            nats_pid=server.pid,
-            nats_creds=str(auth.control_path),
-            started_at=now_utc(),
-            ray_address=ray_cluster,
-        )
-        write_state(Settings.from_env().state_file, state)
+        start_supervisor(fleet, config, ray_cluster, server, nats_creds=str(auth.control_path))
         yield fleet, server
     finally:
         _fleet_down(fleet)
