@@ -43,15 +43,8 @@ def plain_env(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k not in ("NO_COLOR", "FLEET_COLOR")}
 
 
-def on_a_terminal(env: dict[str, str], *args: str, stream: str = "stdout") -> tuple[int, str]:
-    """The CLI with a pty as its stdout or stderr (the other a pipe): its status, the pty's text."""
-    master, slave = pty.openpty()
-    where = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, stream: slave}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", *args],
-        cwd=REPO, env={**env, "TERM": "xterm"}, stdin=subprocess.DEVNULL, **where,
-    )  # fmt: skip
-    os.close(slave)
+def read_to_end(master: int) -> bytes:
+    """What a terminal's child writes until it closes the terminal."""
     seen = bytearray()
     while True:
         try:
@@ -61,6 +54,19 @@ def on_a_terminal(env: dict[str, str], *args: str, stream: str = "stdout") -> tu
         if not chunk:
             break
         seen += chunk
+    return bytes(seen)
+
+
+def on_a_terminal(env: dict[str, str], *args: str, stream: str = "stdout") -> tuple[int, str]:
+    """The CLI with a pty as its stdout or stderr (the other a pipe): its status, the pty's text."""
+    master, slave = pty.openpty()
+    where = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, stream: slave}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", *args],
+        cwd=REPO, env={**env, "TERM": "xterm"}, stdin=subprocess.DEVNULL, **where,
+    )  # fmt: skip
+    os.close(slave)
+    seen = read_to_end(master)
     proc.communicate(timeout=GUARD_S)
     os.close(master)
     return proc.returncode, seen.decode(errors="replace")
@@ -82,14 +88,7 @@ def redrawn_in_place(env: dict[str, str]) -> str:
             if select.select([master], [], [], 1.0)[0]:
                 seen += os.read(master, 65536)
         proc.send_signal(signal.SIGINT)
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child has closed the terminal
-                break
-            if not chunk:
-                break
-            seen += chunk
+        seen += read_to_end(master)
         _, err = proc.communicate(timeout=GUARD_S)
     finally:
         os.close(master)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import pty
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
@@ -127,17 +124,6 @@ def test_an_interval_must_be_positive() -> None:
 
 
 # -- the spinner ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def tty() -> Iterator[TextIO]:
-    master, slave = pty.openpty()
-    stream = os.fdopen(slave, "w")
-    try:
-        yield stream
-    finally:
-        stream.close()
-        os.close(master)
 
 
 def test_the_spinner_shows_each_agents_step_only_on_a_terminal(tty: TextIO) -> None:

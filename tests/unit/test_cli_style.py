@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import io
-import os
-import pty
 import re
-from collections.abc import Iterator
 from typing import TextIO
 
 import pytest
@@ -14,18 +11,6 @@ import pytest
 from services import cli_style as style
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-@pytest.fixture
-def tty() -> Iterator[TextIO]:
-    """The writing side of a real pseudo-terminal, as a text stream."""
-    master, slave = pty.openpty()
-    stream = os.fdopen(slave, "w")
-    try:
-        yield stream
-    finally:
-        stream.close()
-        os.close(master)
 
 
 def test_a_terminal_gets_colour_and_a_pipe_does_not(tty: TextIO) -> None:
