@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 from nats.aio.client import Client
 
@@ -19,7 +18,7 @@ from schemas import subjects
 from schemas.templates import decode_spec
 from services import ports, templates
 from tests.conftest import Fleet
-from tests.fleet.helpers import command, spawn, until
+from tests.fleet.helpers import command, request, spawn, until
 from tests.integration.test_ports_service import free_range
 
 
@@ -37,9 +36,7 @@ async def span(nc: Client) -> AsyncIterator[tuple[int, int]]:
 
 
 async def ask_ports(nc: Client, **payload: Any) -> dict[str, Any]:
-    msg = await nc.request(subjects.control("ports"), msgspec.json.encode(payload), 5)
-    reply: dict[str, Any] = msgspec.json.decode(msg.data)
-    return reply
+    return await request(nc, subjects.control("ports"), payload, 5)
 
 
 async def test_a_web_demo_agent_leases_its_ports_and_writes_dotenv(

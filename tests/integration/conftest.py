@@ -1,4 +1,5 @@
-"""Integration fixtures: a private tmux server per test, a real git repo per test.
+"""Integration fixtures: a private tmux server per test, a real git repo per test, a NATS client
+onto the test's nats-server with fleetd's streams.
 
 Waiting is always "until this is true, or fail after a generous deadline": no test asserts
 how long anything takes.
@@ -10,13 +11,15 @@ import contextlib
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from nats.aio.client import Client
 
 from infra import procs
+from infra.nats import connect, ensure_streams
 from infra.tmux import Tmux
 from schemas.errors import SessionMissing
 
@@ -77,3 +80,14 @@ def git_repo(tmp_path: Path) -> Path:
     git(repo, "add", "README.md", ".gitignore")
     git(repo, "commit", "-q", "-m", "initial")
     return repo
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[Client]:
+    """A client onto the test's nats-server, whose streams it has made."""
+    client = await connect(nats_url)
+    await ensure_streams(client.jetstream())
+    try:
+        yield client
+    finally:
+        await client.close()

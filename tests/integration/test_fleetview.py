@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import pytest
 from nats.aio.client import Client
 
 from actors.fleetview import FleetView
 from infra.eventstore import EventStore
-from infra.nats import connect, ensure_streams
-from infra.natsserver import NatsServer
 from schemas import commands as c
 from schemas.agent import AgentState, decide, initial
 from schemas.chain import Position
@@ -24,16 +20,6 @@ NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 def _id() -> str:
     return f"ev-{next(_ids)}"
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
-    nc = await connect(nats_server.url)
-    await ensure_streams(nc.jetstream())
-    try:
-        yield nc
-    finally:
-        await nc.close()
 
 
 async def _do(

@@ -4,7 +4,6 @@ response, broadcast by capability, topics with wildcards, limits."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
@@ -17,21 +16,10 @@ from infra import registry
 from infra.deadletters import DeadLetters
 from infra.mailbox import Mailbox
 from infra.mailpull import Delivery, MailPolicy
-from infra.nats import connect, ensure_streams
 from schemas import subjects
 from schemas.discovery import RegistryEntry
 from schemas.errors import MailTimeout, PayloadTooLarge, RateLimited
 from schemas.mail import MAX_BODY_BYTES, DeadLetterNotice, MailMessage
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[Client]:
-    client = await connect(nats_url)
-    await ensure_streams(client.jetstream())
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def msg(body: str, sender: str = "alice", **fields: object) -> MailMessage:

@@ -12,12 +12,11 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
 import pytest
 from nats.aio.client import Client
 
 from infra.eventstore import EventStore
-from infra.nats import connect, ensure_streams
+from infra.nats import connect
 from infra.natsserver import NatsServer
 from schemas import commands as c
 from schemas import events as e
@@ -26,6 +25,7 @@ from schemas.agent import AgentState, decide
 from schemas.chain import Position
 from schemas.errors import PortsExhausted
 from services import ports
+from tests.fleet.helpers import request
 
 
 def free_range(size: int) -> tuple[int, int]:
@@ -34,14 +34,6 @@ def free_range(size: int) -> tuple[int, int]:
         low = random.randrange(30000, 60000 - size)
         if all(ports.port_free(p) for p in range(low, low + size)):
             return low, low + size - 1
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
-    client = await connect(nats_server.url)
-    await ensure_streams(client.jetstream())
-    yield client
-    await client.close()
 
 
 @pytest.fixture
@@ -57,9 +49,7 @@ async def service(nc: Client, span: tuple[int, int]) -> AsyncIterator[ports.Port
 
 
 async def ask(nc: Client, **payload: Any) -> dict[str, Any]:
-    msg = await nc.request(subjects.control("ports"), msgspec.json.encode(payload), 5)
-    reply: dict[str, Any] = msgspec.json.decode(msg.data)
-    return reply
+    return await request(nc, subjects.control("ports"), payload, 5)
 
 
 class Writer:

@@ -11,27 +11,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 from nats.aio.client import Client
 
 from actors.templates import resolve_template
 from infra.config import FleetState, Settings, now_utc, write_state
-from infra.nats import connect, ensure_streams
 from infra.natsserver import NatsServer
 from schemas import subjects
 from services import templates
+from tests.fleet.helpers import request
 
 WEB_V1 = "name: web\nextends: shell\nservices:\n  api: {command: [python3, -V], ports: [http]}\n"
 WEB_V2 = WEB_V1.replace("python3, -V", "python3, -c, pass")
-
-
-@pytest.fixture
-async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
-    client = await connect(nats_server.url)
-    await ensure_streams(client.jetstream())
-    yield client
-    await client.close()
 
 
 @pytest.fixture
@@ -42,9 +33,7 @@ async def service(nc: Client) -> AsyncIterator[templates.TemplatesService]:
 
 
 async def ask(nc: Client, **payload: Any) -> dict[str, Any]:
-    msg = await nc.request(subjects.control("templates"), msgspec.json.encode(payload), 5)
-    reply: dict[str, Any] = msgspec.json.decode(msg.data)
-    return reply
+    return await request(nc, subjects.control("templates"), payload, 5)
 
 
 async def test_builtins_are_stored_at_start_once(
