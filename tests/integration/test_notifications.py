@@ -23,6 +23,7 @@ from schemas.notify import Notice
 from schemas.states import Activity
 from services import notifications as n
 from tests.fleet.gateway_fixtures import activity, created, run_gateway
+from tests.local_http import serving
 
 
 @dataclass
@@ -56,16 +57,9 @@ async def outside() -> AsyncIterator[Outside]:
     app = web.Application()
     app.router.add_post("/hook", hook)
     app.router.add_post("/fleet-topic", ntfy)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    box.url = f"http://{host}:{port}"
-    try:
+    async with serving(app) as port:
+        box.url = f"http://127.0.0.1:{port}"
         yield box
-    finally:
-        await runner.cleanup()
 
 
 def config(outside: Outside, tmp_path: Path, **limits: Any) -> n.NotifyConfig:

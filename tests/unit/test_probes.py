@@ -13,6 +13,7 @@ from aiohttp import web
 
 from infra import probes
 from schemas.templates import ExecProbe, HttpProbe, LogProbe, Probe, TcpProbe
+from tests.local_http import serving
 
 
 @pytest.fixture
@@ -33,15 +34,8 @@ async def server() -> AsyncIterator[dict[str, int]]:
     app.router.add_get("/ok", ok)
     app.router.add_get("/broken", broken)
     app.router.add_get("/slow", slow)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serving(app) as port:
         yield {"http": port}
-    finally:
-        await runner.cleanup()
 
 
 def free_port() -> int:
