@@ -25,6 +25,20 @@ async def types(nc: Client, agent_id: str) -> list[str]:
     return [type(s.event).__struct_config__.tag for s in stored if s.event]  # type: ignore[attr-defined]
 
 
+async def answered_anew(nc: Client, agent_id: str, old_pid: int, what: str) -> dict:
+    """The agent's `show`, once an actor process other than `old_pid` answers it."""
+
+    async def back() -> dict | None:
+        try:
+            shown = await command(nc, agent_id, "show", timeout=1)
+        except Exception:
+            return None
+        return shown if shown["agent"]["actor"]["pid"] != old_pid else None
+
+    found: dict = await until(back, what, timeout=10)
+    return found
+
+
 async def test_spawn_gives_a_running_agent_with_worktree_and_session(
     fleet: Fleet, nc: Client, repo: Path
 ) -> None:
@@ -160,14 +174,7 @@ async def test_the_actor_survives_kill_9_of_its_worker(
     old_pid = agent["actor"]["pid"]
     os.kill(old_pid, signal.SIGKILL)
 
-    async def back() -> dict | None:
-        try:
-            shown = await command(nc, "k1", "show", timeout=1)
-        except Exception:
-            return None
-        return shown if shown["agent"]["actor"]["pid"] != old_pid else None
-
-    shown = await until(back, "the restarted actor to answer", timeout=10)
+    shown = await answered_anew(nc, "k1", old_pid, "the restarted actor to answer")
     assert shown["agent"]["lifecycle"] == "RUNNING"
     assert Tmux(fleet.tmux_socket).has_session("fleet-k1")
     assert (await command(nc, "k1", "send", text="echo still-here"))["ok"]
@@ -251,14 +258,7 @@ async def test_a_pool_actor_keeps_its_agent_across_a_worker_crash(
     old_pid = reply["agent"]["actor"]["pid"]
     os.kill(old_pid, signal.SIGKILL)
 
-    async def back() -> dict | None:
-        try:
-            shown = await command(nc, "pool1", "show", timeout=1)
-        except Exception:
-            return None
-        return shown if shown["agent"]["actor"]["pid"] != old_pid else None
-
-    shown = await until(back, "the pool-born actor to come back bound", timeout=10)
+    shown = await answered_anew(nc, "pool1", old_pid, "the pool-born actor to come back bound")
     assert shown["agent"]["lifecycle"] == "RUNNING"
     assert shown["agent"]["tmux"]["session"] == "fleet-pool1"
 
