@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -24,15 +23,13 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from actors import supervisor
 from actors.agent import AgentConfig
 from actors.supervisor import FleetConfig
-from infra import raycluster
 from infra.mailbox import Mailbox
 from infra.mailpull import MailPolicy
-from infra.nats import connect, ensure_streams
-from infra.natsserver import NatsServer
+from infra.nats import connect
 from schemas import subjects
 from schemas.mail import MailMessage, rank
 from tests.perf.bench_spawn import make_repo, spawn
-from tests.perf.common import emit, fresh_nats, log, p50
+from tests.perf.common import emit, fresh_nats, log, nats_and_ray, p50
 
 THROUGHPUT_N, SENDERS, WINDOW, BATCH = 60_000, 4, 1_000, 1_000
 STEADY_RATE, STEADY_S = 1_000, 5.0
@@ -242,16 +239,9 @@ async def main() -> None:
     log("bus: cmd_roundtrip_p50_ms (starts Ray)")
     with tempfile.TemporaryDirectory(prefix="fleet-bench-bus-") as tmp:
         root = Path(tmp)
-        server = NatsServer.start(root / "nats")
-        raycluster.start(None)
-        try:
+        async with nats_and_ray(root, "bench-bus") as server:
             nc = await connect(server.url)
-            await ensure_streams(nc.jetstream())
             try:
                 await cmd_roundtrip(nc, root)
             finally:
                 await nc.close()
-        finally:
-            raycluster.stop()
-            subprocess.run(["tmux", "-L", "bench-bus", "kill-server"], capture_output=True)
-            server.stop()

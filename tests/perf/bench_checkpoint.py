@@ -29,10 +29,9 @@ from nats.aio.client import Client
 from actors import supervisor
 from actors.agent import AgentConfig
 from actors.supervisor import FleetConfig
-from infra import fleetkey, raycluster
+from infra import fleetkey
 from infra.eventstore import EventStore
-from infra.nats import connect, ensure_streams
-from infra.natsserver import NatsServer
+from infra.nats import connect
 from schemas import events as e
 from schemas import subjects
 from schemas.audit import MAC_HEADER, event_mac
@@ -40,7 +39,7 @@ from schemas.chain import GENESIS, event_hash
 from schemas.states import Activity, Lifecycle
 from services import audit as auditing
 from tests.perf.bench_eventstore import raw_ordered_count
-from tests.perf.common import emit, fresh_nats, log, p50
+from tests.perf.common import emit, fresh_nats, git_repo, log, nats_and_ray, p50
 
 FILES, FILE_BYTES, CHANGED, NEW = 1_000, 50 * 1024, 20, 5
 CHECKPOINTS, ROLLBACKS = 15, 10
@@ -49,22 +48,14 @@ SOCKET = "bench-checkpoint"
 
 
 def make_repo(root: Path) -> Path:
-    repo = root / "repo"
-    repo.mkdir()
-    for args in (
-        ["init", "-q", "-b", "main"],
-        ["config", "user.email", "b@example.com"],
-        ["config", "user.name", "Bench"],
-    ):
-        subprocess.run(["git", *args], cwd=repo, check=True)
-    for i in range(FILES):
-        folder = repo / f"d{i % 20:02}"
-        folder.mkdir(exist_ok=True)
-        (folder / f"f{i:04}.bin").write_bytes(os.urandom(FILE_BYTES))
-    (repo / ".gitignore").write_text("*.log\n")
-    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
-    subprocess.run(["git", "commit", "-qm", "base"], cwd=repo, check=True)
-    return repo
+    def fill(repo: Path) -> None:
+        for i in range(FILES):
+            folder = repo / f"d{i % 20:02}"
+            folder.mkdir(exist_ok=True)
+            (folder / f"f{i:04}.bin").write_bytes(os.urandom(FILE_BYTES))
+        (repo / ".gitignore").write_text("*.log\n")
+
+    return git_repo(root, fill)
 
 
 def touch(wt: Path, start: int, changed: int = CHANGED, new: int = 0) -> None:
@@ -198,14 +189,7 @@ async def main() -> None:
         await audit_rate(nc)
     with tempfile.TemporaryDirectory(prefix="fleet-bench-checkpoint-") as tmp:
         root = Path(tmp)
-        server = NatsServer.start(root / "nats")
-        raycluster.start(None)
-        try:
+        async with nats_and_ray(root, SOCKET) as server:
             nc = await connect(server.url)
-            await ensure_streams(nc.jetstream())
             await worktree_benchmarks(nc, root, server.url)
             await nc.close()
-        finally:
-            raycluster.stop()
-            subprocess.run(["tmux", "-L", SOCKET, "kill-server"], capture_output=True, check=False)
-            server.stop()

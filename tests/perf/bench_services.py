@@ -28,14 +28,11 @@ import ray
 
 from actors.agent import AgentActor
 from actors.supervisor import AGENT_PREFIX, agent_options
-from infra import raycluster
-from infra.nats import connect, ensure_streams
-from infra.natsserver import NatsServer
 from schemas.control import SpawnRequest
 from schemas.templates import RestartSpec, ServiceSpec, Template
 from tests.perf.bench_ports import bench_port_lease
 from tests.perf.bench_spawn import make_repo, start_fleet
-from tests.perf.common import emit, log, p50
+from tests.perf.common import emit, log, nats_and_ray, p50
 
 KILLS = 15
 STABLE_S = 1.0  # the run both supervisors need before a kill counts as a first failure
@@ -78,18 +75,9 @@ async def kill_and_time(stamp: Path, n: int) -> list[float]:
 
 
 async def fleet_restarts(root: Path) -> list[float]:
-    server = NatsServer.start(root / "nats")
-    raycluster.start(None)
-    try:
-        nc = await connect(server.url)
-        await ensure_streams(nc.jetstream())
-        await nc.close()
+    async with nats_and_ray(root, "bench-services") as server:
         handle = start_fleet(server.url, root, 0, "services")
         return await _fleet_restarts(server.url, root, handle)
-    finally:
-        raycluster.stop()
-        subprocess.run(["tmux", "-L", "bench-services", "kill-server"], capture_output=True)
-        server.stop()
 
 
 async def _fleet_restarts(nats_url: str, root: Path, supervisor: Any) -> list[float]:

@@ -22,30 +22,21 @@ from nats.aio.client import Client
 from actors import supervisor
 from actors.agent import AgentConfig
 from actors.supervisor import FleetConfig
-from infra import procs, raycluster
-from infra.nats import connect, ensure_streams
-from infra.natsserver import NatsServer
+from infra import procs
+from infra.nats import connect
 from infra.tmux import Tmux
 from schemas import subjects
-from tests.perf.common import emit, log, p50
+from tests.perf.common import emit, git_repo, log, nats_and_ray, p50
 
 WARM, COLD, MANY = 10, 8, 50
 
 
 def make_repo(root: Path) -> Path:
-    repo = root / "repo"
-    repo.mkdir()
-    for args in (
-        ["init", "-q", "-b", "main"],
-        ["config", "user.email", "b@example.com"],
-        ["config", "user.name", "Bench"],
-    ):
-        subprocess.run(["git", *args], cwd=repo, check=True)
-    for i in range(50):
-        (repo / f"file{i}.txt").write_text(f"line {i}\n" * 20)
-    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
-    subprocess.run(["git", "commit", "-qm", "base"], cwd=repo, check=True)
-    return repo
+    def fill(repo: Path) -> None:
+        for i in range(50):
+            (repo / f"file{i}.txt").write_text(f"line {i}\n" * 20)
+
+    return git_repo(root, fill)
 
 
 def shell_floor(repo: Path, root: Path, socket: str, n: int) -> float:
@@ -187,17 +178,5 @@ async def _show(nc: Client, agent_id: str) -> dict[str, Any]:
 async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fleet-bench-spawn-") as tmp:
         root = Path(tmp)
-        server = NatsServer.start(root / "nats")
-        raycluster.start(None)
-        try:
-            nc = await connect(server.url)
-            await ensure_streams(nc.jetstream())
-            await nc.close()
+        async with nats_and_ray(root, "bench-warm", "bench-floor") as server:
             await run(server.url, root)
-        finally:
-            raycluster.stop()
-            for sock in ("bench-warm", "bench-floor"):
-                subprocess.run(
-                    ["tmux", "-L", sock, "kill-server"], capture_output=True, check=False
-                )
-            server.stop()
