@@ -2,8 +2,12 @@
 panes through FLEET_NATS_URL and FLEET_NATS_CREDS, works for `fleet inbox` and `fleet mail
 send`, cannot command another agent, and is revoked when the agent stops.
 
-The fleet is the one of tests/conftest.py, but its nats-server runs with the config of
-infra/natsauth.py and the credentials service answers in the test's loop, as in `fleet up`.
+The fleet is the one of tests/conftest.py, but its nats-server runs with users, and the
+credentials service answers in the test's loop, as in `fleet up`. Each test runs twice:
+- `embedded`: the server's config is infra/natsauth.py's, as `fleet up` runs its own;
+- `callout`: a server you run, with infra/deploy/nats/auth.conf (accounts and the auth
+  callout: infra/natscallout.py), as `FLEET_NATS_URL` with `FLEET_NATS_CALLOUT_SEED_FILE` and
+  `FLEET_NATS_SYSTEM_URL`.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import nats
 import pytest
 from nats.aio.client import Client
 
-from infra import natsauth
+from infra import natsauth, natscallout
 from infra.mailbox import Mailbox
 from infra.nats import connect
 from infra.natsserver import NatsServer
@@ -35,38 +40,69 @@ from tests.fleet.helpers import command, spawn, until
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
+@dataclasses.dataclass
+class AuthFleet:
+    fleet: Fleet
+    server: NatsServer
+    control: natsauth.Credential  # the control plane's user
+    callout: tuple[Path, str] | None = None  # the issuer's seed file, a system-account URL
+
+
+@pytest.fixture(params=["embedded", "callout"])
 def auth_fleet(
-    ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[Fleet, NatsServer]]:
+    request: pytest.FixtureRequest,
+    ray_cluster: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[AuthFleet]:
     """nats-server with users + Ray + a supervisor whose agents get their own NATS users."""
-    state_dir = tmp_path / "state"
-    auth = natsauth.AuthDir.of(state_dir)
-    auth.write_config(natsauth.new_password())
-    server = NatsServer.start(tmp_path / "nats", config=auth.config_path)
-    fleet = new_fleet(tmp_path, monkeypatch, natsauth.with_credential(server.url, auth.control()))
+    auth = natsauth.AuthDir.of(tmp_path / "state")
+    callout = None
+    if request.param == "embedded":
+        auth.write_config(natsauth.new_password())
+        control = auth.control()
+        server = NatsServer.start(tmp_path / "nats", config=auth.config_path)
+    else:
+        seed_file = tmp_path / "callout.seed"
+        seed_file.write_text(natscallout.new_seed())
+        issuer = natscallout.public_key(natscallout.load_issuer(seed_file))
+        control = natsauth.Credential(user="fleet", password=natsauth.new_password())
+        system = natsauth.Credential(user="sys", password=natsauth.new_password())
+        # The deployment guide's own users file, its values from the server's environment.
+        monkeypatch.setenv("FLEET_CALLOUT_ISSUER", issuer)
+        monkeypatch.setenv("FLEET_NATS_PASSWORD", control.password)
+        monkeypatch.setenv("FLEET_NATS_SYSTEM_PASSWORD", system.password)
+        server = NatsServer.start(tmp_path / "nats", config=ROOT / "infra/deploy/nats/auth.conf")
+        callout = (seed_file, natsauth.with_credential(server.url, system))
+    fleet = new_fleet(tmp_path, monkeypatch, natsauth.with_credential(server.url, control))
     config = fleet.config()
     config = dataclasses.replace(config, agent=dataclasses.replace(config.agent, nats_auth=True))
     try:
         start_supervisor(fleet, config, ray_cluster, server, nats_creds=str(auth.control_path))
-        yield fleet, server
+        yield AuthFleet(fleet, server, control, callout)
     finally:
         _fleet_down(fleet)
         server.stop()
 
 
 @pytest.fixture
-async def control(auth_fleet: tuple[Fleet, NatsServer]) -> AsyncIterator[Client]:
+async def control(auth_fleet: AuthFleet) -> AsyncIterator[Client]:
     """The control plane's connection, and the credentials service `fleet up` would run."""
-    fleet, server = auth_fleet
+    fleet, server = auth_fleet.fleet, auth_fleet.server
     nc = await connect(fleet.nats_url)
-    access = creds.Credentials(server, natsauth.AuthDir.of(fleet.state_dir))
-    sub = await creds.start(nc, access)
-    try:
+    auth = natsauth.AuthDir.of(fleet.state_dir)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(nc.close)
+        access: creds.Credentials
+        if auth_fleet.callout is None:
+            access = creds.EmbeddedUsers(auth, server=server)
+        else:
+            callout = await creds.callout(nc, auth, *auth_fleet.callout)
+            stack.push_async_callback(callout.system.close)
+            stack.push_async_callback((await callout.serve()).unsubscribe)
+            access = callout
+        stack.push_async_callback((await creds.start(nc, access)).unsubscribe)
         yield nc
-    finally:
-        await sub.unsubscribe()
-        await nc.close()
 
 
 def pane_env(fleet: Fleet, session: str) -> dict[str, str]:
@@ -90,9 +126,9 @@ async def fleet_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProc
 
 
 async def test_an_agent_gets_its_own_credential_and_loses_it_at_stop(
-    auth_fleet: tuple[Fleet, NatsServer], control: Client, repo: Path
+    auth_fleet: AuthFleet, control: Client, repo: Path
 ) -> None:
-    fleet, server = auth_fleet
+    fleet, server = auth_fleet.fleet, auth_fleet.server
     for name in ("sa1", "sb1"):
         reply = await spawn(control, str(repo), name)
         assert reply["ok"], reply
@@ -102,7 +138,7 @@ async def test_an_agent_gets_its_own_credential_and_loses_it_at_stop(
     assert creds_file.stat().st_mode & 0o777 == 0o600
     cred = natsauth.read_credential(creds_file)
     assert cred.user == "agent-sa1" and cred.inbox_prefix == "_INBOX.agent-sa1"
-    assert natsauth.AuthDir.of(fleet.state_dir).control().password not in json.dumps(env)
+    assert auth_fleet.control.password not in json.dumps(env)
 
     # In the agent's own pane (sandboxed as its template says): `fleet inbox` takes its mail.
     await Mailbox(control).send("sa1", MailMessage(from_="boss", body="first"), "high")
@@ -172,3 +208,46 @@ def _closed(nc: Client) -> Callable[[], Awaitable[bool]]:
         return nc.is_closed
 
     return check
+
+
+@pytest.mark.parametrize("auth_fleet", ["callout"], indirect=True)
+async def test_the_callout_lets_in_only_a_live_agent_with_its_password(
+    auth_fleet: AuthFleet, control: Client, repo: Path
+) -> None:
+    fleet, server = auth_fleet.fleet, auth_fleet.server
+    assert (await spawn(control, str(repo), "sc1"))["ok"]
+    cred = natsauth.read_credential(natsauth.AuthDir.of(fleet.state_dir).agent_creds_path("sc1"))
+    # Garbage on the callout's subject (any control-plane client could send it) is ignored.
+    await control.publish(natscallout.AUTH_SUBJECT, b"not a jwt", reply=control.new_inbox())
+    wrong = [
+        natsauth.Credential(user=cred.user, password=cred.password + "x"),
+        natsauth.Credential(user="agent-nobody", password=cred.password),
+        natsauth.Credential(user="agent-../../sc1", password=cred.password),
+        natsauth.Credential(user="agent-*", password=cred.password),
+        natsauth.Credential(user="sc1", password=cred.password),
+        natsauth.Credential(user="", password=cred.password),
+    ]
+    for bad in wrong:
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nats.connect(
+                natsauth.with_credential(server.url, bad),
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                error_cb=_ignore,
+            )
+    good = await nats.connect(
+        natsauth.with_credential(server.url, cred),
+        inbox_prefix=cred.inbox_prefix,
+        allow_reconnect=False,
+    )
+    ack = await good.jetstream().publish(
+        subjects.events("sc1"), b"{}", headers={"Nats-Msg-Id": "probe-sc1"}
+    )
+    assert ack.seq > 0  # its own log takes its appends
+    await good.close()
+    shown = await command(control, "sc1", "show")
+    assert shown["agent"]["lifecycle"] == "RUNNING"
+
+
+async def _ignore(e: Exception) -> None:
+    """A refused connect also reaches nats-py's error callback; the raise is what is checked."""
