@@ -156,6 +156,16 @@ class AgentActor:
     def agent_id(self) -> str:
         return self.state.agent_id
 
+    async def nats_connected(self, timeout: float) -> bool:
+        """Whether this actor's NATS connection is up, waiting up to `timeout` for it to come
+        back (after a restart of NATS it retries with a growing wait: infra/nats.py)."""
+        deadline = time.monotonic() + timeout
+        while not self.nc.is_connected:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
     def use_template(self, template: Template) -> None:
         """Run this resolved template at the next bring-up (its services, above all)."""
         self.template = template

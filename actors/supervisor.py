@@ -332,6 +332,15 @@ class Supervisor:
     def known(self) -> list[str]:
         return sorted(self.actors)
 
+    async def unreachable(self, timeout: float) -> list[str]:
+        """The agents whose actors are not connected to NATS within `timeout` (a new
+        `fleet up` waits on this, so its agents answer as soon as it says it is ready)."""
+        ids = sorted(self.actors)
+        up = await asyncio.gather(
+            *(self.actors[a].nats_connected.remote(timeout) for a in ids), return_exceptions=True
+        )
+        return [a for a, ok in zip(ids, up, strict=True) if ok is not True]
+
     def _background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 STREAM_NAME_IN_USE = 10058
 DUPLICATE_WINDOW_S = 120.0
 RECONNECT_FIRST_S = 0.25  # the wait after the first failed reconnect; it doubles from there
-RECONNECT_MAX_S = 2.0
+RECONNECT_MAX_S = 1.0
 
 
 class _Reconnects:

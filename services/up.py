@@ -49,6 +49,7 @@ from services import creds
 log = logging.getLogger(__name__)
 
 DETACH_READY_TIMEOUT_S = 300.0  # a guard against a hung child, not an expectation
+REACH_TIMEOUT_S = 10.0  # re-adopted agents reconnect to NATS within ~1 s of it being back
 
 
 @contextlib.contextmanager
@@ -288,6 +289,9 @@ async def _start_supervisor(settings: Settings, nats_url: str, *, nats_auth: boo
     config = FleetConfig(agent=agent, pool_size=settings.pool_size, max_agents=settings.max_agents)
     handle = supervisor.start(config)
     agents = await handle.known.remote()
+    late = await handle.unreachable.remote(REACH_TIMEOUT_S)
+    if late:
+        log.warning("agents not yet back on NATS (they keep retrying): %s", ", ".join(late))
     log.info("supervisor up; %d agent(s) re-adopted", len(agents))
 
 
