@@ -35,6 +35,7 @@ from schemas import subjects
 from schemas.mail import MailMessage
 from services import creds
 from tests.conftest import Fleet, _fleet_down, new_fleet, start_supervisor
+from tests.fleet import callout as callout_nats
 from tests.fleet.helpers import command, spawn, until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,15 +66,9 @@ def auth_fleet(
     else:
         seed_file = tmp_path / "callout.seed"
         seed_file.write_text(natscallout.new_seed())
-        issuer = natscallout.public_key(natscallout.load_issuer(seed_file))
-        control = natsauth.Credential(user="fleet", password=natsauth.new_password())
-        system = natsauth.Credential(user="sys", password=natsauth.new_password())
-        # The deployment guide's own users file, its values from the server's environment.
-        monkeypatch.setenv("FLEET_CALLOUT_ISSUER", issuer)
-        monkeypatch.setenv("FLEET_NATS_PASSWORD", control.password)
-        monkeypatch.setenv("FLEET_NATS_SYSTEM_PASSWORD", system.password)
-        server = NatsServer.start(tmp_path / "nats", config=ROOT / "infra/deploy/nats/auth.conf")
-        callout = (seed_file, natsauth.with_credential(server.url, system))
+        theirs = callout_nats.start(tmp_path, monkeypatch, seed_file)
+        server, control = theirs.server, theirs.control
+        callout = (seed_file, natsauth.with_credential(server.url, theirs.system))
     fleet = new_fleet(tmp_path, monkeypatch, natsauth.with_credential(server.url, control))
     config = fleet.config()
     config = dataclasses.replace(config, agent=dataclasses.replace(config.agent, nats_auth=True))

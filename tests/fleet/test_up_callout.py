@@ -15,11 +15,9 @@ import nats
 import pytest
 
 from infra import natsauth, natscallout
-from infra.natsserver import NatsServer
 from schemas import subjects
+from tests.fleet import callout as callout_nats
 from tests.fleetcli import fleet_cli, private_up
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -30,20 +28,11 @@ def operator_nats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[d
     assert made.returncode == 0, made.stderr
     issuer = json.loads(made.stdout)["issuer"]
     assert issuer == natscallout.public_key(natscallout.load_issuer(seed_file))
-    control = natsauth.Credential(user="fleet", password=natsauth.new_password())
-    system = natsauth.Credential(user="sys", password=natsauth.new_password())
-    monkeypatch.setenv("FLEET_CALLOUT_ISSUER", issuer)
-    monkeypatch.setenv("FLEET_NATS_PASSWORD", control.password)
-    monkeypatch.setenv("FLEET_NATS_SYSTEM_PASSWORD", system.password)
-    server = NatsServer.start(tmp_path / "nats", config=ROOT / "infra/deploy/nats/auth.conf")
+    theirs = callout_nats.start(tmp_path, monkeypatch, seed_file)
     try:
-        yield {
-            "FLEET_NATS_URL": natsauth.with_credential(server.url, control),
-            "FLEET_NATS_SYSTEM_URL": natsauth.with_credential(server.url, system),
-            "FLEET_NATS_CALLOUT_SEED_FILE": str(seed_file),
-        }
+        yield theirs.settings()
     finally:
-        server.stop()
+        theirs.server.stop()
 
 
 def test_a_callout_seed_needs_a_system_user(tmp_path: Path, operator_nats: dict[str, str]) -> None:
