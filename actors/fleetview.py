@@ -53,6 +53,7 @@ class FleetView:
     async def start(self) -> None:
         self._sub = await self.js.subscribe(
             subjects.ALL_EVENTS,
+            stream=subjects.EVENTS_STREAM,  # no stream lookup (see infra/eventscan.py)
             ordered_consumer=True,
             cb=self._on_event,
             deliver_policy=DeliverPolicy.ALL,

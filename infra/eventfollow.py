@@ -44,7 +44,10 @@ class Following:
             ack_wait=30,
         )
         psub = await self.js.pull_subscribe(
-            filter_subject, durable=subjects.token(durable, "durable name"), config=config
+            filter_subject,
+            stream=subjects.EVENTS_STREAM,  # no stream lookup (see infra/eventscan.py)
+            durable=subjects.token(durable, "durable name"),
+            config=config,
         )
         try:
             while not stop.is_set():

@@ -191,6 +191,9 @@ class EventReader:
 
         sub = await self.js.subscribe(
             subject,
+            # named, so nats-py skips its $JS.API.STREAM.NAMES lookup: a meta-leader request
+            # that times out while a cluster elects a new one after losing a node
+            stream=subjects.EVENTS_STREAM,
             ordered_consumer=True,
             cb=on_msg,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,

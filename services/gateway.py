@@ -211,6 +211,7 @@ async def _read_log(app: web.Application, nc: Client) -> Subscription:
 
     return await nc.jetstream().subscribe(
         subjects.ALL_EVENTS,
+        stream=subjects.EVENTS_STREAM,  # no stream lookup (see infra/eventscan.py)
         ordered_consumer=True,
         cb=on_msg,
         deliver_policy=DeliverPolicy.ALL,
