@@ -18,6 +18,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 SNAPSHOT_EVERY = 50
 SHORT_TAIL = 2 * SNAPSHOT_EVERY  # events read by direct get before switching to a consumer
 REQUEST_TIMEOUT_S = 5.0
+# A consumer is made through the cluster's meta leader; after a node is lost its election can
+# outlast one request's timeout on a loaded machine, and a read is safe to ask again.
+CONSUMER_TRIES = 4
 
 _encode = msgspec.json.Encoder().encode
 event_decoder = msgspec.json.Decoder(AgentEvent)
@@ -189,18 +193,26 @@ class EventReader:
             if seq >= last:
                 done.set_result(None)
 
-        sub = await self.js.subscribe(
-            subject,
-            # named, so nats-py skips its $JS.API.STREAM.NAMES lookup: a meta-leader request
-            # that times out while a cluster elects a new one after losing a node
-            stream=subjects.EVENTS_STREAM,
-            ordered_consumer=True,
-            cb=on_msg,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            config=ConsumerConfig(opt_start_seq=first),
-            pending_msgs_limit=-1,
-            pending_bytes_limit=-1,
-        )
+        for attempt in range(1, CONSUMER_TRIES + 1):
+            try:
+                sub = await self.js.subscribe(
+                    subject,
+                    # named, so nats-py skips its $JS.API.STREAM.NAMES lookup, another
+                    # meta-leader request
+                    stream=subjects.EVENTS_STREAM,
+                    ordered_consumer=True,
+                    cb=on_msg,
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    config=ConsumerConfig(opt_start_seq=first),
+                    pending_msgs_limit=-1,
+                    pending_bytes_limit=-1,
+                )
+                break
+            except NatsTimeoutError:
+                if attempt == CONSUMER_TRIES:
+                    raise
+                log.warning("reading %s: no consumer yet (try %d); asking again", subject, attempt)
+                await asyncio.sleep(0.5 * attempt)
         try:
             await done
         finally:
