@@ -143,9 +143,15 @@ class CalloutUsers(Credentials):
 
     async def put_in_force(self, revoked: list[str]) -> None:
         for agent_id in revoked:
-            closed = await natscallout.kick(
-                self.system, natsauth.agent_user(agent_id), self.account
-            )
+            user = natsauth.agent_user(agent_id)
+            try:
+                closed = await natscallout.kick(self.system, user, self.account)
+            except (nats.errors.Error, TimeoutError, ValueError) as e:
+                raise FleetError(
+                    f"agent {agent_id}'s NATS user is revoked (no new connection is let in), "
+                    f"but its open connections were not closed: the system account did not "
+                    f"do it ({e!r}); check FLEET_NATS_SYSTEM_URL"
+                ) from e
             if closed:
                 log.info("agent %s: %d open NATS connection(s) closed", agent_id, closed)
 
