@@ -24,12 +24,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import ray
 
 from actors.agent import AgentActor
 from actors.supervisor import AGENT_PREFIX, agent_options
 from schemas.control import SpawnRequest
-from schemas.templates import RestartSpec, ServiceSpec, Template
+from schemas.templates import Permissions, RestartSpec, ServiceSpec, Template
 from tests.perf.bench_ports import bench_port_lease
 from tests.perf.bench_spawn import make_repo, start_fleet
 from tests.perf.common import emit, log, nats_and_ray, p50
@@ -38,6 +39,10 @@ KILLS = 15
 STABLE_S = 1.0  # the run both supervisors need before a kill counts as a first failure
 SERVICES = 1000
 PROBE_SECONDS = 5.0
+START_GUARD_S = 60.0  # a guard, not a measure: the first start on a loaded machine
+# Each probe's timeout is a guard too: the figure is probes per CPU-second of the prober, and
+# 1,000 probes at once against one server process take seconds on a loaded 2-core machine.
+PROBE_GUARD_S = 30.0
 
 
 def stamping_command(stamp: Path) -> list[str]:
@@ -53,19 +58,34 @@ def read_stamp(stamp: Path) -> tuple[int, float] | None:
         return None
 
 
-async def kill_and_time(stamp: Path, n: int) -> list[float]:
+async def first_stamp(stamp: Path, who: str) -> None:
+    """Wait for the service's first stamp; a service that writes none is a benchmark that
+    cannot run, and says so."""
+    deadline = time.monotonic() + START_GUARD_S
+    while read_stamp(stamp) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{who}'s stamping service wrote no stamp to {stamp} within {START_GUARD_S:g} s "
+                f"(it did not start, or may not write {stamp.parent})"
+            )
+        await asyncio.sleep(0.05)
+
+
+async def kill_and_time(stamp: Path, n: int, who: str) -> list[float]:
     """Kill the stamping service `n` times; ms from each kill to its successor's start."""
+    await first_stamp(stamp, who)
     samples = []
     for _ in range(n):
         await asyncio.sleep(STABLE_S + 0.3)
         old = read_stamp(stamp)
-        assert old is not None, "the service never started"
+        if old is None:
+            raise RuntimeError(f"{who}'s stamping service lost its stamp {stamp}")
         killed_at = time.time()
         os.kill(old[0], signal.SIGKILL)
         deadline = time.monotonic() + 30
         while (new := read_stamp(stamp)) is None or new[0] == old[0]:
             if time.monotonic() > deadline:
-                raise RuntimeError("the service did not come back within 30 s")
+                raise RuntimeError(f"{who}'s stamping service did not come back within 30 s")
             await asyncio.sleep(0.01)
         samples.append((new[1] - killed_at) * 1000)
     return samples
@@ -84,12 +104,17 @@ async def _fleet_restarts(nats_url: str, root: Path, supervisor: Any) -> list[fl
     from actors.agent import AgentConfig
     from actors.supervisor import FleetConfig
 
-    stamp = root / "fleet.stamp"
+    # The agent's panes may write only what the sandbox grants (actors/confine.py): the
+    # stamp goes in a folder of its own that the template grants, as a user's would.
+    stamps = root / "stamps"
+    stamps.mkdir()
+    stamp = stamps / "fleet.stamp"
     spec = ServiceSpec(
         command=stamping_command(stamp),
         restart=RestartSpec(policy="always", reset_after_s=STABLE_S),
     )
-    template = Template(name="shell", services={"svc": spec})
+    granted = Permissions(paths=(str(stamps),))
+    template = Template(name="shell", services={"svc": spec}, permissions=granted)
     agent = AgentConfig(
         nats_url=nats_url,
         state_dir=str(root / "state-services"),
@@ -103,8 +128,12 @@ async def _fleet_restarts(nats_url: str, root: Path, supervisor: Any) -> list[fl
     await actor.use_template.remote(template)
     await supervisor.refind.remote()
     request = SpawnRequest(repo=str(make_repo(root)), name="r1", template="shell")
-    await actor.spawn.remote(request, "bash --noprofile --norc -i", False)
-    return await kill_and_time(stamp, KILLS)
+    reply = msgspec.json.decode(
+        await actor.spawn.remote(request, "bash --noprofile --norc -i", False)
+    )
+    if not reply.get("ok"):
+        raise RuntimeError(f"fleetd's agent r1 did not spawn: {reply['error']['message']}")
+    return await kill_and_time(stamp, KILLS, "fleetd")
 
 
 # -- supervisord ------------------------------------------------------------------------------
@@ -131,7 +160,7 @@ async def supervisord_restarts(root: Path) -> list[float]:
     binary = Path(sys.executable).parent / "supervisord"
     proc = subprocess.Popen([str(binary), "-c", str(conf)], stdout=subprocess.DEVNULL)  # noqa: ASYNC220
     try:
-        return await kill_and_time(stamp, KILLS)
+        return await kill_and_time(stamp, KILLS, "supervisord")
     finally:
         proc.terminate()
         proc.wait(10)
@@ -176,44 +205,51 @@ asyncio.run(main(int(sys.argv[1])))
 """
 
 
-async def prober(mode: str, ports: list[int], seconds: float) -> dict[str, float]:
-    """Probe every port again and again (all at once) for `seconds`; count and CPU time."""
+async def prober(mode: str, ports: list[int], seconds: float) -> dict[str, Any]:
+    """Probe every port again and again (all at once) for `seconds`; count and CPU time, and
+    why the first failed probe failed."""
     from infra import probes
     from schemas.templates import HttpProbe, Probe
 
     made = ok = 0
-    check: Callable[[int], Awaitable[bool]]
+    check: Callable[[int], Awaitable[bool | str]]
     session: Any = None
     if mode == "raw":
-        made_for = {p: Probe(http=HttpProbe(port=p, path="/healthz")) for p in ports}
+        made_for = {
+            p: Probe(http=HttpProbe(port=p, path="/healthz"), timeout_s=PROBE_GUARD_S)
+            for p in ports
+        }
 
-        async def check(port: int) -> bool:
-            return (await probes.check(made_for[port], ports={}, cwd=".", output=None)).ok
+        async def check(port: int) -> bool | str:
+            result = await probes.check(made_for[port], ports={}, cwd=".", output=None)
+            return result.ok or result.detail
 
     else:
         import aiohttp
 
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, force_close=True),
-            timeout=aiohttp.ClientTimeout(total=1.0),
+            timeout=aiohttp.ClientTimeout(total=PROBE_GUARD_S),
         )
 
-        async def check(port: int) -> bool:
+        async def check(port: int) -> bool | str:
             async with session.get(f"http://127.0.0.1:{port}/healthz") as r:
-                return 200 <= r.status < 300
+                return 200 <= r.status < 300 or f"status {r.status}"
 
+    why = ""
     cpu0, wall0 = time.process_time(), time.perf_counter()
     while time.perf_counter() - wall0 < seconds:
         results = await asyncio.gather(*(check(p) for p in ports), return_exceptions=True)
         made += len(results)
         ok += sum(1 for r in results if r is True)
+        why = why or next((repr(r) for r in results if r is not True), "")
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     if session is not None:
         await session.close()
-    return {"probes": made, "ok": ok, "cpu_s": cpu, "wall_s": wall}
+    return {"probes": made, "ok": ok, "cpu_s": cpu, "wall_s": wall, "first_failure": why}
 
 
-def run_prober(mode: str, ports: list[int]) -> dict[str, float]:
+def run_prober(mode: str, ports: list[int]) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "tests.perf.bench_services", "prober", mode, str(PROBE_SECONDS)],
         input=" ".join(map(str, ports)),
@@ -221,7 +257,7 @@ def run_prober(mode: str, ports: list[int]) -> dict[str, float]:
         text=True,
         check=True,
     )
-    found: dict[str, float] = json.loads(done.stdout)
+    found: dict[str, Any] = json.loads(done.stdout)
     return found
 
 
@@ -240,12 +276,15 @@ async def bench_probes(root: Path) -> None:
             results[mode] = r = run_prober(mode, ports)
             log(f"  {r}")
             if r["ok"] != r["probes"]:
-                raise RuntimeError(f"{mode}: {r['probes'] - r['ok']} probes failed")
+                raise RuntimeError(
+                    f"{r['probes'] - r['ok']} of {r['probes']} probes with {mode} failed, "
+                    f"the first with {r['first_failure']}"
+                )
     finally:
         servers.terminate()
         servers.wait(10)
 
-    def half_core(r: dict[str, float]) -> float:
+    def half_core(r: dict[str, Any]) -> float:
         return r["probes"] / r["cpu_s"] * 0.5
 
     raw, aio = results["raw"], results["aiohttp"]
