@@ -23,6 +23,7 @@ from nats.js.errors import KeyNotFoundError
 
 from actors import checkpoints, confine, dedupe, services, steps
 from actors.monitor import ActivityMonitor
+from actors.steplock import StepLock
 from infra import registry
 from infra.eventstore import EventStore
 from infra.nats import connect
@@ -43,6 +44,8 @@ from schemas.templates import Template
 log = logging.getLogger(__name__)
 
 L = Lifecycle
+BUSY_AFTER_S = 4.0  # a command waits this long for the agent's lock, then is answered busy
+BUSY_MAX_S = 60.0  # the longest wait a sender's Fleet-Timeout can ask for
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ class AgentActor:
         self.tmux = Tmux(config.tmux_socket, shell=config.window_shell)
         self.nc = await connect(config.nats_url, name=f"fleet-agent-{agent_id or 'pool'}")
         self.store = EventStore(self.nc, mac_key=config.mac_key)
-        self.lock = asyncio.Lock()  # one writer step at a time: decide, append, evolve, act
+        self.lock = StepLock()  # one writer step at a time: decide, append, evolve, act
         self.state: AgentState = AgentState()
         self.position = Position()
         self.sub: Subscription | None = None
@@ -139,7 +142,7 @@ class AgentActor:
 
     async def _adopt(self) -> None:
         """After a restart: carry on with what the log says this agent was doing."""
-        async with self.lock:
+        async with self.lock.step("re-adopting its session after a restart"):
             lifecycle = self.state.lifecycle
             if lifecycle in (L.RUNNING, L.PAUSED):
                 if self.tmux.has_session(self.state.tmux_session):
@@ -238,13 +241,16 @@ class AgentActor:
             by=request.by or "user",
             id=request.id or new_id(),
         )
-        async with self.lock:
+        async with self.lock.step("spawning"):
             await self.execute(create)
             await confine.remember(self, spec, request.env)
             await steps.bring_up(self)
 
-    async def handle(self, cmd: c.AgentCommand) -> bytes:
-        """Answer one command with the reply bytes; domain refusals raise FleetError."""
+    async def handle(self, cmd: c.AgentCommand, within: float = BUSY_AFTER_S) -> bytes:
+        """Answer one command with the reply bytes; domain refusals raise FleetError.
+
+        A writing command waits at most `within` seconds for the step in progress (a slow
+        stop, a checkpoint) to end, then is refused as busy, having done nothing."""
         if (self.state.lifecycle is L.NEW or self.state.removed) and not isinstance(cmd, c.Create):
             raise UnknownAgent(self.state.agent_id)
         match cmd:
@@ -253,7 +259,7 @@ class AgentActor:
             case c.Output(lines=lines, window=window):
                 return replies.ok(output=await steps.output(self, window, lines))
         cmd = cmd if cmd.id else _with_id(cmd)
-        async with self.lock:
+        async with self.lock.within(within, self.state.agent_id, verb(cmd)):
             if cmd.id in self.applied:  # a retry (same id) of a command already done
                 return replies.ok(agent=self.show(), repeated=True)
             extra = await steps.act(self, cmd)
@@ -275,7 +281,7 @@ class AgentActor:
         try:
             self.limiter.check(_sender(msg), time.monotonic())
             cmd: c.AgentCommand = replies.decode_request(msg.data, c.AgentCommand, "command")
-            reply = await self.handle(cmd)
+            reply = await self.handle(cmd, busy_budget(msg.headers))
         except FleetError as e:
             reply = replies.error(e)
         except Exception:
@@ -344,6 +350,25 @@ class AgentActor:
 
     def is_live(self) -> bool:
         return self.state.lifecycle in LIVE
+
+
+def verb(cmd: c.AgentCommand) -> str:
+    """The command's wire name (`stop`, `send`, ...)."""
+    return str(type(cmd).__struct_config__.tag)
+
+
+def busy_budget(headers: dict[str, str] | None) -> float:
+    """How long a command may wait for the agent's lock before it is answered `busy`: half
+    of what its sender said it waits (header `Fleet-Timeout`, seconds), so the refusal is
+    there before the sender gives up; `BUSY_AFTER_S` from a sender that did not say."""
+    raw = (headers or {}).get(subjects.TIMEOUT_HEADER, "")
+    try:
+        patience = float(raw)
+    except ValueError:
+        return BUSY_AFTER_S
+    if not patience > 0:  # also NaN
+        return BUSY_AFTER_S
+    return min(max(patience / 2, 0.05), BUSY_MAX_S)
 
 
 def _with_id(cmd: c.AgentCommand) -> c.AgentCommand:

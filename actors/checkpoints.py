@@ -211,7 +211,7 @@ async def interval_loop(actor: AgentActor, every_s: float) -> None:
         if worked < every_s:
             continue
         worked = 0.0
-        async with actor.lock:
+        async with actor.lock.step("taking an interval checkpoint"):
             if actor.state.lifecycle is L.RUNNING:
                 minutes = f"{every_s / 60:g}"
                 await take_auto(actor, "interval", f"after {minutes} min of work")

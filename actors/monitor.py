@@ -113,7 +113,9 @@ class ActivityMonitor:
             if here:
                 self._server = server
             else:
-                async with actor.lock:  # no session: the recovery ladder rebuilds it
+                async with actor.lock.step(
+                    "recording a lost session"
+                ):  # no session: the recovery ladder rebuilds it
                     if actor.state.lifecycle is Lifecycle.RUNNING:
                         await actor._fail(f"{SESSION_GONE} (the tmux server died or was killed)")
                 return
@@ -122,7 +124,7 @@ class ActivityMonitor:
         tmux, session = actor.tmux, state.tmux_session
         status = await asyncio.to_thread(tmux.pane_dead_status, session, "agent")
         if status is not None:
-            async with actor.lock:
+            async with actor.lock.step("recording that the assistant exited"):
                 if actor.state.lifecycle is Lifecycle.RUNNING:
                     how = f"with status {status}" if status >= 0 else "(status unknown)"
                     await actor._fail(f"the assistant exited {how}")
@@ -134,7 +136,7 @@ class ActivityMonitor:
         if change is None:
             return
         said = self.debouncer.reported_detail
-        async with actor.lock:
+        async with actor.lock.step("recording its activity"):
             if actor.state.lifecycle is not Lifecycle.RUNNING:
                 return
             try:

@@ -161,7 +161,7 @@ async def _exceeded(actor: AgentActor, over: limits.Exceeded, policy: str) -> No
         enforced_by=over.enforced_by,
         **steps._meta(actor),
     )
-    async with actor.lock:
+    async with actor.lock.step("recording a resource limit"):
         await actor.record([event])
     if policy == "warn":
         return

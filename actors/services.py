@@ -112,7 +112,7 @@ class Service:
         for dep, condition in self.spec.depends_on.items():
             needed: asyncio.Event = getattr(self.group.services[dep], condition)
             await needed.wait()
-        async with self.actor.lock:
+        async with self.actor.lock.step(f"starting service {self.name}"):
             if not self.group.supervising():
                 return
             await self.start()
@@ -128,19 +128,19 @@ class Service:
                 finally:
                     ready.cancel()
                     await asyncio.gather(ready, return_exceptions=True)
-                async with self.actor.lock:
+                async with self.actor.lock.step(f"recording service {self.name}'s readiness"):
                     if not self.group.supervising():
                         return
                     verdict = await self._exited()
                 if verdict is None:
                     return
                 await asyncio.sleep(verdict)
-                async with self.actor.lock:
+                async with self.actor.lock.step(f"restarting service {self.name}"):
                     if not self.group.supervising():
                         return
                     await self.start()
         except FleetError as err:  # a start that failed: the log says so, the service stays down
-            async with self.actor.lock:
+            async with self.actor.lock.step(f"recording that service {self.name} failed"):
                 if self.group.supervising():
                     await self._health(False, "start", str(err))
 
@@ -264,7 +264,7 @@ class Service:
         async def changed(ok: bool, result: probes.ProbeResult) -> None:
             if ok and not last:
                 return
-            async with self.actor.lock:
+            async with self.actor.lock.step(f"recording service {self.name}'s {label}"):
                 if self.group.supervising() and self.alive():
                     await self._health(ok, label, result.detail)
 

@@ -283,6 +283,22 @@ class RateLimited(FleetError):
         )
 
 
+class AgentBusy(FleetError):
+    """A command that could not start in time: another step of the same agent holds its lock.
+
+    Nothing of the command was done; sent again (the same id is safe) it runs once the step
+    that holds the agent is over."""
+
+    code = "busy"
+
+    def __init__(self, agent_id: str, verb: str, doing: str, for_s: float) -> None:
+        self.agent_id, self.verb, self.doing, self.for_s = agent_id, verb, doing, for_s
+        super().__init__(
+            f"agent {agent_id} is busy {doing} (for {for_s:.1f} s so far), so {verb} did not"
+            " start; nothing was done: send it again (with the same id it is never done twice)"
+        )
+
+
 class MailTimeout(FleetError):
     """A mail request whose answer did not come back in time."""
 

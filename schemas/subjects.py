@@ -19,6 +19,9 @@ PORTS_BUCKET = "fleet_ports"
 TEMPLATES_BUCKET = "fleet_templates"
 SLOTS_BUCKET = "fleet_slots"  # warm-pool actor slot -> the agent it was bound to
 BUCKETS = (SNAPSHOTS_BUCKET, REGISTRY_BUCKET, PORTS_BUCKET, TEMPLATES_BUCKET, SLOTS_BUCKET)
+# A request header: how long its sender waits for the reply, in seconds. An agent answers a
+# command it cannot start in half that time with `busy` instead of leaving it unanswered.
+TIMEOUT_HEADER = "Fleet-Timeout"
 
 _ROOT = "fleet"
 ALL_EVENTS = f"{_ROOT}.evt.>"

@@ -87,7 +87,8 @@ class FleetClient:
         `nobody` is the sentence for "no responders" (default: names the subject).
         """
         try:
-            msg = await self.nc.request(subject, _encode(payload), timeout=timeout)
+            headers = {subjects.TIMEOUT_HEADER: f"{timeout:g}"}  # a busy agent says so in time
+            msg = await self.nc.request(subject, _encode(payload), timeout=timeout, headers=headers)
         except NoRespondersError as e:
             sentence = nobody or f"nothing answers on {subject}; is `fleet up` running?"
             raise RemoteError("no_responders", sentence) from e

@@ -66,6 +66,7 @@ STATUS = {
     "rate_limited": 429,
     "too_many_agents": 429,
     "internal": 500,
+    "busy": 503,  # the agent is in another step; nothing was done, try again
     "store_unavailable": 503,
     "no_responders": 503,
     "timeout": 504,

@@ -92,7 +92,8 @@ async def ask(
     outcome = "ok"
     try:
         try:
-            msg = await request.app[NC].request(subject, payload, timeout=timeout)
+            headers = {subjects.TIMEOUT_HEADER: f"{timeout:g}"}  # a busy agent says so in time
+            msg = await request.app[NC].request(subject, payload, timeout=timeout, headers=headers)
         except NoRespondersError as e:
             raise nobody from e
         except TimeoutError as e:

@@ -74,7 +74,10 @@ async def _ask(request: web.Request, agent: str, fields: dict[str, Any]) -> dict
     payload = msgspec.json.encode({**fields, "by": f"token:{who_.name}"})
     try:
         msg = await request.app[NC].request(
-            subjects.command(agent), payload, timeout=ATTACH_TIMEOUT_S
+            subjects.command(agent),
+            payload,
+            timeout=ATTACH_TIMEOUT_S,
+            headers={subjects.TIMEOUT_HEADER: f"{ATTACH_TIMEOUT_S:g}"},
         )
     except NoRespondersError as e:
         raise UnknownAgent(agent) from e

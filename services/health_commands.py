@@ -54,7 +54,10 @@ async def command(
     is: the ladder goes on)."""
     payload = {"type": type_, "by": BY, **fields}
     try:
-        msg = await nc.request(subjects.command(agent_id), _encode(payload), timeout=timeout)
+        headers = {subjects.TIMEOUT_HEADER: f"{timeout:g}"}  # a busy agent says so in time
+        msg = await nc.request(
+            subjects.command(agent_id), _encode(payload), timeout=timeout, headers=headers
+        )
     except (TimeoutError, NoRespondersError) as err:
         log.warning("health: agent %s did not answer %s: %r", agent_id, type_, err)
         return None
