@@ -1,9 +1,10 @@
 """tmux on a fleet-owned socket: agent sessions that outlive the actor that made them.
 
 Everything runs on `tmux -L <socket>` so fleetd never touches a user's own tmux server, and
-`fleet doctor` can list every session on that socket as ours. libtmux gives the Server (and
-Session objects for callers that want them); most calls go through `Server.cmd` with explicit
-formats, since one `list-panes -F` is much faster than libtmux's object queries.
+`fleet doctor` can list every session on that socket as ours. Every call runs the tmux binary
+with explicit formats, since one `list-panes -F` is much faster than libtmux's object queries.
+libtmux gives the Server and Session objects for callers that want its object API; it is
+imported only then, so an agent actor's worker does not carry it (about 3 MB of its memory).
 
 tmux facts this module relies on (tmux 3.3):
 - Targets start with `=` for an exact session/window name; without it tmux matches prefixes
@@ -21,17 +22,19 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-
-import libtmux
-from libtmux.common import tmux_cmd
-from libtmux.exc import TmuxCommandNotFound
+from typing import TYPE_CHECKING
 
 from infra import procs
 from schemas.errors import InvalidName, SessionMissing, TmuxFailed
+
+if TYPE_CHECKING:
+    import libtmux
 
 DEFAULT_SOCKET = "fleetd"
 DEFAULT_WINDOWS = ("agent", "services", "monitor")
@@ -46,6 +49,34 @@ _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,31}")
 _SEP = ";"  # a real tmux command separator, never escaped
 _MISSING = ("can't find session", "no server running", "error connecting to")
+_DUPLICATE = "duplicate session"
+
+
+@dataclass(frozen=True)
+class Done:
+    """What one tmux invocation answered: its exit status and its lines (as libtmux gave)."""
+
+    returncode: int
+    stdout: list[str]
+    stderr: list[str]
+
+
+def _tmux(argv: Sequence[str]) -> Done:
+    binary = shutil.which("tmux")
+    if binary is None:
+        raise FileNotFoundError("tmux")
+    proc = subprocess.run(
+        [binary, *argv],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="backslashreplace",
+        check=False,
+    )
+    out = proc.stdout.split("\n")
+    while out and out[-1] == "":
+        out.pop()
+    return Done(proc.returncode, out, [line for line in proc.stderr.split("\n") if line])
 
 
 def _check(what: str, value: str, pattern: re.Pattern[str], allowed: str) -> str:
@@ -77,6 +108,11 @@ def pausable(command: str) -> list[str]:
     return ["/bin/sh", "-c", f"trap : INT QUIT\n{command}\n{keep}"]
 
 
+def _live_pids(lines: Iterable[str]) -> list[int]:
+    """The pids of `#{pane_dead} #{pane_pid}` lines whose pane still runs."""
+    return [int(pid) for dead, _, pid in (ln.partition(" ") for ln in lines) if dead == "0"]
+
+
 def _escape(arg: str) -> str:
     """Keep tmux from reading a trailing `;` in user text as a command separator."""
     return arg[:-1] + "\\;" if arg.endswith(";") else arg
@@ -99,14 +135,20 @@ class Tmux:
         self.socket_name = _check("tmux socket name", socket_name, _NAME, "[A-Za-z0-9_-]")
         self.width, self.height, self.history_limit = width, height, history_limit
         self.shell = shell or shlex.quote(os.environ.get("SHELL") or "/bin/sh")
-        self.server = libtmux.Server(socket_name=socket_name)
+
+    @property
+    def server(self) -> libtmux.Server:
+        """libtmux's Server on this socket, for callers that want libtmux's object API."""
+        import libtmux  # here, not at the top: see the module docstring
+
+        return libtmux.Server(socket_name=self.socket_name)
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _cmd(self, *args: str) -> tmux_cmd:
+    def _cmd(self, *args: str) -> Done:
         try:
-            return self.server.cmd(*args)
-        except TmuxCommandNotFound as e:
+            return _tmux([f"-L{self.socket_name}", *args])
+        except FileNotFoundError as e:
             raise TmuxFailed("run on socket", self.socket_name, "tmux is not installed") from e
 
     def _run(self, action: str, session: str, *args: str) -> list[str]:
@@ -141,6 +183,8 @@ class Tmux:
         command_for_agent: str | None = None,
         recordings: Mapping[str, Path] | None = None,
         prefix: Sequence[str] = (),
+        *,
+        replace: bool = False,
     ) -> None:
         """Create a detached session; the first window runs the assistant, the rest a shell.
 
@@ -153,6 +197,10 @@ class Tmux:
         `env` becomes the session environment, so every process started in any window (now
         or later, including respawns) sees it. All of it is one tmux invocation: the agent
         window has `remain-on-exit` before its command can exit, so a crash leaves its screen.
+
+        `replace`: a session of that name (a stale one from an older incarnation) is killed
+        with its processes and made anew. tmux refuses the duplicate `new-session` and skips the
+        rest of that invocation, so this costs no `has-session` when there is none.
         """
         _session_name(name)
         if USER_SEPARATOR in name or not windows:
@@ -174,7 +222,13 @@ class Tmux:
         for window, path in (recordings or {}).items():
             args += [_SEP, "pipe-pane", "-o", "-t", self._target(name, window)]
             args.append(self._recorder(path, self.width, self.height))
-        self._run("create session", name, *args)
+        try:
+            self._run("create session", name, *args)
+        except TmuxFailed as e:
+            if not replace or not e.detail.startswith(_DUPLICATE):
+                raise
+            self.kill_session(name)
+            self._run("create session", name, *args)
 
     def has_session(self, name: str) -> bool:
         return self._cmd("has-session", "-t", f"={_session_name(name)}").returncode == 0
@@ -195,9 +249,17 @@ class Tmux:
         tmux only sends SIGHUP to the panes, and windows stay alive while any session of the
         group does; so the grouped sessions go too, and what ignores SIGHUP is terminated.
         """
-        tree = procs.tree(self.pane_pids(name))
-        for user_session in self.list_sessions(prefix=f"{name}{USER_SEPARATOR}"):
-            self._cmd("kill-session", "-t", f"={user_session}")
+        lines = self._run(
+            "list panes of", name,
+            "list-panes", "-s", "-t", f"={_session_name(name)}:",
+            "-F", "P #{pane_dead} #{pane_pid}",
+            _SEP, "list-sessions", "-F", "S #{session_name}",
+        )  # fmt: skip
+        tree = procs.tree(_live_pids(ln[2:] for ln in lines if ln.startswith("P ")))
+        grouped = f"{name}{USER_SEPARATOR}"
+        for line in lines:
+            if line.startswith(f"S {grouped}"):
+                self._cmd("kill-session", "-t", f"={line[2:]}")
         self._run("kill session", name, "kill-session", "-t", f"={name}")
         procs.terminate_processes(tree, timeout, timeout)
 
@@ -245,7 +307,17 @@ class Tmux:
             "list-panes", "-s", "-t", f"={_session_name(session)}:",
             "-F", "#{pane_dead} #{pane_pid}",
         )  # fmt: skip
-        return [int(pid) for dead, _, pid in (ln.partition(" ") for ln in lines) if dead == "0"]
+        return _live_pids(lines)
+
+    def live_panes(self, session: str) -> list[tuple[str, int]]:
+        """(window name, pid) of every live pane of the session, in one tmux call."""
+        lines = self._run(
+            "list panes of", session,
+            "list-panes", "-s", "-t", f"={_session_name(session)}:",
+            "-F", "#{pane_dead} #{pane_pid} #{window_name}",
+        )  # fmt: skip
+        panes = [ln.split(" ", 2) for ln in lines]
+        return [(window, int(pid)) for dead, pid, window in panes if dead == "0"]
 
     def pane_dead(self, session: str, window: str) -> bool:
         """Whether the window's (active) pane process has exited; see `pane_dead_status`."""
@@ -287,13 +359,15 @@ class Tmux:
         limited to one message of about 16 KB.
         """
         target = self._target(session, window)
-        if len(text.encode()) <= SEND_KEYS_MAX:
-            if text:
-                self._run("send text to", session, "send-keys", "-t", target, "-l", "--", text)
-        else:
+        enter_args = [_SEP, "send-keys", "-t", target, "Enter"] if enter else []
+        if len(text.encode()) > SEND_KEYS_MAX:
             self._paste(session, target, text)
+        elif text:  # the text and its Enter in one tmux call
+            args = ["send-keys", "-t", target, "-l", "--", text, *enter_args]
+            self._run("send text to", session, *args)
+            return
         if enter:
-            self._run("send Enter to", session, "send-keys", "-t", target, "Enter")
+            self._run("send Enter to", session, *enter_args[1:])
 
     def _paste(self, session: str, target: str, text: str) -> None:
         buffer = f"fleet-{os.getpid()}-{id(text)}"

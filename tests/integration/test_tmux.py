@@ -152,6 +152,24 @@ def test_grouped_session_shares_windows(tmux: Tmux, tmp_path: Path) -> None:
     assert tmux.list_sessions() == []
 
 
+def test_replace_kills_a_stale_session_and_makes_it_anew(tmux: Tmux, tmp_path: Path) -> None:
+    tmux.create_session(S, tmp_path, {}, command_for_agent="sh -c 'echo old; exec sleep 1000'")
+    stale = procs.tree(tmux.pane_pids(S))
+    agent = "sh -c 'echo $FLEET_X; exec sleep 1000'"
+    tmux.create_session(S, tmp_path, {"FLEET_X": "new"}, command_for_agent=agent, replace=True)
+    assert not any(_alive(p) for p in stale)
+    wait_until(lambda: _screen_has(tmux, "agent", "new"), "the new session's agent")
+    assert [w.window_name for w in tmux.session(S).windows] == ["agent", "services", "monitor"]
+
+
+def test_live_panes_name_their_windows(tmux: Tmux, tmp_path: Path) -> None:
+    tmux.create_session(S, tmp_path, {}, command_for_agent="sh -c 'exit 0'")
+    wait_until(lambda: tmux.pane_dead(S, "agent"), "the agent to exit")
+    panes = tmux.live_panes(S)
+    assert [window for window, _ in panes] == ["services", "monitor"]
+    assert [pid for _, pid in panes] == tmux.pane_pids(S)
+
+
 def test_kill_session_leaves_no_process(tmux: Tmux, tmp_path: Path) -> None:
     agent = "sh -c \"trap '' HUP TERM; sleep 1000 & sleep 1000; wait\""
     tmux.create_session(S, tmp_path, {}, command_for_agent=agent)
