@@ -19,7 +19,6 @@ the leased ports. Secret values come from infra/secretstore.py, never from the l
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from actors import creds
 from infra import sandbox, secretstore
+from infra.worktree import common_dir
 from schemas.secrets import redact_template
 from schemas.templates import Template, decode_spec, encode_spec
 
@@ -88,16 +88,6 @@ def environment(actor: AgentActor, fleet: Mapping[str, str]) -> dict[str, str]:
     return env | actor.extra_env | dict(fleet)
 
 
-def _git_dir(worktree: Path) -> str:
-    done = subprocess.run(
-        ["git", "-C", str(worktree), "rev-parse", "--path-format=absolute", "--git-common-dir"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return done.stdout.strip()
-
-
 TOOL_DIRS = ("bin", "sbin", "shims")
 
 
@@ -129,7 +119,7 @@ def wrap(
     write = [str(worktree), "/dev", str(private_dir(actor, "homes"))]
     write.append(str(private_dir(actor, "tmp")))
     write.append(str(Path(actor.config.state_dir) / "services" / actor.state.agent_id))
-    git_dir = _git_dir(worktree)
+    git_dir = common_dir(worktree)
     write += [git_dir] if git_dir else []
     write += [os.path.expanduser(p) for p in t.permissions.paths] if t is not None else []
     landlock = actor.config.confine_paths and sandbox.landlock_abi() > 0

@@ -9,6 +9,9 @@ Branch policy for `add`: a new branch `fleet/<name>` is made from `base_ref`. If
 branch already exists and no worktree has it checked out (an agent that was stopped and
 whose worktree was removed), it is reused as is, and `base_ref` is ignored: its commits
 are the agent's earlier work. If a worktree has it checked out, `add` refuses.
+
+Git runs as a plain subprocess (as GitPython's `Git.execute` ran it: C locale, no stdin), so an
+agent actor's worker does not import GitPython (about 2.7 MB of its memory).
 """
 
 from __future__ import annotations
@@ -19,13 +22,12 @@ import hashlib
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-import git
 
 from schemas.errors import GitFailed, InvalidName, WorktreeHasWork
 
@@ -64,17 +66,49 @@ def _ref(what: str, value: str) -> str:
     return value
 
 
+def _is_git_dir(path: Path) -> bool:
+    return (path / "HEAD").is_file() and (path / "objects").is_dir() and (path / "refs").is_dir()
+
+
+def _top(repo_path: str | Path) -> Path:
+    """The repository's top directory, found as `git.Repo(path)` found it: `path` holds a `.git`
+    directory or file (a linked worktree's), or is a git directory itself."""
+    path = Path(
+        os.path.normpath(os.path.abspath(os.path.expandvars(os.path.expanduser(repo_path))))
+    )
+    dot_git = path / ".git"
+    if _is_git_dir(dot_git) or (dot_git.is_file() and dot_git.read_text().startswith("gitdir:")):
+        return path
+    if _is_git_dir(path):
+        return path.parent if path.name == ".git" else path
+    raise GitFailed("open the repository", str(repo_path), "it is not a git repository")
+
+
+def _run_git(action: str, where: str | Path, args: tuple[str, ...], env: dict[str, str]) -> str:
+    """Run git in `where`; its output without the last newline. Any failure becomes one
+    GitFailed sentence: git's last line of stderr."""
+    try:
+        done = subprocess.run(
+            ["git", *args],
+            cwd=where,
+            env={**os.environ, "LANGUAGE": "C", "LC_ALL": "C", **env},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+        )
+    except FileNotFoundError as e:  # no git, or no such directory to run it in
+        raise GitFailed(action, str(where), f"cannot run git there ({e.strerror})") from e
+    if done.returncode != 0:
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        raise GitFailed(action, str(where), (lines or [f"exit {done.returncode}"])[-1].strip("' "))
+    return done.stdout.decode(errors="surrogateescape").removesuffix("\n")
+
+
 class Worktrees:
     """The fleet's worktrees of one repository, kept under `root/<agent_id>`."""
 
     def __init__(self, repo_path: str | Path, root: str | Path) -> None:
-        try:
-            self.repo = git.Repo(repo_path, search_parent_directories=False)
-        except (git.InvalidGitRepositoryError, git.NoSuchPathError) as e:
-            raise GitFailed(
-                "open the repository", str(repo_path), "it is not a git repository"
-            ) from e
-        self.main = Path(self.repo.working_dir)
+        self.main = _top(repo_path)
         self.root = Path(root).absolute()
 
     def path_for(self, agent_id: str) -> Path:
@@ -82,32 +116,44 @@ class Worktrees:
 
     def _git(self, action: str, where: str | Path, *args: str, **env: str) -> str:
         """Run git in `where`; any failure becomes one GitFailed sentence."""
-        try:
-            out: str = git.Git(str(where)).execute(["git", *args], env=env or None)
-        except git.GitCommandError as e:
-            detail = (str(e.stderr or "").strip().splitlines() or [f"exit {e.status}"])[-1]
-            raise GitFailed(action, str(where), detail.removeprefix("stderr: ").strip("' ")) from e
-        return out
+        return _run_git(action, where, args, env)
 
     def add(self, agent_id: str, branch: str, base_ref: str) -> Path:
         """Create the agent's worktree on branch `fleet/<branch>`; return its path."""
+        return self.create(agent_id, branch, base_ref).path
+
+    def create(self, agent_id: str, branch: str, base_ref: str) -> WorktreeInfo:
+        """`add`, answering the new worktree's entry, its HEAD included.
+
+        The usual case takes two git calls: resolve the base, add the worktree on a new branch
+        at that commit (which is then its HEAD). Only when that add is refused is the branch
+        looked at: an existing one is reused as the module docstring says.
+        """
         path = self.path_for(agent_id)
         full = BRANCH_PREFIX + _token("branch name", branch)
         where = str(self.main)
         if path.exists():
             raise GitFailed("add a worktree", where, f"{path} already exists")
-        if self._branch_exists(full):
-            if full in {w.branch for w in self.list_fleet_worktrees()}:
-                raise GitFailed("add a worktree", where, f"branch {full} is checked out elsewhere")
-            args = ["worktree", "add", str(path), full]
-        else:
-            if not self._resolves(_ref("base ref", base_ref)):
-                raise GitFailed("add a worktree", where, f"base ref {base_ref!r} does not exist")
-            args = ["worktree", "add", "-b", full, str(path), f"{base_ref}^{{commit}}"]
+        head = self._commit_of(base_ref) if _REF.fullmatch(base_ref) else None
+        if head is not None:
+            try:
+                self._add_worktree(path, "-b", full, str(path), head)
+                return WorktreeInfo(path, full, head, agent_id)
+            except GitFailed:
+                if not self._branch_exists(full):
+                    raise
+        elif not self._branch_exists(full):
+            _ref("base ref", base_ref)
+            raise GitFailed("add a worktree", where, f"base ref {base_ref!r} does not exist")
+        if full in {w.branch for w in self.list_fleet_worktrees()}:
+            raise GitFailed("add a worktree", where, f"branch {full} is checked out elsewhere")
+        self._add_worktree(path, str(path), full)
+        return WorktreeInfo(path, full, self._git("read HEAD", path, "rev-parse", "HEAD"), agent_id)
+
+    def _add_worktree(self, path: Path, *args: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         with _repo_lock(self.main):  # concurrent `worktree add`s in one repo race in .git/worktrees
-            self._git("add a worktree", where, *args)
-        return path
+            self._git("add a worktree", str(self.main), "worktree", "add", *args)
 
     def is_dirty(self, path: str | Path) -> bool:
         """Tracked changes (staged or not) or untracked files that are not ignored."""
@@ -254,6 +300,15 @@ class Worktrees:
             return False
         return True
 
+    def _commit_of(self, ref: str) -> str | None:
+        """The sha of the commit `ref` names, or None when it names none."""
+        try:
+            return self._git(
+                "resolve a ref", self.main, "rev-parse", "--verify", "-q", f"{ref}^{{commit}}"
+            )
+        except GitFailed:
+            return None
+
     def _main_head(self) -> str:
         return self._git("read HEAD", self.main, "rev-parse", "HEAD")
 
@@ -271,6 +326,34 @@ class Worktrees:
                     if var not in os.environ:
                         env[var] = _IDENTITY[var]
         return env
+
+
+def common_dir(worktree: str | Path) -> str:
+    """The absolute git directory a worktree shares with its repository (where its commits go),
+    "" when it is none. Read from the worktree's `.git` and its `commondir` file (the layout of
+    gitrepository-layout(5)) without running git; git is asked only for another layout."""
+    dot_git = Path(worktree).absolute() / ".git"
+    try:
+        if dot_git.is_dir():
+            found = dot_git
+        else:
+            found = Path(dot_git.read_text().removeprefix("gitdir:").strip())
+            found = found if found.is_absolute() else dot_git.parent / found
+        common = found / "commondir"
+        if common.is_file():
+            shared = Path(common.read_text().strip())
+            found = shared if shared.is_absolute() else found / shared
+        if _is_git_dir(found):
+            return os.path.normpath(found)
+    except OSError:
+        pass
+    done = subprocess.run(
+        ["git", "-C", str(worktree), "rev-parse", "--path-format=absolute", "--git-common-dir"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip()
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.worktree import Worktrees
+from infra.worktree import Worktrees, common_dir
 from schemas.errors import GitFailed, InvalidName, WorktreeHasWork
 from tests.integration.conftest import git
 
@@ -25,6 +25,30 @@ def test_add_makes_a_fleet_branch_from_the_base(trees: Worktrees, git_repo: Path
     [info] = trees.list_fleet_worktrees()
     assert (info.path, info.branch, info.agent_id) == (path, "fleet/a1", "a1")
     assert not trees.is_dirty(path) and trees.unmerged_commits(path, "main") == 0
+
+
+def test_create_answers_the_new_head_and_reuses_a_branch(trees: Worktrees, git_repo: Path) -> None:
+    made = trees.create("a1", "a1", "main")
+    assert (made.path, made.branch, made.agent_id) == (trees.root / "a1", "fleet/a1", "a1")
+    assert made.head == git(made.path, "rev-parse", "HEAD") == git(git_repo, "rev-parse", "main")
+    git(made.path, "commit", "-q", "--allow-empty", "-m", "work")
+    trees.remove("a1", base_ref="fleet/a1")
+    again = trees.create("a1", "a1", "nope")  # an existing branch: its base is not asked for
+    assert again.head == git(again.path, "rev-parse", "HEAD") != made.head
+
+
+def test_repository_is_found_from_its_top_or_its_git_dir(git_repo: Path, tmp_path: Path) -> None:
+    assert Worktrees(git_repo, tmp_path).main == git_repo
+    assert Worktrees(git_repo / ".git", tmp_path).main == git_repo
+    with pytest.raises(GitFailed, match="not a git repository"):
+        Worktrees(git_repo / "nowhere", tmp_path)
+
+
+def test_common_dir_is_what_git_says(trees: Worktrees, git_repo: Path) -> None:
+    path = trees.add("a1", "a1", "main")
+    said = git(path, "rev-parse", "--path-format=absolute", "--git-common-dir")
+    assert common_dir(path) == common_dir(git_repo) == said
+    assert common_dir(trees.root) == ""
 
 
 def test_add_refuses_with_a_sentence(trees: Worktrees, git_repo: Path, tmp_path: Path) -> None:
