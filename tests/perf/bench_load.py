@@ -38,6 +38,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 
@@ -47,12 +49,13 @@ from infra.mailbox import Mailbox
 from schemas import events as e
 from schemas import mail as m
 from schemas import subjects
-from schemas.errors import FleetError
+from schemas.errors import FleetError, RemoteError
 from services.client import FleetClient, open_client
 from tests.perf.common import emit, git_repo, log
-from tests.perf.plane import Plane
+from tests.perf.plane import Plane, Uss
 
 SAMPLE_S = 5.0
+CMD_TIMEOUT_S = 10.0  # a command with no reply in this long is counted unanswered
 SPAWNING = 4  # spawns in flight
 RECOVERY_LIMIT_S = 900.0
 
@@ -84,6 +87,10 @@ class Tally:
     mail_read: set[str] = field(default_factory=set)
     failures: list[str] = field(default_factory=list)
     rss: list[tuple[float, float]] = field(default_factory=list)  # (monotonic, MB)
+    cmd_ms: list[float] = field(default_factory=list)  # round trip of every answered command
+    echo_ms: list[float] = field(default_factory=list)  # the floor: a raw NATS echo meanwhile
+    unanswered: list[str] = field(default_factory=list)  # no reply at all within the timeout
+    busy: int = 0  # answered `busy` (a sentence in time, nothing done)
 
 
 def make_repo(root: Path) -> Path:
@@ -114,14 +121,37 @@ async def spawn_all(client: FleetClient, repo: Path, names: list[str]) -> None:
 
 
 async def commands(client: FleetClient, names: list[str], tally: Tally, n: int) -> None:
+    """One `send`, timed; a reply of any kind is an answer, a timeout is not."""
     agent = names[n % len(names)]
     text = f"echo load-{n}"
+    started = time.perf_counter()
     try:
-        await client.command(agent, "send", text=text)
+        await client.command(agent, "send", CMD_TIMEOUT_S, text=text)
+    except RemoteError as err:
+        if err.code == "timeout":
+            tally.unanswered.append(f"send {agent}: {err}")
+            return
+        tally.cmd_ms.append((time.perf_counter() - started) * 1000)
+        tally.busy += err.code == "busy"
+        tally.failures.append(f"send {agent}: {err}")
+        return
     except FleetError as err:
         tally.failures.append(f"send {agent}: {err}")
         return
+    tally.cmd_ms.append((time.perf_counter() - started) * 1000)
     tally.inputs.setdefault(agent, set()).add(text)
+
+
+async def echo(nc: Client, subject: str, tally: Tally) -> None:
+    """The floor of a command's round trip under the same load: a bare NATS request to a
+    responder in this process, which answers at once."""
+    started = time.perf_counter()
+    try:
+        await nc.request(subject, b"ping", timeout=CMD_TIMEOUT_S)
+    except (NatsError, TimeoutError) as err:
+        tally.failures.append(f"echo: {err!r}")
+        return
+    tally.echo_ms.append((time.perf_counter() - started) * 1000)
 
 
 async def send_mail(mailbox: Mailbox, names: list[str], tally: Tally) -> None:
@@ -222,9 +252,16 @@ async def load_phase(plane: Plane, names: list[str], tally: Tally, seconds: floa
         async def mail_tick() -> None:
             await asyncio.gather(*(send_mail(mailbox, names, tally) for _ in range(mail_rate)))
 
+        async def answer(msg: Msg) -> None:
+            await msg.respond(b"pong")
+
+        echo_subject = client.nc.new_inbox()  # the control plane may publish anywhere
+        await client.nc.subscribe(echo_subject, cb=answer)
+
         async def cmd_tick() -> None:
             await asyncio.gather(
-                *(commands(client, names, tally, next(sent)) for _ in range(cmd_rate))
+                *(commands(client, names, tally, next(sent)) for _ in range(cmd_rate)),
+                *(echo(client.nc, echo_subject, tally) for _ in range(cmd_rate)),
             )
 
         async def sample() -> None:
@@ -278,6 +315,7 @@ async def run(root: Path, count: int, seconds: float) -> None:
     try:
         up_floor = plane.start()
         cpu_floor = await idle_cpu(plane, min(20.0, max(5.0, seconds / 10)))
+        plane.base_uss = await asyncio.to_thread(plane.uss)
         names = [f"l{i:03d}" for i in range(count)]
         async with open_client(Settings.from_env(plane.env)) as client:
             await client.control("templates", {"op": "apply", "source": TEMPLATE, "file": "load"})
@@ -287,10 +325,12 @@ async def run(root: Path, count: int, seconds: float) -> None:
         warm_s = knob("FLEET_BENCH_LOAD_WARMUP_S", min(60.0, seconds / 4))
         warm_until = time.monotonic() + warm_s
         cores = await load_phase(plane, names, tally, seconds)
+        uss = await asyncio.to_thread(plane.uss)
         recovery = await recover(plane, count)
         async with open_client(Settings.from_env(plane.env)) as client:
             events_lost, mail_lost = await lost(client, tally)
         report(count, tally, growth_pct(tally.rss, warm_until), cores, cpu_floor)
+        report_commands(count, tally, uss)
         emit(
             f"load_{count}_agents_lost",
             events_lost + mail_lost,
@@ -310,6 +350,42 @@ async def run(root: Path, count: int, seconds: float) -> None:
     finally:
         plane.stop()
         plane.end_agents()
+
+
+def p99(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else float("nan")
+
+
+def report_commands(count: int, tally: Tally, uss: Uss) -> None:
+    answered = len(tally.cmd_ms)
+    emit(
+        f"load_{count}_agents_unanswered",
+        len(tally.unanswered),
+        "commands",
+        0.0,
+        f"of {answered + len(tally.unanswered)} sends, none answered within {CMD_TIMEOUT_S:g} s;"
+        f" {tally.busy} answered busy; target 0",
+    )
+    emit(
+        f"load_{count}_agents_cmd_p99_ms",
+        p99(tally.cmd_ms),
+        "ms",
+        p99(tally.echo_ms),
+        f"send to an agent, {answered} answered; floor: a raw NATS request/reply echo at the"
+        " same rate meanwhile",
+    )
+    emit(
+        f"load_{count}_agents_control_plane_uss_per_agent_mb",
+        uss.per_agent_mb(count),
+        "MB",
+        uss.base_worker_mb,
+        f"control-plane USS {uss.total_mb:.0f} MB over {uss.processes} processes, less the "
+        f"same plane with no agents ({uss.base_mb:.0f} MB), per agent; floor: the smallest Ray "
+        "worker (supervisor, node service) of the plane before any agent",
+    )
+    for line in tally.unanswered[:5]:
+        log(f"load: unanswered: {line}")
 
 
 def report(count: int, tally: Tally, growth: float, cores: float, cpu_floor: float) -> None:

@@ -32,8 +32,24 @@ GUARD_S = 600.0  # only keeps a hung child from hanging the run
 
 
 @dataclass
+class Uss:
+    """Unique memory (USS: pages no other process shares) of the control plane's processes."""
+
+    total_mb: float = 0.0
+    processes: int = 0
+    smallest_worker_mb: float = 0.0  # the smallest Ray worker (`ray::...`) of the tree
+    base_mb: float = 0.0  # the same plane before any agent was spawned
+
+    base_worker_mb: float = 0.0  # `smallest_worker_mb` of that plane
+
+    def per_agent_mb(self, agents: int) -> float:
+        return (self.total_mb - self.base_mb) / max(1, agents)
+
+
+@dataclass
 class Plane:
     env: dict[str, str]
+    base_uss: Uss | None = None
     cpu_first: dict[int, float] = field(default_factory=dict)  # pid -> user+system s, first seen
     cpu_last: dict[int, float] = field(default_factory=dict)
 
@@ -106,6 +122,24 @@ class Plane:
             self.cpu_first.setdefault(proc.pid, used)
             self.cpu_last[proc.pid] = used
         return rss / 2**20
+
+    def uss(self) -> Uss:
+        """The tree's USS now; RSS counts the pages Ray's workers share once per worker, so it
+        says little per agent (reading smaps costs a few ms a process: not for every sample)."""
+        base = self.base_uss or Uss()
+        found = Uss(base_mb=base.total_mb, base_worker_mb=base.smallest_worker_mb)
+        for proc in self.tree():
+            try:
+                uss = proc.memory_full_info().uss / 2**20
+                argv = proc.cmdline()
+            except psutil.Error:
+                continue
+            found.total_mb += uss
+            found.processes += 1
+            worker = bool(argv) and argv[0].startswith("ray::")
+            if worker and (not found.smallest_worker_mb or uss < found.smallest_worker_mb):
+                found.smallest_worker_mb = uss
+        return found
 
     def cpu_s(self) -> float:
         """CPU seconds the tree used between the first and the last sample of each process."""
