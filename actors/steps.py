@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from actors import checkpoints, confine, creds, ports, recovery, services
 from infra import procs, secretstore
 from infra.templates import agent_profile
-from infra.worktree import Worktrees
+from infra.worktree import WorktreeInfo, Worktrees
 from schemas import commands as c
 from schemas import events as e
 from schemas.errors import FleetError, WorktreeHasWork
@@ -81,11 +80,21 @@ def session_args(actor: AgentActor, worktree: Path) -> tuple[dict[str, str], lis
     return env, confine.wrap(actor, [], list(env), worktree)
 
 
-def _head(path: Path) -> str:
-    done = subprocess.run(
-        ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+def _new_worktree(actor: AgentActor) -> WorktreeInfo:
+    s = actor.state
+    return worktrees(actor).create(s.agent_id, s.name, s.base_ref)
+
+
+def _new_session(actor: AgentActor, session: str, worktree: Path) -> dict[str, Path]:
+    """The session with its recordings, in one thread hop; a stale session of that name (from
+    an older incarnation) is replaced. Its recording paths."""
+    recordings = _recording_paths(actor)
+    env, prefix = session_args(actor, worktree)
+    command = actor.state.command or None
+    actor.tmux.create_session(
+        session, worktree, env, WINDOWS, command, recordings, prefix, replace=True
     )
-    return done.stdout.strip()
+    return recordings
 
 
 async def bring_up(actor: AgentActor) -> None:
@@ -97,25 +106,20 @@ async def bring_up(actor: AgentActor) -> None:
         if s.worktree and Path(s.worktree).is_dir():
             path = Path(s.worktree)  # a restart keeps the agent's worktree and its work
         else:
-            path = await run(worktrees(actor).add, s.agent_id, s.name, s.base_ref)
-            made_worktree = True
+            made = await run(_new_worktree, actor)
+            path, made_worktree = made.path, True
             ready = e.WorkspaceReady(
                 path=str(path),
                 branch=f"fleet/{s.name}",
                 base_ref=s.base_ref,
-                head=await run(_head, path),
+                head=made.head,
                 **_meta(actor),
             )
             await actor.record([ready])
-        if await run(actor.tmux.has_session, session):
-            await run(actor.tmux.kill_session, session)  # a stale one from an older incarnation
         await ports.lease(actor, path)  # before the session: its environment has them
         await creds.grant(actor)  # its own NATS user, before anything in the session runs
-        recordings = await run(_recording_paths, actor)
         await confine.recall(actor)
-        env, prefix = await run(session_args, actor, path)
-        create = actor.tmux.create_session
-        await run(create, session, path, env, WINDOWS, s.command or None, recordings, prefix)
+        recordings = await run(_new_session, actor, session, path)
         started = e.SessionStarted(
             socket=actor.tmux.socket_name,
             session=session,
