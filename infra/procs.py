@@ -4,11 +4,16 @@ A pane's shell starts jobs in their own process groups, and those fork further; 
 only the pane pid would leave them running. So every operation works on the whole tree
 (each pid plus all its descendants, found with psutil), and pause/resume signal every
 process group in it.
+
+A tree is read from one pass over /proc, however many roots it has (psutil's `children()`
+reads all of /proc once per call), and ending one waits on a pidfd per process, so a shell
+that exits at once is seen gone at once instead of at the next poll.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import time
 from collections.abc import Iterable, Sequence
@@ -36,16 +41,53 @@ def tree(pids: Iterable[int]) -> list[psutil.Process]:
     Our own process is never part of a tree, so a stray pid can not make us signal ourselves.
     """
     seen: dict[int, psutil.Process] = {}
+    children: dict[int, list[int]] | None = None  # read once, when a root is alive
     for pid in pids:
         try:
             root = psutil.Process(pid)
-            family = [root, *root.children(recursive=True)]
+            children = _children_by_pid() if children is None else children
+            family = _descendants(root, children)
         except _GONE:
             continue
         for proc in family:
             if proc.pid != os.getpid():
                 seen.setdefault(proc.pid, proc)
     return list(seen.values())
+
+
+def _children_by_pid() -> dict[int, list[int]]:
+    """Every process's children, from each /proc/<pid>/stat (its 4th field is the ppid)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:  # exited meanwhile
+            continue
+        ppid = int(data[data.rfind(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(name))
+    return children
+
+
+def _descendants(root: psutil.Process, children: dict[int, list[int]]) -> list[psutil.Process]:
+    """`root` and its descendants, parents first, as psutil's `children(recursive=True)` finds
+    them: a child older than `root` is a reused pid, not a child."""
+    family, stack, visited = [root], [root.pid], {root.pid}
+    while stack:
+        for pid in children.get(stack.pop(), ()):
+            if pid in visited:  # pids reused while /proc was read can make a cycle
+                continue
+            visited.add(pid)
+            try:
+                child = psutil.Process(pid)
+                if child.create_time() >= root.create_time():
+                    family.append(child)
+                    stack.append(pid)
+            except _GONE:
+                continue
+    return family
 
 
 def signal_groups(pids: Iterable[int], sig: int, spare: Iterable[int] = ()) -> list[int]:
@@ -192,12 +234,43 @@ def _alive(proc: psutil.Process) -> bool:
 
 
 def _wait_gone(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """Poll until every process is gone or `timeout` passes; return those still alive."""
+    """Wait until every process is gone or `timeout` passes; return those still alive."""
     deadline = time.monotonic() + timeout
+    alive = [p for p in processes if _alive(p)]
+    if alive and timeout > 0:
+        try:
+            _wait_exits(alive, deadline)
+        except OSError:  # no pidfds here (an old kernel, a seccomp filter): poll instead
+            pass
     delay = 0.002
     while True:
-        alive = [p for p in processes if _alive(p)]
+        alive = [p for p in alive if _alive(p)]
         if not alive or time.monotonic() >= deadline:
             return alive
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+def _wait_exits(processes: list[psutil.Process], deadline: float) -> None:
+    """Sleep until each process has exited or the deadline passes: a pidfd per process wakes
+    us at its exit (reaped or not). A pid reused before its pidfd was opened is skipped."""
+    fds: list[int] = []
+    waiting = 0
+    try:
+        poller = select.poll()
+        for proc in processes:
+            try:
+                fd = os.pidfd_open(proc.pid)
+            except ProcessLookupError:
+                continue  # gone already
+            fds.append(fd)
+            if proc.is_running():  # the pidfd is of this process, not of a pid's next owner
+                poller.register(fd, select.POLLIN)
+                waiting += 1
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(left * 1000):
+                poller.unregister(fd)
+                waiting -= 1
+    finally:
+        for fd in fds:
+            os.close(fd)

@@ -1,0 +1,64 @@
+"""Ending process trees: exits are seen as they happen (a pidfd each), or by polling without
+pidfds; trees with many roots come from one pass over /proc."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+
+import psutil
+import pytest
+
+from infra import procs
+from tests.integration.conftest import wait_until
+
+Start = Callable[[str], "subprocess.Popen[bytes]"]
+
+
+@pytest.fixture
+def start() -> Iterator[Start]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def run(script: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+        started.append(proc)
+        return proc
+
+    yield run
+    for proc in started:
+        procs.terminate_tree([proc.pid], 0.1, 5)
+        proc.poll()
+
+
+@pytest.mark.parametrize("pidfds", [True, False])
+def test_wait_gone_returns_once_all_exited_and_names_the_rest(
+    start: Start, pidfds: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not pidfds:
+
+        def refused(pid: int) -> int:
+            raise OSError(38, "pidfd_open refused")
+
+        monkeypatch.setattr(os, "pidfd_open", refused)
+    quick = start("trap 'exit 0' TERM; sleep 1000 & wait")
+    stubborn = start("trap '' TERM; sleep 1000 & wait")
+    wait_until(lambda: len(procs.tree([quick.pid, stubborn.pid])) == 4, "two shells, two sleeps")
+    shells = [psutil.Process(quick.pid), psutil.Process(stubborn.pid)]
+    for shell in shells:
+        shell.send_signal(signal.SIGTERM)
+    assert procs._wait_gone(shells[:1], 60) == []  # back as soon as it exits
+    assert procs._wait_gone(shells, 0.2) == [shells[1]]  # its TERM is ignored
+    quick.wait()
+
+
+def test_terminate_tree_ends_every_root_of_one_pass(start: Start) -> None:
+    roots = [start("sleep 1000 & sleep 1000 & wait") for _ in range(3)]
+    pids = [r.pid for r in roots]
+    wait_until(lambda: len(procs.tree(pids)) == 9, "three shells with two sleeps each")
+    tree = procs.tree(pids)
+    assert [p.pid for p in tree[:1]] == pids[:1]  # parents before children
+    report = procs.terminate_tree(pids, polite_timeout=30, term_timeout=5)
+    assert sorted(report.terminated) == sorted(p.pid for p in tree) and report.killed == []
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree)
