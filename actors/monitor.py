@@ -9,8 +9,10 @@ the debouncer to settle, so a flickering spinner does not flood the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import select
 import socket
 import struct
 import time
@@ -54,6 +56,40 @@ def _server_id(socket_name: str) -> int | None:
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
+class _ServerWatch:
+    """Whether the tmux server we last saw still runs, without a connect to its socket.
+
+    A pidfd of the server's pid is readable once that process has exited, so while it is not,
+    the server (and the socket it listens on) is the one we knew: a check costs one poll of
+    our own descriptor, not an accept and a client teardown in the server that every agent's
+    monitor would make twice a second (400 a second for the one tmux server of 200 agents)."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self._fd: int | None = None
+
+    def watch(self, pid: int | None) -> None:
+        if pid == self.pid and self._fd is not None:
+            return
+        self.close()
+        self.pid = pid
+        if pid is not None and pid > 0:
+            with contextlib.suppress(OSError):  # gone already, or no pidfd (Linux < 5.3)
+                self._fd = os.pidfd_open(pid)
+
+    def alive(self) -> bool:
+        """True while the watched server runs; False if it exited or cannot be watched."""
+        if self._fd is None:
+            return False
+        readable, _, _ = select.select([self._fd], [], [], 0)
+        return not readable
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class ActivityMonitor:
     def __init__(self, actor: AgentActor, profile: AssistantProfile, period_s: float) -> None:
         self.actor = actor
@@ -66,6 +102,8 @@ class ActivityMonitor:
         self._changed_at = time.monotonic()
         # The tmux server this incarnation's session lives on (see `_server_id`).
         self._server = _server_id(actor.tmux.socket_name)
+        self._watch = _ServerWatch()
+        self._watch.watch(self._server)
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -76,6 +114,7 @@ class ActivityMonitor:
         if self.task is not None and self.task is not asyncio.current_task():
             self.task.cancel()
         self.task = None
+        self._watch.close()
 
     async def _run(self) -> None:
         me = asyncio.current_task()
@@ -103,7 +142,8 @@ class ActivityMonitor:
     async def tick(self) -> None:
         actor = self.actor
         state = actor.state
-        server = _server_id(actor.tmux.socket_name)
+        # The socket is asked only when the server we knew is gone (or was never known).
+        server = self._server if self._watch.alive() else _server_id(actor.tmux.socket_name)
         if state.lifecycle is Lifecycle.RUNNING and server != -1 and server != self._server:
             # Another server than the one we knew (or none, or we never knew one): ours only
             # if our session is on it. One tmux call, made only when the socket changed.
@@ -112,6 +152,7 @@ class ActivityMonitor:
             )
             if here:
                 self._server = server
+                self._watch.watch(server)
             else:
                 async with actor.lock.step(
                     "recording a lost session"

@@ -309,6 +309,18 @@ class Tmux:
         )  # fmt: skip
         return _live_pids(lines)
 
+    def pane_pids_by_session(self) -> dict[str, list[int]]:
+        """`pane_pids` of every session of the server, in one tmux call ({} with no server)."""
+        proc = self._cmd("list-panes", "-a", "-F", "#{pane_dead} #{pane_pid} #{session_name}")
+        if proc.returncode != 0:
+            return {}
+        found: dict[str, list[int]] = {}
+        for line in proc.stdout:
+            dead, pid, session = [*line.split(" ", 2), "", ""][:3]
+            if dead == "0" and pid.isdigit():
+                found.setdefault(session, []).append(int(pid))
+        return found
+
     def live_panes(self, session: str) -> list[tuple[str, int]]:
         """(window name, pid) of every live pane of the session, in one tmux call."""
         lines = self._run(

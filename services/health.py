@@ -240,15 +240,18 @@ class HealthService:
     # -- sampling ---------------------------------------------------------------------------
 
     async def sample(self) -> None:
-        """psutil figures of each watched agent's tree, and a process check of its services."""
-        for w in list(self.agents.values()):
-            s = w.state
-            if not self.mine(w) or s.lifecycle not in (L.RUNNING, L.PAUSED) or not s.tmux_session:
-                continue
-            measured = await asyncio.to_thread(self.sampler.measure, w.state)
-            if measured is None:
-                continue
-            sample, alive = measured
+        """psutil figures of each watched agent's tree, and a process check of its services:
+        one round for all of them (services/health_sampling.py), in a thread."""
+        watched = [
+            w
+            for w in self.agents.values()
+            if self.mine(w) and w.state.lifecycle in (L.RUNNING, L.PAUSED) and w.state.tmux_session
+        ]
+        measured = await asyncio.to_thread(self.sampler.measure_all, [w.state for w in watched])
+        for w in watched:
+            if w.agent_id not in measured or self.agents.get(w.agent_id) is not w:
+                continue  # no live pane, or forgotten while the round ran
+            sample, alive = measured[w.agent_id]
             await self.observe(
                 w, Observation(agent=w.agent_id, at=now(), kind="sample", sample=sample)
             )

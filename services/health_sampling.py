@@ -9,6 +9,7 @@ pid is a new process).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 
 import psutil
 
@@ -27,12 +28,15 @@ class Sampler:
         self._tmux: dict[str, Tmux] = {}
         self._seen: dict[str, dict[tuple[int, float], psutil.Process]] = {}  # per agent
 
-    def pane_pids(self, state: AgentState) -> list[int]:
-        tmux = self._tmux.get(state.tmux_socket)
+    def _server(self, socket: str) -> Tmux:
+        tmux = self._tmux.get(socket)
         if tmux is None:
-            tmux = self._tmux[state.tmux_socket] = Tmux(state.tmux_socket)
+            tmux = self._tmux[socket] = Tmux(socket)
+        return tmux
+
+    def pane_pids(self, state: AgentState) -> list[int]:
         try:
-            return tmux.pane_pids(state.tmux_session)
+            return self._server(state.tmux_socket).pane_pids(state.tmux_session)
         except FleetError:
             return []  # the session is gone; the actor records that
 
@@ -40,15 +44,36 @@ class Sampler:
         self._seen.pop(agent_id, None)
 
     def measure(self, state: AgentState) -> tuple[Sample, dict[str, bool]] | None:
-        """The tree's figures and, per running service, whether its pid is still alive."""
-        pids = self.pane_pids(state)
-        if not pids:
-            return None
+        """One agent's `measure_all`."""
+        return self.measure_all([state]).get(state.agent_id)
+
+    def measure_all(
+        self, states: Iterable[AgentState]
+    ) -> dict[str, tuple[Sample, dict[str, bool]]]:
+        """Each agent's tree figures and, per running service, whether its pid is alive.
+
+        The cost of a round is one tmux call per tmux server and one pass over /proc, however
+        many agents there are (agents whose session has no live pane are left out)."""
+        states = list(states)
+        panes: dict[str, dict[str, list[int]]] = {}
+        for socket in {s.tmux_socket for s in states}:
+            panes[socket] = self._server(socket).pane_pids_by_session()
+        forest = procs.Forest()
+        found = {}
+        for state in states:
+            pids = panes[state.tmux_socket].get(state.tmux_session, [])
+            if pids:
+                found[state.agent_id] = self._figures(state, forest.tree(pids))
+        return found
+
+    def _figures(
+        self, state: AgentState, tree: list[psutil.Process]
+    ) -> tuple[Sample, dict[str, bool]]:
         before = self._seen.get(state.agent_id, {})
         seen: dict[tuple[int, float], psutil.Process] = {}
         cpu = rss = 0.0
         threads = fds = 0
-        for proc in procs.tree(pids):
+        for proc in tree:
             with contextlib.suppress(*_GONE, psutil.AccessDenied):
                 key = (proc.pid, proc.create_time())
                 proc = before.get(key, proc)

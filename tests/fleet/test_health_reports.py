@@ -48,18 +48,24 @@ class LossyLink:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._nc, name)
 
-    async def request(self, subject: str, payload: bytes = b"", timeout: float = 0.5) -> Msg:
+    async def request(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        timeout: float = 0.5,
+        headers: dict[str, str] | None = None,
+    ) -> Msg:
         cmd = msgspec.json.decode(payload) if payload.startswith(b"{") else {}
         if cmd.get("type") != "report_health":
-            return await self._nc.request(subject, payload, timeout=timeout)
+            return await self._nc.request(subject, payload, timeout=timeout, headers=headers)
         key = cmd.get("id") or uuid.uuid4().hex  # without an id, every try is a first one
         self.tries[key] += 1
         if self.tries[key] == 1:
             raise nats.errors.TimeoutError  # lost on the way to the agent
         if self.tries[key] == 2:
-            await self._nc.publish(subject, payload, reply=self._nc.new_inbox())
+            await self._nc.publish(subject, payload, reply=self._nc.new_inbox(), headers=headers)
             raise nats.errors.TimeoutError  # the reply is lost on the way back
-        msg = await self._nc.request(subject, payload, timeout=timeout)
+        msg = await self._nc.request(subject, payload, timeout=timeout, headers=headers)
         self.replies[key].append(msgspec.json.decode(msg.data))
         return msg
 

@@ -40,6 +40,18 @@ def spawn() -> Iterator[Spawn]:
         proc.poll()
 
 
+def test_one_pass_forest_gives_the_same_trees(spawn: Spawn) -> None:
+    a = spawn("sleep 1000 & (sleep 1000 & wait) & wait")
+    b = spawn("sleep 1000; wait")
+    wait_until(lambda: len(procs.tree([a.pid, b.pid])) == 6, "two shells and their children")
+    forest = procs.Forest()
+    for roots in ([a.pid], [b.pid], [a.pid, b.pid], [b.pid, a.pid, a.pid]):
+        assert sorted(p.pid for p in forest.tree(roots)) == sorted(p.pid for p in procs.tree(roots))
+    assert forest.tree([a.pid])[0].pid == a.pid  # parents before children
+    assert os.getpid() not in [p.pid for p in forest.tree([os.getppid(), os.getpid()])]
+    assert forest.tree([2**22 + 12345]) == []
+
+
 def test_tree_has_descendants_and_never_ourselves(spawn: Spawn) -> None:
     root = spawn("sleep 1000 & sleep 1000; wait")
     wait_until(lambda: len(procs.tree([root.pid])) == 3, "a shell and two sleeps")

@@ -246,3 +246,12 @@ def test_hostile_names_are_refused(tmux: Tmux, tmp_path: Path, name: str) -> Non
     with pytest.raises(InvalidName):
         tmux.create_session(S, tmp_path, {name or " ": "v"})
     assert tmux.list_sessions() == []
+
+
+def test_pane_pids_of_every_session_come_from_one_call(tmux: Tmux, tmp_path: Path) -> None:
+    assert tmux.pane_pids_by_session() == {}  # no server yet: nothing, no error
+    tmux.create_session(S, tmp_path, {}, command_for_agent="sleep 1000")
+    tmux.create_session("other", tmp_path, {}, command_for_agent="sleep 1000")
+    found = tmux.pane_pids_by_session()
+    assert found == {S: tmux.pane_pids(S), "other": tmux.pane_pids("other")}
+    assert len(found[S]) == 3
