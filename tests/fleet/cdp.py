@@ -11,14 +11,17 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import shutil
-import subprocess
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from tests import leftovers
 
 FLAGS = [
     "--headless",
@@ -32,6 +35,7 @@ FLAGS = [
     "--remote-debugging-port=0",
     "--window-size=1000,800",
 ]
+START_GUARD_S = 60.0  # a guard, not a measure: Chromium's start on a loaded machine
 
 
 def chromium() -> str | None:
@@ -92,40 +96,75 @@ class Page:
 
 
 @contextlib.asynccontextmanager
-async def browser(profile: Path) -> AsyncIterator[Page]:
-    """A headless Chromium on a fresh profile dir; its first page."""
+async def browser(folder: Path) -> AsyncIterator[Page]:
+    """A headless Chromium with its profile and log in `folder`; its first page.
+
+    Chromium makes a folder under TMPDIR (else /tmp) for its profile's SingletonSocket and
+    leaves it there when it is stopped, so its TMPDIR is a folder of this run's own: short,
+    as a socket path longer than 107 bytes makes Chromium abort, which one under a test's
+    tmp_path is. At the end every process of the browser ends and both folders are removed
+    (tests/leftovers.py checks that)."""
     binary = chromium()
     assert binary is not None
+    profile = folder / "profile"
     profile.mkdir(parents=True, exist_ok=True)
-    proc = await asyncio.create_subprocess_exec(
-        binary,
-        *FLAGS,
-        f"--user-data-dir={profile}",
-        "about:blank",
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    temp = leftovers.chromium_tmpdir()
     try:
-        port_file = profile / "DevToolsActivePort"
-        for _ in range(200):
-            if port_file.exists() and port_file.read_text().strip():
-                break
-            await asyncio.sleep(0.05)
-        port = int(port_file.read_text().splitlines()[0])
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
-                targets = await r.json()
-            url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
-            async with http.ws_connect(url, max_msg_size=0) as ws:
-                page = Page(ws)
-                try:
-                    yield page
-                finally:
-                    await page.close()
+        with (folder / "chromium.log").open("wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                binary,
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                "about:blank",
+                stdout=log,
+                stderr=log,
+                env={**os.environ, "TMPDIR": str(temp)},
+                start_new_session=True,  # its zygote and renderers: one group, ended together
+            )
+        try:
+            async with aiohttp.ClientSession() as http:
+                port = await _devtools_port(proc, folder)
+                async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
+                    targets = await r.json()
+                url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+                async with http.ws_connect(url, max_msg_size=0) as ws:
+                    page = Page(ws)
+                    try:
+                        yield page
+                    finally:
+                        await page.close()
+        finally:
+            await _end(proc)
     finally:
+        shutil.rmtree(temp)
+        shutil.rmtree(folder)
+
+
+async def _devtools_port(proc: asyncio.subprocess.Process, folder: Path) -> int:
+    """The port Chromium chose, once it has written it (it may take seconds when loaded)."""
+    port_file = folder / "profile" / "DevToolsActivePort"
+    deadline = time.monotonic() + START_GUARD_S
+    while not (port_file.exists() and port_file.read_text().strip()):
+        if proc.returncode is not None or time.monotonic() > deadline:
+            up = proc.returncode is None
+            how = "is still up" if up else f"exited with status {proc.returncode}"
+            tail = (folder / "chromium.log").read_text(errors="replace").splitlines()[-5:]
+            raise AssertionError(
+                f"Chromium wrote no {port_file.name} within {START_GUARD_S:g} s and {how}; "
+                f"its log ends: {' | '.join(tail)}"
+            )
+        await asyncio.sleep(0.05)
+    return int(port_file.read_text().splitlines()[0])
+
+
+async def _end(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM, SIGKILL after 5 s, then whatever is left of its process group."""
+    if proc.returncode is None:
         proc.terminate()
         try:
             await asyncio.wait_for(proc.wait(), 5)
         except TimeoutError:
             proc.kill()
             await proc.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
