@@ -1,11 +1,14 @@
 """Fixtures shared by every test folder: a real nats-server per test, a private state dir, a
-git repository, a whole fleet on Ray, and the environment of a private `fleet up`."""
+git repository, a whole fleet on Ray, and the environment of a private `fleet up`; and for the
+whole run a TMUX_TMPDIR of its own, removed at its end, and a check that the run left nothing
+behind (tests/leftovers.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +18,40 @@ from typing import Any
 import pytest
 
 from infra.natsserver import NatsServer
+from tests import leftovers
 from tests.fleetcli import private_up
+
+_TMUX_TMPDIR = pytest.StashKey[Path]()
+_STARTED = pytest.StashKey[float]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before any tmux server, Ray or `fleet up` starts: the run's own TMUX_TMPDIR."""
+    config.stash[_STARTED] = time.time()
+    config.stash[_TMUX_TMPDIR] = leftovers.private_tmux_tmpdir()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The run's tmux sockets go with their folder; a server still running is ended first, so
+    none is left running without a socket to reach it by."""
+    tmpdir = config.stash.get(_TMUX_TMPDIR, None)
+    if tmpdir is not None:
+        leftovers.end_live_servers(tmpdir)
+        leftovers.remove(tmpdir)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leaves_nothing_behind(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """After the last test (and the session's Ray): no tmux server still running, no socket
+    of this run in the shared /tmp/tmux-<uid>/, no Chromium profile or temp folder."""
+    yield
+    config = request.config
+    found = leftovers.leftovers(
+        config.stash[_TMUX_TMPDIR], config.stash[_STARTED], tmp_path_factory.getbasetemp()
+    )
+    assert not found, "this run left things behind: " + "; ".join(found)
 
 
 @pytest.fixture
@@ -136,7 +172,7 @@ def new_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nats_url: str) ->
     state_dir.mkdir(exist_ok=True)
     env = {
         "FLEET_STATE_DIR": str(state_dir),
-        "FLEET_TMUX_SOCKET": f"fleet-test-{tag}",
+        "FLEET_TMUX_SOCKET": leftovers.socket_name("test"),
         "FLEET_WORKTREE_ROOT": str(tmp_path / "worktrees"),
     }
     for key, value in env.items():

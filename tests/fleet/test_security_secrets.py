@@ -9,6 +9,7 @@ tmux server's (control plane's) environment nor paths its template does not gran
 from __future__ import annotations
 
 import glob
+import os
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -64,11 +65,13 @@ async def test_secrets_reach_the_pane_but_not_the_log_show_or_gateway(
     for folder, text in ((granted, "granted-data"), (hidden, "hidden-data")):
         folder.mkdir()
         (folder / "data.txt").write_text(text)
-    # The tmux server holds the control plane's environment; panes must not inherit it.
+    # The tmux server holds the control plane's environment; panes must not inherit it. It is
+    # the fleet's server, under the run's TMUX_TMPDIR (tests/leftovers.py).
+    bare = {"PATH": "/usr/bin:/bin", "TMUX_TMPDIR": os.environ["TMUX_TMPDIR"]}
     subprocess.run(
         ["tmux", "-L", fleet.tmux_socket, "new-session", "-d", "-s", "keeper",
          "-e", f"FLEET_TEST_SECRET={CONTROL_SECRET}", "sleep 600"],
-        env={"PATH": "/usr/bin:/bin", "FLEET_TEST_SECRET": CONTROL_SECRET},
+        env={**bare, "FLEET_TEST_SECRET": CONTROL_SECRET},
         check=True,
     )  # fmt: skip
     subprocess.run(

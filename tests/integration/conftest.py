@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -22,6 +21,7 @@ from infra import procs
 from infra.nats import connect, ensure_streams
 from infra.tmux import Tmux
 from schemas.errors import SessionMissing
+from tests import leftovers
 
 T = TypeVar("T")
 
@@ -43,7 +43,7 @@ def wait_until(
 @pytest.fixture
 def tmux_socket() -> Iterator[str]:
     """A unique tmux socket name; the server on it, and every pane process, die at teardown."""
-    name = f"fleet-test-{uuid.uuid4().hex[:12]}"
+    name = leftovers.socket_name("test")
     yield name
     tmux = Tmux(name)
     pids: list[int] = []
