@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import sys
+import tempfile
 
 from tests.perf.common import keep_stdout_for_results
 
@@ -35,9 +37,14 @@ def main() -> int:
         )
         return 2
     keep_stdout_for_results()
-    for name in names:
-        module = importlib.import_module(GROUPS[name])
-        asyncio.run(module.main())
+    # tmux never removes its socket files (tests/leftovers.py says more): the benchmarks' tmux
+    # servers, and those of the agents' actors in the Ray this process starts, keep theirs in
+    # a folder of the run's own, removed at its end.
+    with tempfile.TemporaryDirectory(prefix="fleet-bench-tmux-") as tmux_tmpdir:
+        os.environ["TMUX_TMPDIR"] = tmux_tmpdir
+        for name in names:
+            module = importlib.import_module(GROUPS[name])
+            asyncio.run(module.main())
     return 0
 
 
