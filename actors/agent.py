@@ -103,6 +103,7 @@ class AgentActor:
         self.secrets_loaded = False
         self.services: services.Services | None = None  # this incarnation's dev services
         self.applied = dedupe.Applied()  # ids of commands already done: a retry is not redone
+        self.inflight: dict[str, asyncio.Future[bytes]] = {}  # ids of commands being done
         self.limiter = RateLimiter(config.cmd_rate, config.cmd_burst, "commands")
         self.heartbeat = registry.Heartbeat(self.nc, self._registry_entry, config.heartbeat_s)
         self.node = _node_id()
@@ -259,6 +260,25 @@ class AgentActor:
             case c.Output(lines=lines, window=window):
                 return replies.ok(output=await steps.output(self, window, lines))
         cmd = cmd if cmd.id else _with_id(cmd)
+        running = self.inflight.get(cmd.id)
+        if running is not None:  # sent again while it runs (a sender bridging a reconnect)
+            return await asyncio.shield(running)  # the one outcome, for every copy
+        outcome: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.inflight[cmd.id] = outcome
+        try:
+            reply = await self._write(cmd, within)
+        except FleetError as e:
+            outcome.set_result(replies.error(e))
+            raise
+        except BaseException:
+            outcome.set_result(replies.error(FleetError(f"{verb(cmd)} failed; see the log")))
+            raise
+        finally:
+            del self.inflight[cmd.id]
+        outcome.set_result(reply)
+        return reply
+
+    async def _write(self, cmd: c.AgentCommand, within: float) -> bytes:
         async with self.lock.within(within, self.state.agent_id, verb(cmd)):
             if cmd.id in self.applied:  # a retry (same id) of a command already done
                 return replies.ok(agent=self.show(), repeated=True)

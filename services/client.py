@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import re
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,6 +22,7 @@ from nats.errors import NoRespondersError
 from infra import natsauth
 from infra.config import Settings, read_state
 from infra.nats import connect
+from infra.resend import request as resend_request
 from schemas import subjects
 from schemas.errors import NotRunning, RemoteError
 
@@ -80,15 +82,27 @@ class FleetClient:
         self.nc = nc
 
     async def request(
-        self, subject: str, payload: dict[str, Any], timeout: float, *, nobody: str = ""
+        self,
+        subject: str,
+        payload: dict[str, Any],
+        timeout: float,
+        *,
+        nobody: str = "",
+        resend: bool = False,
     ) -> dict[str, Any]:
         """Send `payload` as JSON and return the decoded success reply.
 
-        `nobody` is the sentence for "no responders" (default: names the subject).
+        `nobody` is the sentence for "no responders" (default: names the subject). With
+        `resend` (an agent command with an id) the request is sent again while unanswered,
+        across its agent's reconnect (infra/resend.py).
         """
         try:
-            headers = {subjects.TIMEOUT_HEADER: f"{timeout:g}"}  # a busy agent says so in time
-            msg = await self.nc.request(subject, _encode(payload), timeout=timeout, headers=headers)
+            data = _encode(payload)
+            if resend:
+                msg = await resend_request(self.nc, subject, data, timeout)
+            else:
+                headers = {subjects.TIMEOUT_HEADER: f"{timeout:g}"}  # a busy agent says so
+                msg = await self.nc.request(subject, data, timeout=timeout, headers=headers)
         except NoRespondersError as e:
             sentence = nobody or f"nothing answers on {subject}; is `fleet up` running?"
             raise RemoteError("no_responders", sentence) from e
@@ -116,8 +130,8 @@ class FleetClient:
         """One command to one agent; an agent with no actor answering is one sentence."""
         subject = subjects.command(agent_id)
         nobody = f"there is no running agent {agent_id!r} (fleet ls lists agents)"
-        payload = {"type": type_, "by": by(), **fields}
-        return await self.request(subject, payload, timeout, nobody=nobody)
+        payload = {"type": type_, "by": by(), "id": uuid.uuid4().hex, **fields}
+        return await self.request(subject, payload, timeout, nobody=nobody, resend=True)
 
     async def control(
         self, verb: str, payload: dict[str, Any], timeout: float = COMMAND_TIMEOUT_S

@@ -9,6 +9,7 @@ the actor's reply as is, with the HTTP status its outcome maps to. `GET /api/age
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,7 @@ import msgspec
 from aiohttp import web
 from nats.errors import NoRespondersError
 
+from infra.resend import request as resend_request
 from schemas import commands as c
 from schemas import replies, subjects
 from schemas.control import ListRequest, SpawnRequest
@@ -86,14 +88,23 @@ async def ask(
     timeout: float,
     kind: str,
     nobody: FleetError,
+    *,
+    resend: bool = False,
 ) -> web.Response:
-    """Send a request on the bus; the reply's body as is, with its outcome's status."""
+    """Send a request on the bus; the reply's body as is, with its outcome's status.
+
+    With `resend` (an agent command with an id) it is sent again while unanswered, across
+    its agent's reconnect (infra/resend.py)."""
     started = time.perf_counter()
     outcome = "ok"
     try:
         try:
-            headers = {subjects.TIMEOUT_HEADER: f"{timeout:g}"}  # a busy agent says so in time
-            msg = await request.app[NC].request(subject, payload, timeout=timeout, headers=headers)
+            nc = request.app[NC]
+            if resend:
+                msg = await resend_request(nc, subject, payload, timeout)
+            else:
+                headers = {subjects.TIMEOUT_HEADER: f"{timeout:g}"}  # a busy agent says so
+                msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
         except NoRespondersError as e:
             raise nobody from e
         except TimeoutError as e:
@@ -132,11 +143,12 @@ def agent_of(request: web.Request) -> str:
 
 async def command(request: web.Request, verb: str, body: dict[str, Any]) -> web.Response:
     agent = agent_of(request)
-    fields = {**body, "type": verb, "by": body.get("by") or _by(request)}
+    fields = {"id": uuid.uuid4().hex, **body, "type": verb, "by": body.get("by") or _by(request)}
     raw = _encode(fields)
     replies.decode_request(raw, c.AgentCommand, "command")  # refuse here, with the sentence
     timeout = TIMEOUTS.get(verb, COMMAND_TIMEOUT_S)
-    return await ask(request, subjects.command(agent), raw, timeout, verb, UnknownAgent(agent))
+    nobody = UnknownAgent(agent)
+    return await ask(request, subjects.command(agent), raw, timeout, verb, nobody, resend=True)
 
 
 def _verb_handler(verb: str) -> Handler:

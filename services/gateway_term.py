@@ -24,6 +24,7 @@ import shutil
 import signal
 import struct
 import termios
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -31,6 +32,7 @@ import msgspec
 from aiohttp import WSMsgType, web
 from nats.errors import NoRespondersError
 
+from infra.resend import request as resend_request
 from schemas import subjects
 from schemas.errors import BadRequest, RemoteError, UnknownAgent
 from services.gateway import NC, role, who
@@ -71,14 +73,10 @@ def set_size(fd: int, cols: int, rows: int) -> None:
 async def _ask(request: web.Request, agent: str, fields: dict[str, Any]) -> dict[str, Any]:
     """Send one command to the agent actor; its reply, or its error raised as a FleetError."""
     who_ = who(request)
-    payload = msgspec.json.encode({**fields, "by": f"token:{who_.name}"})
+    payload = msgspec.json.encode({"id": uuid.uuid4().hex, **fields, "by": f"token:{who_.name}"})
     try:
-        msg = await request.app[NC].request(
-            subjects.command(agent),
-            payload,
-            timeout=ATTACH_TIMEOUT_S,
-            headers={subjects.TIMEOUT_HEADER: f"{ATTACH_TIMEOUT_S:g}"},
-        )
+        subject = subjects.command(agent)
+        msg = await resend_request(request.app[NC], subject, payload, ATTACH_TIMEOUT_S)
     except NoRespondersError as e:
         raise UnknownAgent(agent) from e
     except TimeoutError as e:

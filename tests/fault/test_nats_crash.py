@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from infra import natsauth
+from infra import natsauth, resend
 from infra.nats import connect
 from schemas import subjects
 from tests.fault.load import Load, lost_events, lost_mail, until
@@ -54,9 +54,11 @@ async def test_a_killed_nats_server_loses_no_acknowledged_write(
 
         after = fleet_state(up_env)
         assert after["nats_url"] == state["nats_url"]  # the same port and store
-        reply = await nc.request(
-            subjects.command("a1"), b'{"type": "send", "text": "echo still here"}', timeout=30
-        )
+        # As fleet's own clients ask (services/client.py): with an id, sent again while the
+        # agent's actor may still be reconnecting (the first copy can reach only the
+        # supervisor's silent fallback; infra/resend.py), answered once.
+        sent = b'{"type": "send", "text": "echo still here", "id": "after-restart"}'
+        reply = await resend.request(nc, subjects.command("a1"), sent, timeout=GUARD_S)
         answered = msgspec.json.decode(reply.data)
         assert answered["ok"] is True, answered
         assert answered["agent"]["lifecycle"] == "RUNNING"

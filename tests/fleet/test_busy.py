@@ -44,8 +44,17 @@ async def test_a_command_behind_a_slow_stop_is_answered_busy_and_does_nothing(
     message = reply["error"]["message"]
     assert message.startswith("agent b1 is busy with stop"), message
     assert "so send did not start; nothing was done" in message, message
+    # A copy of the stop (a sender bridging a reconnect sends the same id again) joins the
+    # stop in progress: one stop, the same outcome for both.
+    copy = await nc.request(subjects.command("b1"), b'{"type": "stop", "id": "stop-1"}', timeout=60)
     stopped = msgspec.json.decode((await stop).data)
     assert stopped["agent"]["lifecycle"] == "STOPPED", stopped
+    copied = msgspec.json.decode(copy.data)
+    # Joined while it ran (the same reply), or, on a machine slow enough that the stop was
+    # over first, answered as a repeat: never a second stop.
+    assert copied == stopped or (copied["repeated"] and copied["agent"] == stopped["agent"])
+    lifecycle = [s.event for s in await EventStore(nc).read("b1") if s.event]
+    assert [type(ev).__name__ for ev in lifecycle].count("SessionClosed") == 1
     typed = [
         s.event.text for s in await EventStore(nc).read("b1") if isinstance(s.event, InputSent)
     ]

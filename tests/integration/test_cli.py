@@ -185,6 +185,10 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
 async def answer(nc: Client, subject: str, respond: Responder, seen: list[dict[str, Any]]) -> None:
     async def on_msg(msg: Msg) -> None:
         request = json.loads(msg.data)
+        if "type" in request:  # an agent command
+            # Each command carries its own id, so a copy sent again is done once.
+            command_id = request.pop("id")
+            assert re.fullmatch(r"[0-9a-f]{32}", command_id), command_id
         seen.append(request)
         await msg.respond(msgspec.json.encode(respond(request)))
 
