@@ -87,17 +87,17 @@ def end_live_servers(tmpdir: Path) -> list[str]:
     return sorted(p.name for p in live)
 
 
-def strays(tmpdir: Path, since: float, shared: Path = DEFAULT_TMUX_TMPDIR) -> list[str]:
-    """Sockets of this run in the shared folder, made since `since`: named like one under
-    `tmpdir`, or with this run's tag (a process that dropped TMUX_TMPDIR made them)."""
-    ours = {p.name for p in tmux_dir(tmpdir).glob("*")}
+def strays(since: float, shared: Path = DEFAULT_TMUX_TMPDIR) -> list[str]:
+    """Sockets with this run's tag in the shared folder, made since `since`: a process that
+    dropped TMUX_TMPDIR made them. (Only tagged names count: another run on this machine may
+    make a socket called, say, `fleetd` there at any time.)"""
     found = []
-    for path in tmux_dir(shared).glob("*"):
+    for path in tmux_dir(shared).glob(f"*{run_tag()}*"):
         try:
             made = path.lstat().st_ctime
-        except OSError:  # another run's, just removed
+        except OSError:  # just removed
             continue
-        if made >= since and (path.name in ours or run_tag() in path.name):
+        if made >= since:
             found.append(path.name)
     return sorted(found)
 
@@ -128,7 +128,7 @@ def leftovers(
     live = end_live_servers(tmpdir)
     if live:
         problems.append(f"tmux servers were still running at the end on {', '.join(live)}")
-    stray = strays(tmpdir, since, shared)
+    stray = strays(since, shared)
     if stray:
         problems.append(
             f"tmux sockets {', '.join(stray)} were made in {tmux_dir(shared)} "

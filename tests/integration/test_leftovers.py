@@ -58,18 +58,20 @@ def test_a_tmux_server_left_running_is_named_and_ended(
     assert leftovers.end_live_servers(tmpdir_of_a_run) == []  # it was ended
 
 
-def test_a_socket_of_the_run_outside_its_folder_is_a_stray(
-    tmpdir_of_a_run: Path, tmp_path: Path
-) -> None:
+def test_a_socket_of_the_run_outside_its_folder_is_a_stray(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     since = time.time() - 1
-    mine, tagged = "fleet-test-mine", leftovers.socket_name("up")
-    dead_socket(leftovers.tmux_dir(tmpdir_of_a_run) / mine)
-    for name in (mine, tagged, "fleet-test-someone-elses"):
+    tagged = leftovers.socket_name("up")
+    for name in (tagged, "fleet-test-someone-elses", "fleetd"):
         dead_socket(leftovers.tmux_dir(shared) / name)
 
-    assert leftovers.strays(tmpdir_of_a_run, since, shared) == sorted([mine, tagged])
-    assert leftovers.strays(tmpdir_of_a_run, time.time() + 60, shared) == []  # older ones
+    assert leftovers.strays(since, shared) == [tagged]
+    assert leftovers.strays(time.time() + 60, shared) == []  # made before the run: not its own
+    found = leftovers.leftovers(tmp_path / "no-tmux", since, tmp_path / "none", shared)
+    assert found == [
+        f"tmux sockets {tagged} were made in {leftovers.tmux_dir(shared)} "
+        "by a process without the run's TMUX_TMPDIR"
+    ]
 
 
 def test_a_chromium_profile_or_temp_folder_is_named(tmp_path: Path) -> None:
