@@ -9,6 +9,7 @@ appended, applied, then acted on; what acting finds out is appended as events to
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import KeyNotFoundError
@@ -286,8 +288,6 @@ class AgentActor:
         return replies.ok(agent=self.show(), **extra)
 
     def show(self) -> dict[str, Any]:
-        import msgspec
-
         shown = view(self.state, seq=self.position.seq, node=self.node, pid=os.getpid())
         found: dict[str, Any] = msgspec.to_builtins(shown)
         return found
@@ -300,18 +300,36 @@ class AgentActor:
     async def _answer(self, msg: Msg) -> None:
         try:
             self.limiter.check(_sender(msg), time.monotonic())
-            cmd: c.AgentCommand = replies.decode_request(msg.data, c.AgentCommand, "command")
-            reply = await self.handle(cmd, busy_budget(msg.headers))
+            reply = await self._reply(msg.data, msg.reply, msg.headers)
         except FleetError as e:
             reply = replies.error(e)
-        except Exception:
-            error_id = new_id()[:12]
-            log.exception("agent %s: command failed (error id %s)", self.state.agent_id, error_id)
-            reply = replies.unexpected(error_id)
         if msg.reply:
             await msg.respond(reply)
         if self.state.removed:
             await self._retire()
+
+    async def forwarded(self, data: bytes, reply_to: str, headers: dict[str, str] | None) -> bytes:
+        """A command the supervisor took off `fleet.cmd.<id>` while this actor may have been
+        off NATS (right after a NATS restart the supervisor can be back first, and a request
+        then reaches only it): the reply, for the supervisor to send. Had this actor got the
+        same request itself, both copies carry the same id (`_reply`) and it is done once."""
+        reply = await self._reply(data, reply_to, headers)
+        if self.state.removed:
+            asyncio.get_running_loop().create_task(self._retire())
+        return reply
+
+    async def _reply(self, data: bytes, reply_to: str, headers: dict[str, str] | None) -> bytes:
+        try:
+            cmd: c.AgentCommand = replies.decode_request(data, c.AgentCommand, "command")
+            if not cmd.id and reply_to:  # one request, one id, by whichever way it came
+                cmd = msgspec.structs.replace(cmd, id=request_id(reply_to))
+            return await self.handle(cmd, busy_budget(headers))
+        except FleetError as e:
+            return replies.error(e)
+        except Exception:
+            error_id = new_id()[:12]
+            log.exception("agent %s: command failed (error id %s)", self.state.agent_id, error_id)
+            return replies.unexpected(error_id)
 
     async def _retire(self) -> None:
         """A removed agent's actor lets go of everything and ends, for good."""
@@ -391,9 +409,13 @@ def busy_budget(headers: dict[str, str] | None) -> float:
     return min(max(patience / 2, 0.05), BUSY_MAX_S)
 
 
-def _with_id(cmd: c.AgentCommand) -> c.AgentCommand:
-    import msgspec
+def request_id(reply_to: str) -> str:
+    """The id of a command sent without one: named after its reply inbox, which is the
+    request's own (nats-py makes one per request), so every copy of it gets the same id."""
+    return "inbox-" + hashlib.sha256(reply_to.encode()).hexdigest()[:32]
 
+
+def _with_id(cmd: c.AgentCommand) -> c.AgentCommand:
     return msgspec.structs.replace(cmd, id=new_id())
 
 

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import msgspec
 import ray
 from nats.aio.msg import Msg
+from ray.exceptions import RayError
 
 from actors import placement
 from actors.agent import AgentActor, AgentConfig, new_id
@@ -51,6 +53,9 @@ log = logging.getLogger(__name__)
 
 SUPERVISOR = "fleet:supervisor"
 AGENT_PREFIX = "fleet:agent:"
+# After its connection comes back, the supervisor hands commands to known agents through Ray
+# for this long: their actors reconnect on their own schedule (infra/nats.py backs off).
+SETTLE_S = 20.0
 SLOT_PREFIX = "fleet:slot:"
 
 
@@ -89,6 +94,8 @@ class Supervisor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._filling = False
         self.pool_target = config.pool_size
+        self._reconnects = 0  # this connection's reconnects seen so far (`_settling`)
+        self._settle_until = 0.0
         self.view = FleetView(self.nc)  # `list` answers from the log, not 200 Ray calls
         await self.view.start()
         await self.refind()
@@ -272,12 +279,38 @@ class Supervisor:
 
         A known agent's actor answers on its own subscription, and this handler stays silent
         for it (and for a name being spawned), so a known agent is answered exactly once and
-        an unknown one gets `unknown_agent` instead of NATS's "no responders".
+        an unknown one gets `unknown_agent` instead of NATS's "no responders". Except for a
+        while after this connection came back from an outage: the agent's actor may not be
+        back yet, and a request that reached only this subscription would go unanswered, so
+        it is handed to the actor through Ray (the actor does a request it got both ways once).
         """
         agent_id = subjects.agent_from_command(msg.subject)
-        if agent_id in self.actors or agent_id in self.reserved or not msg.reply:
+        if not msg.reply:
+            return
+        if agent_id in self.actors:
+            if self._settling():
+                self._background(self._forward(agent_id, msg))
+            return
+        if agent_id in self.reserved:
             return
         await msg.respond(replies.error(UnknownAgent(agent_id)))
+
+    def _settling(self) -> bool:
+        """Whether this connection reconnected less than SETTLE_S ago (as far as we know)."""
+        reconnects = self.nc.stats["reconnects"]
+        if reconnects != self._reconnects:
+            self._reconnects, self._settle_until = reconnects, time.monotonic() + SETTLE_S
+        return time.monotonic() < self._settle_until
+
+    async def _forward(self, agent_id: str, msg: Msg) -> None:
+        try:
+            reply = await self.actors[agent_id].forwarded.remote(msg.data, msg.reply, msg.headers)
+        except (KeyError, RayError) as e:  # gone meanwhile: its own subscription is all there is
+            log.info(
+                "agent %s: a command taken after a reconnect was not handed on: %r", agent_id, e
+            )
+            return
+        await msg.respond(reply)
 
     async def _find(self, data: bytes) -> bytes:
         req = replies.decode_request(data or b"{}", FindRequest, "find request")

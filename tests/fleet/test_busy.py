@@ -7,13 +7,22 @@ import asyncio
 from pathlib import Path
 
 import msgspec
+import ray
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
+from actors.supervisor import AGENT_PREFIX
 from infra.eventstore import EventStore
 from schemas import subjects
 from schemas.events import InputSent
 from tests.conftest import Fleet
 from tests.fleet.helpers import command, spawn, until
+
+
+async def typed(nc: Client, agent_id: str) -> list[str]:
+    """The text of every input.sent in the agent's log."""
+    stored = await EventStore(nc).read(agent_id)
+    return [s.event.text for s in stored if isinstance(s.event, InputSent)]
 
 
 async def test_a_command_behind_a_slow_stop_is_answered_busy_and_does_nothing(
@@ -55,7 +64,31 @@ async def test_a_command_behind_a_slow_stop_is_answered_busy_and_does_nothing(
     assert copied == stopped or (copied["repeated"] and copied["agent"] == stopped["agent"])
     lifecycle = [s.event for s in await EventStore(nc).read("b1") if s.event]
     assert [type(ev).__name__ for ev in lifecycle].count("SessionClosed") == 1
-    typed = [
-        s.event.text for s in await EventStore(nc).read("b1") if isinstance(s.event, InputSent)
-    ]
-    assert typed == ["trap '' TERM HUP; sleep 1000"]  # the refused send left no trace
+    assert await typed(nc, "b1") == [
+        "trap '' TERM HUP; sleep 1000"
+    ]  # the refused send left no trace
+
+
+async def test_a_request_that_arrives_both_ways_is_done_once(
+    fleet: Fleet, nc: Client, repo: Path
+) -> None:
+    """After a NATS restart the supervisor hands a known agent's commands to its actor
+    through Ray (the actor may not have been subscribed yet); when the actor got the same
+    request on its own subscription too, the two copies are one command (no id was sent:
+    the request's reply inbox names it)."""
+    assert (await spawn(nc, str(repo), "d1"))["ok"]
+    actor = ray.get_actor(AGENT_PREFIX + "d1", namespace=fleet.namespace)
+    inbox = nc.new_inbox()
+    replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_reply(msg: Msg) -> None:
+        await replies.put(msg.data)
+
+    await nc.subscribe(inbox, cb=on_reply)
+    data = b'{"type": "send", "text": "echo once"}'
+    await nc.publish(subjects.command("d1"), data, reply=inbox)  # the actor's own copy
+    handed = await actor.forwarded.remote(data, inbox, None)  # the supervisor's copy
+    own = await asyncio.wait_for(replies.get(), 60)
+    for reply in (msgspec.json.decode(own), msgspec.json.decode(handed)):
+        assert reply["ok"] is True, reply
+    assert await typed(nc, "d1") == ["echo once"]
