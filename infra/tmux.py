@@ -211,7 +211,11 @@ class Tmux:
         env_args = [
             f"-e{_check('env var', k, _ENV_KEY, '[A-Za-z0-9_]')}={v}" for k, v in env.items()
         ]
-        args = ["set-option", "-g", "history-limit", str(self.history_limit), _SEP]
+        # exit-empty off: a server whose last session was just killed exits, and a new
+        # session that reaches it meanwhile fails ("server exited unexpectedly"); this one
+        # stays up between agents (a restart right after a stop raced it under load).
+        args = ["set-option", "-g", "exit-empty", "off", _SEP]
+        args += ["set-option", "-g", "history-limit", str(self.history_limit), _SEP]
         args += ["new-session", "-d", "-s", name, "-n", first, "-c", str(cwd)]
         args += ["-x", str(self.width), "-y", str(self.height), *env_args]
         args += [*prefix, *pausable(command_for_agent or self.shell)]

@@ -255,3 +255,13 @@ def test_pane_pids_of_every_session_come_from_one_call(tmux: Tmux, tmp_path: Pat
     found = tmux.pane_pids_by_session()
     assert found == {S: tmux.pane_pids(S), "other": tmux.pane_pids("other")}
     assert len(found[S]) == 3
+
+
+def test_the_server_outlives_its_last_session(tmux: Tmux, tmp_path: Path) -> None:
+    """A server exiting after its last session ends would fail a session made at that moment
+    ("server exited unexpectedly"): a restart right after a stop."""
+    tmux.create_session(S, tmp_path, {}, command_for_agent="sleep 1000")
+    tmux.kill_session(S)
+    assert tmux._cmd("list-sessions").returncode == 0  # still serving, with no session
+    tmux.create_session(S, tmp_path, {}, command_for_agent="sleep 1000")
+    assert tmux.has_session(S)
