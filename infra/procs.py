@@ -24,7 +24,8 @@ import psutil
 from schemas.errors import ProcessesSurvived
 
 _GONE = (psutil.NoSuchProcess, ProcessLookupError)
-STOP_WAIT = 1.0  # seconds to wait for one group to stop before stopping the next
+STOP_WAIT = 10.0  # a guard: a stop takes effect once the process is next scheduled, late on a
+# loaded machine (1 s was too short there), so each group is waited for before the next
 
 
 @dataclass(frozen=True)
