@@ -8,7 +8,15 @@ Protocol facts this module relies on:
   `{"batch": n, "no_wait": true}`: the server sends what it has now (up to n), then a status
   message (404 No Messages, 408, 409) if it had fewer. nats-py's `fetch` waits out its timeout
   on an empty consumer, so the pull is spoken here. A reader with the doorbell hung pulls only
-  the priorities that rang (or were not seen empty lately); without it, every priority.
+  the priorities that may have mail (a message rang and has not come yet, or the priority was
+  not seen empty lately); without it, every priority.
+- A `no_wait` pull is refused with 404 from the consumer's count of pending messages, which the
+  stream's signal loop raises after it has stored the message and sent its PubAck: on a loaded
+  machine a message can be stored for milliseconds while pulls of its consumer get 404 (seen
+  here 0.5 to 4 ms). With `expires` too, the request is not refused on that count: the
+  consumer reads the store itself and answers with what is there, or, if nothing is, with the
+  first message that comes (then 404), or with 408 when `expires` passes. A priority that rang
+  for a message not yet received is pulled that way.
 - An unacked message comes back after the consumer's `backoff` delays; after `max_deliver`
   deliveries the server publishes `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<c>`,
   which `DeadLetters` turns into a copy on `fleet.deadmail.<agent>.<priority>`, a deletion
@@ -38,12 +46,14 @@ log = logging.getLogger(__name__)
 
 CONSUMER_EXISTS = 10148  # JetStream API error: consumer already exists with another config
 PULL_TIMEOUT_S = 5.0
-# A pull that found a priority empty is trusted (that priority is not pulled again) until it
-# rings, for EMPTY_TRUST_S at most: a redelivery after a backoff rings no bell. A ring is sent
-# when the server routes a publish, a moment before the stream stores it, so a pull sent within
-# RING_GRACE_S of a ring on its priority proves nothing.
+# A pull that found a priority empty, with nothing rung there still to come, is trusted (that
+# priority is not pulled again) for EMPTY_TRUST_S at most: a redelivery after a backoff rings
+# no bell.
 EMPTY_TRUST_S = 0.5
-RING_GRACE_S = 0.05
+# How long a pull waits for a message that rang but has not come. It comes as soon as it is
+# stored; one that never does (read by another reader, past its TTL, a duplicate Nats-Msg-Id
+# the stream did not store) costs one such wait, and is then forgotten.
+IN_FLIGHT_WAIT_S = 0.1
 _encode = msgspec.json.Encoder().encode
 
 
@@ -95,28 +105,38 @@ def _ready(sub: Subscription) -> list[Msg]:
     return out
 
 
+def _key(msg: Msg) -> int:
+    """What a ring and the message a pull brings have in common: the payload, byte for byte."""
+    return hash(msg.data)
+
+
 @dataclass
 class Bell:
     """One agent's doorbell (a core subscription on `fleet.mail.<agent>.*`) and what it says.
 
     The server writes a ring to this connection when it routes a publish, before storing it,
     and answers a pull on the same connection: a ring for any message stored before a pull was
-    answered is therefore received before that answer."""
+    answered is therefore received before that answer. So a reader knows, per priority, which
+    messages rang and have not come yet (`due`): until they come, lower ones are not handed
+    out. (With the publisher on another connection, the server routes the ring and the
+    stream's copy in one pass, so a ring may rarely come after its message: it is then due
+    until one pull has waited IN_FLIGHT_WAIT_S for it.)"""
 
     sub: Subscription
-    rings: list[int] = field(default_factory=lambda: [0] * len(subjects.PRIORITIES))
-    last_ring: list[float] = field(default_factory=lambda: [0.0] * len(subjects.PRIORITIES))
-    # per rank: (rings counted, monotonic time) when a pull sent then found the priority empty
-    empty: list[tuple[int, float] | None] = field(
-        default_factory=lambda: [None] * len(subjects.PRIORITIES)
+    # per rank: payload hash -> (copies rung and not yet pulled, monotonic time of the first)
+    due: list[dict[int, tuple[int, float]]] = field(
+        default_factory=lambda: [{} for _ in subjects.PRIORITIES]
     )
+    # per rank: monotonic time when a pull found the priority empty with nothing due
+    empty: list[float | None] = field(default_factory=lambda: [None] * len(subjects.PRIORITIES))
     held: list[Delivery] = field(default_factory=list)
 
     def ring(self, msg: Msg) -> None:
         rank = RANKS.get(msg.subject.rpartition(".")[2])
         if rank is not None:
-            self.rings[rank] += 1
-            self.last_ring[rank] = time.monotonic()
+            due, key = self.due[rank], _key(msg)
+            copies, since = due.get(key, (0, time.monotonic()))
+            due[key] = (copies + 1, since)
 
     def take_rings(self) -> int:
         rung = _ready(self.sub)
@@ -124,19 +144,33 @@ class Bell:
             self.ring(msg)
         return len(rung)
 
-    def may_have(self, rank: int, pulled_at: int, now: float) -> bool:
+    def came(self, rank: int, msgs: list[Msg]) -> None:
+        """Messages a pull of priority `rank` brought: no longer due. Take the rings first: a
+        message's ring is received before the answer that carries it."""
+        due = self.due[rank]
+        for msg in msgs:
+            key = _key(msg)
+            copies, since = due.get(key, (0, 0.0))
+            if copies > 1:
+                due[key] = (copies - 1, since)
+            elif copies:
+                del due[key]
+
+    def forget(self, rank: int, before: float) -> None:
+        """A pull waited for priority `rank` and nothing came: what rang there before it was
+        sent is not coming."""
+        due = self.due[rank]
+        for key in [k for k, (_, since) in due.items() if since < before]:
+            del due[key]
+
+    def may_have(self, rank: int, pulled: bool, now: float) -> bool:
         """Whether priority `rank` may hold mail this read has not pulled yet."""
-        if pulled_at >= 0:  # pulled in this read: again only if it rang since
-            return self.rings[rank] > pulled_at
-        known = self.empty[rank]
-        if known is None:
+        if self.due[rank]:
             return True
-        rings, at = known
-        return (
-            self.rings[rank] != rings
-            or now - at > EMPTY_TRUST_S
-            or at - self.last_ring[rank] < RING_GRACE_S
-        )
+        if pulled:  # pulled in this read, and every message that rang there has come
+            return False
+        known = self.empty[rank]
+        return known is None or now - known > EMPTY_TRUST_S
 
 
 @dataclass
@@ -150,9 +184,12 @@ class Pulls:
     # delivers a pulled message with its own subject, so a shared inbox could not route it.
     _pulls: dict[str, tuple[str, Subscription, asyncio.Lock]] = field(default_factory=dict)
 
-    async def pull(self, agent_id: str, priority: str, batch: int) -> tuple[list[Msg], bool]:
+    async def pull(
+        self, agent_id: str, priority: str, batch: int, wait_s: float = 0.0
+    ) -> tuple[list[Msg], bool]:
         """Up to `batch` messages of one priority, and whether the consumer ran out (a status
-        ended the answer: 404 no messages, 408, 409)."""
+        ended the answer: 404 no messages, 408, 409). With `wait_s`, the consumer's store is
+        read and, if it is empty, the first message stored within `wait_s` is waited for."""
         consumer = await self._consumer(agent_id, priority)
         inbox, sub, lock = self._pulls[consumer]
         api = f"$JS.API.CONSUMER.MSG.NEXT.{subjects.MAIL_STREAM}.{consumer}"
@@ -161,11 +198,13 @@ class Pulls:
             got = [msg for msg in _ready(sub) if not _is_status(msg)]
             if len(got) >= batch:
                 return got, False
-            want = batch - len(got)
-            await self.nc.publish(api, _encode({"batch": want, "no_wait": True}), reply=inbox)
+            ask: dict[str, int | bool] = {"batch": batch - len(got), "no_wait": True}
+            if wait_s > 0:
+                ask["expires"] = int(wait_s * 1e9)  # nanoseconds
+            await self.nc.publish(api, _encode(ask), reply=inbox)
             while True:
                 try:
-                    first = await sub.next_msg(timeout=PULL_TIMEOUT_S)
+                    first = await sub.next_msg(timeout=PULL_TIMEOUT_S + wait_s)
                 except TimeoutError as e:
                     if got:
                         return got, False
@@ -176,6 +215,14 @@ class Pulls:
                     got.append(msg)
                 if len(got) >= batch:
                     return got, False
+
+    async def ping(self, agent_id: str) -> None:
+        """One round trip to the server: the rings of mail stored before it was sent are
+        received before its answer, as they are before a pull's."""
+        try:
+            await self.nc.flush(int(PULL_TIMEOUT_S))
+        except TimeoutError as e:
+            raise StoreUnavailable(f"no answer to a ping while reading mail for {agent_id}") from e
 
     async def _consumer(self, agent_id: str, priority: str) -> str:
         name = subjects.mail_consumer(agent_id, priority)

@@ -1,9 +1,11 @@
 """Reading mail: highest priority first, the doorbell that says what to pull, peeking, TTLs.
 
 A reader loops `read`, then `wait` when it got nothing. Once `wait` has hung the doorbell, a
-read pulls only the priorities that may have mail (infra/mailpull.py says how that is known);
-without it, every priority is pulled in order. A message whose `sent_at + ttl_s` has passed
-is acked and dropped, as if the server had dropped it already (header `Nats-TTL`).
+read pulls only the priorities that may have mail and hands out nothing while a higher
+priority has a message that rang and has not come (infra/mailpull.py says how that is known
+and why a pull must wait for it); without it, every priority is pulled in order. A message
+whose `sent_at + ttl_s` has passed is acked and dropped, as if the server had dropped it
+already (header `Nats-TTL`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
-from infra.mailpull import Bell, Delivery, MailPolicy, Pulls, rank_of
+from infra.mailpull import IN_FLIGHT_WAIT_S, Bell, Delivery, MailPolicy, Pulls, rank_of
 from schemas import mail as m
 from schemas import subjects
 from schemas.errors import FleetError
@@ -25,6 +27,21 @@ from schemas.errors import FleetError
 log = logging.getLogger(__name__)
 
 MAX_PULLS_PER_READ = 12
+
+
+def _next_pull(
+    bell: Bell, got: list[Delivery], limit: int, pulled: list[bool], now: float
+) -> int | None:
+    """The rank to pull next, `got` sorted: the highest that may hold mail for this batch. One
+    pulled already in this read is pulled again only for mail that rang and has not come, and
+    only if that mail would go before something in the batch, or the batch is empty: mail of
+    the batch's own priority or a lower one is left for the next read, not waited for."""
+    worst = rank_of(got[limit - 1]) if len(got) >= limit else len(subjects.PRIORITIES)
+    lowest = rank_of(got[-1]) if got else len(subjects.PRIORITIES)
+    for rank in range(worst):
+        if bell.may_have(rank, pulled[rank], now) and (not pulled[rank] or rank < lowest):
+            return rank
+    return None
 
 
 @dataclass
@@ -40,9 +57,10 @@ class MailReader:
     async def read(self, agent_id: str, limit: int = 1) -> list[Delivery]:
         """Up to `limit` messages for `agent_id`, highest priority first, not yet acked.
 
-        With the doorbell hung (`wait`), only priorities that may have mail are pulled and a
-        priority that rang while a lower one was pulled is pulled again before anything is
-        handed out; without it, every priority is pulled in order."""
+        With the doorbell hung (`wait`), only priorities that may have mail are pulled, and
+        nothing is handed out while a higher priority has a message that rang and has not come
+        (its pull waits for it, up to IN_FLIGHT_WAIT_S); without it, every priority is pulled
+        in order."""
         bell = self._doorbells.get(agent_id)
         if bell is not None:
             return await self._read_hinted(agent_id, limit, bell)
@@ -56,32 +74,47 @@ class MailReader:
 
     async def _read_hinted(self, agent_id: str, limit: int, bell: Bell) -> list[Delivery]:
         got, bell.held = bell.held, []
-        pulled = [-1] * len(subjects.PRIORITIES)  # rings counted when pulled in this read
+        pulled = [False] * len(subjects.PRIORITIES)
         top = len(subjects.PRIORITIES)  # the lowest priority that may be handed out, plus 1
         for pulls in range(MAX_PULLS_PER_READ + 1):
             bell.take_rings()
             got.sort(key=rank_of)
-            worst = rank_of(got[limit - 1]) if len(got) >= limit else len(subjects.PRIORITIES)
             now = time.monotonic()
-            rank = next((r for r in range(worst) if bell.may_have(r, pulled[r], now)), None)
+            rank = _next_pull(bell, got, limit, pulled, now)
+            if rank is None and got and pulls == 0:
+                # Only held mail to hand out: the rings of what was stored before this read
+                # may still be on the way, and a round trip brings them.
+                await self._pulls.ping(agent_id)
+                continue
             if rank is None:
                 break
             if pulls == MAX_PULLS_PER_READ:  # still ringing: hand out nothing it could overtake
                 top = rank + 1
                 break
-            pulled[rank] = bell.rings[rank]
-            priority = subjects.PRIORITIES[rank]
-            room = limit - sum(1 for d in got if rank_of(d) <= rank)
-            msgs, short = await self._pulls.pull(agent_id, priority, room)
-            bell.empty[rank] = (pulled[rank], now) if short else None
-            fresh = await self._open_all(agent_id, priority, msgs)
-            seqs = {d.item.seq for d in fresh}  # a held message the server sent again
-            got = [d for d in got if d.item.seq not in seqs or d.item.priority != priority]
-            got.extend(fresh)
+            got = await self._pull_hinted(agent_id, limit, bell, rank, got, now)
+            pulled[rank] = True
         out = [d for d in got if rank_of(d) < top][:limit]
         # pulled while checking a higher priority, or behind one still ringing: handed out later
         bell.held = got[len(out) :]
         return out
+
+    async def _pull_hinted(
+        self, agent_id: str, limit: int, bell: Bell, rank: int, got: list[Delivery], now: float
+    ) -> list[Delivery]:
+        """`got` with what one pull of priority `rank` brought (waiting for what is due)."""
+        priority = subjects.PRIORITIES[rank]
+        room = limit - sum(1 for d in got if rank_of(d) <= rank)
+        wait_s = IN_FLIGHT_WAIT_S if bell.due[rank] else 0.0
+        msgs, short = await self._pulls.pull(agent_id, priority, room, wait_s)
+        bell.take_rings()  # the rings of what came, received before it
+        bell.came(rank, msgs)
+        if short and wait_s and not msgs:
+            bell.forget(rank, now)
+        bell.empty[rank] = now if short and not bell.due[rank] else None
+        fresh = await self._open_all(agent_id, priority, msgs)
+        seqs = {d.item.seq for d in fresh}  # a held message the server sent again
+        kept = [d for d in got if d.item.seq not in seqs or d.item.priority != priority]
+        return kept + fresh
 
     async def _open_all(self, to: str, priority: str, msgs: list[Msg]) -> list[Delivery]:
         now = datetime.now(UTC)
@@ -111,7 +144,7 @@ class MailReader:
             await self.nc.flush()
             self._doorbells[agent_id] = Bell(sub)
             return True  # mail may have come before the bell was hung: read again first
-        if bell.take_rings():
+        if bell.take_rings() or any(bell.due):  # rang, or rang and not read yet
             return True
         try:
             bell.ring(await bell.sub.next_msg(timeout=timeout))

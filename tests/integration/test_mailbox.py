@@ -15,11 +15,11 @@ from nats.aio.msg import Msg
 from infra import registry
 from infra.deadletters import DeadLetters
 from infra.mailbox import Mailbox
-from infra.mailpull import Delivery, MailPolicy
+from infra.mailpull import Delivery, MailPolicy, Pulls
 from schemas import subjects
 from schemas.discovery import RegistryEntry
 from schemas.errors import MailTimeout, PayloadTooLarge, RateLimited
-from schemas.mail import MAX_BODY_BYTES, DeadLetterNotice, MailMessage
+from schemas.mail import MAX_BODY_BYTES, DeadLetterNotice, MailMessage, decode
 
 
 def msg(body: str, sender: str = "alice", **fields: object) -> MailMessage:
@@ -198,3 +198,51 @@ async def test_a_reader_with_the_doorbell_skips_empty_priorities_but_never_misse
         rest.extend(await box.read("ivy", 50))
     assert [d.item.body for d in rest] == [f"low {i}" for i in range(19, 100)]
     await box.close()
+
+
+async def test_mail_stored_while_a_pull_waits_comes_in_that_pull(nc: Client) -> None:
+    pulls = Pulls(nc, nc.jetstream(), MailPolicy())
+    assert await pulls.pull("kim", "high", 10) == ([], True)  # creates the consumer
+    waiting = asyncio.create_task(pulls.pull("kim", "high", 10, wait_s=5.0))
+    await asyncio.sleep(0.05)  # let the pull reach the server first (passes either way)
+    await Mailbox(nc).send("kim", msg("late"), "high")
+    got, short = await asyncio.wait_for(waiting, 30)
+    assert [decode(m.data).body for m in got] == ["late"] and short
+    assert await pulls.pull("kim", "high", 10, wait_s=0.05) == ([], True)  # 408 when nothing
+    await pulls.close()
+
+
+async def test_mail_published_without_waiting_for_its_store_still_goes_first(nc: Client) -> None:
+    """A core publish is routed (it rings) before it is stored, and a pull may be told 404 for
+    a moment even after the store: the read that has the ring waits for the message rather
+    than hand out the lower mail it has."""
+    box, sender = Mailbox(nc), Mailbox(nc)
+    assert await box.wait("lou", 0)
+    await sender.send_many([("lou", msg(f"low {i}"), "low") for i in range(100)])
+    for round_ in range(20):
+        first = await box.read("lou", 1)
+        critical = msgspec.json.encode(msg(f"c{round_}"))
+        await nc.publish(subjects.mail("lou", "critical"), critical)
+        await nc.flush()  # routed: its ring comes before the PONG
+        got = await box.read("lou", 5)
+        assert [d.item.body for d in got][:2] == [f"c{round_}", f"low {5 * round_ + 1}"]
+        for d in first + got:
+            await d.ack()
+    await box.close()
+
+
+async def test_a_ring_whose_mail_another_reader_took_holds_nothing_back(nc: Client) -> None:
+    box, other = Mailbox(nc), Mailbox(nc)
+    assert await box.wait("max", 0)
+    for i in range(3):
+        await box.send("max", msg(f"low {i}"), "low")
+    await box.send("max", msg("fire!"), "critical")
+    taken = await other.next("max")  # another reader (no doorbell) takes the critical one
+    assert taken is not None and taken.body == "fire!"
+    got = await box.read("max", 10)  # its pull waits once for "fire!", then forgets it
+    assert [d.item.body for d in got] == ["low 0", "low 1", "low 2"]
+    for d in got:
+        await d.ack()
+    assert await box.read("max", 10) == []
+    await box.close()
+    await other.close()
