@@ -120,9 +120,15 @@ class Hub:
         wanted = [a for v in request.query.getall("agent", []) for a in v.split(",") if a]
         agents = frozenset(subjects.token(a) for a in wanted) or None
         ws = web.WebSocketResponse(heartbeat=30)
-        await ws.prepare(request)
         listener = Listener(ws, agents)
+        # Listening before the handshake is answered: whatever happens once a client is
+        # connected reaches it (it is buffered until the writer starts).
         self.add(listener)
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            self.remove(listener)
+            raise
         writer = asyncio.create_task(_write(listener))
         try:
             async for msg in ws:  # the client says nothing we act on; this notices it leaving

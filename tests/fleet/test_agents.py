@@ -35,7 +35,7 @@ async def answered_anew(nc: Client, agent_id: str, old_pid: int, what: str) -> d
             return None
         return shown if shown["agent"]["actor"]["pid"] != old_pid else None
 
-    found: dict = await until(back, what, timeout=10)
+    found: dict = await until(back, what, timeout=90)  # a Ray worker restart, loaded
     return found
 
 

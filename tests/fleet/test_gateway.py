@@ -69,11 +69,10 @@ async def test_the_log_and_live_events_filtered_by_agent(
         "lifecycle.changed",
     ]
     url = gw.url + "/ws/events?agent=a1&token=" + gw.tokens["viewer"]
-    async with http.ws_connect(url) as ws:
-        await asyncio.sleep(0.05)  # the subscription is the gateway's; the listener is now in
+    async with http.ws_connect(url) as ws:  # connected: its listener is in (gateway_events)
         await gw.append("a2", *created("a2"))
         await gw.append("a1", activity("a1", Activity.AWAITING_INPUT, "Proceed? [y/n]"))
-        msg = await ws.receive_json(timeout=5)
+        msg = await ws.receive_json(timeout=30)
     assert [(x["agent_id"], x["type"]) for x in msg["events"]] == [("a1", "activity.changed")]
     assert msg["events"][0]["detail"] == "Proceed? [y/n]"
 

@@ -193,7 +193,7 @@ async def test_health_report_and_samples_live_and_at_rest(
         await bus.flush()
         seen: list[dict[str, Any]] = []
         while not any(s["sample"]["cpu_percent"] == 42.5 for s in seen):
-            msg = await ws.receive_json(timeout=5)
+            msg = await ws.receive_json(timeout=30)
             seen.extend(msg.get("health", []))
     assert {s["agent"] for s in seen} == {"h1"}  # the filter holds for samples too
     status, body = await get_json(http, gw.url + "/api/health", gw.headers("viewer"))

@@ -113,7 +113,7 @@ async def test_request_and_response_between_agents(nc: Client) -> None:
         await answerer.reply(got[0].item, f"echo {got[0].item.body}", "frank")
 
     server = asyncio.create_task(serve())
-    answer = await asker.request("frank", msg("ping"), timeout=5)
+    answer = await asker.request("frank", msg("ping"), timeout=30)
     await server
     assert (answer.from_, answer.body) == ("frank", "echo ping")
     with pytest.raises(MailTimeout):

@@ -151,7 +151,7 @@ async def test_the_control_plane_does_everything_the_fleet_needs(control: Client
         await msg.respond(b"pong")
 
     sub = await control.subscribe(subjects.command("b1"), cb=pong)
-    assert (await control.request(subjects.command("b1"), b"ping", timeout=2)).data == b"pong"
+    assert (await control.request(subjects.command("b1"), b"ping", timeout=30)).data == b"pong"
     await sub.unsubscribe()
 
 
@@ -161,7 +161,7 @@ async def test_an_agent_reads_its_commands_and_writes_its_log(control: Client, a
 
     await a1.nc.subscribe(subjects.command("a1"), cb=answer)
     await a1.nc.flush()
-    reply = await control.request(subjects.command("a1"), b"pause", timeout=2)
+    reply = await control.request(subjects.command("a1"), b"pause", timeout=30)
     assert reply.data == b"done: pause"
     ack = await a1.nc.jetstream().publish(subjects.events("a1"), b'{"type":"x"}')
     stored = await control.jetstream().get_msg(subjects.EVENTS_STREAM, ack.seq)

@@ -19,7 +19,7 @@ async def test_started_server_serves_clients(nats_server: NatsServer) -> None:
     try:
         sub = await nc.subscribe("t.echo")
         await nc.publish("t.echo", b"hi")
-        msg = await sub.next_msg(timeout=5)
+        msg = await sub.next_msg(timeout=30)
         assert msg.data == b"hi"
     finally:
         await nc.close()
