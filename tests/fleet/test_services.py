@@ -215,9 +215,10 @@ async def test_a_restarted_actor_adopts_its_running_services(
 
     async def healthy_api() -> dict[str, Any] | None:
         found = await services(nc, "r1")
-        return found if found.get("api", {}).get("healthy") else None
+        worker = found.get("worker", {}).get("state") == "running"  # it waits for a healthy api
+        return found if found.get("api", {}).get("healthy") and worker else None
 
-    before = await until(healthy_api, "api healthy")
+    before = await until(healthy_api, "api healthy and its worker running")
     actor_pid = reply["agent"]["actor"]["pid"]
     os.kill(actor_pid, signal.SIGKILL)  # Ray runs the constructor again: it re-adopts
 
