@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
+from infra import natsimport
 from infra.natsauth import without_userinfo
 from schemas import subjects
 from schemas.discovery import BUCKET_TTL_S
@@ -91,6 +92,7 @@ async def connect(
     (infra/natsauth.py), the only one its permissions let it read.
     """
     servers = [u.strip() for u in url.split(",") if u.strip()]  # a cluster: "nats://a,nats://b"
+    natsimport.for_url(url)  # a ws:// server needs the aiohttp an actor imports nats-py without
     extra = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}
     shown = without_userinfo(url)  # never print a password
     watch = _Reconnects(name, shown, loud=reconnect)
