@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from actors import checkpoints, confine, creds, ports, recovery, services
-from infra import procs, secretstore
+from infra import pidfd, procs, secretstore
 from infra.templates import agent_profile
 from infra.worktree import WorktreeInfo, Worktrees
 from schemas import commands as c
 from schemas import events as e
-from schemas.errors import FleetError, WorktreeHasWork
+from schemas.errors import FleetError, SessionMissing, WorktreeHasWork
 from schemas.states import Lifecycle
 
 if TYPE_CHECKING:
@@ -184,9 +184,8 @@ async def stop(
     reason = s.reason or "stop"
     await checkpoints.take_auto(actor, "stop", reason)  # never raises: a stop goes on
     try:
-        live = bool(s.tmux_session) and await run(actor.tmux.has_session, s.tmux_session)
         await services.stop(actor, polite)  # dependents first, before the session ends
-        if live:
+        if s.tmux_session:
             await _end_session(actor, s.tmux_session, polite)
         await ports.release(actor)
         await creds.revoke(actor)  # its connections are closed: nothing of it talks any more
@@ -199,37 +198,58 @@ async def stop(
 
 
 async def _end_session(actor: AgentActor, session: str, polite: bool) -> None:
+    """The assistant's own quit (if polite), then the rest as `_close` ends it. A session that
+    is gone already (its tmux server died) has nothing left to end or to record."""
     cfg, tmux = actor.config, actor.tmux
-    await run(tmux.signal_panes, session, signal.SIGCONT)  # a paused agent cannot quit
+    try:
+        panes = await run(tmux.live_panes, session)
+    except SessionMissing:
+        return
+    pids = [pid for _, pid in panes]
+    await run(procs.signal_groups, pids, signal.SIGCONT, pids)  # a paused agent cannot quit
     if polite:
         # The assistant's own quit first; its quit keys if that was not enough.
+        agent = next((pid for window, pid in panes if window == "agent"), None)
         profile = agent_profile(actor.state)
         half = cfg.polite_timeout_s / 2
         if profile.quit_text:
             await run(tmux.send_text, session, "agent", profile.quit_text, True)
-            if await _wait_for_exit(tmux, session, half):
-                return await _close(actor, session, polite)
+            if await _wait_for_exit(tmux, session, agent, half):
+                return await _close(actor, session, pids, polite)
         if profile.quit_keys:
             await run(tmux.send_keys, session, "agent", list(profile.quit_keys))
-        await _wait_for_exit(tmux, session, half)
-    await _close(actor, session, polite)
+        await _wait_for_exit(tmux, session, agent, half)
+    await _close(actor, session, pids, polite)
 
 
-async def _close(actor: AgentActor, session: str, polite: bool) -> None:
-    """SIGTERM, then SIGKILL, every process left in the session; then the session itself."""
+async def _close(actor: AgentActor, session: str, pids: list[int], polite: bool) -> None:
+    """SIGTERM, then SIGKILL, every process under the session's panes (`pids`, listed before
+    the quit; `kill_session` ends any pane opened since); then the session itself."""
     cfg, tmux = actor.config, actor.tmux
-    pids = await run(tmux.pane_pids, session)
     term = cfg.term_timeout_s if polite else 0.5
-    await run(procs.terminate_tree, pids, term, cfg.term_timeout_s)
-    await run(tmux.kill_session, session)
+    await run(_terminate_and_kill, tmux, session, pids, term, cfg.term_timeout_s)
     closed = e.SessionClosed(
         socket=tmux.socket_name, session=session, reason="stopped", **_meta(actor)
     )
     await actor.record([closed])
 
 
-async def _wait_for_exit(tmux: Tmux, session: str, timeout: float) -> bool:
-    """Poll until the assistant's pane is dead (tmux has no event to wait on), or time out."""
+def _terminate_and_kill(
+    tmux: Tmux, session: str, pids: list[int], term: float, kill: float
+) -> None:
+    procs.terminate_tree(pids, term, kill)
+    tmux.kill_session(session)
+
+
+async def _wait_for_exit(tmux: Tmux, session: str, pid: int | None, timeout: float) -> bool:
+    """Until the assistant's pane process (`pid`; None: dead already) exits, or time out. Its
+    pidfd wakes us the moment it exits; tmux is polled only where pidfds are refused."""
+    if pid is None:
+        return True
+    try:
+        return await pidfd.wait_exit(pid, timeout)
+    except OSError:  # no pidfds here (an old kernel, a seccomp filter)
+        pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if await run(tmux.pane_dead, session, "agent"):
