@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from actors import checkpoints, confine, creds, ports, recovery, services
-from infra import pidfd, procs, secretstore
+from infra import heap, pidfd, procs, secretstore
 from infra.templates import agent_profile
 from infra.worktree import WorktreeInfo, Worktrees
 from schemas import commands as c
@@ -136,6 +136,7 @@ async def bring_up(actor: AgentActor) -> None:
         await actor._fail(f"spawn failed: {err}")
         raise
     actor._start_monitor()
+    heap.give_back()  # what the spawn freed: an idle agent's memory is what it keeps
 
 
 def _recording_paths(actor: AgentActor) -> dict[str, Path]:
