@@ -108,7 +108,12 @@ def agent_permissions(agent_id: str) -> dict[str, Any]:
 
 
 def new_password() -> str:
-    return secrets.token_urlsafe(32)  # letters, digits, '-' and '_': safe in a URL as is
+    """A letter, then 48 hex digits: safe in a URL as is, and read as a string wherever
+    nats-server's config parser meets it. An unquoted `$VAR` in a config (the deployment
+    guide's auth.conf) is lexed by its value: one that starts with digits and a '-' is taken
+    for a date and the server does not start ("ISO8601 dates must be in full Zulu form"),
+    which a token_urlsafe password did now and then (a digit and a "-" first: ~1 in 400)."""
+    return "p" + secrets.token_hex(24)
 
 
 def hash_password(password: str, rounds: int = BCRYPT_ROUNDS) -> str:
