@@ -1,5 +1,5 @@
 """Ending process trees: exits are seen as they happen (a pidfd each), or by polling without
-pidfds; trees with many roots come from one pass over /proc."""
+pidfds; a tree is read from its processes' children files, or from one pass over /proc."""
 
 from __future__ import annotations
 
@@ -62,3 +62,15 @@ def test_terminate_tree_ends_every_root_of_one_pass(start: Start) -> None:
     report = procs.terminate_tree(pids, polite_timeout=30, term_timeout=5)
     assert sorted(report.terminated) == sorted(p.pid for p in tree) and report.killed == []
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree)
+
+
+def test_tree_from_children_files_is_the_tree_of_one_pass(
+    start: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert procs._CHILDREN_FILES  # Linux with CONFIG_PROC_CHILDREN, as every CI kernel
+    roots = [start("sleep 1000 & (sleep 1000 & wait) & wait").pid, start("sleep 1000").pid]
+    wait_until(lambda: len(procs.tree(roots)) == 6, "two shells and what they started")
+    walked = [p.pid for p in procs.tree(roots)]
+    monkeypatch.setattr(procs, "_CHILDREN_FILES", False)
+    assert sorted(p.pid for p in procs.tree(roots)) == sorted(walked)
+    assert walked[0] == roots[0] and procs.tree([2**22 + 12345]) == []
