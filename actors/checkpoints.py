@@ -95,8 +95,15 @@ async def take(
     ref = ref_for(s.agent_id, n)
     log_seq = actor.position.seq  # the last event before this checkpoint
     index = _folder(actor) / "index"  # kept: the next checkpoint re-hashes only what changed
-    commit = await steps.run(steps.worktrees(actor).save_to_ref, s.worktree, ref, index)
-    scrollback = await steps.run(_save_scrollback, actor, n)
+    # The scrollback is read while git saves: neither waits for the other (a stop waits for both).
+    reading = asyncio.ensure_future(steps.run(_save_scrollback, actor, n))
+    try:
+        commit = await steps.run(steps.worktrees(actor).save_to_ref, s.worktree, ref, index)
+    except BaseException:
+        await asyncio.gather(reading, return_exceptions=True)
+        _scrollback_path(actor, n).unlink(missing_ok=True)  # no checkpoint: no scrollback of it
+        raise
+    scrollback = await reading
     meta = steps._meta(actor, cause) | ({"actor": by} if by else {})
     taken = e.CheckpointTaken(
         checkpoint=n,

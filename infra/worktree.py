@@ -179,15 +179,18 @@ class Worktrees:
         # Few processes: a checkpoint's time is mostly theirs. `update-ref` checks the ref's
         # name (git check-ref-format rules) before it writes anything.
         real_index = self._index_path(path)
-        identity = self._identity(path)
-        with tempfile.TemporaryDirectory(prefix="fleet-index-") as tmp:
-            index = Path(index_file) if index_file is not None else Path(tmp) / "index"
-            if real_index.exists() and not index.exists():
-                index.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(real_index, index)
-            env = {"GIT_INDEX_FILE": str(index), **identity}
-            self._git("stage the worktree", path, "add", "-A", **env)
-            tree = self._git("write a tree", path, "write-tree", **env)
+        asked = _ask_identity(path)  # read before the commit: git stages meanwhile
+        try:
+            with tempfile.TemporaryDirectory(prefix="fleet-index-") as tmp:
+                index = Path(index_file) if index_file is not None else Path(tmp) / "index"
+                if real_index.exists() and not index.exists():
+                    index.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(real_index, index)
+                env = {"GIT_INDEX_FILE": str(index)}  # staging needs no identity; the commit does
+                self._git("stage the worktree", path, "add", "-A", **env)
+                tree = self._git("write a tree", path, "write-tree", **env)
+        finally:
+            identity = _identity(asked)  # its answer, and the process reaped, whatever happened
         message = f"fleet: saved state of {Path(path).name}"
         sha = self._git(
             "commit the state", path, "commit-tree", tree, "-p", "HEAD", "-m", message, **identity
@@ -312,20 +315,36 @@ class Worktrees:
     def _main_head(self) -> str:
         return self._git("read HEAD", self.main, "rev-parse", "HEAD")
 
-    def _identity(self, path: str | Path) -> dict[str, str]:
-        """Author/committer env only where neither git config nor env names one (bare CI)."""
-        env: dict[str, str] = {}
-        try:  # one process for both keys; exit status 1 when neither is set
-            out = self._git("read user.*", path, "config", "--get-regexp", r"^user\.(name|email)$")
-        except GitFailed:
-            out = ""
-        found = {line.split(" ", 1)[0] for line in out.splitlines()}
-        for key, part in (("user.name", "NAME"), ("user.email", "EMAIL")):
-            if key not in found:
-                for var in (f"GIT_AUTHOR_{part}", f"GIT_COMMITTER_{part}"):
-                    if var not in os.environ:
-                        env[var] = _IDENTITY[var]
-        return env
+
+def _ask_identity(path: str | Path) -> subprocess.Popen[bytes] | None:
+    """Start reading user.name and user.email (one process for both keys); `_identity` reads
+    its answer. None when git cannot even start there."""
+    try:
+        return subprocess.Popen(
+            ["git", "config", "--get-regexp", r"^user\.(name|email)$"],
+            cwd=path,
+            env={**os.environ, "LANGUAGE": "C", "LC_ALL": "C"},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError:
+        return None
+
+
+def _identity(asked: subprocess.Popen[bytes] | None) -> dict[str, str]:
+    """Author/committer env only where neither git config nor env names one (bare CI)."""
+    out = asked.communicate()[0].decode(errors="replace") if asked is not None else ""
+    if asked is not None and asked.returncode != 0:
+        out = ""  # exit status 1 when neither is set
+    found = {line.split(" ", 1)[0] for line in out.splitlines()}
+    env: dict[str, str] = {}
+    for key, part in (("user.name", "NAME"), ("user.email", "EMAIL")):
+        if key not in found:
+            for var in (f"GIT_AUTHOR_{part}", f"GIT_COMMITTER_{part}"):
+                if var not in os.environ:
+                    env[var] = _IDENTITY[var]
+    return env
 
 
 def common_dir(worktree: str | Path) -> str:

@@ -167,3 +167,22 @@ def test_many_adds_at_once_in_one_repo_all_succeed(trees: Worktrees) -> None:
     assert sorted(str(w.branch) for w in trees.list_fleet_worktrees()) == [
         f"fleet/{n}" for n in names
     ]
+
+
+def test_save_to_ref_names_the_user_or_else_fleetd(
+    trees: Worktrees, git_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = trees.add("a1", "a1", "main")
+    sha = trees.save_to_ref(path, "refs/fleet/saved/a1/t1")
+    assert git(path, "log", "-1", "--format=%an <%ae>", sha) == "Fleet Test <test@fleet.invalid>"
+    git(git_repo, "config", "--unset", "user.name")
+    git(git_repo, "config", "--unset", "user.email")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.gitconfig either
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    for var in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
+        monkeypatch.delenv(var, raising=False)
+    sha = trees.save_to_ref(path, "refs/fleet/saved/a1/t2")
+    assert (
+        git(path, "log", "-1", "--format=%an <%ae> %cn", sha) == "fleetd <fleetd@localhost> fleetd"
+    )
