@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode
 # Refusals that say "not now" rather than "no": the same command may succeed when retried.
 RETRY_CODES = frozenset(
-    {"concurrent_update", "rate_limited", "internal", "store_unavailable", "timeout"}
+    {"busy", "concurrent_update", "rate_limited", "internal", "store_unavailable", "timeout"}
 )
 GONE = "unknown_agent"
 
