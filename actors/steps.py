@@ -202,19 +202,20 @@ async def _end_session(actor: AgentActor, session: str, polite: bool) -> None:
     """The assistant's own quit (if polite), then the rest as `_close` ends it. A session that
     is gone already (its tmux server died) has nothing left to end or to record."""
     cfg, tmux = actor.config, actor.tmux
+    # The assistant's own quit first (typed in the call that lists the panes), its quit keys if
+    # that was not enough.
+    profile = agent_profile(actor.state) if polite else None
+    typed = ("agent", profile.quit_text) if profile is not None and profile.quit_text else None
     try:
-        panes = await run(tmux.live_panes, session)
+        panes = await run(tmux.live_panes, session, typed)
     except SessionMissing:
         return
     pids = [pid for _, pid in panes]
     await run(procs.signal_groups, pids, signal.SIGCONT, pids)  # a paused agent cannot quit
-    if polite:
-        # The assistant's own quit first; its quit keys if that was not enough.
+    if profile is not None:
         agent = next((pid for window, pid in panes if window == "agent"), None)
-        profile = agent_profile(actor.state)
         half = cfg.polite_timeout_s / 2
-        if profile.quit_text:
-            await run(tmux.send_text, session, "agent", profile.quit_text, True)
+        if typed is not None:
             if await _wait_for_exit(tmux, session, agent, half):
                 return await _close(actor, session, pids, polite)
         if profile.quit_keys:

@@ -325,13 +325,28 @@ class Tmux:
                 found.setdefault(session, []).append(int(pid))
         return found
 
-    def live_panes(self, session: str) -> list[tuple[str, int]]:
-        """(window name, pid) of every live pane of the session, in one tmux call."""
+    def live_panes(
+        self, session: str, typing: tuple[str, str] | None = None
+    ) -> list[tuple[str, int]]:
+        """(window name, pid) of every live pane of the session, in one tmux call.
+
+        `typing` (window, text): then `send_text` of that text and Enter, in the same call when
+        it is short (a polite stop's quit). A process stopped meanwhile reads it once it is
+        continued: the text waits in its terminal.
+        """
+        typed: list[str] = []
+        window, text = typing or ("", "")
+        if text and len(text.encode()) <= SEND_KEYS_MAX:
+            target = self._target(session, window)
+            typed = [_SEP, "send-keys", "-t", target, "-l", "--", text]
+            typed += [_SEP, "send-keys", "-t", target, "Enter"]
         lines = self._run(
             "list panes of", session,
             "list-panes", "-s", "-t", f"={_session_name(session)}:",
-            "-F", "#{pane_dead} #{pane_pid} #{window_name}",
+            "-F", "#{pane_dead} #{pane_pid} #{window_name}", *typed,
         )  # fmt: skip
+        if typing is not None and not typed:
+            self.send_text(session, window, text)
         panes = [ln.split(" ", 2) for ln in lines]
         return [(window, int(pid)) for dead, pid, window in panes if dead == "0"]
 

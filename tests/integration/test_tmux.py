@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from infra import procs
-from infra.tmux import Tmux
+from infra.tmux import SEND_KEYS_MAX, Tmux
 from schemas.errors import InvalidName, SessionMissing, TmuxFailed
 from tests.integration.conftest import wait_until
 
@@ -168,6 +168,16 @@ def test_live_panes_name_their_windows(tmux: Tmux, tmp_path: Path) -> None:
     panes = tmux.live_panes(S)
     assert [window for window, _ in panes] == ["services", "monitor"]
     assert [pid for _, pid in panes] == tmux.pane_pids(S)
+
+
+def test_live_panes_can_type_into_a_window_in_the_same_call(tmux: Tmux, tmp_path: Path) -> None:
+    tmux.create_session(S, tmp_path, {}, command_for_agent="cat")
+    panes = tmux.live_panes(S, ("agent", "typed-once;"))
+    assert [window for window, _ in panes] == ["agent", "services", "monitor"]
+    wait_until(lambda: tmux.capture(S, "agent").count("typed-once;") == 2, "the line, echoed")
+    long = "y" * (SEND_KEYS_MAX + 10)  # too long for one send-keys: typed through a paste
+    assert tmux.live_panes(S, ("agent", long)) == panes
+    wait_until(lambda: long in tmux.capture(S, "agent").replace("\n", ""), "the long line")
 
 
 def test_kill_session_leaves_no_process(tmux: Tmux, tmp_path: Path) -> None:
