@@ -109,15 +109,22 @@ async def every(period_s: float, stop: asyncio.Event, step: Callable[[], Awaitab
                 pass
 
 
-async def spawn_all(client: FleetClient, repo: Path, names: list[str]) -> None:
+async def spawn_all(client: FleetClient, repo: Path, names: list[str]) -> list[str]:
+    """Spawn every agent, a few at a time; the names that came up (a refused spawn is
+    logged with its sentence, and the run goes on without that agent)."""
     gate = asyncio.Semaphore(SPAWNING)
 
-    async def one(name: str) -> None:
+    async def one(name: str) -> str | None:
         async with gate:
             req = {"repo": str(repo), "name": name, "template": "load"}
-            await client.control("spawn", req, timeout=300)
+            try:
+                await client.control("spawn", req, timeout=300)
+            except FleetError as err:
+                log(f"load: spawn of {name} refused: {err}")
+                return None
+            return name
 
-    await asyncio.gather(*(one(n) for n in names))
+    return [n for n in await asyncio.gather(*(one(n) for n in names)) if n is not None]
 
 
 async def commands(client: FleetClient, names: list[str], tally: Tally, n: int) -> None:
@@ -320,17 +327,17 @@ async def run(root: Path, count: int, seconds: float) -> None:
         async with open_client(Settings.from_env(plane.env)) as client:
             await client.control("templates", {"op": "apply", "source": TEMPLATE, "file": "load"})
             t = time.perf_counter()
-            await spawn_all(client, make_repo(root), names)
-            log(f"load: {count} agents spawned in {time.perf_counter() - t:.1f} s")
+            names = await spawn_all(client, make_repo(root), names)
+            log(f"load: {len(names)} of {count} agents spawned in {time.perf_counter() - t:.1f} s")
         warm_s = knob("FLEET_BENCH_LOAD_WARMUP_S", min(60.0, seconds / 4))
         warm_until = time.monotonic() + warm_s
         cores = await load_phase(plane, names, tally, seconds)
         uss = await asyncio.to_thread(plane.uss)
-        recovery = await recover(plane, count)
+        recovery = await recover(plane, len(names))  # the agents that came up
         async with open_client(Settings.from_env(plane.env)) as client:
             events_lost, mail_lost = await lost(client, tally)
         report(count, tally, growth_pct(tally.rss, warm_until), cores, cpu_floor)
-        report_commands(count, tally, uss)
+        report_commands(count, tally, uss, len(names))
         emit(
             f"load_{count}_agents_lost",
             events_lost + mail_lost,
@@ -357,7 +364,7 @@ def p99(samples: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else float("nan")
 
 
-def report_commands(count: int, tally: Tally, uss: Uss) -> None:
+def report_commands(count: int, tally: Tally, uss: Uss, spawned: int) -> None:
     answered = len(tally.cmd_ms)
     emit(
         f"load_{count}_agents_unanswered",
@@ -365,7 +372,7 @@ def report_commands(count: int, tally: Tally, uss: Uss) -> None:
         "commands",
         0.0,
         f"of {answered + len(tally.unanswered)} sends, none answered within {CMD_TIMEOUT_S:g} s;"
-        f" {tally.busy} answered busy; target 0",
+        f" {tally.busy} answered busy; {spawned} of {count} agents spawned; target 0",
     )
     emit(
         f"load_{count}_agents_cmd_p99_ms",
@@ -377,7 +384,7 @@ def report_commands(count: int, tally: Tally, uss: Uss) -> None:
     )
     emit(
         f"load_{count}_agents_control_plane_uss_per_agent_mb",
-        uss.per_agent_mb(count),
+        uss.per_agent_mb(spawned),
         "MB",
         uss.base_worker_mb,
         f"control-plane USS {uss.total_mb:.0f} MB over {uss.processes} processes, less the "
