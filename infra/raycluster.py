@@ -182,7 +182,18 @@ def _end(procs: list[psutil.Process]) -> None:
 def start_daemon(state_dir: Path, *, num_cpus: int | None = None) -> RayDaemon:
     """`ray start --head` in a session of its own; recorded in `<state_dir>/ray.json`.
 
-    The GCS listens on every address; fleetd reaches it on loopback."""
+    The GCS listens on every address; fleetd reaches it on loopback. A start that fails is
+    tried once more: `ray start` gives its raylet a fixed 30 s to register ("The current
+    node timed out during startup ... the GCS has become overloaded"), which a loaded 2-core
+    machine can take, and a second start finds the files the first one loaded in memory."""
+    try:
+        return _start_daemon(state_dir, num_cpus)
+    except RayStartFailed as first:
+        log.warning("local Ray did not start (%s; see %s); again", first.reason, first.log_path)
+        return _start_daemon(state_dir, num_cpus)
+
+
+def _start_daemon(state_dir: Path, num_cpus: int | None) -> RayDaemon:
     port = _free_port()
     command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}",
                "--include-dashboard=false", "--disable-usage-stats"]  # fmt: skip
