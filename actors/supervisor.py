@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -65,6 +66,14 @@ class FleetConfig:
     pool_size: int = 2
     max_agents: int = 200
     agent_options: dict[str, Any] = field(default_factory=dict)  # e.g. Ray resources
+
+
+@functools.cache
+def agent_actor_class() -> Any:
+    """The Ray actor class of agents, made once: each `ray.remote(AgentActor)` is a new class
+    that Ray pickles and exports again when its first actor is made, 50-800 ms that blocked the
+    supervisor's event loop at every spawn and pool refill (the reply to the spawn waited)."""
+    return ray.remote(AgentActor)
 
 
 def agent_options(name: str, config: FleetConfig) -> dict[str, Any]:
@@ -142,9 +151,8 @@ class Supervisor:
 
     def _cold(self, agent_id: str, placed: dict[str, Any] | None = None) -> Any:
         """A new actor for the agent; `placed`: its template's Ray options (actors/placement.py)."""
-        remote: Any = ray.remote(AgentActor)
         options = {**agent_options(AGENT_PREFIX + agent_id, self.config), **(placed or {})}
-        return remote.options(**options).remote(self.config.agent, agent_id)
+        return agent_actor_class().options(**options).remote(self.config.agent, agent_id)
 
     async def _fill_pool(self) -> None:
         if self._filling:
@@ -158,9 +166,10 @@ class Supervisor:
     async def _top_up(self) -> None:
         while len(self.pool) < self.pool_target:
             slot = SLOT_PREFIX + secrets.token_hex(4)
-            remote: Any = ray.remote(AgentActor)
-            handle = remote.options(**agent_options(slot, self.config)).remote(
-                self.config.agent, None, slot.removeprefix(SLOT_PREFIX)
+            handle = (
+                agent_actor_class()
+                .options(**agent_options(slot, self.config))
+                .remote(self.config.agent, None, slot.removeprefix(SLOT_PREFIX))
             )
             await handle.agent_id.remote()  # wait until its worker runs
             if len(self.pool) >= self.pool_target:  # the target shrank meanwhile
