@@ -29,7 +29,6 @@ from actors.steplock import StepLock
 from infra import registry
 from infra.eventstore import EventStore
 from infra.nats import connect
-from infra.templates import agent_profile
 from infra.tmux import Tmux
 from schemas import commands as c
 from schemas import replies, subjects
@@ -39,6 +38,7 @@ from schemas.control import SpawnRequest, view
 from schemas.discovery import HEARTBEAT_S, RegistryEntry, entry
 from schemas.errors import ConcurrentUpdate, FleetError, UnknownAgent
 from schemas.events import AgentEvent
+from schemas.profiles import agent_profile
 from schemas.ratelimit import RateLimiter
 from schemas.states import LIVE, Lifecycle
 from schemas.templates import Template

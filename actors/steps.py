@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from actors import checkpoints, confine, creds, ports, recovery, services
 from infra import heap, pidfd, procs, secretstore
-from infra.templates import agent_profile
 from infra.worktree import WorktreeInfo, Worktrees
 from schemas import commands as c
 from schemas import events as e
 from schemas.errors import FleetError, SessionMissing, WorktreeHasWork
+from schemas.profiles import agent_profile
 from schemas.states import Lifecycle
 
 if TYPE_CHECKING:

@@ -26,12 +26,11 @@ import yaml
 
 from schemas import subjects
 from schemas import validation as v
-from schemas.agent import AgentState
 from schemas.assistants import BUILTIN as PROFILES
-from schemas.assistants import AssistantProfile, profile_for, with_patterns
+from schemas.assistants import with_patterns
 from schemas.errors import BadRequest, InvalidName, InvalidTemplate, UnknownTemplate
 from schemas.ports import env_key, lease_name
-from schemas.templates import Probe, Template, decode_spec
+from schemas.templates import Probe, Template
 
 MAX_EXTENDS_DEPTH = 16
 MAX_TEMPLATE_BYTES = 256 * 1024
@@ -359,25 +358,3 @@ def builtin(name: str) -> Template:
     if text is None:
         raise UnknownTemplate(name, builtin_names())
     return load(text, f"{name}.yaml")[0]
-
-
-def profile_of(template: Template | None, name: str, command: str = "") -> AssistantProfile:
-    """The screen profile for activity detection: the template's assistant profile with its
-    overrides, or (an agent recorded before templates were kept) the profile named `name`."""
-    if template is None:
-        return profile_for(name, command or None)
-    a = template.assistant
-    profile = with_patterns(PROFILES[a.profile], dict(a.patterns))
-    changes: dict[str, Any] = {"command": command or a.command}
-    if a.quit_text is not None:
-        changes["quit_text"] = a.quit_text
-    if a.quit_keys is not None:
-        changes["quit_keys"] = a.quit_keys
-    if a.env:
-        changes["env"] = {**profile.env, **a.env}
-    return msgspec.structs.replace(profile, **changes)
-
-
-def agent_profile(state: AgentState) -> AssistantProfile:
-    """The screen profile of an agent, from the template its log recorded."""
-    return profile_of(decode_spec(state.template_spec), state.template, state.command)

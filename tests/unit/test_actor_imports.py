@@ -1,12 +1,13 @@
 """What an agent actor's worker imports: not aiohttp (nats-py wants it for WebSocket URLs
-alone), GitPython or libtmux (fleetd runs git and tmux itself); a ws:// URL still works."""
+alone), GitPython or libtmux (fleetd runs git and tmux itself), nor the YAML template loader
+(an agent needs only its recorded template's profile); a ws:// URL still works."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-HEAVY = ("aiohttp", "git", "libtmux")
+HEAVY = ("aiohttp", "git", "libtmux", "infra.templates")
 
 
 def _run(code: str) -> str:

@@ -9,6 +9,7 @@ from infra import templates
 from schemas.assistants import CLAUDE_CODE
 from schemas.errors import InvalidTemplate
 from schemas.ports import template_leases
+from schemas.profiles import profile_of
 from schemas.templates import Template, decode_spec, encode_spec
 
 BAD = [
@@ -144,12 +145,12 @@ def test_the_recorded_spec_round_trips_and_gives_the_profile() -> None:
     template, _ = templates.load(text, "cc.yaml")
     decoded = decode_spec(encode_spec(template))
     assert decoded == template
-    profile = templates.profile_of(decoded, "cc", "claude --model x")
+    profile = profile_of(decoded, "cc", "claude --model x")
     assert profile.command == "claude --model x"
     assert profile.patterns["READY"] == ("^ready$",)
     assert profile.patterns["WORKING"] == CLAUDE_CODE.patterns["WORKING"]
     assert profile.quit_text == CLAUDE_CODE.quit_text
-    assert templates.profile_of(None, "aider").name == "aider"
+    assert profile_of(None, "aider").name == "aider"
     assert decode_spec("") is None
 
 
