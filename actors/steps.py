@@ -217,30 +217,22 @@ async def _end_session(actor: AgentActor, session: str, polite: bool) -> None:
         half = cfg.polite_timeout_s / 2
         if typed is not None:
             if await _wait_for_exit(tmux, session, agent, half):
-                return await _close(actor, session, pids, polite)
+                return await _close(actor, session, polite)
         if profile.quit_keys:
             await run(tmux.send_keys, session, "agent", list(profile.quit_keys))
         await _wait_for_exit(tmux, session, agent, half)
-    await _close(actor, session, pids, polite)
+    await _close(actor, session, polite)
 
 
-async def _close(actor: AgentActor, session: str, pids: list[int], polite: bool) -> None:
-    """SIGTERM, then SIGKILL, every process under the session's panes (`pids`, listed before
-    the quit; `kill_session` ends any pane opened since); then the session itself."""
+async def _close(actor: AgentActor, session: str, polite: bool) -> None:
+    """SIGTERM, then SIGKILL, every process left in the session; then the session itself."""
     cfg, tmux = actor.config, actor.tmux
     term = cfg.term_timeout_s if polite else 0.5
-    await run(_terminate_and_kill, tmux, session, pids, term, cfg.term_timeout_s)
+    await run(tmux.end_session, session, term, cfg.term_timeout_s)
     closed = e.SessionClosed(
         socket=tmux.socket_name, session=session, reason="stopped", **_meta(actor)
     )
     await actor.record([closed])
-
-
-def _terminate_and_kill(
-    tmux: Tmux, session: str, pids: list[int], term: float, kill: float
-) -> None:
-    procs.terminate_tree(pids, term, kill)
-    tmux.kill_session(session)
 
 
 async def _wait_for_exit(tmux: Tmux, session: str, pid: int | None, timeout: float) -> bool:

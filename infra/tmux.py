@@ -253,19 +253,38 @@ class Tmux:
         tmux only sends SIGHUP to the panes, and windows stay alive while any session of the
         group does; so the grouped sessions go too, and what ignores SIGHUP is terminated.
         """
+        pids, grouped = self._panes_and_groups(name)
+        tree = procs.tree(pids)
+        self._kill(name, grouped)
+        procs.terminate_processes(tree, timeout, timeout)
+
+    def end_session(self, name: str, polite_timeout: float, term_timeout: float) -> None:
+        """`kill_session` the polite way: every process in the session's panes is ended first
+        (SIGTERM, SIGKILL after `polite_timeout`; procs.terminate_tree) while its terminal is
+        still there, then the session and its grouped sessions go. Two tmux calls; the panes
+        are listed before anything ends, while the server has nothing else to do."""
+        pids, grouped = self._panes_and_groups(name)
+        procs.terminate_tree(pids, polite_timeout, term_timeout)
+        self._kill(name, grouped)
+
+    def _panes_and_groups(self, name: str) -> tuple[list[int], list[str]]:
+        """The live pane pids of a session and its grouped (per-user) sessions, in one call."""
         lines = self._run(
             "list panes of", name,
             "list-panes", "-s", "-t", f"={_session_name(name)}:",
             "-F", "P #{pane_dead} #{pane_pid}",
             _SEP, "list-sessions", "-F", "S #{session_name}",
         )  # fmt: skip
-        tree = procs.tree(_live_pids(ln[2:] for ln in lines if ln.startswith("P ")))
-        grouped = f"{name}{USER_SEPARATOR}"
-        for line in lines:
-            if line.startswith(f"S {grouped}"):
-                self._cmd("kill-session", "-t", f"={line[2:]}")
+        grouped = f"S {name}{USER_SEPARATOR}"
+        return (
+            _live_pids(ln[2:] for ln in lines if ln.startswith("P ")),
+            [ln[2:] for ln in lines if ln.startswith(grouped)],
+        )
+
+    def _kill(self, name: str, grouped: Sequence[str]) -> None:
+        for user_session in grouped:
+            self._cmd("kill-session", "-t", f"={user_session}")  # gone already is fine
         self._run("kill session", name, "kill-session", "-t", f"={name}")
-        procs.terminate_processes(tree, timeout, timeout)
 
     def grouped_session(self, target: str, user: str) -> str:
         """A session of `target`'s group for one user: same windows, its own current window.

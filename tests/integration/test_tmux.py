@@ -180,6 +180,18 @@ def test_live_panes_can_type_into_a_window_in_the_same_call(tmux: Tmux, tmp_path
     wait_until(lambda: long in tmux.capture(S, "agent").replace("\n", ""), "the long line")
 
 
+def test_end_session_ends_every_process_then_the_sessions(tmux: Tmux, tmp_path: Path) -> None:
+    agent = "sh -c \"trap '' HUP TERM; sleep 1000 & sleep 1000; wait\""
+    tmux.create_session(S, tmp_path, {}, command_for_agent=agent)
+    user = tmux.grouped_session(S, "bob")
+    pids = tmux.pane_pids(S)
+    wait_until(lambda: len(procs.tree(pids)) == 8, "three panes, 3 shells and two sleeps")
+    tree = procs.tree(pids)
+    tmux.end_session(S, polite_timeout=0.2, term_timeout=5)  # what ignores TERM gets KILL
+    assert not tmux.has_session(S) and not tmux.has_session(user)
+    assert not [p.pid for p in tree if _alive(p)]
+
+
 def test_kill_session_leaves_no_process(tmux: Tmux, tmp_path: Path) -> None:
     agent = "sh -c \"trap '' HUP TERM; sleep 1000 & sleep 1000; wait\""
     tmux.create_session(S, tmp_path, {}, command_for_agent=agent)
