@@ -159,6 +159,10 @@ class Supervisor:
             return
         self._filling = True
         try:
+            # Yield once first: the reply of the spawn that asked for this refill is waiting
+            # in nats-py's flusher, which is ready behind this task, and making an actor
+            # blocks the event loop for milliseconds.
+            await asyncio.sleep(0)
             await self._top_up()
         finally:
             self._filling = False
