@@ -15,6 +15,8 @@ from infra import probes
 from schemas.templates import ExecProbe, HttpProbe, LogProbe, Probe, TcpProbe
 from tests.local_http import serving
 
+GUARD_S = 60.0  # a probe timeout that only stops a hung check; nothing is timed by it
+
 
 @pytest.fixture
 async def server() -> AsyncIterator[dict[str, int]]:
@@ -83,11 +85,15 @@ async def test_tcp(server: dict[str, int]) -> None:
 
 async def test_exec_sees_its_cwd_and_ports_and_is_killed_on_timeout(tmp_path: Path) -> None:
     (tmp_path / "marker").write_text("")
-    probe = Probe(exec=ExecProbe(command='test -f marker && test "$PORT_WEB" = 4242'))
+    # Timeouts here are guards (a process start took 3.9 s on a loaded machine), except the
+    # hang's, which is what is tested: long enough for its shell to write its pid first.
+    probe = Probe(
+        exec=ExecProbe(command='test -f marker && test "$PORT_WEB" = 4242'), timeout_s=GUARD_S
+    )
     assert (await probes.check(probe, ports={"web": 4242}, cwd=str(tmp_path), output=None)).ok
-    argv = Probe(exec=ExecProbe(command=["sh", "-c", "exit 3"], expect_exit=3))
+    argv = Probe(exec=ExecProbe(command=["sh", "-c", "exit 3"], expect_exit=3), timeout_s=GUARD_S)
     assert (await probes.check(argv, ports={}, cwd=str(tmp_path), output=None)).detail == "exit 3"
-    hang = Probe(exec=ExecProbe(command=f"echo $$ > {tmp_path}/pid; sleep 30"), timeout_s=0.3)
+    hang = Probe(exec=ExecProbe(command=f"echo $$ > {tmp_path}/pid; sleep 30"), timeout_s=5)
     result = await probes.check(hang, ports={}, cwd=str(tmp_path), output=None)
     assert not result.ok and "no answer" in result.detail
     pid = int((tmp_path / "pid").read_text())
@@ -99,7 +105,9 @@ async def test_exec_does_not_see_the_health_services_own_secrets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FLEET_TEST_SECRET", "hunter2")
-    leak = Probe(exec=ExecProbe(command='test -z "$FLEET_TEST_SECRET" && test -n "$PATH"'))
+    leak = Probe(
+        exec=ExecProbe(command='test -z "$FLEET_TEST_SECRET" && test -n "$PATH"'), timeout_s=GUARD_S
+    )
     assert (await probes.check(leak, ports={}, cwd=str(tmp_path), output=None)).ok
 
 
