@@ -5,31 +5,17 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
 
 from infra import procs
 from tests.integration.conftest import wait_until
+from tests.integration.test_procs import Spawn as Start
+from tests.integration.test_procs import spawn as spawn_fixture
 
-Start = Callable[[str], "subprocess.Popen[bytes]"]
-
-
-@pytest.fixture
-def start() -> Iterator[Start]:
-    started: list[subprocess.Popen[bytes]] = []
-
-    def run(script: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(["sh", "-c", script], start_new_session=True)
-        started.append(proc)
-        return proc
-
-    yield run
-    for proc in started:
-        procs.terminate_tree([proc.pid], 0.1, 5)
-        proc.poll()
+# The fixture of test_procs.py: `sh -c SCRIPT` in its own session, ended at teardown.
+start = spawn_fixture
 
 
 @pytest.mark.parametrize("pidfds", [True, False])
