@@ -9,18 +9,20 @@ with an error id goes to stderr, the traceback to a log file under that id, exit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-import traceback
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import msgspec
 
+from infra import errorlog
 from infra.config import FleetState, Settings, pid_alive, read_state
-from schemas.errors import FleetError
+from schemas import replies
+from schemas.errors import BadRequest, FleetError, RemoteError
 from services import cli_agents as agents
 from services import cli_complete as completion
 from services import cli_health as health
@@ -119,10 +121,21 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error of a command given `--json` is JSON on stdout."""
+
+    json_wanted = False  # set by `main` from the raw arguments, before they are parsed
+
+    def error(self, message: str) -> NoReturn:
+        if _Parser.json_wanted:
+            sentence = f"{self.prog}: {message}"
+            _print_error_json(BadRequest(sentence, "usage"))
+            self.exit(EXIT_FLEET_ERROR)
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fleet", description="Run many AI coding agents side by side."
-    )
+    parser = _Parser(prog="fleet", description="Run many AI coding agents side by side.")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for sub in SUBCOMMANDS:
         summary = (sub.run.__doc__ or "").strip().splitlines()[0]
@@ -140,43 +153,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _crash_log_path() -> Path:
-    """Where tracebacks go: the state dir if the environment names a usable one, else /tmp."""
+def _state_dir() -> Path:
+    """Where the error log goes: the state dir if the environment names a usable one, else /tmp."""
     try:
-        return Settings.from_env().state_dir / "fleet-errors.log"
+        return Settings.from_env().state_dir
     except FleetError:
-        return Path("/tmp") / "fleet-errors.log"
+        return Path("/tmp")
 
 
-def _report_bug(exc: BaseException) -> str:
+def _print_error_json(err: FleetError, error_id: str = "") -> None:
+    """A failure as JSON on stdout, the shape of every NATS and REST error reply."""
+    body = replies.ErrorBody(err.code, err.message, error_id)
+    print(msgspec.json.encode(replies.ErrorReply(body)).decode(), flush=True)
+
+
+def _report_bug(exc: BaseException, as_json: bool) -> str:
     """Log the traceback under a fresh id and return the id, so a report can quote it."""
-    error_id = uuid.uuid4().hex[:12]
-    path = _crash_log_path()
+    state_dir = _state_dir()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as f:
-            f.write(f"--- error {error_id}\n")
-            f.write("".join(traceback.format_exception(exc)))
-        where = str(path)
+        error_id = errorlog.write(state_dir, exc, "fleet " + " ".join(sys.argv[1:2]))
+        where = str(errorlog.path_in(state_dir))
     except OSError:
+        error_id = errorlog.new_error_id()
         log.error("error %s", error_id, exc_info=exc)
         where = "stderr above"
-    print(f"fleet: internal error {error_id} ({type(exc).__name__}); details in {where}",
-          file=sys.stderr)  # fmt: skip
+    sentence = f"internal error {error_id} ({type(exc).__name__}); details in {where}"
+    print(f"fleet: {sentence}", file=sys.stderr)
+    if as_json:
+        _print_error_json(RemoteError("internal", sentence), error_id)
     return error_id
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `fleet` console script; returns the exit status."""
     logging.basicConfig(level=logging.WARNING, format="fleet: %(levelname)s %(name)s: %(message)s")
+    with contextlib.suppress(OSError):  # an unwritable state dir: `_report_bug` says so
+        errorlog.install(_state_dir())  # also `fleet up`'s, with every service it runs
+    raw = list(sys.argv[1:] if argv is None else argv)
+    _Parser.json_wanted = "--json" in raw
     parser = build_parser()
     completion.autocomplete(parser)  # answers and exits when a shell asks for completions
-    args = parser.parse_args(argv)
+    args = parser.parse_args(raw)
     run: Callable[[argparse.Namespace], int] = args.run
+    as_json = bool(getattr(args, "json", False))
     try:
         return run(args)
     except FleetError as e:
         print(f"fleet: {e}", file=sys.stderr)
+        if as_json:
+            _print_error_json(e, getattr(e, "error_id", ""))
         # An unexpected error in a responder is a bug there (its log has the id), not the user's.
         return EXIT_BUG if e.code == "internal" else EXIT_FLEET_ERROR
     except KeyboardInterrupt:
@@ -185,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()  # and no "Exception ignored" when Python flushes stdout at exit
         return EXIT_OK
     except Exception as e:
-        _report_bug(e)
+        _report_bug(e, as_json)
         return EXIT_BUG
 
 

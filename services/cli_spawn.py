@@ -150,6 +150,9 @@ def _spawn_report(names: list[str], results: list[Any], as_json: bool) -> int:
     if as_json:
         for agent in agents:
             _print_json(agent)
+        for name, err in failed:  # the shape of an error reply, with the name it was for
+            assert isinstance(err, FleetError)
+            _print_json({"id": name, "ok": False, "error": {"code": err.code, "message": str(err)}})
     else:
         rows = [[a["id"], a["lifecycle"], a["branch"], a["worktree"]] for a in agents]
         rows += [[n, "FAILED", str(r), ""] for n, r in failed]
