@@ -83,6 +83,7 @@ class Send(Command, frozen=True, tag="send"):
     enter: bool = True
 
     def _check(self) -> None:
+        v.typed(self.text, "send text")
         v.keys(self.keys)
 
 

@@ -13,6 +13,8 @@ What is refused, and why:
 - git refs: what `git check-ref-format` refuses, and a leading `-` (read as an option);
 - labels and other one-line text: newlines and control characters (they reach logs, commit
   messages and terminals), and anything past its size limit;
+- text typed into a terminal (`send`): control characters other than tab, newline and
+  carriage return (NUL, ESC...: the terminal would read them as keys or escape sequences);
 - environment: names outside `[A-Za-z_][A-Za-z0-9_]*`, NUL in values, oversized values.
 """
 
@@ -67,6 +69,27 @@ def line(value: str, what: str, limit: int = MAX_LABEL) -> str:
         raise _fail(what, value, f"at most {limit} characters are allowed, got {len(value)}")
     if _CONTROL.search(value):
         raise _fail(what, value, "use one line without control characters (no newline, tab, NUL)")
+    return value
+
+
+# What typed text may hold besides printable characters: tab, newline, carriage return. Every
+# other C0 or C1 control (NUL, ESC, BEL, backspace, DEL, CSI...) would be read by the terminal
+# as a key or an escape sequence, not text; named keys (`Escape`, `C-c`) go in `keys`.
+_NOT_TYPED = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def typed(value: str, what: str) -> str:
+    """Text to type into a terminal: printable characters, tab, newline and carriage return."""
+    _string(value, what)
+    bad = _NOT_TYPED.search(value)
+    if bad is not None:
+        char = f"U+{ord(bad.group()):04X}"
+        raise _fail(
+            what,
+            value,
+            f"it holds the control character {char} at position {bad.start()}; text may hold "
+            "printable characters, tab and newline (send keys such as Escape or C-c as keys)",
+        )
     return value
 
 
