@@ -83,8 +83,10 @@ def agent_inbox(agent_id: str) -> str:
 
 
 def agent_permissions(agent_id: str) -> dict[str, Any]:
-    """What one agent may do: append to its own log, read its own commands and mail (through
-    its own durable consumers only), send mail to anyone, use topics, and receive replies."""
+    """What one agent may do: read its own commands and mail (through its own durable
+    consumers only), send mail to anyone, use topics, and receive replies. Never write an
+    event log, its own neither: the actor is its log's one writer, and anything the agent's
+    processes are to report must reach the actor as a command that the actor checks."""
     a = subjects.token(agent_id)
     stream = subjects.MAIL_STREAM
     mailbox: list[str] = []
@@ -97,7 +99,8 @@ def agent_permissions(agent_id: str) -> dict[str, Any]:
             f"{JS_API}.CONSUMER.INFO.{stream}.{consumer}",
             f"{JS_ACK}.{stream}.{consumer}.>",
         ]
-    publish = [subjects.events(a), subjects.ANY_MAIL, subjects.topic(">"), f"{INBOX}.>"]
+    # No `fleet.evt.<a>`: only the agent's actor (the control plane) appends to its log.
+    publish = [subjects.ANY_MAIL, subjects.topic(">"), f"{INBOX}.>"]
     subscribe = [
         subjects.command(a),
         subjects.mailbox(a),

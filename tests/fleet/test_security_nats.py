@@ -230,15 +230,25 @@ async def test_the_callout_lets_in_only_a_live_agent_with_its_password(
                 max_reconnect_attempts=0,
                 error_cb=_ignore,
             )
+    refused: list[str] = []
+
+    async def on_error(e: Exception) -> None:
+        refused.append(str(e).lower())
+
     good = await nats.connect(
         natsauth.with_credential(server.url, cred),
         inbox_prefix=cred.inbox_prefix,
         allow_reconnect=False,
+        error_cb=on_error,
     )
-    ack = await good.jetstream().publish(
-        subjects.events("sc1"), b"{}", headers={"Nats-Msg-Id": "probe-sc1"}
-    )
-    assert ack.seq > 0  # its own log takes its appends
+    # In, but its own log is its actor's alone: the server refuses its publish there.
+    await good.publish(subjects.events("sc1"), b"{}", headers={"Nats-Msg-Id": "probe-sc1"})
+    await good.flush()
+
+    async def denied() -> bool:
+        return any(f'publish to "{subjects.events("sc1")}"' in e for e in refused)
+
+    await until(denied, "the server's permissions violation for sc1's own log", timeout=30)
     await good.close()
     shown = await command(control, "sc1", "show")
     assert shown["agent"]["lifecycle"] == "RUNNING"
