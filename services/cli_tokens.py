@@ -1,7 +1,8 @@
 """`fleet token create|ls|revoke`: gateway tokens, written straight to the state dir.
 
-No running fleetd is needed: the gateway re-reads `<state_dir>/tokens.json` when it changes.
-The token is printed once; only its sha256 digest is kept.
+No running fleetd is needed: each change is made under the store's lock (services/tokens.py),
+and a running gateway notices it within a moment: a revoked token is refused from then on and
+its open WebSockets are closed. The token is printed once; only its sha256 digest is kept.
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ def token_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_token(args: argparse.Namespace) -> int:
     """Create, list or revoke gateway tokens (roles: viewer, operator, admin)."""
     store = TokenStore(Settings.from_env().state_dir)
+    try:
+        return _token(store, args)
+    finally:
+        store.close()
+
+
+def _token(store: TokenStore, args: argparse.Namespace) -> int:
     if args.action == "create":
         token = store.create(args.role, args.name)
         shown = {"token": token, "role": args.role, "name": args.name or args.role}
@@ -48,6 +56,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         print(
             msgspec.json.encode({"revoked": removed}).decode()
             if args.json
-            else f"revoked {removed} token(s) named {args.name}"
+            else f"revoked {removed} token(s) named {args.name}; a running gateway closes "
+            "their WebSockets"
         )
     return 0
