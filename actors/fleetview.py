@@ -7,6 +7,9 @@ for 200 agents on 2 cores). A list first asks the stream for its last sequence a
 the fold has applied it, so an answer never lags a reply its caller already had. Where each
 actor runs (node, pid) is not in the log: it is asked of the actor once and refreshed in the
 background, at most every REFRESH_S.
+
+With the fleet key, an event that does not verify (Fleet-Mac, chain: infra/eventfollow.py's
+`LiveCheck`) is refused: logged, counted in `refused`, and never folded.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
 
+from infra.eventfollow import LiveCheck, read_stream
+from infra.eventscan import EventReader
 from schemas import events as e
 from schemas import subjects
 from schemas.agent import AgentState, evolve, initial
@@ -39,8 +43,11 @@ Ask = Callable[[str], Awaitable[ActorView | None]]
 class FleetView:
     """Every agent's state and last sequence, kept current from the event stream."""
 
-    def __init__(self, nc: Client) -> None:
+    def __init__(self, nc: Client, mac_key: bytes | None = None) -> None:
         self.js = nc.jetstream()
+        self.check = LiveCheck(
+            EventReader(nc, self.js, mac_key=mac_key), "fleet view", from_start=True
+        )
         self.states: dict[str, AgentState] = {}
         self.seqs: dict[str, int] = {}
         self.actors: dict[str, ActorView] = {}
@@ -51,29 +58,24 @@ class FleetView:
         self._sub: Any = None
 
     async def start(self) -> None:
-        self._sub = await self.js.subscribe(
-            subjects.ALL_EVENTS,
-            stream=subjects.EVENTS_STREAM,  # no stream lookup (see infra/eventscan.py)
-            ordered_consumer=True,
-            cb=self._on_event,
-            deliver_policy=DeliverPolicy.ALL,
-            pending_msgs_limit=-1,
-            pending_bytes_limit=-1,
-        )
+        self._sub = await read_stream(self.js, self._on_event, from_start=True)
 
     async def _on_event(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
-        agent_id = subjects.agent_from_events(msg.subject)
-        try:
-            event = _decoder.decode(msg.data)
-        except msgspec.DecodeError as err:  # evolve never sees it; the audit reports it
-            log.warning("event log sequence %d skipped in the fleet view: %s", seq, err)
-        else:
-            self.states[agent_id] = evolve(self.states.get(agent_id, initial(agent_id)), event)
-            self.seqs[agent_id] = seq
+        if await self.check.passes_msg(msg):  # refused: logged, and the fold moves past it
+            self._fold(subjects.agent_from_events(msg.subject), seq, msg.data)
         self.applied = seq
         async with self._moved:
             self._moved.notify_all()
+
+    def _fold(self, agent_id: str, seq: int, raw: bytes) -> None:
+        try:
+            event = _decoder.decode(raw)
+        except msgspec.DecodeError as err:  # evolve never sees it; the audit reports it
+            log.warning("event log sequence %d skipped in the fleet view: %s", seq, err)
+            return
+        self.states[agent_id] = evolve(self.states.get(agent_id, initial(agent_id)), event)
+        self.seqs[agent_id] = seq
 
     async def caught_up(self) -> bool:
         """Wait until every event the stream held when asked is folded (False past the guard)."""

@@ -94,7 +94,7 @@ class Supervisor:
     async def __init__(self, config: FleetConfig) -> None:  # type: ignore[misc]  # Ray runs async constructors
         self.config = config
         self.nc = await connect(config.agent.nats_url, name="fleet-supervisor")
-        self.store = EventStore(self.nc)
+        self.store = EventStore(self.nc, mac_key=config.agent.mac_key)  # verified loads
         # idempotent; the log must exist before agents
         await ensure_streams(self.nc.jetstream(), replicas_for(self.nc))
         self.actors: dict[str, Any] = {}  # agent id -> actor handle
@@ -105,7 +105,8 @@ class Supervisor:
         self.pool_target = config.pool_size
         self._reconnects = 0  # this connection's reconnects seen so far (`_settling`)
         self._settle_until = 0.0
-        self.view = FleetView(self.nc)  # `list` answers from the log, not 200 Ray calls
+        # `list` answers from the log (verified events only), not 200 Ray calls
+        self.view = FleetView(self.nc, config.agent.mac_key)
         await self.view.start()
         await self.refind()
         handlers = (

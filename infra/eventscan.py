@@ -5,6 +5,10 @@ Protocol facts this module relies on:
   with one message per event (headers `Nats-Sequence`, ...) then a `204 EOB` status; nats-py
   2.x does not wrap it, so it is spoken here over a single wildcard inbox subscription.
 - `Fleet-Mac` (infra/eventstore.py writes it) comes back as a header of each message read.
+
+A reader given the fleet key (`mac_key`) reads only what verifies: `read` refuses (leaves out,
+logs and returns apart) each event whose Fleet-Mac or chain does not (schemas/eventcheck.py).
+`scan` and `scan_signed` hand over every stored row, for the store's replay and the audit.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from schemas import subjects
-from schemas.audit import MAC_HEADER
+from schemas.audit import MAC_HEADER, MacKey
 from schemas.errors import StoreUnavailable
+from schemas.eventcheck import ChainCheck, Refusal
 from schemas.events import AgentEvent
 
 log = logging.getLogger(__name__)
@@ -61,12 +66,22 @@ def decode(seq: int, raw: bytes, mac: str = "") -> Stored:
         return Stored(seq, raw, None, str(e), mac)
 
 
+def report_refused(refusal: Refusal, reader: str) -> Refusal:
+    """The log line every refusal gets: which reader, the agent, the sequence and why."""
+    log.warning("%s: %s", reader, refusal.sentence())
+    return refusal
+
+
 class EventReader:
     """Reads agents' logs from the events stream; `EventStore` adds writing and following."""
 
-    def __init__(self, nc: Client, js: JetStreamContext | None = None) -> None:
+    def __init__(
+        self, nc: Client, js: JetStreamContext | None = None, *, mac_key: bytes | None = None
+    ) -> None:
         self.nc = nc
         self.js = js or nc.jetstream()
+        self.mac_key = mac_key  # the fleet key: reads verify with it (control plane only)
+        self.macs = MacKey(mac_key) if mac_key is not None else None
         self._inbox_prefix = nc.new_inbox()
         self._inbox_sub: Subscription | None = None
         self._batches: dict[str, _Batch] = {}
@@ -118,14 +133,54 @@ class EventReader:
         return count
 
     async def read(self, agent_id: str, *, after: int = 0, upto: int | None = None) -> list[Stored]:
-        """The agent's stored events after `after` (up to `upto`), decoded; for small logs."""
+        """The agent's stored events after `after` (up to `upto`), decoded; for small logs.
+        With the fleet key, only those that verify (`read_checked` says which did not)."""
+        return (await self.read_checked(agent_id, after=after, upto=upto))[0]
+
+    async def read_checked(
+        self, agent_id: str, *, after: int = 0, upto: int | None = None, reader: str = "read"
+    ) -> tuple[list[Stored], list[Refusal]]:
+        """`read`, and the events it refused (each logged, naming `reader`)."""
         rows: list[Stored] = []
+        refused: list[Refusal] = []
+        check: ChainCheck | None = None
+        if self.macs is not None:
+            anchor = await self.chain_end(agent_id, after) if after > 0 else None
+            check = ChainCheck(agent_id, self.macs, anchor)
 
         def on_row(seq: int, raw: bytes, mac: str) -> None:
+            if check is not None:
+                problem = check.check(seq, raw, mac)
+                if problem is not None:
+                    refused.append(report_refused(check.refusal(seq, problem), reader))
+                    return
             rows.append(decode(seq, raw, mac))
 
         await self.scan_signed(agent_id, on_row, after=after, upto=upto)
-        return rows
+        return rows, refused
+
+    async def chain_end(self, agent_id: str, upto: int) -> str | None:
+        """The hash of the agent's last event at or before `upto` that verifies (None when
+        none is stored there): where a reader that starts after `upto` takes up the chain.
+        Needs the fleet key. Reads from `chain_start` on (the whole log here; `EventStore`
+        starts at a verified snapshot)."""
+        if self.macs is None:
+            raise StoreUnavailable("the chain of a log cannot be checked without the fleet key")
+        if upto <= 0:
+            return None
+        start, anchor = await self.chain_start(agent_id, upto)
+        check = ChainCheck(agent_id, self.macs, anchor)
+
+        def on_row(seq: int, raw: bytes, mac: str) -> None:
+            if check.check(seq, raw, mac) is not None:
+                log.debug("agent %s, sequence %d: not in the chain (refused)", agent_id, seq)
+
+        await self.scan_signed(agent_id, on_row, after=start, upto=upto)
+        return check.last_hash
+
+    async def chain_start(self, agent_id: str, upto: int) -> tuple[int, str | None]:
+        """Where `chain_end` starts reading (after this sequence) and the chain's hash there."""
+        return 0, None
 
     async def agents(self) -> list[str]:
         """Every agent with at least one event, in id order."""

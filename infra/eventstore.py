@@ -8,12 +8,18 @@ Protocol facts this module relies on:
   again with `duplicate: true` and the first copy's sequence, and stored once.
 - `Fleet-Mac` (ours) is HMAC-SHA256 of the payload with the fleet key (infra/fleetkey.py): the
   hash chain shows that nothing was altered, the MAC that the agent's own actor wrote it.
+  A store given the key refuses, on every load and replay, an event that does not verify
+  (schemas/eventcheck.py): it is not folded, and `Loaded.refused` says which and why.
+- A snapshot is the KV entry `$KV.fleet_snapshots.<agent>`, written with its own `Fleet-Mac`
+  header (HMAC of the entry's value); a store with the key ignores one without a valid MAC, or
+  of another agent, and replays the log instead. Agents' NATS users cannot publish there.
 
 Reading and scanning a log is infra/eventscan.py; following the stream, infra/eventfollow.py.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,23 +29,24 @@ from msgspec.structs import replace
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from infra.eventfollow import Following
 from infra.eventscan import (
     REQUEST_TIMEOUT_S,
     SNAPSHOT_EVERY,
-    EventReader,
     Stored,
     decode,
     event_decoder,
+    report_refused,
 )
 from schemas import subjects
 from schemas.agent import AgentState, evolve, initial
 from schemas.audit import MAC_HEADER, event_mac
-from schemas.chain import SNAPSHOT_VERSION, Position, Snapshot, event_hash
+from schemas.chain import GENESIS, SNAPSHOT_VERSION, Position, Snapshot, event_hash
 from schemas.errors import ConcurrentUpdate, StoreUnavailable
+from schemas.eventcheck import ChainCheck, Refusal
 from schemas.events import AgentEvent
 
 log = logging.getLogger(__name__)
@@ -74,9 +81,10 @@ class Loaded:
     state: AgentState
     position: Position
     skipped: list[Stored] = field(default_factory=list)  # undecodable events, reported
+    refused: list[Refusal] = field(default_factory=list)  # events that do not verify, reported
 
 
-class EventStore(EventReader, Following):
+class EventStore(Following):
     """Appends and loads agents' logs. One per process; cheap to share between tasks."""
 
     def __init__(
@@ -87,8 +95,8 @@ class EventStore(EventReader, Following):
         snapshot_every: int = SNAPSHOT_EVERY,
         mac_key: bytes | None = None,
     ) -> None:
-        super().__init__(nc, js)
-        self.mac_key = mac_key  # signs appends (Fleet-Mac) when set: only agent actors have it
+        # signs appends (Fleet-Mac) and verifies reads when set: the control plane only
+        super().__init__(nc, js, mac_key=mac_key)
         self.snapshot_every = snapshot_every
         self._kv: KeyValue | None = None
 
@@ -179,8 +187,13 @@ class EventStore(EventReader, Following):
         return state, position
 
     async def save_snapshot(self, state: AgentState, position: Position) -> None:
-        kv = await self._snapshots()
-        await kv.put(state.agent_id, _encode(Snapshot(state=state, position=position)))
+        raw = _encode(Snapshot(state=state, position=position))
+        if self.mac_key is None:
+            await (await self._snapshots()).put(state.agent_id, raw)
+            return
+        # kv.put with a header: the same publish nats-py's put makes, plus the MAC
+        subject = f"$KV.{subjects.SNAPSHOTS_BUCKET}.{subjects.token(state.agent_id)}"
+        await self.js.publish(subject, raw, headers={MAC_HEADER: event_mac(self.mac_key, raw)})
 
     # -- reading --------------------------------------------------------------------------
 
@@ -203,33 +216,93 @@ class EventStore(EventReader, Following):
         loaded = Loaded(start or initial(agent_id), position)
         state = loaded.state
         last: tuple[int, bytes] | None = None
+        # With the key, an event that does not verify is not folded; the position then names
+        # the last stored sequence (what the next append must expect) with the hash of the
+        # last event that passed (what the actor's next event names as its prev_hash).
+        check = None
+        if self.macs is not None:
+            check = ChainCheck(agent_id, self.macs, position.hash if position.seq else None)
 
-        def on_row(seq: int, raw: bytes) -> None:
+        def on_row(seq: int, raw: bytes, mac: str) -> None:
             nonlocal state, last
             last = (seq, raw)
+            if check is not None:
+                problem = check.check(seq, raw, mac)
+                if problem is not None:
+                    loaded.refused.append(report_refused(check.refusal(seq, problem), "load"))
+                    return
             try:
                 state = evolve(state, event_decoder.decode(raw))
             except msgspec.DecodeError:
                 loaded.skipped.append(decode(seq, raw))
 
-        await self.scan(agent_id, on_row, after=position.seq, upto=upto)
+        await self.scan_signed(agent_id, on_row, after=position.seq, upto=upto)
         loaded.state = state
         if last is not None:
-            loaded.position = Position(last[0], event_hash(last[1]))
+            if check is None:
+                loaded.position = Position(last[0], event_hash(last[1]))
+            else:
+                loaded.position = Position(last[0], check.last_hash or GENESIS)
         return loaded
 
     async def read_snapshot(self, agent_id: str) -> Snapshot | None:
-        kv = await self._snapshots()
+        """The agent's snapshot; with the key, only one its actor signed (else None, and the
+        log is replayed from its start)."""
+        if self.macs is None:
+            try:
+                entry = await (await self._snapshots()).get(subjects.token(agent_id))
+            except KeyNotFoundError:
+                return None
+            raw = entry.value or b""
+        else:
+            found = await self._signed_snapshot(agent_id)
+            if found is None:
+                return None
+            raw = found
         try:
-            entry = await kv.get(subjects.token(agent_id))
-        except KeyNotFoundError:
-            return None
-        try:
-            snapshot = _snapshot_decoder.decode(entry.value or b"")
+            snapshot = _snapshot_decoder.decode(raw)
         except msgspec.DecodeError as e:
             log.warning("snapshot of agent %s ignored (a full replay follows): %s", agent_id, e)
             return None
+        if self.macs is not None and snapshot.state.agent_id != agent_id:
+            log.warning(
+                "snapshot of agent %s ignored: it is agent %s's", agent_id, snapshot.state.agent_id
+            )
+            return None
         return snapshot if snapshot.version == SNAPSHOT_VERSION else None
+
+    async def _signed_snapshot(self, agent_id: str) -> bytes | None:
+        """The snapshot entry's value if its Fleet-Mac verifies; a refusal is logged."""
+        assert self.macs is not None
+        bucket = subjects.SNAPSHOTS_BUCKET
+        subject = f"$KV.{bucket}.{subjects.token(agent_id)}"
+        try:
+            msg = await self.js.get_last_msg(f"KV_{bucket}", subject)
+        except NotFoundError:
+            return None
+        headers = msg.headers or {}
+        if headers.get("KV-Operation") in ("DEL", "PURGE"):
+            return None
+        raw = msg.data or b""
+        mac = headers.get(MAC_HEADER, "")
+        if not mac or not hmac.compare_digest(mac, self.macs.mac(raw)):
+            why = "it has no Fleet-Mac" if not mac else "its Fleet-Mac is wrong"
+            log.warning(
+                "snapshot of agent %s (stream sequence %s) refused: %s, so its actor did not"
+                " write it; the log is replayed from its start",
+                agent_id,
+                msg.seq,
+                why,
+            )
+            return None
+        return raw
+
+    async def chain_start(self, agent_id: str, upto: int) -> tuple[int, str | None]:
+        """From the agent's signed snapshot when it is at or before `upto`."""
+        snapshot = await self.read_snapshot(agent_id)
+        if snapshot is None or snapshot.position.seq > upto:
+            return 0, None
+        return snapshot.position.seq, snapshot.position.hash
 
     # -- plumbing ---------------------------------------------------------------------------
 

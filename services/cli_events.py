@@ -4,7 +4,9 @@ The log is read with `EventStore.read`, so no actor needs to be up. `--follow` s
 the agent's subject with a plain (core) subscription, used only as a wake-up: what is printed
 is always re-read from the stream after the last printed sequence. So a message that JetStream
 refused (a stale writer's append) never shows, and each stored event shows once with its
-stream sequence, which a core message does not carry.
+stream sequence, which a core message does not carry. With the fleet key in the state dir, an
+event that does not verify (Fleet-Mac, chain) is not printed as an event: stderr says which
+and why (`fleet audit --verify` gives the whole account).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
+from infra import fleetkey
 from infra.config import Settings
 from infra.eventstore import EventStore, Stored
 from infra.nats import connect
 from schemas import events as e
 from schemas import subjects
 from schemas.errors import UnknownAgent
+from schemas.eventcheck import Refusal
 from services.client import nats_url
 
 FOLLOW_RECHECK_S = 2.0  # re-read even without a wake-up, in case one was lost
@@ -112,12 +116,26 @@ def _print(rows: list[Stored], as_json: bool) -> None:
         sys.stdout.flush()
 
 
+def _said(refused: list[Refusal], rows: list[Stored], last: int) -> int:
+    """Say what was refused (stderr); the last sequence read, refused or not."""
+    for refusal in refused:
+        print(f"fleet: {refusal.sentence()}", file=sys.stderr)
+    return max([last, *(r.seq for r in rows), *(r.seq for r in refused)])
+
+
 async def print_events(agent_id: str, follow: bool, as_json: bool) -> int:
     """Print the log; with `follow`, keep printing what is appended until interrupted."""
     subject = subjects.events(agent_id)
-    nc = await connect(nats_url(Settings.from_env()), name="fleet-cli", reconnect=False)
+    settings = Settings.from_env()
+    nc = await connect(nats_url(settings), name="fleet-cli", reconnect=False)
     try:
-        store = EventStore(nc)
+        # With the fleet key (the state dir's), an event that does not verify is not printed
+        # as one: a line on stderr says which and why.
+        store = EventStore(nc, mac_key=fleetkey.load_if_present(settings.state_dir))
+        if store.mac_key is None:
+            print(
+                "fleet: no fleet key in the state dir; events are shown unverified", file=sys.stderr
+            )
         wake = asyncio.Event()
 
         async def on_msg(msg: Msg) -> None:
@@ -126,20 +144,20 @@ async def print_events(agent_id: str, follow: bool, as_json: bool) -> int:
         if follow:  # subscribed before the first read, so nothing appended between is missed
             await nc.subscribe(subject, cb=on_msg)
             await nc.flush()
-        rows = await store.read(agent_id)
-        if not rows and not follow:
+        rows, refused = await store.read_checked(agent_id, reader="fleet events")
+        if not rows and not refused and not follow:
             raise UnknownAgent(agent_id)
         _print(rows, as_json)
-        last = rows[-1].seq if rows else 0
+        last = _said(refused, rows, 0)
         while follow:
             try:
                 await asyncio.wait_for(wake.wait(), FOLLOW_RECHECK_S)
             except TimeoutError:
                 pass
             wake.clear()
-            rows = await store.read(agent_id, after=last)
+            rows, refused = await store.read_checked(agent_id, after=last, reader="fleet events")
             _print(rows, as_json)
-            last = rows[-1].seq if rows else last
+            last = _said(refused, rows, last)
         return 0
     finally:
         await nc.close()

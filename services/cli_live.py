@@ -1,12 +1,15 @@
 """`fleet ls --watch` and `fleet top`: live views from one list, then the event stream.
 
 The fleet is listed once (`fleet.ctl.list`); from then on each agent's state is kept by
-folding the events published on `fleet.evt.>` with the domain's own `evolve`, and `top` adds
+folding the events stored in FLEET_EVENTS with the domain's own `evolve`, and `top` adds
 the health service's samples from `fleet.health.*` (one `fleet.ctl.health` per agent first).
 Nothing is polled. Events that arrive while the list is in flight are held and applied after
 it; an event no newer than the state it would change (`at` <= the state's `updated_at`) was
-already folded into the list and is skipped. A core subscription carries no stream sequence,
-so an append JetStream refused (a stale writer's) would show too; the next event corrects it.
+already folded into the list and is skipped. The events come from the stream (an ordered
+consumer from what is stored next), not a core subscription, which would also show an append
+that JetStream refused; each is checked with the fleet key of the state dir (Fleet-Mac and
+chain, infra/eventfollow.py), and one that does not verify is refused: not folded, logged, and
+named under the frame.
 
 On a terminal a frame is redrawn in place on the alternate screen (as `watch` and `htop` do)
 and the last one is printed on the normal screen at Ctrl-C, which exits 0. Elsewhere each
@@ -30,11 +33,16 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
+from infra import fleetkey
+from infra.config import Settings
+from infra.eventfollow import LiveCheck, read_stream
+from infra.eventscan import EventReader
 from schemas import events as e
 from schemas import subjects
 from schemas.agent import AgentState, evolve, initial
 from schemas.control import AgentView, state_of
 from schemas.errors import FleetError, RemoteError
+from schemas.eventcheck import Refusal
 from schemas.health import Observation, Sample
 from services import cli_style as style
 from services.client import FleetClient, open_client
@@ -56,6 +64,7 @@ class LiveFleet:
         self.samples: dict[str, Sample] = {}
         self.changed = asyncio.Event()
         self._held: list[e.AgentEvent] | None = []  # events seen before the list came
+        self.refused: list[Refusal] = []  # events that did not verify (not folded)
 
     def load(self, views: list[AgentView]) -> None:
         self.states = {v.id: state_of(v) for v in views}
@@ -134,7 +143,22 @@ async def follow(client: FleetClient, fleet: LiveFleet, *, health: bool) -> list
     Returns the subscriptions, to be ended by the caller.
     """
 
+    async def refused(refusal: Refusal) -> None:
+        fleet.refused.append(refusal)
+        fleet.changed.set()
+
+    key = fleetkey.load_if_present(Settings.from_env().state_dir)
+    if key is None:
+        print("fleet: no fleet key in the state dir; events are shown unverified", file=sys.stderr)
+    check = LiveCheck(EventReader(client.nc, mac_key=key), "live view", on_refused=refused)
+
     async def on_event(msg: Msg) -> None:
+        try:
+            if not await check.passes_msg(msg):
+                return
+        except Exception as err:  # the chain could not be read: not shown unchecked
+            print(f"fleet: an event of {msg.subject} was not checked: {err}", file=sys.stderr)
+            return
         try:
             fleet.apply(_event_decoder.decode(msg.data))
         except msgspec.DecodeError:
@@ -144,7 +168,7 @@ async def follow(client: FleetClient, fleet: LiveFleet, *, health: bool) -> list
         with contextlib.suppress(msgspec.DecodeError):
             fleet.observe(_observation_decoder.decode(msg.data))
 
-    subs = [await client.nc.subscribe(subjects.ALL_EVENTS, cb=on_event)]
+    subs = [await read_stream(client.nc.jetstream(), on_event, from_start=False)]
     if health:
         subs.append(await client.nc.subscribe(subjects.ALL_HEALTH, cb=on_health))
     await client.nc.flush()
@@ -226,6 +250,14 @@ async def redraw(
         drawn_at = time.monotonic()
 
 
+def _refusals(fleet: LiveFleet) -> str:
+    """Under the frame: how many events were refused, and the last one's sentence."""
+    if not fleet.refused:
+        return ""
+    n = len(fleet.refused)
+    return f"\n{n} event(s) refused, not shown; the last: {fleet.refused[-1].sentence()}"
+
+
 def _headline(title: str, interval: float) -> str:
     now = datetime.now().strftime("%H:%M:%S")
     return f"{title}  every {interval:g} s, Ctrl-C quits  {now}\n"
@@ -242,7 +274,7 @@ async def watch(args: argparse.Namespace, render: Callable[[LiveFleet, bool], st
             with Screen(in_place) as screen:
 
                 def frame() -> str:
-                    body = render(fleet, in_place)
+                    body = render(fleet, in_place) + ("" if args.json else _refusals(fleet))
                     return _headline(title, args.interval) + body if in_place else body
 
                 await redraw(fleet, screen, frame, args.interval, lambda: client.nc.is_connected)

@@ -25,10 +25,11 @@ from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from infra import fleetkey
 from infra.config import Settings
+from infra.eventfollow import LiveCheck, read_stream
 from infra.eventstore import EventStore, decode
 from infra.mailbox import Mailbox
 from infra.nats import connect
@@ -178,11 +179,12 @@ def init(settings: Settings, nats_url: str) -> web.Application:
 async def _nats(app: web.Application) -> AsyncIterator[None]:
     nc = await connect(app[NATS_URL], name="fleet-gateway")
     app[NC] = nc
-    app[STORE] = EventStore(nc)
+    # The fleet key: the REST events, the live feed and the metrics take only what verifies
+    app[STORE] = EventStore(nc, mac_key=fleetkey.load_or_create(app[SETTINGS].state_dir))
     app[MAILBOX] = Mailbox(nc)
     subs: list[Subscription] = [
-        await nc.subscribe(subjects.ALL_EVENTS, cb=app[HUB].on_msg, pending_msgs_limit=-1),
-        await _read_log(app, nc),
+        await app[HUB].follow(app[STORE]),  # what is stored from now on, verified
+        await _read_log(app),
         await nc.subscribe(subjects.ALL_HEALTH, cb=_on_health(app[METRICS], app[HUB])),
     ]
     poller = asyncio.create_task(_poll_mail(nc, app[METRICS]))
@@ -201,24 +203,20 @@ async def _nats(app: web.Application) -> AsyncIterator[None]:
         await nc.close()
 
 
-async def _read_log(app: web.Application, nc: Client) -> Subscription:
-    """Follow the whole log (from its start) into the metrics, with an ordered consumer."""
+async def _read_log(app: web.Application) -> Subscription:
+    """Follow the whole log (from its start) into the metrics, with an ordered consumer;
+    an event that does not verify is refused (logged) and not counted."""
     metrics = app[METRICS]
+    check = LiveCheck(app[STORE], "gateway metrics", from_start=True)
 
     async def on_msg(msg: Msg) -> None:
+        if not await check.passes_msg(msg):
+            return
         stored = decode(0, msg.data)
         if stored.event is not None:
             metrics.observe(stored.event)
 
-    return await nc.jetstream().subscribe(
-        subjects.ALL_EVENTS,
-        stream=subjects.EVENTS_STREAM,  # no stream lookup (see infra/eventscan.py)
-        ordered_consumer=True,
-        cb=on_msg,
-        deliver_policy=DeliverPolicy.ALL,
-        pending_msgs_limit=-1,
-        pending_bytes_limit=-1,
-    )
+    return await read_stream(app[STORE].js, on_msg, from_start=True)
 
 
 def _on_health(metrics: FleetMetrics, hub: Hub) -> Callable[[Msg], Awaitable[None]]:

@@ -1,6 +1,6 @@
 """Live events to WebSocket clients, batched so a busy fleet cannot flood a browser.
 
-One core NATS subscription on `fleet.evt.>` feeds every client of the gateway. Each client has
+One reader of the events stream feeds every client of the gateway. Each client has
 a filter (some agents, or all) and a buffer; its writer sends what gathered as one message
 (`{"events": [<event JSON>, ...]}`), then waits `BATCH_S` before the next send. A quiet fleet's
 event goes out at once (the leading edge); a busy one's are grouped, at most one message per
@@ -13,8 +13,12 @@ latest per agent since the last send: a dashboard of 200 agents gets at most 200
 however often the health service samples. The hub keeps each agent's latest for
 `GET /api/health`.
 
-Protocol fact: a core subscriber sees every publish on the subject, including an append that
-JetStream refuses (a stale writer); such a rare event may show live and not be in the log.
+The feed is an ordered consumer of FLEET_EVENTS from what is stored next (`follow`), not a
+core subscription on `fleet.evt.>`: a core subscriber sees every publish on the subject, also
+one that JetStream refused and never stored (a stale or forged append). Each event is checked
+with the fleet key before any client gets it (`LiveCheck`: Fleet-Mac and chain); one that does
+not verify is dropped for every client, logged with the agent, sequence and why, and counted
+(`Hub.check.refused`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
+from infra.eventfollow import LiveCheck, read_stream
+from infra.eventscan import EventReader
 from schemas import subjects
 
 log = logging.getLogger(__name__)
@@ -79,6 +86,23 @@ class Hub:
         self.by_agent: dict[str, set[Listener]] = {}
         self.everyone: set[Listener] = set()
         self.samples: dict[str, bytes] = {}  # agent -> its latest sample observation (JSON)
+        self.check: LiveCheck | None = None  # set by `follow`
+
+    async def follow(self, reader: EventReader) -> Subscription:
+        """Feed the clients from the events stream: each event stored from now on that
+        verifies with `reader`'s fleet key."""
+        check = self.check = LiveCheck(reader, "gateway event feed")
+
+        async def on_stored(msg: Msg) -> None:
+            try:
+                passed = await check.passes_msg(msg)
+            except Exception:  # its chain could not be read: dropped, never shown unchecked
+                log.exception("gateway event feed: %s not checked; dropped", msg.subject)
+                return
+            if passed:
+                await self.on_msg(msg)
+
+        return await read_stream(reader.js, on_stored, from_start=False)
 
     async def on_msg(self, msg: Msg) -> None:
         agent = msg.subject.rpartition(".")[2]

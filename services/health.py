@@ -15,6 +15,10 @@ failure that persists climbs the recovery ladder (services/health_ladder.py).
 
 With a `node` configured, only agents whose actor runs on that node are watched (the actor
 says where it runs in its `show` reply), so probes run next to the services they check.
+
+With the fleet key (`HealthConfig.mac_key`, which `fleet up` passes) every event it follows or
+loads is verified first (Fleet-Mac and chain, infra/eventfollow.py); one that does not verify is
+refused, logged with the agent, sequence and why, and never folded or acted on.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ class HealthService:
     def __init__(self, nc: Client, config: HealthConfig | None = None) -> None:
         self.nc = nc
         self.config = config or HealthConfig()
-        self.store = EventStore(nc)
+        self.store = EventStore(nc, mac_key=self.config.mac_key)  # refuses what does not verify
         self.agents: dict[str, Watched] = {}
         self.sampler = Sampler()
         self._tasks: set[asyncio.Task[Any]] = set()

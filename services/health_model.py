@@ -38,6 +38,8 @@ class HealthConfig:
     command_timeout_s: float = 120.0  # a respawn stops and brings up the whole agent
     report_timeout_s: float = 5.0  # one attempt of a report_health; unanswered, it is retried
     report_backoff_s: tuple[float, float] = (0.2, 5.0)  # first and longest wait between tries
+    # The fleet key (infra/fleetkey.py): events that do not verify are refused. None: unchecked.
+    mac_key: bytes | None = field(default=None, repr=False)
 
     @property
     def durable(self) -> str:

@@ -10,6 +10,11 @@ Channels: `webhook` (Slack- and Discord-compatible JSON, `{"text": ..., "content
 `ntfy` (a POST to a topic URL, with Title and Priority headers), `desktop` (`notify-send`),
 `log` (one JSON line per notice), `bus`. Configuration: `<state_dir>/notifications.yaml`
 (channels, rules, limits); without it, the log file, the bus and (where present) the desktop.
+
+The log is read with the fleet key: an event that does not verify (its Fleet-Mac or its place
+in the agent's chain, infra/eventfollow.py) is never turned into a notice of what it claims;
+it is refused, and the refusal itself is a critical notice (`log.refused`) naming the agent,
+the sequence and why.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ import yaml
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from infra import fleetkey
 from infra.config import Settings
 from infra.eventstore import EventStore, Stored
 from schemas import subjects
 from schemas.errors import FleetError, RateLimited
+from schemas.eventcheck import Refusal
 from schemas.notify import DEFAULT_RULES, Dedupe, Notice, Rule, channels_for, classify, from_bus
 from schemas.notify import is_stale as too_old
 from schemas.ratelimit import RateLimiter
@@ -126,6 +133,22 @@ class Notifier:
     async def handle_event(self, stored: Stored) -> None:
         if stored.event is not None:
             await self.notify(classify(stored.event))
+
+    async def refused(self, refusal: Refusal) -> None:
+        """An event of the log that does not verify: said as what it is, never as what it says."""
+        message = (
+            f"{refusal.sentence()}. It was not acted on; `fleet audit --verify"
+            f" {refusal.agent_id}` shows the log"
+        )
+        notice = Notice(
+            kind="log.refused",
+            severity="critical",
+            message=message,
+            agent_id=refusal.agent_id,
+            source="notifications",
+            at=datetime.now(UTC),
+        )
+        await self.notify(notice)
 
     async def notify(self, notice: Notice) -> list[str]:
         """Send `notice` to the channels its rules name; returns those channel names."""
@@ -277,7 +300,10 @@ async def running(
     notifier = Notifier(load_config(settings), nc, metrics)
     stop = asyncio.Event()
     sub = await nc.subscribe(subjects.ALL_NOTIFY, cb=_on_notice(notifier))
-    follower = asyncio.create_task(EventStore(nc).follow(DURABLE, notifier.handle_event, stop=stop))
+    store = EventStore(nc, mac_key=fleetkey.load_or_create(settings.state_dir))
+    follower = asyncio.create_task(
+        store.follow(DURABLE, notifier.handle_event, stop=stop, on_refused=notifier.refused)
+    )
     try:
         yield notifier
     finally:

@@ -314,7 +314,8 @@ async def _start_health(settings: Settings, nc: Client, stack: AsyncExitStack) -
 
     node = ray.get_runtime_context().get_node_id() if settings.ray_address else ""
     stop = asyncio.Event()
-    task = asyncio.create_task(health.run(nc, stop, health.HealthConfig(node=node)))
+    config = health.HealthConfig(node=node, mac_key=fleetkey.load_or_create(settings.state_dir))
+    task = asyncio.create_task(health.run(nc, stop, config))
 
     async def stop_health() -> None:
         stop.set()

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from infra import fleetkey
 from infra.config import Settings
 from infra.eventstore import EventStore
 from infra.nats import connect, ensure_streams
@@ -80,7 +81,9 @@ async def run_gateway(nats_url: str, state_dir: Path) -> AsyncIterator[Gateway]:
     app = gateway.init(Settings(state_dir=state_dir), nats_url)
     runner = await gateway.start(app, port=0)
     try:
-        yield Gateway(gateway.url_of(runner), tokens, EventStore(nc), app, {})
+        # `append` plays the agents' actors: signed with the fleet key the gateway verifies with
+        store = EventStore(nc, mac_key=fleetkey.load_or_create(state_dir))
+        yield Gateway(gateway.url_of(runner), tokens, store, app, {})
     finally:
         await runner.cleanup()
         await nc.close()

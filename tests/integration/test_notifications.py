@@ -14,6 +14,7 @@ import msgspec
 import pytest
 from aiohttp import web
 
+from infra import fleetkey
 from infra.config import Settings
 from infra.eventstore import EventStore
 from infra.nats import connect, ensure_streams
@@ -96,7 +97,8 @@ async def test_an_agent_waiting_for_input_reaches_the_webhook_and_the_phone(
         ui.append(msg)
 
     await nc.subscribe(subjects.ALL_NOTIFY, cb=on_ui)
-    store = EventStore(nc)
+    # the test is the agent's actor: it signs with the fleet key, which the service verifies
+    store = EventStore(nc, mac_key=fleetkey.load_or_create(state_dir))
     async with n.running(settings, nc):
         position = await store.append("a1", created("a1"), Position())
         await store.append(

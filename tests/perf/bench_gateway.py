@@ -30,6 +30,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from infra import fleetkey
 from infra.config import Settings
 from infra.eventstore import EventStore, Loaded
 from schemas import events as e
@@ -43,6 +44,7 @@ from tests.perf.common import emit, fresh_nats, log, p50
 AGENTS = 200
 ROUNDS = 15
 LIST_REQUESTS = 200
+KEY = b"bench-gateway-fleet-key"  # the gateway verifies what it reads: the writers sign
 
 
 def _p99(samples: list[float]) -> float:
@@ -140,7 +142,7 @@ async def _append_rounds(nats_url: str, agents: list[str]) -> None:
     from infra.nats import connect
 
     nc = await connect(nats_url)
-    store = EventStore(nc)
+    store = EventStore(nc, mac_key=KEY)
     positions = {a: (await store.load(a)).position for a in agents}
 
     async def one(agent: str, to: Activity, frm: Activity) -> None:
@@ -211,11 +213,12 @@ async def _api_list(url: str, token: str, nc: Client) -> tuple[list[float], list
 
 async def main() -> None:
     async with fresh_nats() as nc:
-        store = EventStore(nc)
+        store = EventStore(nc, mac_key=KEY)
         agents = [f"b{i:03d}" for i in range(AGENTS)]
         await asyncio.gather(*(_create(store, a) for a in agents))
         with tempfile.TemporaryDirectory(prefix="fleet-bench-gw-") as tmp:
             token = TokenStore(Path(tmp)).create("viewer", "bench")
+            fleetkey.key_path(tmp).write_text(KEY.hex() + "\n")
             url_nats = nc.connected_url
             assert url_nats is not None
             app = gateway.init(Settings(state_dir=Path(tmp)), url_nats.geturl())
