@@ -5,8 +5,11 @@ the readers behind `/metrics` and `/ws/events` open and close in `app.cleanup_ct
 listens on 127.0.0.1 (port 0: any free port) and returns the URL; `fleet up` calls it.
 
 Auth: every route names the least role it needs (`public`, `viewer`, `operator`, `admin`); a
-token comes as `Authorization: Bearer <token>` or, where a browser cannot set headers (a
-WebSocket), as `?token=`. No token or an unknown one: 401; a role too small: 403.
+token comes only as `Authorization: Bearer <token>`. A WebSocket (where a browser cannot set
+headers) may instead carry `?ticket=`, from `POST /api/tickets`: single use, short-lived, bound
+to the token (services/gateway_auth.py). A token in the URL (`?token=`) is refused, since URLs
+end up in logs and histories. No token or an unknown one: 401; a role too small: 403. A
+revoked token's open WebSockets are closed (code 1008, with a sentence) within `WATCH_S`.
 Errors (STYLE §7): a `FleetError` (ours or in a reply) is a 4xx with
 `{"ok": false, "error": {...}}`; anything else is a 500 whose id is in the log.
 """
@@ -18,7 +21,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import msgspec
 from aiohttp import web
@@ -35,9 +38,10 @@ from infra.mailbox import Mailbox
 from infra.nats import connect
 from schemas import replies, subjects
 from schemas.errors import FleetError, PayloadTooLarge
+from services.gateway_auth import Forbidden, Sockets, Tickets, Unauthorized, watch_tokens
 from services.gateway_events import Hub
 from services.metrics import FleetMetrics
-from services.tokens import TokenEntry, TokenStore, allows
+from services.tokens import TokenEntry, TokenStore, allows, digest
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,10 @@ TOKENS = web.AppKey("tokens", TokenStore)
 METRICS = web.AppKey("metrics", FleetMetrics)
 HUB = web.AppKey("hub", Hub)
 MAILBOX = web.AppKey("mailbox", Mailbox)
+TICKETS = web.AppKey("tickets", Tickets)
+SOCKETS = web.AppKey("sockets", Sockets)
 WHO = web.RequestKey("who", TokenEntry)  # the caller, once authenticated
+CALLER = web.RequestKey("caller", str)  # the digest of the caller's token
 
 MAIL_POLL_S = 5.0
 
@@ -86,6 +93,16 @@ def role(needed: str) -> Callable[[Handler], Handler]:
     return mark
 
 
+def websocket(handler: Handler) -> Handler:
+    """Mark a handler that answers with a WebSocket: it may be opened with `?ticket=`."""
+    handler.fleet_websocket = True  # type: ignore[attr-defined]
+    return handler
+
+
+def is_websocket(handler: object) -> bool:
+    return bool(getattr(handler, "fleet_websocket", False))
+
+
 def status_for(code: str) -> int:
     return STATUS.get(code, 400)
 
@@ -98,19 +115,41 @@ def error_response(err: FleetError, status: int | None = None) -> web.Response:
     )
 
 
-class Unauthorized(FleetError):
-    code = "unauthorized"
+TOKEN_IN_URL = (
+    "a token is not accepted in the URL (URLs end up in logs and histories): send "
+    "`Authorization: Bearer <token>`; to open a WebSocket from a browser, POST /api/tickets "
+    "with that header and open the WebSocket with ?ticket=<ticket>"
+)
+TICKET_NOT_HERE = (
+    "a ticket opens a WebSocket only (/ws/...); send `Authorization: Bearer <token>` instead"
+)
 
 
-class Forbidden(FleetError):
-    code = "forbidden"
-
-
-def _token_of(request: web.Request) -> str:
+def _bearer(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
-    if header.lower().startswith("bearer "):
+    if header[:7].lower() == "bearer ":
         return header[7:].strip()
-    return request.query.get("token", "")
+    return ""
+
+
+def _caller(request: web.Request) -> tuple[str, TokenEntry]:
+    """The digest and entry of the caller's token (header, or a WebSocket's ticket)."""
+    if "token" in request.query:
+        raise Unauthorized(TOKEN_IN_URL)
+    token = _bearer(request)
+    ticket = request.query.get("ticket")
+    if ticket is not None and not token:
+        if not is_websocket(request.match_info.handler):
+            raise Unauthorized(TICKET_NOT_HERE)
+        return request.app[TICKETS].redeem(ticket, request.app[TOKENS])
+    entry = request.app[TOKENS].check(token) if token else None
+    if entry is None:
+        why = "an unknown token" if token else "no token"
+        raise Unauthorized(
+            f"{why}: send `Authorization: Bearer <token>` "
+            "(`fleet token create --role viewer` makes one)"
+        )
+    return digest(token), entry
 
 
 @web.middleware
@@ -137,28 +176,29 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     needed = getattr(request.match_info.handler, "fleet_role", "viewer")
     if needed == "public" or isinstance(request.match_info.route.resource, web.StaticResource):
         return await handler(request)
-    token = _token_of(request)
-    entry = request.app[TOKENS].check(token) if token else None
-    if entry is None:
-        why = "an unknown token" if token else "no token"
-        raise Unauthorized(
-            f"{why}: send `Authorization: Bearer <token>` "
-            "(`fleet token create --role viewer` makes one)"
-        )
+    token_digest, entry = _caller(request)
     if not allows(entry.role, needed):
         raise Forbidden(
             f"token {entry.name!r} is a {entry.role}; {request.method} "
             f"{request.path} needs {needed}"
         )
     request[WHO] = entry
+    request[CALLER] = token_digest
     return await handler(request)
 
 
-STATUS.update({"unauthorized": 401, "forbidden": 403})
+STATUS.update({"unauthorized": 401, "forbidden": 403, "unreadable_tokens": 500})
 
 
 def who(request: web.Request) -> TokenEntry:
     return request[WHO]
+
+
+@contextlib.contextmanager
+def holding(request: web.Request, ws: web.WebSocketResponse) -> Iterator[None]:
+    """Keep `ws` among the caller's open sockets (closed if its token is revoked)."""
+    with request.app[SOCKETS].hold(ws, request[CALLER], who(request)):
+        yield
 
 
 def init(settings: Settings, nats_url: str) -> web.Application:
@@ -171,7 +211,10 @@ def init(settings: Settings, nats_url: str) -> web.Application:
     app[TOKENS] = TokenStore(settings.state_dir)
     app[METRICS] = FleetMetrics()
     app[HUB] = Hub()
+    app[TICKETS] = Tickets()
+    app[SOCKETS] = Sockets()
     app.cleanup_ctx.append(_nats)
+    app.cleanup_ctx.append(_watch_tokens)
     gateway_api.add_routes(app)
     return app
 
@@ -201,6 +244,19 @@ async def _nats(app: web.Application) -> AsyncIterator[None]:
                 await sub.unsubscribe()
         await app[MAILBOX].close()
         await nc.close()
+
+
+async def _watch_tokens(app: web.Application) -> AsyncIterator[None]:
+    """Close the WebSockets of revoked tokens for as long as the gateway runs."""
+    watcher = asyncio.create_task(watch_tokens(app[TOKENS], app[SOCKETS]))
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await app[SOCKETS].drain()
+        app[TOKENS].close()
 
 
 async def _read_log(app: web.Application) -> Subscription:

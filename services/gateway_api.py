@@ -26,7 +26,21 @@ from schemas.errors import BadRequest, FleetError, RemoteError, UnknownAgent
 from schemas.notify import AlertmanagerPayload, from_alertmanager
 from services import gateway_term
 from services.client import COMMAND_TIMEOUT_S, RESTART_TIMEOUT_S, SPAWN_TIMEOUT_S, STOP_TIMEOUT_S
-from services.gateway import HUB, METRICS, NC, STORE, TOKENS, Handler, role, status_for, who
+from services.gateway import (
+    CALLER,
+    HUB,
+    METRICS,
+    NC,
+    STORE,
+    TICKETS,
+    TOKENS,
+    Handler,
+    holding,
+    role,
+    status_for,
+    websocket,
+    who,
+)
 from services.tokens import ROLES
 
 CHECKPOINT_TIMEOUT_S = 60.0  # a commit of a large worktree (as `fleet checkpoint`)
@@ -134,7 +148,18 @@ async def json_body(request: web.Request) -> dict[str, Any]:
 
 
 def _by(request: web.Request) -> str:
+    """Who a REST request is from: always its token's name (a caller cannot say otherwise)."""
     return f"token:{who(request).name}"
+
+
+def _no_by(body: object) -> None:
+    """A caller's own `by` is refused: the log records the token, never a name it claims."""
+    if isinstance(body, dict) and "by" in body:
+        raise BadRequest(
+            f"the field by ({str(body['by'])[:40]!r}) is not accepted over REST: a request "
+            "is recorded as from its token's name; leave by out",
+            code="by_not_accepted",
+        )
 
 
 def agent_of(request: web.Request) -> str:
@@ -143,7 +168,8 @@ def agent_of(request: web.Request) -> str:
 
 async def command(request: web.Request, verb: str, body: dict[str, Any]) -> web.Response:
     agent = agent_of(request)
-    fields = {"id": uuid.uuid4().hex, **body, "type": verb, "by": body.get("by") or _by(request)}
+    _no_by(body)
+    fields = {"id": uuid.uuid4().hex, **body, "type": verb, "by": _by(request)}
     raw = _encode(fields)
     replies.decode_request(raw, c.AgentCommand, "command")  # refuse here, with the sentence
     timeout = TIMEOUTS.get(verb, COMMAND_TIMEOUT_S)
@@ -169,8 +195,10 @@ async def list_agents(request: web.Request) -> web.StreamResponse:
 
 @role("admin")
 async def spawn(request: web.Request) -> web.StreamResponse:
-    req = replies.decode_request(await request.read(), SpawnRequest, "spawn request")
-    req = msgspec.structs.replace(req, by=req.by or _by(request))
+    raw = await request.read()
+    req = replies.decode_request(raw, SpawnRequest, "spawn request")
+    _no_by(msgspec.json.decode(raw))  # it is JSON: SpawnRequest was read from it
+    req = msgspec.structs.replace(req, by=_by(request))
     nobody = RemoteError("no_responders", "no supervisor answers; is `fleet up` running?")
     subject = subjects.control("spawn")
     response = await ask(request, subject, _encode(req), SPAWN_TIMEOUT_S, "spawn", nobody)
@@ -214,6 +242,17 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
     agent = agent_of(request)
     after = query_int(request, "after")
     limit = query_int(request, "limit", 0)
+    if after < 0:
+        raise BadRequest(f"query parameter after must be 0 or more, not {after}")
+    if after > 0:
+        last = await request.app[STORE].last_seq(agent)
+        if last == 0:
+            raise UnknownAgent(agent)
+        if after > last:
+            raise BadRequest(
+                f"query parameter after ({after}) is past the end of agent {agent}'s log, "
+                f"whose last event is sequence {last}"
+            )
     rows = await request.app[STORE].read(agent, after=after)
     if not rows and after == 0:
         raise UnknownAgent(agent)
@@ -227,9 +266,29 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
 ws_term = gateway_term.ws_term
 
 
+@websocket
 @role("viewer")
 async def ws_events(request: web.Request) -> web.StreamResponse:
-    return await request.app[HUB].serve(request)
+    ws = web.WebSocketResponse(heartbeat=30)
+    with holding(request, ws):  # closed at once if the token is revoked
+        return await request.app[HUB].serve(request, ws)
+
+
+class TicketRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """No fields (the body may be left out): a ticket is always for the caller's own token."""
+
+
+@role("viewer")
+async def create_ticket(request: web.Request) -> web.StreamResponse:
+    """A single-use ticket for opening one WebSocket (`?ticket=`) as the caller's token."""
+    raw = await request.read()
+    if raw.strip():
+        replies.decode_request(raw, TicketRequest, "ticket request")
+    entry = who(request)
+    tickets = request.app[TICKETS]
+    ticket = tickets.issue(request[CALLER], entry)
+    body = replies.ok(ticket=ticket, expires_in_s=tickets.ttl_s, role=entry.role, name=entry.name)
+    return web.Response(body=body, content_type="application/json")
 
 
 class TokenRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -353,12 +412,26 @@ ROUTES: list[Route] = [
         "Alertmanager webhook receiver",
         AlertmanagerPayload,
     ),
-    Route("GET", "/ws/events", ws_events, "WebSocket of live events (?agent=a1,a2)"),
+    Route(
+        "POST",
+        "/api/tickets",
+        create_ticket,
+        "a single-use ticket (30 s) to open one WebSocket with ?ticket=, as this token",
+        TicketRequest,
+        "TicketReply",
+    ),
+    Route(
+        "GET",
+        "/ws/events",
+        ws_events,
+        "WebSocket of live events (?agent=a1,a2; ?ticket= from POST /api/tickets)",
+    ),
     Route(
         "GET",
         "/ws/term/{agent}",
         ws_term,
-        "WebSocket terminal onto the agent's tmux session (?cols=&rows=; viewers read only)",
+        "WebSocket terminal onto the agent's tmux session (?cols=&rows=; viewers read only; "
+        "?ticket= from POST /api/tickets)",
     ),
     Route("GET", "/healthz", healthz, "liveness, and whether NATS is connected"),
     Route("GET", "/metrics", metrics, "Prometheus metrics"),

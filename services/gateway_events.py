@@ -139,11 +139,11 @@ class Hub:
                 if not group:
                     del self.by_agent[agent]
 
-    async def serve(self, request: web.Request) -> web.WebSocketResponse:
-        """`/ws/events?agent=a1&agent=a2` (or `agent=a1,a2`; none: every agent)."""
+    async def serve(self, request: web.Request, ws: web.WebSocketResponse) -> web.WebSocketResponse:
+        """`/ws/events?agent=a1&agent=a2` (or `agent=a1,a2`; none: every agent) on `ws`, which
+        is not prepared yet; it ends when the client leaves or `ws` is closed by the gateway."""
         wanted = [a for v in request.query.getall("agent", []) for a in v.split(",") if a]
         agents = frozenset(subjects.token(a) for a in wanted) or None
-        ws = web.WebSocketResponse(heartbeat=30)
         listener = Listener(ws, agents)
         # Listening before the handshake is answered: whatever happens once a client is
         # connected reaches it (it is buffered until the writer starts).

@@ -55,6 +55,14 @@ class TokenReply(msgspec.Struct, frozen=True):
     name: str
 
 
+class TicketReply(msgspec.Struct, frozen=True):
+    ok: bool
+    ticket: str  # opens one WebSocket once, as `?ticket=`
+    expires_in_s: float
+    role: str
+    name: str
+
+
 class Reply(msgspec.Struct, frozen=True):
     ok: bool
 
@@ -114,6 +122,7 @@ _REPLIES = (
     EventsReply,
     OutputReply,
     TokenReply,
+    TicketReply,
     Reply,
     ErrorReply,
     CheckpointsReply,
@@ -157,7 +166,16 @@ def _document(routes: tuple[Route, ...]) -> bytes:
         "paths": paths,
         "components": {
             "schemas": components,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "ticket": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": "ticket",
+                    "description": "WebSockets only: a single-use ticket from POST "
+                    "/api/tickets (a token is never accepted in the URL)",
+                },
+            },
         },
         "security": [{"bearer": []}],
     }
@@ -183,6 +201,8 @@ def _operation(route: Route) -> dict[str, Any]:
     }
     if needed == "public":
         op["security"] = []
+    elif getattr(route.handler, "fleet_websocket", False):
+        op["security"] = [{"bearer": []}, {"ticket": []}]
     params = [seg[1:-1] for seg in route.path.split("/") if seg.startswith("{")]
     if params:
         op["parameters"] = [
@@ -190,7 +210,12 @@ def _operation(route: Route) -> dict[str, Any]:
             for p in params
         ]
     if route.body is not None:
-        op["requestBody"] = {"content": {"application/json": {"schema": _ref(route.body)}}}
+        schema: dict[str, Any] = _ref(route.body)
+        if "by" in getattr(route.body, "__struct_fields__", ()):
+            # The same component describes the NATS form, where `by` names the sender; over
+            # REST the sender is the token, and a body with `by` is refused.
+            schema = {**schema, "properties": {"by": False}}
+        op["requestBody"] = {"content": {"application/json": {"schema": schema}}}
     return op
 
 

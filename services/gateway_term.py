@@ -7,6 +7,9 @@ the agents' node. Operators type; a viewer's client is `attach-session -r` and i
 dropped here as well. Several connections of one user share the user's grouped session; the
 last one to close sends `detach` (user.detached, and the grouped session ends).
 
+It is opened with the Authorization header or a ticket (`?ticket=`, from POST /api/tickets;
+never the token), and closed (code 1008, with a sentence) as soon as that token is revoked.
+
 Wire: binary frames are terminal bytes both ways; a text frame from the browser is JSON
 `{"type": "resize", "cols": C, "rows": R}`. The first frame to the browser is text JSON
 `{"type": "hello", "user": ..., "readonly": ..., "session": ...}`.
@@ -35,7 +38,7 @@ from nats.errors import NoRespondersError
 from infra.resend import request as resend_request
 from schemas import subjects
 from schemas.errors import BadRequest, RemoteError, UnknownAgent
-from services.gateway import NC, role, who
+from services.gateway import NC, holding, role, websocket, who
 from services.tokens import TokenEntry, allows
 
 log = logging.getLogger(__name__)
@@ -193,6 +196,7 @@ async def _from_browser(pty: Pty, ws: web.WebSocketResponse, readonly: bool) -> 
                 pty.resize(control.cols, control.rows)
 
 
+@websocket
 @role("viewer")
 async def ws_term(request: web.Request) -> web.StreamResponse:
     """Attach first (so a refusal is an HTTP error), then pump bytes until either side ends."""
@@ -212,25 +216,37 @@ async def ws_term(request: web.Request) -> web.StreamResponse:
         pty = await Pty.spawn(argv, cols, rows)
         try:
             ws = web.WebSocketResponse(heartbeat=30.0)
-            await ws.prepare(request)
-            hello = {"type": "hello", "user": user, "readonly": readonly}
-            await ws.send_json({**hello, "session": reply.get("session")})
-            pumps = [
-                asyncio.create_task(_to_browser(pty, ws)),
-                asyncio.create_task(_from_browser(pty, ws, readonly)),
-            ]
-            try:
-                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in pumps:
-                    task.cancel()
-                await asyncio.gather(*pumps, return_exceptions=True)
-                await ws.close()
+            with holding(request, ws):  # closed at once if the token is revoked
+                await _pump(request, ws, pty, readonly, user, reply.get("session"))
         finally:
             await pty.close()
     finally:
         await _leave(request, agent, user)
     return ws
+
+
+async def _pump(
+    request: web.Request,
+    ws: web.WebSocketResponse,
+    pty: Pty,
+    readonly: bool,
+    user: str,
+    session: object,
+) -> None:
+    """Answer the handshake, then carry bytes both ways until either side ends."""
+    await ws.prepare(request)
+    await ws.send_json({"type": "hello", "user": user, "readonly": readonly, "session": session})
+    pumps = [
+        asyncio.create_task(_to_browser(pty, ws)),
+        asyncio.create_task(_from_browser(pty, ws, readonly)),
+    ]
+    try:
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in pumps:
+            task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+        await ws.close()
 
 
 async def _leave(request: web.Request, agent: str, user: str) -> None:

@@ -20,6 +20,14 @@ async function api(path, opts = {}) {
   return body;
 }
 const post = (path, body) => api(path, {method: "POST", body: JSON.stringify(body)});
+// A WebSocket cannot carry the Authorization header, and a token in a URL ends up in logs:
+// each socket is opened with a single-use ticket from POST /api/tickets (valid ~30 s).
+const wsUrl = async (path) => {
+  const {ticket} = await post("/api/tickets", {});
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  return `${proto}://${location.host}${path}${path.includes("?") ? "&" : "?"}ticket=${encodeURIComponent(ticket)}`;
+};
+const REVOKED = 1008;  // the gateway closes a revoked token's sockets with this code
 
 // -- the fleet's state, folded from events ----------------------------------------------------
 
@@ -104,11 +112,17 @@ function draw() {
 function schedule() { if (!frame) frame = requestAnimationFrame(draw); }
 
 let opened = 0;
-function connect() {
-  const proto = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${proto}://${location.host}/ws/events?token=${encodeURIComponent(token)}`);
+async function connect() {
+  if (!token) return;  // signed out (a 401 cleared it): the login form is showing
+  let url;
+  try { url = await wsUrl("/ws/events"); }
+  catch (e) { $("#conn").textContent = "offline"; setTimeout(connect, 2000); return; }
+  const ws = new WebSocket(url);
   ws.onopen = () => { $("#conn").textContent = "live"; if (opened++) load(); };  // missed while away
-  ws.onclose = () => { $("#conn").textContent = "offline"; setTimeout(connect, 2000); };
+  ws.onclose = (e) => {
+    $("#conn").textContent = e.code === REVOKED ? `offline: ${e.reason}` : "offline";
+    setTimeout(connect, 2000);
+  };
   ws.onmessage = (m) => {
     const batch = JSON.parse(m.data);
     if (batch.dropped) load();
@@ -264,14 +278,17 @@ function closeTerminal() {
   window.onresize = null;
 }
 
-function terminal(id) {
+async function terminal(id) {
   closeTerminal();
   if (!window.Terminal) { $("#term").innerHTML = `<pre id="screen"></pre>`; screen(id); return; }  // npm ci not run
-  term = new Terminal({fontSize: 13, scrollback: 2000, cursorBlink: true});
+  const mine = term = new Terminal({fontSize: 13, scrollback: 2000, cursorBlink: true});
   const fit = new FitAddon.FitAddon();
   term.loadAddon(fit); term.open($("#term")); fit.fit();
-  const proto = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${proto}://${location.host}/ws/term/${id}?token=${encodeURIComponent(token)}&cols=${term.cols}&rows=${term.rows}`);
+  let url;
+  try { url = await wsUrl(`/ws/term/${id}?cols=${term.cols}&rows=${term.rows}`); }
+  catch (e) { if (term === mine) term.write(`[terminal refused: ${e.message}]\r\n`); return; }
+  if (term !== mine) return;  // the page moved on while the ticket was asked for
+  const ws = new WebSocket(url);
   ws.binaryType = "arraybuffer";
   const enc = new TextEncoder();
   ws.onmessage = (m) => {

@@ -34,6 +34,10 @@ class Gateway:
     def headers(self, role: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[role]}"}
 
+    async def ws_url(self, http: aiohttp.ClientSession, path: str, role: str) -> str:
+        """The URL of WebSocket `path` with a new ticket of `role`'s token (as a browser)."""
+        return await ticket_url(http, self.url, path, self.tokens[role])
+
     async def append(self, agent_id: str, *events: e.AgentEvent) -> Position:
         position = await self.store.append(
             agent_id, events, self.positions.get(agent_id, Position())
@@ -87,6 +91,15 @@ async def run_gateway(nats_url: str, state_dir: Path) -> AsyncIterator[Gateway]:
     finally:
         await runner.cleanup()
         await nc.close()
+
+
+async def ticket_url(http: aiohttp.ClientSession, base: str, path: str, token: str) -> str:
+    """`path` on the gateway at `base` with `?ticket=`, the ticket asked for with `token`."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with http.post(base + "/api/tickets", headers=headers) as r:
+        body = await r.json()
+        assert r.status == 200, body
+    return f"{base}{path}{'&' if '?' in path else '?'}ticket={body['ticket']}"
 
 
 async def get_json(

@@ -68,13 +68,39 @@ async def test_the_log_and_live_events_filtered_by_agent(
         "lifecycle.changed",
         "lifecycle.changed",
     ]
-    url = gw.url + "/ws/events?agent=a1&token=" + gw.tokens["viewer"]
+    url = await gw.ws_url(http, "/ws/events?agent=a1", "viewer")
     async with http.ws_connect(url) as ws:  # connected: its listener is in (gateway_events)
         await gw.append("a2", *created("a2"))
         await gw.append("a1", activity("a1", Activity.AWAITING_INPUT, "Proceed? [y/n]"))
         msg = await ws.receive_json(timeout=30)
     assert [(x["agent_id"], x["type"]) for x in msg["events"]] == [("a1", "activity.changed")]
     assert msg["events"][0]["detail"] == "Proceed? [y/n]"
+
+
+async def test_events_after_out_of_range_is_a_400_with_a_sentence(
+    gw: Gateway, http: aiohttp.ClientSession
+) -> None:
+    await gw.append("e1", *created("e1"))
+    url = gw.url + "/api/agents/e1/events?after="
+    status, body = await get_json(http, url + "0", gw.headers("viewer"))
+    assert status == 200, body
+    last = body["events"][-1]["seq"]  # type: ignore[index]
+    status, body = await get_json(http, f"{url}{last}", gw.headers("viewer"))
+    assert (status, body) == (200, {"ok": True, "events": []})  # nothing new is not an error
+    for bad, needle in (
+        ("-1", "must be 0 or more"),
+        (str(last + 1), f"past the end of agent e1's log, whose last event is sequence {last}"),
+        (str(2**70), "past the end"),
+        ("abc", "must be a whole number"),
+        ("1.5", "must be a whole number"),
+    ):
+        status, body = await get_json(http, url + bad, gw.headers("viewer"))
+        assert status == 400, (bad, body)
+        assert needle in body["error"]["message"], (bad, body)  # type: ignore[index]
+    status, body = await get_json(
+        http, gw.url + "/api/agents/ghost/events?after=3", gw.headers("viewer")
+    )
+    assert status == 404, body
 
 
 async def test_openapi_is_generated_from_the_types(
@@ -87,6 +113,11 @@ async def test_openapi_is_generated_from_the_types(
     assert "get" in paths["/api/agents/{agent}/events"]
     schemas: Any = doc["components"]
     assert {"AgentView", "SpawnRequest", "ErrorReply", "Rollback"} <= set(schemas["schemas"])
+    assert "TicketReply" in schemas["schemas"] and "ticket" in schemas["securitySchemes"]
+    assert paths["/api/tickets"]["post"]["responses"]["200"]
+    assert paths["/ws/events"]["get"]["security"] == [{"bearer": []}, {"ticket": []}]
+    pause_body = paths["/api/agents/{agent}/pause"]["post"]["requestBody"]
+    assert pause_body["content"]["application/json"]["schema"]["properties"] == {"by": False}
 
 
 async def test_metrics_fold_the_log(gw: Gateway, http: aiohttp.ClientSession) -> None:

@@ -178,7 +178,7 @@ async def test_health_report_and_samples_live_and_at_rest(
         )
         assert status == 404 and body["error"]["code"] == "unknown_agent"  # type: ignore[index]
 
-    ws_url = gw.url + "/ws/events?agent=h1&token=" + gw.tokens["viewer"]
+    ws_url = await gw.ws_url(http, "/ws/events?agent=h1", "viewer")
     async with http.ws_connect(ws_url) as ws:
         await asyncio.sleep(0.05)
         for cpu in (10.0, 42.5):  # the same agent twice: both, or only the latest, arrive

@@ -54,10 +54,10 @@ async def test_operators_type_viewers_watch_and_both_are_present(fleet: Fleet, r
     async for gw in run_gateway(fleet.nats_url, fleet.state_dir):
         async with aiohttp.ClientSession() as http:
             await spawn(http, gw, repo, "t1")
-            term = gw.url + "/ws/term/t1?cols=100&rows=30&token="
+            term = "/ws/term/t1?cols=100&rows=30"
             async with (
-                http.ws_connect(term + gw.tokens["operator"]) as op,
-                http.ws_connect(term + gw.tokens["viewer"]) as viewer,
+                http.ws_connect(await gw.ws_url(http, term, "operator")) as op,
+                http.ws_connect(await gw.ws_url(http, term, "viewer")) as viewer,
             ):
                 hello = await op.receive_json(timeout=10)
                 assert hello["user"] == "test-operator" and hello["readonly"] is False
@@ -80,7 +80,7 @@ async def test_operators_type_viewers_watch_and_both_are_present(fleet: Fleet, r
             _, body = await get_json(http, gw.url + "/api/agents/t1/events", gw.headers("viewer"))
             types = [x["event"]["type"] for x in body["events"]]  # type: ignore[union-attr]
             assert types.count("user.attached") == 2 and types.count("user.detached") == 2
-            ghost = gw.url + "/ws/term/ghost?token=" + gw.tokens["viewer"]
+            ghost = await gw.ws_url(http, "/ws/term/ghost", "viewer")
             with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
                 await http.ws_connect(ghost)
             assert refused.value.status == 404

@@ -176,8 +176,9 @@ async def _events_to_browser(
         direct.append((time.time_ns() - int(sent)) / 1e6)
 
     sub = await nc.subscribe(subjects.ALL_EVENTS, cb=on_core)
-    ws_url = f"{url}/ws/events?token={token}"
-    async with aiohttp.ClientSession() as http, http.ws_connect(ws_url) as ws:
+    ws_url = f"{url}/ws/events"  # the token in the header (a browser would use a ticket)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, headers=headers) as ws:
         await asyncio.sleep(0.1)
         appender = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.perf.bench_gateway", "append", nats_url
