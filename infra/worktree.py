@@ -1,51 +1,55 @@
-"""Git worktrees for agents: one branch `fleet/<name>` and one directory per agent.
+"""Agents' repositories: one branch `fleet/<name>` and one repository of its own per agent.
 
-Work is never lost: removing a worktree that has uncommitted changes or unmerged commits
-is refused, and with `force` its whole state (tracked and untracked files) is first
-committed to a ref under `refs/fleet/saved/` through a temporary index, so neither the
-branch nor the worktree's own index moves. The same `save_to_ref` serves checkpoints.
+An agent works in `<root>/<agent id>`, a repository of its own (`.git` inside) whose objects
+borrow the user's (`objects/info/alternates`), on its branch. It can write its repository but
+not the user's: the user's branches, other agents' branches, fleetd's refs (checkpoints under
+`refs/fleet/checkpoints/`, saved states under `refs/fleet/saved/`) and every object they need
+live in the user's repository, which a pane may only read (its objects). The control plane
+copies what it needs out of the agent's repository (infra/agentrepo.py reads its HEAD and
+index without running git in it; its objects are borrowed read-only for a call through
+`GIT_ALTERNATE_OBJECT_DIRECTORIES`), and every git it runs is infra/gitsafe.py's. So deleting
+refs or `git gc --prune=now` in an agent's repository destroys nothing a checkpoint needs.
 
-Branch policy for `add`: a new branch `fleet/<name>` is made from `base_ref`. If that
-branch already exists and no worktree has it checked out (an agent that was stopped and
-whose worktree was removed), it is reused as is, and `base_ref` is ignored: its commits
-are the agent's earlier work. If a worktree has it checked out, `add` refuses.
+The user's repository holds `refs/heads/fleet/<name>`, made at the base when the agent is
+created and brought up to the agent's HEAD (`bring_back`) when it stops and before its
+repository is removed; that is the branch a person reviews and merges.
 
-Git runs as a plain subprocess (as GitPython's `Git.execute` ran it: C locale, no stdin), so an
-agent actor's worker does not import GitPython (about 2.7 MB of its memory).
+Work is never lost: removing an agent's repository that has uncommitted changes or unmerged
+commits is refused, and with `force` its whole state (tracked and untracked files) is first
+committed to a ref under `refs/fleet/saved/` of the user's repository. The same `save_to_ref`
+serves checkpoints.
+
+Branch policy for `create`: a new branch `fleet/<name>` is made from `base_ref`. If that
+branch already exists and no agent's repository has it (an agent that was stopped and whose
+repository was removed), it is reused as is, and `base_ref` is ignored: its commits are the
+agent's earlier work. If one has it, `create` refuses. Older agents' linked worktrees (made by
+`git worktree add`) are still listed and removed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import os
 import re
 import shutil
-import subprocess
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
+from infra import agentrepo, gitsafe, snapshots
+from infra.userrepo import BRANCH_PREFIX, META, UserRepo, borrowed_objects, repo_lock, top
+from infra.worktree_legacy import LegacyWorktrees, common_dir
 from schemas.errors import GitFailed, InvalidName, WorktreeHasWork
 
-BRANCH_PREFIX = "fleet/"
+__all__ = ["BRANCH_PREFIX", "SAVED_PREFIX", "WorktreeInfo", "Worktrees", "common_dir"]
+
 SAVED_PREFIX = "refs/fleet/saved/"
 _TOKEN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 _REF = re.compile(r"[^-\s~^:?*\[\\][^\s~^:?*\[\\]*")
-_IDENTITY = {  # used only when the repository has no user configured
-    "GIT_AUTHOR_NAME": "fleetd",
-    "GIT_AUTHOR_EMAIL": "fleetd@localhost",
-    "GIT_COMMITTER_NAME": "fleetd",
-    "GIT_COMMITTER_EMAIL": "fleetd@localhost",
-}
 
 
 @dataclass(frozen=True)
 class WorktreeInfo:
-    """One entry of `git worktree list` that belongs to the fleet."""
+    """One agent's repository (or an older linked worktree) that belongs to the fleet."""
 
     path: Path
     branch: str | None  # short name, e.g. "fleet/a1"; None when detached
@@ -66,177 +70,205 @@ def _ref(what: str, value: str) -> str:
     return value
 
 
-def _is_git_dir(path: Path) -> bool:
-    return (path / "HEAD").is_file() and (path / "objects").is_dir() and (path / "refs").is_dir()
+def paths_for_pane(repo_path: str | Path, worktree: str | Path) -> tuple[list[str], list[str]]:
+    """What an agent's processes need for git in their repository: (read-only, writable).
 
-
-def _top(repo_path: str | Path) -> Path:
-    """The repository's top directory, found as `git.Repo(path)` found it: `path` holds a `.git`
-    directory or file (a linked worktree's), or is a git directory itself."""
-    path = Path(
-        os.path.normpath(os.path.abspath(os.path.expandvars(os.path.expanduser(repo_path))))
-    )
-    dot_git = path / ".git"
-    if _is_git_dir(dot_git) or (dot_git.is_file() and dot_git.read_text().startswith("gitdir:")):
-        return path
-    if _is_git_dir(path):
-        return path.parent if path.name == ".git" else path
-    raise GitFailed("open the repository", str(repo_path), "it is not a git repository")
-
-
-def _run_git(action: str, where: str | Path, args: tuple[str, ...], env: dict[str, str]) -> str:
-    """Run git in `where`; its output without the last newline. Any failure becomes one
-    GitFailed sentence: git's last line of stderr."""
-    try:
-        done = subprocess.run(
-            ["git", *args],
-            cwd=where,
-            env={**os.environ, "LANGUAGE": "C", "LC_ALL": "C", **env},
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            check=False,
-        )
-    except FileNotFoundError as e:  # no git, or no such directory to run it in
-        raise GitFailed(action, str(where), f"cannot run git there ({e.strerror})") from e
-    if done.returncode != 0:
-        lines = done.stderr.decode(errors="replace").strip().splitlines()
-        raise GitFailed(action, str(where), (lines or [f"exit {done.returncode}"])[-1].strip("' "))
-    return done.stdout.decode(errors="surrogateescape").removesuffix("\n")
+    Writable: the agent's directory (its `.git` is inside). Read-only: the object directories
+    its repository borrows (the user's). Nothing else of the user's repository: not its refs,
+    config, hooks or index. An older agent's linked worktree still needs the user's git
+    directory writable (its commits go there); that is the one case the second list has it.
+    """
+    wt = Path(worktree)
+    common = common_dir(top(repo_path))
+    if agentrepo.is_agent_repo(wt) or not wt.exists():
+        return borrowed_objects(common), [str(wt)]
+    linked = common_dir(wt)
+    return [], [str(wt), *([linked] if linked else [])]
 
 
 class Worktrees:
-    """The fleet's worktrees of one repository, kept under `root/<agent_id>`."""
+    """The fleet's agent repositories of one user repository, kept under `root/<agent_id>`."""
 
     def __init__(self, repo_path: str | Path, root: str | Path) -> None:
-        self.main = _top(repo_path)
-        self.root = Path(root).absolute()
+        self.repo = UserRepo(repo_path, root)
+        self.main, self.root, self.common = self.repo.main, self.repo.root, self.repo.common
+        self._legacy = LegacyWorktrees(self.main, self.root, self.repo.gitdir)
 
     def path_for(self, agent_id: str) -> Path:
         return self.root / _token("agent id", agent_id)
 
-    def _git(self, action: str, where: str | Path, *args: str, **env: str) -> str:
-        """Run git in `where`; any failure becomes one GitFailed sentence."""
-        return _run_git(action, where, args, env)
+    # -- creating ---------------------------------------------------------------------------
 
     def add(self, agent_id: str, branch: str, base_ref: str) -> Path:
-        """Create the agent's worktree on branch `fleet/<branch>`; return its path."""
+        """Create the agent's repository on branch `fleet/<branch>`; return its path."""
         return self.create(agent_id, branch, base_ref).path
 
     def create(self, agent_id: str, branch: str, base_ref: str) -> WorktreeInfo:
-        """`add`, answering the new worktree's entry, its HEAD included.
-
-        The usual case takes two git calls: resolve the base, add the worktree on a new branch
-        at that commit (which is then its HEAD). Only when that add is refused is the branch
-        looked at: an existing one is reused as the module docstring says.
-        """
+        """`add`, answering the new repository's entry, its HEAD included."""
         path = self.path_for(agent_id)
         full = BRANCH_PREFIX + _token("branch name", branch)
         where = str(self.main)
-        if path.exists():
+        if path.exists() or path.is_symlink():
             raise GitFailed("add a worktree", where, f"{path} already exists")
         head = self._commit_of(base_ref) if _REF.fullmatch(base_ref) else None
-        if head is not None:
-            try:
-                self._add_worktree(path, "-b", full, str(path), head)
-                return WorktreeInfo(path, full, head, agent_id)
-            except GitFailed:
-                if not self._branch_exists(full):
-                    raise
-        elif not self._branch_exists(full):
-            _ref("base ref", base_ref)
-            raise GitFailed("add a worktree", where, f"base ref {base_ref!r} does not exist")
-        if full in {w.branch for w in self.list_fleet_worktrees()}:
-            raise GitFailed("add a worktree", where, f"branch {full} is checked out elsewhere")
-        self._add_worktree(path, str(path), full)
-        return WorktreeInfo(path, full, self._git("read HEAD", path, "rev-parse", "HEAD"), agent_id)
+        with repo_lock(self.common):  # one branch check-and-make at a time per repository
+            if head is None or not self._make_branch(full, head):
+                existing = self._commit_of(f"refs/heads/{full}")
+                if existing is None:
+                    _ref("base ref", base_ref)
+                    raise GitFailed(
+                        "add a worktree", where, f"base ref {base_ref!r} does not exist"
+                    )
+                if self._has_branch(full):
+                    raise GitFailed(
+                        "add a worktree", where, f"branch {full} is checked out elsewhere"
+                    )
+                head = existing
+            self._write_meta(agent_id, full)
+        try:
+            self._init(path, full, head)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            self._meta_path(agent_id).unlink(missing_ok=True)
+            raise
+        return WorktreeInfo(path, full, head, agent_id)
 
-    def _add_worktree(self, path: Path, *args: str) -> None:
+    def _make_branch(self, full: str, head: str) -> bool:
+        """Make `refs/heads/<full>` at `head` unless it exists; whether it was made."""
+        try:  # an empty old value: the ref must not exist yet
+            self.repo.git("make the branch", "update-ref", f"refs/heads/{full}", head, "")
+        except GitFailed:
+            return False
+        return True
+
+    def _has_branch(self, full: str) -> bool:
+        """An agent's repository, or a worktree of the user's, has `full` checked out."""
+        return full in {w.branch for w in self.list_fleet_worktrees()} or self._checked_out(full)
+
+    def _init(self, path: Path, full: str, head: str, checkout: bool = True) -> None:
+        """A repository at `path` on `full` at `head`, borrowing the user's objects, with the
+        user's name and email; its files checked out (`checkout`), else only its index made
+        (the files are the agent's, kept as they are)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with _repo_lock(self.main):  # concurrent `worktree add`s in one repo race in .git/worktrees
-            self._git("add a worktree", str(self.main), "worktree", "add", *args)
+        asked = gitsafe.ask_identity(self.main)
+        try:
+            gitsafe.run(
+                "make the agent's repository", self.root,
+                ("init", "-q", "--template=", f"--initial-branch={full}", str(path)),
+            )  # fmt: skip
+        finally:
+            who = gitsafe.identity(asked)
+        agentrepo.write(path, "objects/info/alternates", (self.repo.objects + "\n").encode())
+        agentrepo.write(path, f"refs/heads/{full}", (head + "\n").encode())
+        name, email = who["GIT_AUTHOR_NAME"], who["GIT_AUTHOR_EMAIL"]
+        config = (agentrepo.read(path, "config", 1 << 20) or b"").decode(errors="replace")
+        config += f"[user]\n\tname = {_quoted(name)}\n\temail = {_quoted(email)}\n"
+        agentrepo.write(path, "config", config.encode())
+        with tempfile.TemporaryDirectory(prefix="fleet-index-") as tmp:
+            index = Path(tmp) / "index"
+            env = {"GIT_INDEX_FILE": str(index)}
+            if checkout:  # a new folder no pane has seen: attributes of the tree apply
+                dot_git = str(path / ".git")
+                args = ("--git-dir", dot_git, "--work-tree", str(path), "read-tree", "--reset", "-u", head)
+                gitsafe.run("check out the base", path, args, env)
+            else:
+                self.repo.on("make the agent's index", path, "read-tree", head, env=env)
+            agentrepo.write(path, "index", index.read_bytes())
+
+    def _own_repo(self, wt: Path) -> bool:
+        """True: `wt` holds the agent's own repository (made again, at its branch as the user's
+        repository has it, when the agent deleted it); False: an older linked worktree of the
+        user's repository. Anything else (`.git` a link, a stray file) is refused."""
+        dot_git = wt / ".git"
+        where = str(wt)
+        if dot_git.is_dir() and not dot_git.is_symlink():
+            return True
+        if dot_git.is_symlink() or dot_git.exists():
+            if self._is_linked(dot_git):
+                return False
+            raise GitFailed("use the agent's repository", where,
+                            ".git is neither its repository nor a linked worktree")  # fmt: skip
+        branch = self._read_meta(wt.name) if wt.parent == self.root else None
+        head = self._commit_of(f"refs/heads/{branch}") if branch else None
+        if not wt.is_dir() or branch is None or head is None:
+            raise GitFailed("use the agent's repository", where, "it has no .git any more")
+        self._init(wt, branch, head, checkout=False)
+        return True
+
+    def _is_linked(self, dot_git: Path) -> bool:
+        """`.git` is a plain file naming a git dir under the user's `worktrees/`."""
+        if dot_git.is_symlink() or not dot_git.is_file():
+            return False
+        try:
+            named = dot_git.read_text(errors="replace").strip().removeprefix("gitdir:").strip()
+        except OSError:
+            return False
+        found = Path(os.path.normpath(dot_git.parent / named))
+        return found.parent == self.common / "worktrees"
+
+    # -- what the agent has -----------------------------------------------------------------
+
+    def head_of(self, path: str | Path) -> str:
+        """The commit the agent's HEAD is at; where its repository no longer says (HEAD or its
+        branch deleted), the agent's branch as the user's repository has it."""
+        wt = Path(path)
+        try:
+            return agentrepo.head(wt)[1]
+        except GitFailed:
+            meta = self._read_meta(wt.name)
+            found = self._commit_of(f"refs/heads/{meta}") if meta else None
+            if found is None:
+                raise
+            return found
 
     def is_dirty(self, path: str | Path) -> bool:
         """Tracked changes (staged or not) or untracked files that are not ignored."""
-        return bool(self._git("read the status", path, "status", "--porcelain", "-uall"))
+        wt = Path(path)
+        if not self._own_repo(wt):
+            return self._legacy.is_dirty(wt)
+        return snapshots.is_dirty(self.repo, wt, self.head_of(wt))
 
     def unmerged_commits(self, path: str | Path, base_ref: str) -> int:
-        """Commits on the worktree's HEAD that `base_ref` does not contain."""
+        """Commits on the agent's HEAD that `base_ref` (of the user's repository) lacks."""
+        wt = Path(path)
         base = _ref("base ref", base_ref)
-        out = self._git("count commits", path, "rev-list", "--count", f"{base}..HEAD")
-        return int(out)
+        if not self._own_repo(wt):
+            return self._legacy.unmerged_commits(wt, base)
+        return snapshots.unmerged_commits(self.repo, wt, self.head_of(wt), base)
 
     def save_to_ref(self, path: str | Path, ref: str, index_file: str | Path | None = None) -> str:
-        """Commit the whole worktree (tracked + untracked, not ignored) to `ref`; return its sha.
-
-        A temporary index (a copy of the real one, so unchanged files are not re-hashed) takes
-        `git add -A`; the commit's parent is HEAD. The branch, the real index and the files
-        are untouched. With `index_file` (checkpoints), that index is kept between saves, so
-        a save re-hashes only the files changed since the previous one; it starts as a copy of
-        the real index.
-        """
+        """Commit the whole worktree (tracked + untracked, not ignored) to `ref` of the user's
+        repository, its parent the agent's HEAD; its sha (infra/snapshots.py: `save`)."""
         if not _ref("git ref", ref).startswith("refs/"):
             raise InvalidName("git ref", ref, "a saved state's ref must start with refs/")
-        # Few processes: a checkpoint's time is mostly theirs. `update-ref` checks the ref's
-        # name (git check-ref-format rules) before it writes anything.
-        real_index = self._index_path(path)
-        asked = _ask_identity(path)  # read before the commit: git stages meanwhile
-        try:
-            with tempfile.TemporaryDirectory(prefix="fleet-index-") as tmp:
-                index = Path(index_file) if index_file is not None else Path(tmp) / "index"
-                if real_index.exists() and not index.exists():
-                    index.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(real_index, index)
-                env = {"GIT_INDEX_FILE": str(index)}  # staging needs no identity; the commit does
-                self._git("stage the worktree", path, "add", "-A", **env)
-                tree = self._git("write a tree", path, "write-tree", **env)
-        finally:
-            identity = _identity(asked)  # its answer, and the process reaped, whatever happened
-        message = f"fleet: saved state of {Path(path).name}"
-        sha = self._git(
-            "commit the state", path, "commit-tree", tree, "-p", "HEAD", "-m", message, **identity
-        )
-        self._git("store the state", path, "update-ref", ref, sha)
-        return sha
-
-    def _index_path(self, path: str | Path) -> Path:
-        """The worktree's index, read from its `.git` file (a linked worktree names its git
-        dir there) or directory; `git rev-parse --git-path index` for anything else."""
-        dot_git = Path(path) / ".git"
-        if dot_git.is_dir():
-            return dot_git / "index"
-        try:
-            first = dot_git.read_text().splitlines()[0]
-        except (OSError, IndexError):
-            first = ""
-        if first.startswith("gitdir: "):
-            gitdir = Path(first.removeprefix("gitdir: ").strip())
-            return (gitdir if gitdir.is_absolute() else Path(path) / gitdir) / "index"
-        found = Path(self._git("find the index", path, "rev-parse", "--git-path", "index"))
-        return found if found.is_absolute() else Path(path) / found
+        wt = Path(path)
+        if not self._own_repo(wt):
+            return self._legacy.save_to_ref(wt, ref, index_file)
+        return snapshots.save(self.repo, wt, self.head_of(wt), ref, index_file)
 
     def restore(self, path: str | Path, commit: str, index_file: str | Path | None = None) -> None:
-        """Make the worktree what `save_to_ref` saved in `commit`, and its branch what it was.
-
-        Files written since disappear, deleted ones come back, untracked files made since are
-        removed; ignored files are kept (`clean` without `-x`). The branch and the index return
-        to the commit's parent (HEAD when the state was saved), so files that were untracked
-        then are untracked again. Commits made since stay reachable from any later saved ref.
-
-        With `index_file` (the index `save_to_ref` kept, matching the files as just saved) only
-        the files that differ from `commit` are written: `read-tree --reset -u` is a one-way
-        merge that keeps the stat data of unchanged entries. Without it, `reset --hard` goes
-        through the real index, which rewrites every file that differs from HEAD.
-        """
+        """Make the worktree what `save_to_ref` saved in `commit`, and the agent's branch and
+        index what they were then (infra/snapshots.py: `restore`)."""
         sha = _ref("commit", commit)
-        if index_file is not None and Path(index_file).exists():
-            env = {"GIT_INDEX_FILE": str(index_file)}
-            self._git("restore the saved files", path, "read-tree", "--reset", "-u", sha, **env)
-            self._git("remove files made since", path, "clean", "-q", "-f", "-d", **env)
-        else:
-            self._git("restore the saved files", path, "reset", "-q", "--hard", sha)
-            self._git("remove files made since", path, "clean", "-q", "-f", "-d")
-        # --no-refresh: the next `git status` re-reads the files' stat data, not this reset.
-        self._git("move the branch back", path, "reset", "-q", "--no-refresh", f"{sha}^")
+        wt = Path(path)
+        if not self._own_repo(wt):
+            return self._legacy.restore(wt, sha, index_file)
+        snapshots.restore(self.repo, wt, sha, index_file)
+
+    # -- bringing work back, removing -------------------------------------------------------
+
+    def bring_back(self, agent_id: str) -> str | None:
+        """Set the agent's branch in the user's repository to the agent's HEAD (its objects
+        copied in); the commit, or None when there is nothing to bring (no such repository,
+        or the branch is checked out in one of the user's own worktrees)."""
+        path = self.path_for(agent_id)
+        branch = self._read_meta(agent_id)
+        if branch is None or not agentrepo.is_agent_repo(path) or self._checked_out(branch):
+            return None
+        head = self.head_of(path)
+        self.repo.take_in(path, head)
+        self.repo.git("bring the branch back", "update-ref", f"refs/heads/{branch}", head)
+        return head
 
     def remove(
         self,
@@ -245,145 +277,155 @@ class Worktrees:
         base_ref: str | None = None,
         delete_branch: bool = False,
     ) -> str | None:
-        """Remove the agent's worktree; return the saved-state ref when one was written.
+        """Remove the agent's repository; return the saved-state ref when one was written.
 
-        Refused with WorktreeHasWork when it is dirty or has commits `base_ref` (default: the
-        main worktree's HEAD) lacks, unless `force`; then the state is saved first. The branch
-        is kept unless `delete_branch` (its commits stay reachable from the saved ref).
+        Its branch is first brought back into the user's repository. Refused with
+        WorktreeHasWork when it is dirty or has commits `base_ref` (default: the user's HEAD)
+        lacks, unless `force`; then the state is saved first. The branch is kept unless
+        `delete_branch` (its commits stay reachable from the saved ref).
         """
         path = self.path_for(agent_id)
-        where = str(self.main)
-        if not path.exists():
-            self._git("prune worktrees", where, "worktree", "prune")
-            return None
-        branch = self._git("read the branch", path, "rev-parse", "--abbrev-ref", "HEAD")
+        dot_git = path / ".git"
+        if force and (dot_git.is_symlink() or dot_git.is_file()) and not self._is_linked(dot_git):
+            dot_git.unlink()  # a stray .git in its place: the repository is made again below
+        if not path.exists() or not self._own_repo(path):
+            saved = self._legacy.remove(agent_id, path, force, base_ref, delete_branch)
+            self._meta_path(agent_id).unlink(missing_ok=True)
+            return saved
+        branch = self._read_meta(agent_id)
+        self.bring_back(agent_id)
         dirty = self.is_dirty(path)
-        unmerged = self.unmerged_commits(path, base_ref or self._main_head())
+        unmerged = self.unmerged_commits(path, base_ref or self.repo.main_head())
         saved = None
         if dirty or unmerged:
             if not force:
                 raise WorktreeHasWork(agent_id, str(path), dirty, unmerged)
-            saved = f"{SAVED_PREFIX}{agent_id}/{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
+            saved = f"{SAVED_PREFIX}{agent_id}/{_stamp()}"
             self.save_to_ref(path, saved)
-        self._git("remove the worktree", where, "worktree", "remove", "--force", str(path))
-        self._git("prune worktrees", where, "worktree", "prune")
-        if delete_branch and branch.startswith(BRANCH_PREFIX):
-            self._git("delete the branch", where, "branch", "-D", branch)
+        shutil.rmtree(path)
+        self._meta_path(agent_id).unlink(missing_ok=True)
+        if delete_branch and branch and branch.startswith(BRANCH_PREFIX):
+            self.repo.git("delete the branch", "update-ref", "-d", f"refs/heads/{branch}")
         return saved
 
+    def delete_branch(self, branch: str, agent_id: str = "") -> str | None:
+        """Delete the user's `fleet/` branch `branch`; commits its HEAD lacks are first kept
+        under a ref of refs/fleet/saved/ (answered)."""
+        if not branch.startswith(BRANCH_PREFIX):
+            raise InvalidName("branch", branch, f"only {BRANCH_PREFIX} branches are fleetd's")
+        full = f"refs/heads/{_ref('branch', branch)}"
+        sha = self.repo.git(f"delete branch {branch}", "rev-parse", "--verify", full)
+        saved = None
+        if int(self.repo.git("count commits", "rev-list", "--count", f"HEAD..{sha}")):
+            saved = f"{SAVED_PREFIX}{agent_id or 'branch'}/{_stamp()}"
+            self.repo.git("keep the branch's commits", "update-ref", saved, sha)
+        if self._checked_out(branch):
+            raise GitFailed(f"delete branch {branch}", str(self.main), "it is checked out")
+        self.repo.git(f"delete branch {branch}", "update-ref", "-d", full, sha)
+        return saved
+
+    def _commit_of(self, ref: str) -> str | None:
+        return self.repo.commit_of(ref)
+
+    def _checked_out(self, branch: str) -> bool:
+        return self.repo.checked_out(branch)
+
+    # -- listing ----------------------------------------------------------------------------
+
     def list_fleet_worktrees(self) -> list[WorktreeInfo]:
-        """Worktrees on a `fleet/` branch or under the root (for orphan detection)."""
-        out = self._git("list worktrees", self.main, "worktree", "list", "--porcelain")
-        found = []
-        for block in out.strip().split("\n\n"):
-            fields = dict(line.partition(" ")[::2] for line in block.splitlines())
-            path = Path(fields.get("worktree", ""))
-            branch = fields.get("branch", "").removeprefix("refs/heads/") or None
-            under_root = path.parent == self.root
-            if under_root or (branch or "").startswith(BRANCH_PREFIX):
-                agent = path.name if under_root else None
-                found.append(WorktreeInfo(path, branch, fields.get("HEAD", ""), agent))
+        """Agents' repositories of this user repository, and its linked worktrees on a `fleet/`
+        branch or under the root (for orphan detection)."""
+        found = [
+            WorktreeInfo(path, branch, head, agent)
+            for path, branch, head, agent in self._legacy.listed()
+        ]
+        folder = self.root / META
+        for meta in sorted(folder.iterdir()) if folder.is_dir() else []:
+            branch, repo = _parse_meta(meta)
+            path = self.root / meta.name
+            if repo != str(self.common) or not agentrepo.is_agent_repo(path):
+                continue
+            try:
+                head = agentrepo.head(path)[1]
+            except GitFailed:
+                head = ""
+            found.append(WorktreeInfo(path, branch, head, meta.name))
         return found
 
     def list_fleet_branches(self) -> list[str]:
-        """Short names of every `fleet/` branch, with or without a worktree."""
-        out = self._git(
-            "list branches", self.main,
+        """Short names of every `fleet/` branch, with or without a repository."""
+        out = self.repo.git(
+            "list branches",
             "for-each-ref", "--format=%(refname:short)", f"refs/heads/{BRANCH_PREFIX}",
         )  # fmt: skip
         return out.splitlines()
 
-    def _branch_exists(self, full: str) -> bool:
-        return self._resolves(f"refs/heads/{full}")
+    # -- what fleetd keeps of each agent's repository ---------------------------------------
 
-    def _resolves(self, ref: str) -> bool:
-        try:
-            self._git("resolve a ref", self.main, "rev-parse", "--verify", "-q", ref)
-        except GitFailed:
+    def _meta_path(self, agent_id: str) -> Path:
+        return self.root / META / _token("agent id", agent_id)
+
+    def _write_meta(self, agent_id: str, branch: str) -> None:
+        path = self._meta_path(agent_id)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(f"branch={branch}\nrepo={self.common}\n")
+
+    def _read_meta(self, agent_id: str) -> str | None:
+        """The agent's branch, from fleetd's record (never from the agent's repository)."""
+        branch, repo = _parse_meta(self._meta_path(agent_id))
+        return branch if repo == str(self.common) else None
+
+
+def _parse_meta(path: Path) -> tuple[str | None, str | None]:
+    try:
+        fields = dict(line.partition("=")[::2] for line in path.read_text().splitlines())
+    except OSError:
+        return None, None
+    return fields.get("branch"), fields.get("repo")
+
+
+def _quoted(value: str) -> str:
+    """A git config value in double quotes (backslash and quote escaped, no newlines)."""
+    clean = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+    return f'"{clean}"'
+
+
+def _stamp() -> str:
+    from datetime import UTC, datetime
+
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
+
+
+def exclude_untracked(worktree: Path, name: str) -> None:
+    """`/<name>` in the agent's own info/exclude, unless the agent tracks `name` (the ports'
+    `.env`: kept out of the agent's `git status`, and out of checkpoints, which read that file).
+    For an older linked worktree, the repository's info/exclude as before."""
+    if not agentrepo.is_agent_repo(worktree):
+        return LegacyWorktrees.exclude_untracked(worktree, name)
+    tracked = _index_has(worktree, name)
+    if tracked:
+        return  # the project tracks it: changing what git shows is its business
+    text = (agentrepo.read(worktree, "info/exclude", 1 << 20) or b"").decode(errors="replace")
+    if f"/{name}" not in text.splitlines():
+        sep = "" if text.endswith("\n") or not text else "\n"
+        agentrepo.write(worktree, "info/exclude", (text + sep + f"/{name}\n").encode())
+
+
+def _index_has(worktree: Path, name: str) -> bool:
+    """The agent's index has an entry `name` (at the top level), read by git from a copy."""
+    with tempfile.TemporaryDirectory(prefix="fleet-index-") as tmp:
+        index = Path(tmp) / "index"
+        data = agentrepo.read(worktree, "index")
+        if not data:
             return False
-        return True
-
-    def _commit_of(self, ref: str) -> str | None:
-        """The sha of the commit `ref` names, or None when it names none."""
-        try:
-            return self._git(
-                "resolve a ref", self.main, "rev-parse", "--verify", "-q", f"{ref}^{{commit}}"
-            )
-        except GitFailed:
-            return None
-
-    def _main_head(self) -> str:
-        return self._git("read HEAD", self.main, "rev-parse", "HEAD")
-
-
-def _ask_identity(path: str | Path) -> subprocess.Popen[bytes] | None:
-    """Start reading user.name and user.email (one process for both keys); `_identity` reads
-    its answer. None when git cannot even start there."""
-    try:
-        return subprocess.Popen(
-            ["git", "config", "--get-regexp", r"^user\.(name|email)$"],
-            cwd=path,
-            env={**os.environ, "LANGUAGE": "C", "LC_ALL": "C"},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+        index.write_bytes(data)
+        empty = Path(tmp) / "git"  # a repository of nothing: ls-files reads only the index
+        gitsafe.run(
+            "make a scratch repository", tmp, ("init", "-q", "--bare", "--template=", str(empty))
         )
-    except OSError:
-        return None
-
-
-def _identity(asked: subprocess.Popen[bytes] | None) -> dict[str, str]:
-    """Author/committer env only where neither git config nor env names one (bare CI)."""
-    out = asked.communicate()[0].decode(errors="replace") if asked is not None else ""
-    if asked is not None and asked.returncode != 0:
-        out = ""  # exit status 1 when neither is set
-    found = {line.split(" ", 1)[0] for line in out.splitlines()}
-    env: dict[str, str] = {}
-    for key, part in (("user.name", "NAME"), ("user.email", "EMAIL")):
-        if key not in found:
-            for var in (f"GIT_AUTHOR_{part}", f"GIT_COMMITTER_{part}"):
-                if var not in os.environ:
-                    env[var] = _IDENTITY[var]
-    return env
-
-
-def common_dir(worktree: str | Path) -> str:
-    """The absolute git directory a worktree shares with its repository (where its commits go),
-    "" when it is none. Read from the worktree's `.git` and its `commondir` file (the layout of
-    gitrepository-layout(5)) without running git; git is asked only for another layout."""
-    dot_git = Path(worktree).absolute() / ".git"
-    try:
-        if dot_git.is_dir():
-            found = dot_git
-        else:
-            found = Path(dot_git.read_text().removeprefix("gitdir:").strip())
-            found = found if found.is_absolute() else dot_git.parent / found
-        common = found / "commondir"
-        if common.is_file():
-            shared = Path(common.read_text().strip())
-            found = shared if shared.is_absolute() else found / shared
-        if _is_git_dir(found):
-            return os.path.normpath(found)
-    except OSError:
-        pass
-    done = subprocess.run(
-        ["git", "-C", str(worktree), "rev-parse", "--path-format=absolute", "--git-common-dir"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return done.stdout.strip()
-
-
-@contextlib.contextmanager
-def _repo_lock(repo: Path) -> Iterator[None]:
-    """One `git worktree add` at a time per repository on this machine (every process):
-    git writes .git/worktrees/<name>/ in steps another add can read half-made."""
-    key = hashlib.sha256(str(repo.resolve()).encode()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / f"fleetd-worktree-{key}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+        _, out = gitsafe.run_status(
+            "read the agent's index", tmp,
+            ("--git-dir", str(empty), "--work-tree", tmp, "ls-files", "--", name),
+            {"GIT_INDEX_FILE": str(index)},
+        )  # fmt: skip
+        return bool(out)

@@ -1,4 +1,4 @@
-"""Worktrees in real repositories: add, dirt, saved state, guarded removal, orphan listing."""
+"""Agents' repositories in real git: add, dirt, saved state, guarded removal, orphan listing."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.worktree import Worktrees, common_dir
+from infra.worktree import Worktrees, common_dir, paths_for_pane
 from schemas.errors import GitFailed, InvalidName, WorktreeHasWork
 from tests.integration.conftest import git
 
@@ -47,8 +47,21 @@ def test_repository_is_found_from_its_top_or_its_git_dir(git_repo: Path, tmp_pat
 def test_common_dir_is_what_git_says(trees: Worktrees, git_repo: Path) -> None:
     path = trees.add("a1", "a1", "main")
     said = git(path, "rev-parse", "--path-format=absolute", "--git-common-dir")
-    assert common_dir(path) == common_dir(git_repo) == said
+    assert common_dir(path) == said == str(path / ".git")  # a repository of its own
+    assert common_dir(git_repo) == str(git_repo / ".git")
     assert common_dir(trees.root) == ""
+
+
+def test_an_agent_repository_borrows_the_users_objects_and_nothing_else(
+    trees: Worktrees, git_repo: Path
+) -> None:
+    path = trees.add("a1", "a1", "main")
+    alternates = (path / ".git" / "objects" / "info" / "alternates").read_text()
+    assert alternates == f"{git_repo / '.git' / 'objects'}\n"
+    assert git(path, "count-objects") == "0 objects, 0 kilobytes"  # nothing copied
+    assert git(path, "config", "user.name") == "Fleet Test"  # the user's identity for commits
+    assert not (path / ".git" / "hooks").exists()  # no sample hooks either
+    assert paths_for_pane(git_repo, path) == ([str(git_repo / ".git" / "objects")], [str(path)])
 
 
 def test_add_refuses_with_a_sentence(trees: Worktrees, git_repo: Path, tmp_path: Path) -> None:
@@ -87,7 +100,7 @@ def test_save_to_ref_keeps_branch_index_and_files(trees: Worktrees) -> None:
 
     sha = trees.save_to_ref(path, "refs/fleet/saved/a1/t1")
 
-    assert git(path, "rev-parse", "refs/fleet/saved/a1/t1") == sha
+    assert git(trees.main, "rev-parse", "refs/fleet/saved/a1/t1") == sha  # the user's repo
     assert git(path, "rev-parse", f"{sha}^") == head
     assert git(path, "show", f"{sha}:new.txt") == "untracked"
     assert git(path, "show", f"{sha}:README.md") == "changed"
@@ -125,11 +138,44 @@ def test_remove_refuses_unmerged_and_reuses_the_branch(trees: Worktrees, git_rep
     assert trees.list_fleet_branches() == []
 
 
-def test_remove_of_a_vanished_worktree_prunes(trees: Worktrees, git_repo: Path) -> None:
+def test_remove_of_a_vanished_worktree_forgets_it(trees: Worktrees, git_repo: Path) -> None:
+    import shutil
+
     path = trees.add("a1", "a1", "main")
-    git(git_repo, "worktree", "remove", str(path))
+    shutil.rmtree(path)
     assert trees.remove("a1") is None
     assert trees.list_fleet_worktrees() == []
+
+
+def test_an_older_linked_worktree_is_still_listed_and_removed(
+    trees: Worktrees, git_repo: Path
+) -> None:
+    old = trees.root / "old"
+    git(git_repo, "worktree", "add", "-q", "-b", "fleet/old", str(old), "main")
+    [info] = trees.list_fleet_worktrees()
+    assert (info.path, info.branch, info.agent_id) == (old, "fleet/old", "old")
+    (old / "wip.txt").write_text("wip\n")
+    assert trees.is_dirty(old)
+    with pytest.raises(WorktreeHasWork):
+        trees.remove("old")
+    saved = trees.remove("old", force=True)
+    assert saved is not None and git(git_repo, "show", f"{saved}:wip.txt") == "wip"
+    assert not old.exists() and trees.list_fleet_worktrees() == []
+
+
+def test_work_comes_back_to_the_users_branch(trees: Worktrees, git_repo: Path) -> None:
+    path = trees.add("a1", "a1", "main")
+    (path / "done.txt").write_text("done\n")
+    git(path, "add", "done.txt")
+    git(path, "commit", "-q", "-m", "done")
+    assert git(git_repo, "rev-parse", "fleet/a1") == git(git_repo, "rev-parse", "main")
+    head = trees.bring_back("a1")
+    assert head == git(path, "rev-parse", "HEAD") == git(git_repo, "rev-parse", "fleet/a1")
+    assert git(git_repo, "show", "fleet/a1:done.txt") == "done"  # its objects came along
+    git(git_repo, "checkout", "-q", "fleet/a1")  # checked out by the user: left alone
+    git(path, "commit", "-q", "--allow-empty", "-m", "more")
+    assert trees.bring_back("a1") is None
+    assert git(git_repo, "rev-parse", "fleet/a1") == head
 
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", "", "-rf", "a b", "x..y", "é"])

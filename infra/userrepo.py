@@ -1,0 +1,207 @@
+"""The user's repository as the control plane uses it for agents: git with it as the repository
+for refs and objects, and with fleetd's scratch repository (its objects the user's) for every
+call that reads or writes an agent's files, so neither the user's config nor the agent's
+decides what runs there. See infra/worktree.py for the design and infra/gitsafe.py for the
+settings every call gets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from infra import agentrepo, gitsafe
+from infra.worktree_legacy import common_dir
+from schemas.errors import GitFailed
+
+BRANCH_PREFIX = "fleet/"
+META = ".fleet"  # <root>/.fleet/: fleetd's records of agents' repositories, no pane's folder
+# What git reads of an agent's files decides nothing that runs: no filter (clean, smudge,
+# process), no conversion (so a checkpoint holds the bytes on disk and a rollback writes them).
+SCRATCH_ATTRIBUTES = "* -filter -text -ident -working-tree-encoding -diff -merge\n"
+
+
+def _is_git_dir(path: Path) -> bool:
+    return (path / "HEAD").is_file() and (path / "objects").is_dir() and (path / "refs").is_dir()
+
+
+def top(repo_path: str | Path) -> Path:
+    """The repository's top directory: `path` holds a `.git` directory or file (a linked
+    worktree's), or is a git directory itself."""
+    path = Path(
+        os.path.normpath(os.path.abspath(os.path.expandvars(os.path.expanduser(repo_path))))
+    )
+    dot_git = path / ".git"
+    if _is_git_dir(dot_git) or (dot_git.is_file() and dot_git.read_text().startswith("gitdir:")):
+        return path
+    if _is_git_dir(path):
+        return path.parent if path.name == ".git" else path
+    raise GitFailed("open the repository", str(repo_path), "it is not a git repository")
+
+
+def _git_dir_of(top: Path) -> Path:
+    dot_git = top / ".git"
+    if dot_git.is_dir():
+        return dot_git
+    if dot_git.is_file():
+        found = Path(dot_git.read_text().removeprefix("gitdir:").strip())
+        return found if found.is_absolute() else top / found
+    return top  # a bare repository
+
+
+def borrowed_objects(common: str | Path) -> list[str]:
+    """The user's object directory and those it borrows in turn (its own alternates files,
+    which only the user writes), as absolute paths."""
+    found: list[str] = []
+    todo = [Path(common) / "objects"]
+    while todo and len(found) < 6:  # git follows alternates 5 deep
+        objects = todo.pop(0)
+        if str(objects) in found or not objects.is_dir():
+            continue
+        found.append(str(objects))
+        with contextlib.suppress(OSError):
+            for line in (objects / "info" / "alternates").read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    more = Path(line)
+                    todo.append(more if more.is_absolute() else (objects / more).resolve())
+    return found
+
+
+class UserRepo:
+    """One user repository (`main`, its git directory `gitdir`, objects in `common`) and the
+    agents' root beside it, as every git call on them is made."""
+
+    def __init__(self, repo_path: str | Path, root: str | Path) -> None:
+        self.main = top(repo_path)
+        self.root = Path(root).absolute()
+        self.gitdir = _git_dir_of(self.main)
+        self.common = Path(common_dir(self.main) or self.gitdir)
+        self.objects = str(self.common / "objects")
+        key = hashlib.sha256(str(self.common).encode()).hexdigest()[:16]
+        self.scratch = self.root / META / f"git-{key}"
+
+    def git(self, action: str, *args: str, env: dict[str, str] | None = None) -> str:
+        return gitsafe.run(action, self.main, ("--git-dir", str(self.gitdir), *args), env or {})
+
+    def on(
+        self,
+        action: str,
+        wt: Path,
+        *args: str,
+        env: dict[str, str],
+        ok: tuple[int, ...] = (0,),
+        excludes: Path | None = None,
+    ) -> tuple[int, str]:
+        """Git on the agent's files (`--work-tree`). Its repository is fleetd's scratch one (its
+        config and attributes are fleetd's; see SCRATCH_ATTRIBUTES), its objects the user's
+        (`GIT_OBJECT_DIRECTORY`): the user's config is not read where the agent's files are.
+        `excludes`: a copy of the agent's info/exclude, so git ignores what the agent's own
+        `git status` ignores (git never opens the agent's file)."""
+        extra = ("-c", f"core.excludesFile={excludes}") if excludes is not None else ()
+        full = ("--git-dir", str(self.scratch_dir()), "--work-tree", str(wt), *extra, *args)
+        return gitsafe.run_status(
+            action, wt, full, {"GIT_OBJECT_DIRECTORY": self.objects, **env}, ok=ok
+        )
+
+    def scratch_dir(self) -> Path:
+        """fleetd's own empty repository for this user repository, made once: the repository
+        of every git call that reads or writes an agent's files."""
+        if (self.scratch / "info" / "attributes").is_file():
+            return self.scratch
+        with repo_lock(self.common):
+            if not (self.scratch / "info" / "attributes").is_file():
+                fmt = self.git("read the object format", "rev-parse", "--show-object-format")
+                self.scratch.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                made = ("init", "-q", "--bare", "--template=", f"--object-format={fmt}")
+                gitsafe.run(
+                    "make fleetd's scratch repository", self.root, (*made, str(self.scratch))
+                )
+                (self.scratch / "info").mkdir(exist_ok=True)
+                (self.scratch / "info" / "attributes").write_text(SCRATCH_ATTRIBUTES)
+        return self.scratch
+
+    def agent_env(self, wt: Path, index: Path) -> dict[str, str]:
+        """The environment of a call that reads the agent's files: its objects borrowed (read
+        only: new objects go to the user's), and fleetd's own index."""
+        return {
+            "GIT_ALTERNATE_OBJECT_DIRECTORIES": agentrepo.objects_dir(wt, self.objects),
+            "GIT_INDEX_FILE": str(index),
+        }
+
+    @staticmethod
+    def excludes(wt: Path, tmp: Path) -> Path:
+        path = tmp / "exclude"
+        path.write_bytes(agentrepo.read(wt, "info/exclude", 1 << 20) or b"")
+        return path
+
+    @staticmethod
+    def copy_agent_index(wt: Path, index: Path) -> None:
+        data = agentrepo.read(wt, "index")
+        index.parent.mkdir(parents=True, exist_ok=True)
+        if data:
+            index.write_bytes(data)
+
+    def take_in(self, wt: Path, sha: str) -> None:
+        """Copy into the user's repository every object `sha` reaches that it lacks (only the
+        agent's repository has them: its commits, files it staged)."""
+        borrow = {"GIT_ALTERNATE_OBJECT_DIRECTORIES": agentrepo.objects_dir(wt, self.objects)}
+        # Anything a fleet branch or this agent's saved refs reach is in the user's repo.
+        listed = self.git(
+            "list what the state needs", "rev-list", "--objects", sha,
+            "--not", f"--glob=refs/heads/{BRANCH_PREFIX}*", f"--glob=refs/fleet/*/{wt.name}/*",
+            env=borrow,
+        )  # fmt: skip
+        names = "".join(line[:64].split(" ")[0] + "\n" for line in listed.splitlines())
+        if not names:
+            return
+        check = ("--git-dir", str(self.gitdir), "cat-file", "--batch-check=%(objectname)")
+        found = gitsafe.run("look for the objects", self.main, check, stdin=names.encode())
+        missing = "".join(
+            ln.split(" ")[0] + "\n" for ln in found.splitlines() if ln.endswith(" missing")
+        )
+        if missing:
+            gitsafe.pipe(
+                "copy the agent's objects", self.main,
+                (("--git-dir", str(self.gitdir), "pack-objects", "--stdout", "-q"), borrow),
+                (("--git-dir", str(self.gitdir), "unpack-objects", "-q"), {}),
+                missing.encode(),
+            )  # fmt: skip
+
+    def commit_of(self, ref: str) -> str | None:
+        """The sha of the commit `ref` names, or None when it names none."""
+        try:
+            return self.git("resolve a ref", "rev-parse", "--verify", "-q", f"{ref}^{{commit}}")
+        except GitFailed:
+            return None
+
+    def main_head(self) -> str:
+        return self.git("read HEAD", "rev-parse", "HEAD")
+
+    def checked_out(self, branch: str) -> bool:
+        """A worktree of the user's own (its main one or a linked one) has `branch` checked out."""
+        want = f"ref: refs/heads/{branch}"
+        heads = [self.gitdir / "HEAD", *sorted((self.common / "worktrees").glob("*/HEAD"))]
+        for head in heads:
+            with contextlib.suppress(OSError):
+                if head.read_text().strip() == want:
+                    return True
+        return False
+
+
+@contextlib.contextmanager
+def repo_lock(repo: Path) -> Iterator[None]:
+    """One branch check-and-make at a time per repository on this machine (every process)."""
+    key = hashlib.sha256(str(repo.resolve()).encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"fleetd-worktree-{key}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
