@@ -168,9 +168,10 @@ class Worktrees:
             index = Path(tmp) / "index"
             env = {"GIT_INDEX_FILE": str(index)}
             if checkout:  # a new folder no pane has seen: attributes of the tree apply
-                dot_git = str(path / ".git")
-                args = ("--git-dir", dot_git, "--work-tree", str(path), "read-tree", "--reset", "-u", head)
-                gitsafe.run("check out the base", path, args, env)
+                repo = ("--git-dir", str(path / ".git"), "--work-tree", str(path))
+                gitsafe.run(
+                    "check out the base", path, (*repo, "read-tree", "--reset", "-u", head), env
+                )
             else:
                 self.repo.on("make the agent's index", path, "read-tree", head, env=env)
             agentrepo.write(path, "index", index.read_bytes())
