@@ -26,11 +26,12 @@ from nats.js.errors import KeyNotFoundError
 from actors import checkpoints, confine, dedupe, services, steps
 from actors.monitor import ActivityMonitor
 from actors.steplock import StepLock
-from infra import registry
+from infra import errorlog, registry
 from infra.eventstore import EventStore
 from infra.nats import connect
 from infra.tmux import Tmux
 from schemas import commands as c
+from infra.worktree import Worktrees
 from schemas import replies, subjects
 from schemas.agent import AgentState, decide
 from schemas.chain import Position
@@ -95,6 +96,7 @@ class AgentActor:
         self.nc = await connect(config.nats_url, name=f"fleet-agent-{agent_id or 'pool'}")
         self.store = EventStore(self.nc, mac_key=config.mac_key)
         self.lock = StepLock()  # one writer step at a time: decide, append, evolve, act
+        errorlog.install(config.state_dir)
         self.state: AgentState = AgentState()
         self.position = Position()
         self.sub: Subscription | None = None
@@ -251,6 +253,8 @@ class AgentActor:
 
     async def handle(self, cmd: c.AgentCommand, within: float = BUSY_AFTER_S) -> bytes:
         """Answer one command with the reply bytes; domain refusals raise FleetError.
+        # A repository that is not one is refused before anything is recorded: no agent.
+        await asyncio.to_thread(Worktrees, request.repo, self.config.worktree_root)
 
         A writing command waits at most `within` seconds for the step in progress (a slow
         stop, a checkpoint) to end, then is refused as busy, having done nothing."""
@@ -384,6 +388,16 @@ class AgentActor:
         if self.sub is not None:
             await self.sub.unsubscribe()
             self.sub = None
+    async def let_go(self) -> None:
+        """Its spawn was refused before anything was recorded: drop the binding (the pool
+        slot's too) and NATS, for the supervisor to end this actor."""
+        if self.state.lifecycle is not L.NEW:
+            raise FleetError(f"agent {self.state.agent_id} has a log; it is not let go")
+        await self.close()
+        if self.slot is not None:
+            kv = await self.nc.jetstream().key_value(subjects.SLOTS_BUCKET)
+            await kv.delete(self.slot)
+
         await self.nc.flush()
 
     def is_live(self) -> bool:

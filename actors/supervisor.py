@@ -2,8 +2,12 @@
 
 It answers `fleet.ctl.spawn`, `list`, `find` and `acquire`, and, for ids no agent serves,
 `fleet.cmd.<id>` with `unknown_agent` (see `_on_command`). It also runs the mail dead-letter
-mover. Agent actors are detached and restart on
-their own; the supervisor only has to know where they are. After its own restart (or a new
+mover and the relay through which agents send mail and topic messages (actors/mailrelay.py),
+since it knows which agents exist. A spawn refused before the agent's log holds anything (a
+repo that is not a git repository) leaves no agent behind: its actor is let go.
+
+Agent actors are detached and restart on their own; the supervisor only has to know where
+they are. After its own restart (or a new
 `fleet up`) it rebuilds that knowledge from Ray's named actors and the event log: every agent
 the log knows and has not removed gets its actor back, and the actor re-adopts the session.
 
@@ -32,8 +36,9 @@ from ray.exceptions import RayError
 from actors import placement
 from actors.agent import AgentActor, AgentConfig, new_id
 from actors.fleetview import FleetView
+from actors.mailrelay import MailRelay
 from actors.templates import resolve_template
-from infra import registry
+from infra import errorlog, registry
 from infra.deadletters import DeadLetters
 from infra.eventstore import EventStore
 from infra.nats import connect, ensure_streams, replicas_for
@@ -93,6 +98,7 @@ def agent_options(name: str, config: FleetConfig) -> dict[str, Any]:
 class Supervisor:
     async def __init__(self, config: FleetConfig) -> None:  # type: ignore[misc]  # Ray runs async constructors
         self.config = config
+        errorlog.install(config.agent.state_dir)
         self.nc = await connect(config.agent.nats_url, name="fleet-supervisor")
         self.store = EventStore(self.nc, mac_key=config.agent.mac_key)  # verified loads
         # idempotent; the log must exist before agents
@@ -122,6 +128,11 @@ class Supervisor:
         )
         self.dead_letters = DeadLetters(self.nc)
         await self.dead_letters.start()
+        # The relay's own connection: what agents send (a flood too) reaches only it.
+        self.relay_nc = await connect(config.agent.nats_url, name="fleet-mail-relay")
+        self.relay = MailRelay(self.relay_nc, self.actors.keys)
+        await self.relay.start()
+        await self.relay_nc.flush()
         await self.nc.flush()
         self._background(self._fill_pool())
 
@@ -220,12 +231,24 @@ class Supervisor:
             command = req.command or template.assistant.command
             spec = encode_spec(template)
             reply: bytes = await actor.spawn.remote(req, command, pooled, spec, version)
-            self.actors[name] = actor
-            self._learn_where(name, reply)
+            if replies.is_error(msgspec.json.decode(reply)) and not await self.store.last_seq(name):
+                await self._let_go(actor)  # refused before its log held anything
+            else:
+                self.actors[name] = actor
+                self._learn_where(name, reply)
         finally:
             self.reserved.discard(name)
         self._background(self._fill_pool())
         return reply
+
+    async def _let_go(self, actor: Any) -> None:
+        """End an actor whose spawn was refused before anything was recorded: no agent of that
+        name is left (a new spawn of the name is a new agent), and its pool slot is freed."""
+        try:
+            await actor.let_go.remote()
+        except RayError as e:  # it died meanwhile: killing it is all that is left
+            log.info("an actor let go after a refused spawn was gone already: %r", e)
+        ray.kill(actor, no_restart=True)
 
     async def _actor_for(self, name: str, placed: dict[str, Any]) -> tuple[Any, bool]:
         """A warm pool actor bound to `name`, else a new one; and whether it was warm.

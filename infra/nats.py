@@ -3,6 +3,19 @@
 Creation is idempotent: every process calls `ensure_streams` at start, and a stream that
 exists with an older configuration is updated in place, never recreated (that would drop
 the log).
+
+Limits that keep the disk (and no acknowledged event is ever dropped for them):
+- FLEET_EVENTS: `discard=new` with `max_bytes` and a per-subject message limit
+  (`discard_new_per_subject`): a full log, or a full store, refuses the next append with an
+  error its writer (the agent's actor) reports; nothing already stored goes. Never
+  `discard=old` here: that would delete the oldest history of live agents to make room.
+- FLEET_MAIL: `discard=new` per subject (one agent's mailbox of one priority holds at most
+  MAIL_MAX_PER_MAILBOX messages) and in all (MAIL_MAX_BYTES): mail to a full mailbox is
+  refused to its sender with the store's reason (actors/mailrelay.py says so in a sentence),
+  never dropped from a mailbox to make room.
+- FLEET_MAIL_DLQ: dead letters (copies of mail no one acknowledged) are bounded by bytes, the
+  oldest dropped first: they are already failed deliveries, and the warning that reported
+  each one stays in the notifications.
 """
 
 from __future__ import annotations
@@ -29,6 +42,12 @@ log = logging.getLogger(__name__)
 # JetStream API error code: "stream name already in use with a different configuration".
 STREAM_NAME_IN_USE = 10058
 DUPLICATE_WINDOW_S = 120.0
+EVENTS_MAX_BYTES = 8 * 1024**3
+EVENTS_MAX_PER_AGENT = 1_000_000  # events in one agent's log
+EVENT_MAX_BYTES = 1024 * 1024  # one event (the server's default max_payload)
+MAIL_MAX_BYTES = 1024**3
+MAIL_MAX_PER_MAILBOX = 100_000  # messages waiting in one (agent, priority)
+DEAD_MAIL_MAX_BYTES = 256 * 1024**2
 RECONNECT_FIRST_S = 0.25  # the wait after the first failed reconnect; it doubles from there
 RECONNECT_MAX_S = 1.0
 
@@ -125,6 +144,10 @@ def events_config(replicas: int = 1) -> StreamConfig:
         allow_direct=True,  # loads read a snapshot's tail with a batch direct get
         duplicate_window=DUPLICATE_WINDOW_S,  # Nats-Msg-Id dedupe of retried appends
         discard=DiscardPolicy.NEW,  # never drop history to make room: refuse the write instead
+        max_bytes=EVENTS_MAX_BYTES,
+        max_msgs_per_subject=EVENTS_MAX_PER_AGENT,
+        discard_new_per_subject=True,
+        max_msg_size=EVENT_MAX_BYTES,
         deny_delete=True,  # the log is never rewritten
         deny_purge=True,
     )
@@ -142,6 +165,10 @@ def mail_configs(replicas: int = 1) -> list[StreamConfig]:
         allow_msg_ttl=True,
         max_msg_size=MAX_MESSAGE_BYTES,
         duplicate_window=DUPLICATE_WINDOW_S,
+        discard=DiscardPolicy.NEW,  # a full mailbox refuses new mail, never drops old
+        max_bytes=MAIL_MAX_BYTES,
+        max_msgs_per_subject=MAIL_MAX_PER_MAILBOX,
+        discard_new_per_subject=True,
     )
     dlq = StreamConfig(
         name=subjects.MAIL_DLQ_STREAM,
@@ -149,6 +176,8 @@ def mail_configs(replicas: int = 1) -> list[StreamConfig]:
         storage=StorageType.FILE,
         num_replicas=replicas,
         max_msg_size=2 * MAX_MESSAGE_BYTES,
+        max_bytes=DEAD_MAIL_MAX_BYTES,
+        discard=DiscardPolicy.OLD,
     )
     return [mail, dlq]
 

@@ -47,6 +47,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from schemas.errors import FleetError
+from schemas.mail import MAX_MESSAGE_BYTES
 
 AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
 REQUEST_AUDIENCE = "nats-authorization-request"
@@ -232,16 +233,31 @@ def jwt_permissions(config_permissions: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def allow(req: AuthRequest, issuer: Any, account: str, permissions: dict[str, Any]) -> bytes:
-    """The response that lets the client in as `req.user`, in `account`, with `permissions`."""
+# An agent's connection limits (the user JWT's NatsLimits, beside its permissions): each
+# message at most `payload` bytes, headers included (the largest an agent needs to send is a
+# mail request to the relay, MAX_MESSAGE_BYTES; the relay refuses more with a sentence, and
+# the client checks before it sends), at most `subs` subscriptions, no cap on bytes in all
+# (`data`: -1; the relay's rates bound what an agent's messages cost others).
+AGENT_LIMITS: dict[str, int] = {"payload": MAX_MESSAGE_BYTES + 16 * 1024, "subs": 1_000, "data": -1}
+
+
+def allow(
+    req: AuthRequest,
+    issuer: Any,
+    account: str,
+    permissions: dict[str, Any],
+    limits: dict[str, int] | None = None,
+) -> bytes:
+    """The response that lets the client in as `req.user`, in `account`, with `permissions`
+    and `limits` (AGENT_LIMITS unless given: every user the callout lets in is an agent)."""
+    nats_claims = {
+        **jwt_permissions(permissions),
+        **(AGENT_LIMITS if limits is None else limits),
+        "type": "user",
+        "version": 2,
+    }
     user = encode(
-        {
-            "sub": req.user_nkey,
-            "name": req.user,
-            "aud": account,
-            "nats": {**jwt_permissions(permissions), "type": "user", "version": 2},
-        },
-        issuer,
+        {"sub": req.user_nkey, "name": req.user, "aud": account, "nats": nats_claims}, issuer
     )
     return _respond(req, issuer, {"jwt": user})
 

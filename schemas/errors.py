@@ -340,3 +340,26 @@ class CannotPlace(FleetError):
         self.agent_id, self.wanted, self.why = agent_id, wanted, why
         asked = ", ".join(f"{k}={v:g}" for k, v in sorted(wanted.items())) or "nothing"
         super().__init__(f"cannot place agent {agent_id} (it asks Ray for {asked}): {why}")
+
+
+class UnknownVerb(FleetError):
+    """A request on `fleet.ctl.<verb>` that nothing in the fleet serves."""
+
+    code = "unknown_verb"
+
+    def __init__(self, subject: str, verbs: tuple[str, ...]) -> None:
+        self.subject = subject
+        super().__init__(
+            f"nothing in the fleet answers {subject[:120]!r}: the control verbs are "
+            f"{', '.join(verbs)}"
+        )
+
+
+class PaneDead(FleetError):
+    """Input for an agent whose agent window's process has ended (the agent is now ERROR)."""
+
+    code = "pane_dead"
+
+    def __init__(self, agent_id: str, cause: str) -> None:
+        self.agent_id, self.cause = agent_id, cause
+        super().__init__(f"cannot send input to agent {agent_id}: {cause}; nothing was typed")

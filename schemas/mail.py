@@ -18,7 +18,15 @@ from schemas.subjects import PRIORITIES, token
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_MESSAGE_BYTES = 128 * 1024  # the whole JSON message, also the stream's max_msg_size
+MAX_TOPIC_BYTES = 64 * 1024  # one topic publish relayed for an agent
+MAX_HEADERS = 32
 DEFAULT_PRIORITY = "normal"
+# Per agent, what the relay lets through (a token bucket each): a burst, then a rate.
+AGENT_MAIL_RATE, AGENT_MAIL_BURST = 20.0, 200.0
+AGENT_TOPIC_RATE, AGENT_TOPIC_BURST = 100.0, 1_000.0
+# Header on a topic message the relay sends on for an agent: who published it.
+FROM_HEADER = "Fleet-From"
+TOPIC_HEADER = "Fleet-Topic"  # on a relay request: the topic to publish on
 
 
 class MailMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -33,6 +41,22 @@ class MailMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     id: str = ""
     sent_at: datetime | None = None
     in_reply_to: str = ""  # the `id` of the message this one answers
+
+
+class MailSend(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A request on `fleet.ctl.mail.<sender>`: mail that an agent sends through the relay.
+    The sender is the subject's last token (the agent's NATS user may publish only there)."""
+
+    to: str = ""  # an agent id; with `broadcast`, empty
+    priority: str = DEFAULT_PRIORITY
+    body: str
+    subject: str = ""
+    reply_to: str = ""
+    ttl_s: float = 0.0
+    headers: dict[str, str] = {}
+    in_reply_to: str = ""
+    broadcast: bool = False  # to every live agent (with every capability in `capabilities`)
+    capabilities: tuple[str, ...] = ()
 
 
 class InboxItem(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,6 +97,30 @@ def check(message: MailMessage) -> MailMessage:
         sentence = f"invalid ttl_s {message.ttl_s}: must be 0 (no TTL) or more"
         raise BadRequest(sentence, "invalid_field")
     return message
+
+
+def check_headers(headers: dict[str, str]) -> dict[str, str]:
+    if len(headers) > MAX_HEADERS:
+        sentence = f"a message may carry at most {MAX_HEADERS} headers, this one has {len(headers)}"
+        raise BadRequest(sentence, "invalid_field")
+    return headers
+
+
+def relayed(send: MailSend, sender: str) -> MailMessage:
+    """The message a relay stores for `sender`: its own id as `from`, whatever the request
+    said; refused like any message (`check`), and for a bad priority."""
+    rank(send.priority)
+    check_headers(send.headers)
+    message = MailMessage(
+        from_=sender,
+        body=send.body,
+        subject=send.subject,
+        reply_to=send.reply_to,
+        ttl_s=send.ttl_s,
+        headers=send.headers,
+        in_reply_to=send.in_reply_to,
+    )
+    return check(message)
 
 
 def decode(data: bytes) -> MailMessage:

@@ -43,10 +43,12 @@ def unexpected(error_id: str) -> bytes:
     return _encoder.encode(ErrorReply(body))
 
 
-def decode_request(data: bytes, type_: Any, what: str = "request") -> Any:
+def decode_request(
+    data: bytes, type_: Any, what: str = "request", limit: int = MAX_REQUEST_BYTES
+) -> Any:
     """Decode `data` as `type_` (a Struct or a union of them); every failure is one sentence."""
-    if len(data) > MAX_REQUEST_BYTES:
-        raise PayloadTooLarge(what, len(data), MAX_REQUEST_BYTES)
+    if len(data) > limit:
+        raise PayloadTooLarge(what, len(data), limit)
     try:
         return msgspec.json.decode(data, type=type_)
     except msgspec.ValidationError as e:

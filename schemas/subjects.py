@@ -26,12 +26,22 @@ TIMEOUT_HEADER = "Fleet-Timeout"
 _ROOT = "fleet"
 ALL_EVENTS = f"{_ROOT}.evt.>"
 ALL_MAIL = f"{_ROOT}.mail.>"
-ANY_MAIL = f"{_ROOT}.mail.*.*"  # a message to any agent at any priority (agents may send it)
 ALL_DEAD_MAIL = f"{_ROOT}.deadmail.>"
 ALL_HEALTH = f"{_ROOT}.health.*"  # every agent's health observations
 ALL_NOTIFY = f"{_ROOT}.notify.*"  # notifications of every severity
 ALL_COMMANDS = f"{_ROOT}.cmd.*"  # the supervisor's fallback: answers ids no agent serves
 UNKNOWN_AGENT_QUEUE = "fleet-unknown-agent"
+ALL_MAIL_RELAY = f"{_ROOT}.ctl.mail.*"  # mail agents send, checked by the relay
+ALL_TOPIC_RELAY = f"{_ROOT}.ctl.topic.*"  # topic messages agents send, likewise
+# Every `fleet.ctl.<verb>` something serves (a test greps the code for each verb it uses);
+# those in CONTROL_FAMILIES also take one more token (`fleet.ctl.ports.<node>`,
+# `fleet.ctl.mail.<sender>`). No catch-all subscription answers the others: a wildcard
+# responder would hide NATS's "no responders" for every known verb whose service is not
+# running, which the templates, ports and credentials clients act on. A raw NATS request to
+# an unknown verb gets that status (503) at once; fleetd's own clients refuse it before
+# sending, with the list of verbs (`unknown_verb`).
+CONTROL_VERBS = ("spawn", "list", "find", "acquire", "creds", "ports", "templates", "health")
+CONTROL_FAMILIES = ("ports", "task", "mail", "topic")
 PRIORITIES = ("critical", "high", "normal", "low")
 SEVERITIES = ("critical", "warning", "info")
 
@@ -77,9 +87,38 @@ def control(verb: str) -> str:
     return f"{_ROOT}.ctl.{token(verb, 'control verb')}"
 
 
+def control_served(subject: str) -> bool:
+    """Whether `subject` (under `fleet.ctl.`) is one that some service of fleetd answers."""
+    parts = subject.split(".")
+    if len(parts) < 3 or parts[:2] != [_ROOT, "ctl"]:
+        return False
+    if len(parts) == 3:
+        return parts[2] in CONTROL_VERBS
+    return len(parts) == 4 and parts[2] in CONTROL_FAMILIES
+
+
 def node_control(verb: str, node: str) -> str:
     """`fleet.ctl.<verb>.<node>`: a request for the service of one Ray node (ports binds there)."""
     return f"{control(verb)}.{token(node, 'node id')}"
+
+
+def mail_relay(sender: str) -> str:
+    """`fleet.ctl.mail.<sender>`: where an agent sends mail, checked and stored by the
+    supervisor; an agent's NATS user may publish there for itself only."""
+    return f"{control('mail')}.{token(sender, 'mail sender')}"
+
+
+def topic_relay(sender: str) -> str:
+    """`fleet.ctl.topic.<sender>`: where an agent publishes on a topic (checked, then sent on)."""
+    return f"{control('topic')}.{token(sender, 'topic sender')}"
+
+
+def relay_sender(subject: str) -> str:
+    """The sender of a relayed message (`fleet.ctl.mail.a1` -> `a1`)."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[:2] != [_ROOT, "ctl"] or parts[2] not in ("mail", "topic"):
+        raise InvalidName("relay subject", subject, f"expected {_ROOT}.ctl.mail.<sender>")
+    return token(parts[3], "sender")
 
 
 def mail(agent_id: str, priority: str) -> str:

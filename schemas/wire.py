@@ -54,6 +54,7 @@ WIRE_TYPES: dict[str, Any] = {
     "registry_reply": RegistryReply,
     "registry_entry": discovery.RegistryEntry,  # KV fleet_registry
     "mail_message": mail.MailMessage,  # fleet.mail.<agent_id>.<priority>
+    "mail_send": mail.MailSend,  # fleet.ctl.mail.<sender>: an agent's mail, by the relay
     "inbox_item": mail.InboxItem,  # `fleet inbox --json`
     "dead_letter_notice": mail.DeadLetterNotice,  # fleet.notify.warning
     "ports_request": ports.PortsOp,  # fleet.ctl.ports

@@ -1,7 +1,10 @@
 """`fleet inbox`, `fleet mail send|broadcast`, `fleet topic pub|sub` and `fleet schema`.
 
-Mail goes straight to JetStream (`fleet.mail.<agent>.<priority>`) through infra/mailbox.py;
-no service sits in between, so any NATS client can do the same. Inside an agent's session
+With the control plane's credential, mail goes straight to JetStream
+(`fleet.mail.<agent>.<priority>`) through infra/mailbox.py. With an agent's own credential
+(`FLEET_NATS_CREDS`), mail and topic messages go by the relay (`fleet.ctl.mail.<agent>`,
+actors/mailrelay.py), which checks them when they are sent and answers a refusal with a
+sentence: the recipient must exist, the message be within its limits. Inside an agent's session
 `FLEET_AGENT_ID` names the agent, and every message `fleet inbox` takes is also appended to
 `$FLEET_WORKTREE/.fleet/inbox.jsonl`: the mailbox file an assistant can read.
 """
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from infra import natsauth
@@ -92,6 +96,22 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _agent_of_credential() -> str:
+    """The agent whose own NATS credential this process holds, or "" (the control plane's)."""
+    path = Settings.from_env().nats_creds
+    if path is None:
+        return ""
+    user = natsauth.read_credential(path).user
+    if not user.startswith(natsauth.AGENT_USER_PREFIX):
+        return ""
+    return user.removeprefix(natsauth.AGENT_USER_PREFIX)
+
+
+def _sending_box(nc: Client) -> Mailbox:
+    """A mailbox that sends as the control plane, or, with an agent's credential, by the relay."""
+    return Mailbox(nc, relay_as=_agent_of_credential())
+
+
 def _refuse_what_the_agent_credential_cannot(agent: str, take: bool) -> None:
     """Inside an agent (`FLEET_NATS_CREDS`), NATS lets it read only its own mail, and only
     through its consumers: say so at once rather than wait for a dropped request."""
@@ -160,7 +180,7 @@ def cmd_mail(args: argparse.Namespace) -> int:
 
 async def _mail(args: argparse.Namespace, message: MailMessage) -> dict[str, Any]:
     async with open_client() as client:
-        box = Mailbox(client.nc)
+        box = _sending_box(client.nc)
         if args.mail_command == "broadcast":
             return {"to": await box.broadcast(message, args.cap, args.priority)}
         if args.wait > 0:
@@ -192,7 +212,7 @@ def cmd_topic(args: argparse.Namespace) -> int:
 async def _topic(args: argparse.Namespace) -> int:
     prefix = len(subjects.topic("x")) - 1
     async with open_client() as client:
-        box = Mailbox(client.nc)
+        box = _sending_box(client.nc)
         if args.topic_command == "pub":
             await box.publish_topic(args.name, args.data.encode())
             await client.nc.flush()

@@ -24,7 +24,7 @@ from infra.config import Settings, read_state
 from infra.nats import connect
 from infra.resend import request as resend_request
 from schemas import subjects
-from schemas.errors import NotRunning, RemoteError
+from schemas.errors import NotRunning, RemoteError, UnknownVerb
 
 SPAWN_TIMEOUT_S = 60.0  # a cold spawn starts a Ray worker, a worktree and a tmux session
 STOP_TIMEOUT_S = 30.0  # polite quit, then SIGTERM, then SIGKILL, each with a timeout
@@ -136,8 +136,10 @@ class FleetClient:
     async def control(
         self, verb: str, payload: dict[str, Any], timeout: float = COMMAND_TIMEOUT_S
     ) -> dict[str, Any]:
-        """A fleet-wide request, answered by the supervisor."""
+        """A fleet-wide request, answered by the supervisor (or the service of its verb)."""
         subject = subjects.control(verb)
+        if not subjects.control_served(subject):
+            raise UnknownVerb(subject, known_verbs())
         nobody = (
             f"no supervisor answers on {subject}; fleetd may still be starting "
             "(`fleet status` says where it runs)"
@@ -154,3 +156,7 @@ async def open_client(settings: Settings | None = None) -> AsyncIterator[FleetCl
         yield FleetClient(nc)
     finally:
         await nc.close()
+
+
+def known_verbs() -> tuple[str, ...]:
+    return subjects.CONTROL_VERBS + tuple(f"{f}.<...>" for f in subjects.CONTROL_FAMILIES)

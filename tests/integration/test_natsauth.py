@@ -24,6 +24,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from actors.mailrelay import MailRelay
 from infra import natsauth
 from infra.mailbox import Mailbox
 from infra.nats import connect, ensure_streams
@@ -178,8 +179,10 @@ async def test_an_agent_reads_its_commands_but_never_writes_its_log(
 async def test_an_agent_reads_its_own_mail_sends_mail_and_uses_topics(
     control: Client, a1: Agent
 ) -> None:
+    relay = MailRelay(control, lambda: {"a1", "b1"})  # as the supervisor runs it
+    await relay.start()
     await Mailbox(control).send("a1", mail("for a1"), "critical")
-    mine = Mailbox(a1.nc)
+    mine = Mailbox(a1.nc, relay_as="a1")  # it sends by the relay, as itself
     got = await mine.read("a1", 5)
     assert [d.item.body for d in got] == ["for a1"]
     await got[0].ack()
@@ -202,6 +205,14 @@ async def test_an_agent_reads_its_own_mail_sends_mail_and_uses_topics(
     assert {await asyncio.wait_for(heard.get(), 2) for _ in range(2)} == {b"green", b"mine"}
     assert await mine.wait("a1", 0.01)  # its doorbell: a core subscription on its own mail
     assert await a1.violations() == []
+    # Not straight into JetStream, nor onto a topic: only by the relay.
+    await a1.nc.publish(subjects.mail("b1", "critical"), b'{"from":"boss","body":"forged"}')
+    await a1.nc.publish(subjects.topic("builds.main"), b"forged")
+    denied = " ".join(await a1.violations())
+    assert f'publish to "{subjects.mail("b1", "critical")}"' in denied
+    assert f'publish to "{subjects.topic("builds.main")}"' in denied
+    assert [i.body for i in await Mailbox(control).peek("b1")] == ["from a1"]
+    await relay.stop()
 
 
 async def test_an_agent_cannot_command_another(control: Client, a1: Agent) -> None:
