@@ -30,8 +30,8 @@ from infra import errorlog, registry
 from infra.eventstore import EventStore
 from infra.nats import connect
 from infra.tmux import Tmux
-from schemas import commands as c
 from infra.worktree import Worktrees
+from schemas import commands as c
 from schemas import replies, subjects
 from schemas.agent import AgentState, decide
 from schemas.chain import Position
@@ -92,11 +92,11 @@ class AgentActor:
         self, config: AgentConfig, agent_id: str | None = None, slot: str | None = None
     ) -> None:
         self.config = config
+        errorlog.install(config.state_dir)
         self.tmux = Tmux(config.tmux_socket, shell=config.window_shell)
         self.nc = await connect(config.nats_url, name=f"fleet-agent-{agent_id or 'pool'}")
         self.store = EventStore(self.nc, mac_key=config.mac_key)
         self.lock = StepLock()  # one writer step at a time: decide, append, evolve, act
-        errorlog.install(config.state_dir)
         self.state: AgentState = AgentState()
         self.position = Position()
         self.sub: Subscription | None = None
@@ -246,6 +246,8 @@ class AgentActor:
             by=request.by or "user",
             id=request.id or new_id(),
         )
+        # A repository that is not one is refused before anything is recorded: no agent.
+        await asyncio.to_thread(Worktrees, request.repo, self.config.worktree_root)
         async with self.lock.step("spawning"):
             await self.execute(create)
             await confine.remember(self, spec, request.env)
@@ -253,8 +255,6 @@ class AgentActor:
 
     async def handle(self, cmd: c.AgentCommand, within: float = BUSY_AFTER_S) -> bytes:
         """Answer one command with the reply bytes; domain refusals raise FleetError.
-        # A repository that is not one is refused before anything is recorded: no agent.
-        await asyncio.to_thread(Worktrees, request.repo, self.config.worktree_root)
 
         A writing command waits at most `within` seconds for the step in progress (a slow
         stop, a checkpoint) to end, then is refused as busy, having done nothing."""
@@ -381,13 +381,6 @@ class AgentActor:
             self.interval.cancel()
         self.interval = None
 
-    async def close(self) -> None:
-        """Let go of NATS (the tmux session lives on); used before the actor is killed."""
-        self._stop_monitor()
-        self.heartbeat.stop()
-        if self.sub is not None:
-            await self.sub.unsubscribe()
-            self.sub = None
     async def let_go(self) -> None:
         """Its spawn was refused before anything was recorded: drop the binding (the pool
         slot's too) and NATS, for the supervisor to end this actor."""
@@ -398,6 +391,13 @@ class AgentActor:
             kv = await self.nc.jetstream().key_value(subjects.SLOTS_BUCKET)
             await kv.delete(self.slot)
 
+    async def close(self) -> None:
+        """Let go of NATS (the tmux session lives on); used before the actor is killed."""
+        self._stop_monitor()
+        self.heartbeat.stop()
+        if self.sub is not None:
+            await self.sub.unsubscribe()
+            self.sub = None
         await self.nc.flush()
 
     def is_live(self) -> bool:

@@ -4,6 +4,12 @@ The agent window is recorded to an asciicast file, so a screen that did not chan
 with one `stat` and no tmux call: an idle fleet of 50 agents costs no subprocesses. After the
 recording grows, the screen is captured and classified for a few periods, long enough for
 the debouncer to settle, so a flickering spinner does not flood the log.
+
+The agent window's process is watched by a pidfd, every period whatever the screen does: a
+pane killed from outside (its process sent SIGKILL, say) prints nothing, and was noticed only
+at the next change of the screen, which never came. Its death is recorded as ERROR with what
+tmux says of it (an exit status, or the signal that killed it) within a period or two, and
+`send` refuses a pane that is dead before the monitor has seen it (`pane_death`).
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ import struct
 import time
 from typing import TYPE_CHECKING
 
+from infra.tmux import Tmux
 from schemas import commands as c
 from schemas.assistants import AssistantProfile, Debouncer, classify, detail
-from schemas.errors import FleetError
+from schemas.errors import FleetError, PaneDead, SessionMissing
 from schemas.recovery import SESSION_GONE
 from schemas.states import Lifecycle
 
@@ -29,6 +36,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SETTLE_WINDOW_S = 3.0  # keep looking this long after the screen last changed
+NO_PIDFD_CHECK_S = 2.0  # without a pidfd (Linux < 5.3), tmux is asked this often instead
+UNREAPED_S = 2.0  # a process that exited and that tmux still shows running is dead after this
+AGENT_WINDOW = "agent"
+# tmux formats: whether the pane's process is gone, its exit status (empty if a signal ended
+# it), that signal, and the status the waiting shell left (infra/tmux.py `pausable`).
+_DEATH_FORMAT = "#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}|#{@fleet_exit}|#{pane_pid}"
 
 
 def _server_id(socket_name: str) -> int | None:
@@ -56,13 +69,38 @@ def _server_id(socket_name: str) -> int | None:
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
-class _ServerWatch:
-    """Whether the tmux server we last saw still runs, without a connect to its socket.
+def death_cause(status: str, signal: str, kept: str) -> str:
+    """What ended the agent window's process, from tmux's formats (see `_DEATH_FORMAT`)."""
+    if signal.isdigit() and int(signal) > 0:
+        return f"the agent window's process was killed by signal {signal}"
+    code = status if status.lstrip("-").isdigit() else kept
+    if not code.lstrip("-").isdigit():
+        return "the agent window's process exited (status unknown)"
+    number = int(code)
+    if 128 < number <= 128 + 64:  # the waiting shell's report of a command a signal ended
+        return f"the assistant was killed by signal {number - 128} (exit status {number})"
+    return f"the assistant exited with status {number}"
 
-    A pidfd of the server's pid is readable once that process has exited, so while it is not,
-    the server (and the socket it listens on) is the one we knew: a check costs one poll of
-    our own descriptor, not an accept and a client teardown in the server that every agent's
-    monitor would make twice a second (400 a second for the one tmux server of 200 agents)."""
+
+def pane_death(tmux: Tmux, session: str) -> tuple[bool, str, int | None]:
+    """(whether tmux has the agent window's process as dead, what ended it, its pid while it
+    runs). One tmux call; a session that is gone is a death too."""
+    try:
+        out = tmux._display(session, AGENT_WINDOW, _DEATH_FORMAT)
+    except SessionMissing:
+        return True, f"{SESSION_GONE} (its session or agent window was closed)", None
+    dead, status, signal, kept, pid = [*out.split("|"), "", "", "", "", ""][:5]
+    return dead == "1", death_cause(status, signal, kept), int(pid) if pid.isdigit() else None
+
+
+class _ServerWatch:
+    """Whether a process we know (the tmux server, the agent window's process) still runs.
+
+    A pidfd of its pid is readable once that process has exited, so while it is not, the
+    server (and the socket it listens on) is the one we knew: a check costs one poll of our
+    own descriptor, not an accept and a client teardown in the server that every agent's
+    monitor would make twice a second (400 a second for the one tmux server of 200 agents),
+    nor a tmux call per agent and period for its pane."""
 
     def __init__(self) -> None:
         self.pid: int | None = None
@@ -77,8 +115,12 @@ class _ServerWatch:
             with contextlib.suppress(OSError):  # gone already, or no pidfd (Linux < 5.3)
                 self._fd = os.pidfd_open(pid)
 
+    @property
+    def watched(self) -> bool:
+        return self._fd is not None
+
     def alive(self) -> bool:
-        """True while the watched server runs; False if it exited or cannot be watched."""
+        """True while the watched process runs; False if it exited or cannot be watched."""
         if self._fd is None:
             return False
         readable, _, _ = select.select([self._fd], [], [], 0)
@@ -104,6 +146,9 @@ class ActivityMonitor:
         self._server = _server_id(actor.tmux.socket_name)
         self._watch = _ServerWatch()
         self._watch.watch(self._server)
+        self._pane = _ServerWatch()  # the agent window's process, learnt at the first tick
+        self._pane_asked_at = 0.0
+        self._exited_at: float | None = None  # when its process was seen gone, tmux not knowing
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -115,6 +160,7 @@ class ActivityMonitor:
             self.task.cancel()
         self.task = None
         self._watch.close()
+        self._pane.close()
 
     async def _run(self) -> None:
         me = asyncio.current_task()
@@ -160,17 +206,12 @@ class ActivityMonitor:
                     if actor.state.lifecycle is Lifecycle.RUNNING:
                         await actor._fail(f"{SESSION_GONE} (the tmux server died or was killed)")
                 return
+        if state.lifecycle in _WATCHED and await self._pane_died():
+            return
         if state.lifecycle is not Lifecycle.RUNNING or not self._screen_moved():
             return
         tmux, session = actor.tmux, state.tmux_session
-        status = await asyncio.to_thread(tmux.pane_dead_status, session, "agent")
-        if status is not None:
-            async with actor.lock.step("recording that the assistant exited"):
-                if actor.state.lifecycle is Lifecycle.RUNNING:
-                    how = f"with status {status}" if status >= 0 else "(status unknown)"
-                    await actor._fail(f"the assistant exited {how}")
-            return
-        screen = await asyncio.to_thread(tmux.capture, session, "agent", None, False)
+        screen = await asyncio.to_thread(tmux.capture, session, AGENT_WINDOW, None, False)
         activity = classify(screen, self.profile)
         said = detail(screen, self.profile, activity) if activity is not None else ""
         self.debouncer, change = self.debouncer.observe(activity, said, time.monotonic())
@@ -184,3 +225,64 @@ class ActivityMonitor:
                 await actor.execute(c.ObserveActivity(activity=change, detail=said, by="agent"))
             except FleetError as e:  # e.g. a jump the activity table does not allow
                 log.info("agent %s: activity %s not recorded: %s", state.agent_id, change, e)
+
+    def pane_seen_alive(self) -> bool:
+        """Whether the agent window's process is the one watched and still runs (no tmux
+        call; False when it is not known yet)."""
+        return self._pane.watched and self._pane.alive()
+
+    def pane_seen_exited(self) -> bool:
+        """Whether the watched agent window's process is known to have exited."""
+        return self._pane.watched and not self._pane.alive()
+
+    async def _pane_died(self) -> bool:
+        """Whether the agent window's process has ended; if so, ERROR is recorded with why."""
+        if self._pane.watched and self._pane.alive():
+            return False
+        now = time.monotonic()
+        if self._pane.pid is not None and not self._pane.watched:  # no pidfd: ask now and then
+            if now - self._pane_asked_at < NO_PIDFD_CHECK_S:
+                return False
+        self._pane_asked_at = now
+        actor = self.actor
+        dead, cause, pid = await asyncio.to_thread(pane_death, actor.tmux, actor.state.tmux_session)
+        if not dead and not (self._pane.watched and pid == self._pane.pid):
+            self._pane.watch(pid)  # it runs: watch that process (a respawned pane: a new one)
+            self._exited_at = None
+            return False
+        if not dead:  # exited, and tmux has not reaped it yet (tmux 3.3 sometimes never does)
+            self._exited_at = self._exited_at or now
+            if now - self._exited_at < UNREAPED_S:
+                return False
+        async with actor.lock.step("recording that the agent window's process ended"):
+            if actor.state.lifecycle in _WATCHED:
+                log.warning("agent %s: %s", actor.state.agent_id, cause)
+                await actor._fail(cause)
+        return True
+
+
+_WATCHED = (Lifecycle.RUNNING, Lifecycle.PAUSED)
+
+
+async def refuse_dead_pane(actor: AgentActor) -> None:
+    """Before input is typed (the caller holds the agent's lock): a dead agent window is
+    recorded as ERROR and the input refused, even before the monitor's next period."""
+    if actor.state.lifecycle is not Lifecycle.RUNNING:
+        return  # the decider refuses input outside RUNNING with its own sentence
+    monitor = actor.monitor
+    if monitor is not None and monitor.pane_seen_alive():
+        return
+    exited = monitor is not None and monitor.pane_seen_exited()
+    deadline = time.monotonic() + UNREAPED_S
+    while True:
+        dead, cause, _ = await asyncio.to_thread(pane_death, actor.tmux, actor.state.tmux_session)
+        if dead or not exited:
+            break
+        if time.monotonic() >= deadline:  # exited, and tmux does not say so: dead all the same
+            cause = "the agent window's process exited"
+            break
+        await asyncio.sleep(0.05)  # exited a moment ago: tmux is about to reap it
+    if not dead and not exited:
+        return
+    await actor._fail(cause)
+    raise PaneDead(actor.state.agent_id, cause)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from actors import checkpoints, confine, creds, ports, recovery, services
+from actors import checkpoints, confine, creds, monitor, ports, recovery, services
 from infra import heap, pidfd, procs, secretstore
 from infra.worktree import WorktreeInfo, Worktrees
 from schemas import commands as c
@@ -304,6 +304,7 @@ async def act(actor: AgentActor, cmd: c.AgentCommand) -> dict[str, Any]:
                 await actor.execute(cmd)
             await bring_up(actor)
         case c.Send(text=text, keys=keys, enter=enter):
+            await monitor.refuse_dead_pane(actor)  # nothing typed into, or logged for, a dead pane
             await actor.execute(cmd)
             if text:
                 await run(tmux.send_text, s.tmux_session, "agent", text, enter and not keys)
