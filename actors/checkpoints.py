@@ -1,9 +1,13 @@
 """Checkpoints and rollback, the actor's side: git and tmux work, each outcome an event.
 
 A checkpoint commits the whole worktree (tracked and untracked, not ignored) through a
-temporary index to `refs/fleet/checkpoints/<agent>/<n>` (HEAD, the branch and the real index do
-not move), saves the assistant's scrollback to `<state_dir>/checkpoints/<agent>/<n>.txt`, and
-records `checkpoint.taken` naming the log sequence it stands at.
+temporary index kept in the state dir to `refs/fleet/checkpoints/<agent>/<n>` of the user's
+repository, with every object it needs copied there (infra/worktree.py): the agent's HEAD,
+branch, index and files do not move, and nothing the agent does in its own repository (refs
+deleted, `git gc --prune=now`) can take a checkpoint away. It saves the assistant's scrollback
+to `<state_dir>/checkpoints/<agent>/<n>.txt` and records `checkpoint.taken` naming the log
+sequence it stands at. A checkpoint that cannot be made raises CheckpointFailed with git's
+reason, and drops the kept index, so the next one starts again from the agent's files.
 
 A rollback first checkpoints the current work (auto "rollback", so it can itself be undone by
 rolling back to that one), rebuilds the state as of the checkpoint by replaying the log up to
@@ -44,6 +48,17 @@ class NoWorktree(FleetError):
     def __init__(self, agent_id: str, what: str) -> None:
         self.agent_id = agent_id
         super().__init__(f"cannot {what} agent {agent_id}: it has no worktree (it was removed)")
+
+
+class CheckpointFailed(FleetError):
+    code = "checkpoint_failed"
+
+    def __init__(self, agent_id: str, n: int, cause: FleetError) -> None:
+        self.agent_id, self.checkpoint = agent_id, n
+        super().__init__(
+            f"cannot take checkpoint {n} of agent {agent_id}: {cause} (the next checkpoint "
+            "starts again from the agent's files)"
+        )
 
 
 def ref_for(agent_id: str, n: int) -> str:
@@ -99,9 +114,12 @@ async def take(
     reading = asyncio.ensure_future(steps.run(_save_scrollback, actor, n))
     try:
         commit = await steps.run(steps.worktrees(actor).save_to_ref, s.worktree, ref, index)
-    except BaseException:
+    except BaseException as err:
         await asyncio.gather(reading, return_exceptions=True)
         _scrollback_path(actor, n).unlink(missing_ok=True)  # no checkpoint: no scrollback of it
+        index.unlink(missing_ok=True)  # whatever it names, the next one does not lean on it
+        if isinstance(err, FleetError):
+            raise CheckpointFailed(s.agent_id, n, err) from err
         raise
     scrollback = await reading
     meta = steps._meta(actor, cause) | ({"actor": by} if by else {})

@@ -12,13 +12,13 @@ import asyncio
 import logging
 import re
 import socket
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from nats.errors import NoRespondersError
 
+from infra.worktree import exclude_untracked
 from schemas import events as e
 from schemas import subjects
 from schemas.errors import RemoteError
@@ -118,22 +118,5 @@ def write_dotenv(worktree: Path, ports: dict[str, int]) -> Path:
 
 
 def _exclude(worktree: Path) -> None:
-    """`/.env` in the repository's info/exclude (shared by its worktrees), unless tracked."""
-    git = ["git", "-C", str(worktree)]
-    tracked = subprocess.run([*git, "ls-files", "--error-unmatch", DOTENV], capture_output=True)
-    if tracked.returncode == 0:
-        return  # the project tracks its .env: changing what git shows is its business
-    found = subprocess.run(
-        [*git, "rev-parse", "--git-path", "info/exclude"], capture_output=True, text=True
-    )
-    if found.returncode != 0:
-        return
-    exclude = Path(found.stdout.strip())
-    if not exclude.is_absolute():
-        exclude = worktree / exclude
-    text = exclude.read_text() if exclude.exists() else ""
-    if f"/{DOTENV}" not in text.splitlines():
-        exclude.parent.mkdir(parents=True, exist_ok=True)
-        exclude.write_text(
-            text + ("" if text.endswith("\n") or not text else "\n") + f"/{DOTENV}\n"
-        )
+    """`/.env` in the agent's info/exclude, unless its project tracks one (infra/worktree.py)."""
+    exclude_untracked(worktree, DOTENV)

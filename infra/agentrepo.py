@@ -163,3 +163,21 @@ def objects_dir(worktree: str | Path, borrowed: str) -> str:
     except OSError as e:
         raise GitFailed("read the agent's objects", where, "objects is not a directory") from e
     return str(git_dir(worktree) / "objects")
+
+
+def hand_back(worktree: str | Path) -> None:
+    """fleetd as root: what it wrote in the agent's folder (a rollback's files, a repository
+    made again) given to the folder's owner, the agent's own user, so the agent can go on
+    changing its files. The walk holds a descriptor of each folder (`os.fwalk`), so a folder
+    swapped for a link meanwhile leads nowhere else."""
+    if os.geteuid() != 0:
+        return
+    top = os.lstat(worktree)
+    if top.st_uid == 0 or not stat.S_ISDIR(top.st_mode):
+        return
+    for _, dirs, files, fd in os.fwalk(worktree, follow_symlinks=False):
+        for name in dirs + files:
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if st.st_uid != top.st_uid or st.st_gid != top.st_gid:
+                    os.chown(name, top.st_uid, top.st_gid, dir_fd=fd, follow_symlinks=False)

@@ -136,3 +136,4 @@ def restore(repo: UserRepo, wt: Path, sha: str, index_file: str | Path | None) -
         agentrepo.write(wt, "index", theirs.read_bytes())
     branch = agentrepo.symref(wt)
     agentrepo.write(wt, branch or "HEAD", (parent + "\n").encode())
+    agentrepo.hand_back(wt)  # the files git wrote are the agent's user's

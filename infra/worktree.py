@@ -178,13 +178,15 @@ class Worktrees:
 
     def _own_repo(self, wt: Path) -> bool:
         """True: `wt` holds the agent's own repository (made again, at its branch as the user's
-        repository has it, when the agent deleted it); False: an older linked worktree of the
-        user's repository. Anything else (`.git` a link, a stray file) is refused."""
+        repository has it, when the agent deleted it or emptied its `.git`); False: an older
+        linked worktree of the user's repository. Anything else (`.git` a link, a stray file)
+        is refused."""
         dot_git = wt / ".git"
         where = str(wt)
-        if dot_git.is_dir() and not dot_git.is_symlink():
+        emptied = dot_git.is_dir() and not dot_git.is_symlink() and not (dot_git / "HEAD").exists()
+        if dot_git.is_dir() and not dot_git.is_symlink() and not emptied:
             return True
-        if dot_git.is_symlink() or dot_git.exists():
+        if not emptied and (dot_git.is_symlink() or dot_git.exists()):
             if self._is_linked(dot_git):
                 return False
             raise GitFailed("use the agent's repository", where,
@@ -194,6 +196,7 @@ class Worktrees:
         if not wt.is_dir() or branch is None or head is None:
             raise GitFailed("use the agent's repository", where, "it has no .git any more")
         self._init(wt, branch, head, checkout=False)
+        agentrepo.hand_back(wt)  # its repository again, its user's
         return True
 
     def _is_linked(self, dot_git: Path) -> bool:

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -28,7 +27,7 @@ from infra.config import Settings
 from infra.eventstore import EventStore
 from infra.nats import connect
 from schemas.agent import AgentState
-from schemas.errors import FleetError, GitFailed, SessionMissing
+from schemas.errors import FleetError, SessionMissing
 from schemas.states import LIVE
 from services.client import nats_url
 
@@ -172,25 +171,7 @@ def _remove(settings: Settings, f: Finding) -> str | None:
     if f.kind == "worktree":
         path = Path(f.target)
         return Worktrees(f.repo, path.parent).remove(path.name, force=True)
-    return _delete_branch(f.repo, f.target, f.agent)
-
-
-def _delete_branch(repo: str, branch: str, agent: str) -> str | None:
-    """Delete `branch`; commits that the repository's HEAD lacks are first kept under a ref."""
-    import git
-
-    try:
-        r = git.Repo(repo)
-        sha = r.git.rev_parse("--verify", f"refs/heads/{branch}")
-        saved = None
-        if int(r.git.rev_list("--count", f"HEAD..{sha}")):
-            saved = f"{SAVED_PREFIX}{agent or 'branch'}/{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
-            r.git.update_ref(saved, sha)
-        r.git.branch("-D", branch)
-    except (git.GitCommandError, git.InvalidGitRepositoryError, git.NoSuchPathError) as e:
-        detail = str(getattr(e, "stderr", "") or e).strip().splitlines()[-1:] or ["failed"]
-        raise GitFailed(f"delete branch {branch}", repo, detail[0].strip("' ")) from e
-    return saved
+    return Worktrees(f.repo, settings.worktrees).delete_branch(f.target, f.agent)
 
 
 # -- the subcommands ------------------------------------------------------------------------

@@ -24,7 +24,11 @@ from tests.fleet.helpers import command, spawn
 
 
 def git(where: Path, *args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, check=True)
+    # safe.directory: the agent's repository is its own user's (tests run as root)
+    done = subprocess.run(
+        ["git", "-c", "safe.directory=*", *args],
+        cwd=where, capture_output=True, text=True, check=True,
+    )  # fmt: skip
     return done.stdout.strip()
 
 
@@ -53,7 +57,7 @@ async def test_rollback_restores_files_state_and_can_be_undone(
     assert taken["checkpoint"] == 1
     assert git(wt, "rev-parse", "HEAD") == start  # the branch did not move
     assert git(wt, "status", "--porcelain") == "?? keep.txt"  # nor the index
-    ref = git(wt, "rev-parse", "refs/fleet/checkpoints/a1/1")
+    ref = git(repo, "rev-parse", "refs/fleet/checkpoints/a1/1")  # in the user's repository
     assert ref == taken["commit"]
     assert git(wt, "show", f"{ref}:keep.txt") == "v1"
 
@@ -77,6 +81,9 @@ async def test_rollback_restores_files_state_and_can_be_undone(
     assert (wt / "build.log").read_text() == "ignored\n"  # ignored files are kept
     assert git(wt, "rev-parse", "HEAD") == start  # the branch is back where it was then
     assert git(wt, "status", "--porcelain") == "?? keep.txt"
+    owner = wt.stat().st_uid  # the agent's own user when fleetd is root: files written are its
+    files = [p for p in wt.rglob("*") if ".git" not in p.relative_to(wt).parts]
+    assert {p.lstat().st_uid for p in files} == {owner}
 
     store = EventStore(nc)
     rows = await store.read("a1")
