@@ -8,6 +8,7 @@ undoes what this attempt made, records that, and ends in ERROR with the cause.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from actors.agent import AgentActor
     from infra.tmux import Tmux
 
+log = logging.getLogger(__name__)
 L = Lifecycle
 WINDOWS = ("agent", "services", "monitor")
 P = ParamSpec("P")
@@ -188,6 +190,7 @@ async def stop(
         await services.stop(actor, polite)  # dependents first, before the session ends
         if s.tmux_session:
             await _end_session(actor, s.tmux_session, polite)
+        await _bring_back(actor)
         await ports.release(actor)
         await creds.revoke(actor)  # its connections are closed: nothing of it talks any more
         if remove_worktree and s.worktree:
@@ -250,6 +253,18 @@ async def _wait_for_exit(tmux: Tmux, session: str, pid: int | None, timeout: flo
             return True
         await asyncio.sleep(0.05)
     return False
+
+
+async def _bring_back(actor: AgentActor) -> None:
+    """The agent's branch in the user's repository set to its HEAD, once nothing of it runs.
+    A failure is logged and the stop goes on: the stop's checkpoint holds the work."""
+    s = actor.state
+    if not s.worktree or not Path(s.worktree).is_dir():
+        return
+    try:
+        await run(worktrees(actor).bring_back, s.agent_id)
+    except FleetError as err:
+        log.warning("agent %s: its branch was not brought back: %s", s.agent_id, err)
 
 
 async def _remove_worktree(actor: AgentActor, force: bool) -> None:
