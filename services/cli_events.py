@@ -132,10 +132,6 @@ async def print_events(agent_id: str, follow: bool, as_json: bool) -> int:
         # With the fleet key (the state dir's), an event that does not verify is not printed
         # as one: a line on stderr says which and why.
         store = EventStore(nc, mac_key=fleetkey.load_if_present(settings.state_dir))
-        if store.mac_key is None:
-            print(
-                "fleet: no fleet key in the state dir; events are shown unverified", file=sys.stderr
-            )
         wake = asyncio.Event()
 
         async def on_msg(msg: Msg) -> None:
@@ -147,6 +143,8 @@ async def print_events(agent_id: str, follow: bool, as_json: bool) -> int:
         rows, refused = await store.read_checked(agent_id, reader="fleet events")
         if not rows and not refused and not follow:
             raise UnknownAgent(agent_id)
+        if store.mac_key is None and rows:
+            print("fleet: no fleet key in the state dir; events shown unverified", file=sys.stderr)
         _print(rows, as_json)
         last = _said(refused, rows, 0)
         while follow:
