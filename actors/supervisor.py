@@ -98,7 +98,7 @@ def agent_options(name: str, config: FleetConfig) -> dict[str, Any]:
 class Supervisor:
     async def __init__(self, config: FleetConfig) -> None:  # type: ignore[misc]  # Ray runs async constructors
         self.config = config
-        errorlog.install(config.agent.state_dir)
+        errorlog.install(config.agent.state_dir, create=True)
         self.nc = await connect(config.agent.nats_url, name="fleet-supervisor")
         self.store = EventStore(self.nc, mac_key=config.agent.mac_key)  # verified loads
         # idempotent; the log must exist before agents

@@ -98,9 +98,13 @@ class ErrorLog(logging.Handler):
             self.handleError(record)
 
 
-def install(state_dir: str | Path) -> ErrorLog:
-    """Put this process's tracebacks in `<state_dir>/fleet-errors.log` (once per process)."""
+def install(state_dir: str | Path, *, create: bool = False) -> ErrorLog:
+    """Put this process's tracebacks in `<state_dir>/fleet-errors.log` (once per process);
+    with `create`, the file is made now, empty, so that it is there before any error is."""
     path = path_in(state_dir)
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
     with _lock:
         handler = _installed.get(path)
         if handler is None:

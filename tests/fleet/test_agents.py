@@ -155,15 +155,15 @@ async def test_removing_a_worktree_with_work_needs_force_and_saves_it(
     assert saved.stdout == "unsaved work\n"
 
 
-async def test_a_failed_spawn_ends_in_error_and_leaves_nothing(
+async def test_a_spawn_refused_for_its_repo_leaves_nothing(
     fleet: Fleet, nc: Client, tmp_path: Path
 ) -> None:
+    """Refused before anything is recorded: no agent, not even one in ERROR (issue 14)."""
     reply = await spawn(nc, str(tmp_path), "bad1")
     assert not reply["ok"]
     assert "not a git repository" in reply["error"]["message"]
     shown = await command(nc, "bad1", "show")
-    assert shown["agent"]["lifecycle"] == "ERROR"
-    assert "not a git repository" in shown["agent"]["reason"]
+    assert shown["error"]["code"] == "unknown_agent", shown
     assert not Tmux(fleet.tmux_socket).has_session("fleet-bad1")
 
 
