@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from infra import fleetkey
 from infra.config import Settings
 from infra.eventstore import EventStore
 from infra.nats import connect
@@ -93,7 +94,8 @@ async def _checkpoints(agent_id: str) -> list[CheckpointRef]:
     subjects.token(agent_id)
     nc = await connect(nats_url(Settings.from_env()), name="fleet-cli", reconnect=False)
     try:
-        loaded = await EventStore(nc).load(agent_id)
+        key = fleetkey.load_if_present(Settings.from_env().state_dir)
+        loaded = await EventStore(nc, mac_key=key).load(agent_id)  # only what verifies
     finally:
         await nc.close()
     if loaded.position.seq == 0:

@@ -201,10 +201,11 @@ async def callout(
     return CalloutUsers(auth, nc=nc, system=system, issuer=issuer, account=account)
 
 
-async def prune(nc: Client, creds: Credentials) -> list[str]:
+async def prune(nc: Client, creds: Credentials, mac_key: bytes | None = None) -> list[str]:
     """Revoke the users of agents that stopped or went away while `fleet up` was down (a crash
-    skips the revoke at stop): the log says which agents may still hold one."""
-    store = EventStore(nc)
+    skips the revoke at stop): the log says which agents may still hold one (read with the
+    fleet key, so only events that verify count)."""
+    store = EventStore(nc, mac_key=mac_key)
     dropped = []
     for agent_id in sorted(await asyncio.to_thread(creds.auth.agents)):
         state = (await store.load(agent_id)).state

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import msgspec
 
+from infra import fleetkey
 from infra.config import Settings
 from infra.eventstore import EventStore
 from infra.nats import connect
@@ -54,7 +55,7 @@ async def load_agents(settings: Settings) -> dict[str, AgentState]:
     """Every agent the log knows, folded (snapshot plus tail)."""
     nc = await connect(nats_url(settings), name="fleet-doctor", reconnect=False)
     try:
-        store = EventStore(nc)
+        store = EventStore(nc, mac_key=fleetkey.load_if_present(settings.state_dir))  # verified
         ids = await store.agents()
         loaded = await asyncio.gather(*(store.load(a) for a in ids))
         return {a: one.state for a, one in zip(ids, loaded, strict=True)}

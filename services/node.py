@@ -25,6 +25,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import infra.nats
+from infra import fleetkey
 from infra.config import Settings
 from schemas.errors import FleetError
 from services import health, ports
@@ -40,7 +41,7 @@ class NodeServices:
     """A Ray actor: the ports and health services of the node it is pinned to."""
 
     async def __init__(  # type: ignore[misc]  # Ray runs async constructors
-        self, nats_url: str, port_range: tuple[int, int], node: str
+        self, nats_url: str, port_range: tuple[int, int], node: str, mac_key: bytes | None = None
     ) -> None:
         runs_on = ray.get_runtime_context().get_node_id()
         if runs_on != node:  # a lease's bind check elsewhere would be wrong: refuse to serve
@@ -51,7 +52,7 @@ class NodeServices:
             self.nc, port_range, node=node, fleet_wide=False, follow=False
         )
         self.stop = asyncio.Event()
-        config = health.HealthConfig(node=node)
+        config = health.HealthConfig(node=node, mac_key=mac_key)  # verifies what it reads
         self.health = asyncio.get_running_loop().create_task(health.run(self.nc, self.stop, config))
 
     def where(self) -> dict[str, str]:
@@ -75,7 +76,9 @@ def live_nodes() -> list[str]:
     return [str(n["NodeID"]) for n in ray.nodes() if n.get("Alive")]
 
 
-def node_actor(nats_url: str, port_range: tuple[int, int], node: str) -> Any:
+def node_actor(
+    nats_url: str, port_range: tuple[int, int], node: str, mac_key: bytes | None = None
+) -> Any:
     """Create (or find) the node's actor; pinned with soft=False, so it never runs elsewhere."""
     remote: Any = ray.remote(NodeServices)
     return remote.options(
@@ -86,7 +89,7 @@ def node_actor(nats_url: str, port_range: tuple[int, int], node: str) -> Any:
         num_cpus=0,
         get_if_exists=True,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
-    ).remote(nats_url, port_range, node)
+    ).remote(nats_url, port_range, node, mac_key)
 
 
 class NodeKeeper:
@@ -94,6 +97,7 @@ class NodeKeeper:
 
     def __init__(self, nats_url: str, port_range: tuple[int, int], own: str) -> None:
         self.nats_url, self.port_range, self.own = nats_url, port_range, own
+        self.mac_key: bytes | None = None  # the fleet key, for the nodes' health services
         self.actors: dict[str, Any] = {}
 
     async def ensure(self) -> list[str]:
@@ -101,7 +105,7 @@ class NodeKeeper:
         new = [n for n in await asyncio.to_thread(live_nodes) if n != self.own]
         new = [n for n in new if n not in self.actors]
         for node in new:
-            self.actors[node] = node_actor(self.nats_url, self.port_range, node)
+            self.actors[node] = node_actor(self.nats_url, self.port_range, node, self.mac_key)
         await asyncio.gather(*(self._ready(n) for n in new))
         return new
 
@@ -139,6 +143,7 @@ async def start(
     if not settings.ray_address:
         return []
     keeper = NodeKeeper(nats_url, settings.port_range, this_node(settings))
+    keeper.mac_key = fleetkey.load_or_create(settings.state_dir)
     served = await keeper.ensure()
     stop = asyncio.Event()
     task = asyncio.create_task(keeper.run(stop, period_s))

@@ -306,17 +306,20 @@ async def start(
     follow: bool = True,
     node: str = "",
     fleet_wide: bool = True,
+    mac_key: bytes | None = None,
 ) -> PortsService:
     """Serve `fleet.ctl.ports`, follow the events and reclaim orphans; `close()` stops it all.
 
     With a Ray `node`, also serve `fleet.ctl.ports.<node>`, which the agents of that node ask,
     so the bind that checks a port happens where the agent's services will listen. The
-    service of another node serves only that (`fleet_wide=False`, usually `follow=False`)."""
+    service of another node serves only that (`fleet_wide=False`, usually `follow=False`).
+    With the fleet key (`mac_key`), an event that does not verify is refused: a forged stop
+    releases no port."""
     kv = await nc.jetstream().key_value(subjects.PORTS_BUCKET)
     leaser = PortLeaser(kv, nc.jetstream(), *port_range)
     if node:
         leaser.holder = f"{node[:12]}-{leaser.holder}"
-    service = PortsService(leaser, EventStore(nc), grace_s=grace_s)
+    service = PortsService(leaser, EventStore(nc, mac_key=mac_key), grace_s=grace_s)
     leaser.known = await leaser.scan()
     spawn = asyncio.get_running_loop().create_task
     service.watcher = await kv.watchall()

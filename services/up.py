@@ -228,7 +228,7 @@ async def _bring_up(settings: Settings, stack: AsyncExitStack) -> FleetState:
     access = await _credentials(settings, server, nc, stack)
     if access is not None:  # answers before any agent actor asks for its user
         stack.push_async_callback((await creds.start(nc, access)).unsubscribe)
-        await creds.prune(nc, access)
+        await creds.prune(nc, access, fleetkey.load_or_create(settings.state_dir))
         took("credentials")
     ray_address = await _start_ray(settings, stack, url)
     took("ray")
@@ -304,7 +304,9 @@ async def _start_templates_and_ports(
 
     stack.push_async_callback((await templates.start(nc)).close)
     own = node.this_node(settings)
-    stack.push_async_callback((await ports.start(nc, settings.port_range, node=own)).close)
+    key = fleetkey.load_or_create(settings.state_dir)
+    leases = await ports.start(nc, settings.port_range, node=own, mac_key=key)
+    stack.push_async_callback(leases.close)
     await node.start(settings, url, stack)
 
 
