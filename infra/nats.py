@@ -16,6 +16,13 @@ Limits that keep the disk (and no acknowledged event is ever dropped for them):
 - FLEET_MAIL_DLQ: dead letters (copies of mail no one acknowledged) are bounded by bytes, the
   oldest dropped first: they are already failed deliveries, and the warning that reported
   each one stays in the notifications.
+
+JetStream reserves a stream's `max_bytes` in its store when the stream is made (error 10047
+"insufficient storage resources available" if the server's `max_file_store` has not that much
+left), so a limit the server cannot reserve is halved until it can, down to MIN_STREAM_BYTES,
+and said in a warning; below that the stream has no byte limit of its own and the store's size
+is its limit (discard=new still refuses what does not fit). Mail is made before the events,
+which take what is left.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import APIError, BadRequestError
 
 from infra import natsimport
 from infra.natsauth import without_userinfo
@@ -48,6 +55,8 @@ EVENT_MAX_BYTES = 1024 * 1024  # one event (the server's default max_payload)
 MAIL_MAX_BYTES = 1024**3
 MAIL_MAX_PER_MAILBOX = 100_000  # messages waiting in one (agent, priority)
 DEAD_MAIL_MAX_BYTES = 256 * 1024**2
+MIN_STREAM_BYTES = 64 * 1024**2
+STORAGE_EXCEEDED = 10047  # JetStream API error: insufficient storage resources available
 RECONNECT_FIRST_S = 0.25  # the wait after the first failed reconnect; it doubles from there
 RECONNECT_MAX_S = 1.0
 
@@ -198,9 +207,9 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
 
     An existing stream keeps its replica count if it has more than `replicas`: a process
     that asks for 1 must not shrink a cluster's streams."""
-    await _ensure_stream(js, events_config(replicas))
     for stream in mail_configs(replicas):
         await _ensure_stream(js, stream)
+    await _ensure_stream(js, events_config(replicas))
     for bucket in subjects.BUCKETS:
         config = KeyValueConfig(
             bucket=bucket,
@@ -220,6 +229,28 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create or update one stream; a `max_bytes` the store cannot reserve is halved."""
+    while True:
+        try:
+            await _create_or_update(js, config)
+            return
+        except APIError as e:
+            limit = config.max_bytes or 0
+            if e.err_code != STORAGE_EXCEEDED or limit <= 0:
+                raise
+            # Below MIN_STREAM_BYTES: no limit of its own; the store's size is the limit, and
+            # discard=new still refuses a write that does not fit.
+            config.max_bytes = limit // 2 if limit // 2 >= MIN_STREAM_BYTES else -1
+            shown = f"{config.max_bytes >> 20} MiB" if config.max_bytes > 0 else "the store's size"
+            log.warning(
+                "stream %s: the NATS store cannot reserve %d MiB for it; its limit is %s",
+                config.name,
+                limit >> 20,
+                shown,
+            )
+
+
+async def _create_or_update(js: JetStreamContext, config: StreamConfig) -> None:
     try:
         await js.add_stream(config)
     except BadRequestError as e:

@@ -8,7 +8,9 @@ stores nothing.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -21,6 +23,7 @@ from actors.mailrelay import MailRelay
 from infra import nats as fleet_nats
 from infra.mailbox import Mailbox
 from infra.nats import connect, ensure_streams
+from infra.natsserver import NatsServer
 from schemas import mail as m
 from schemas import subjects
 from schemas.errors import PayloadTooLarge, RemoteError
@@ -174,3 +177,25 @@ async def test_a_full_event_log_refuses_the_next_append_and_keeps_every_event(
         assert (await js.stream_info(subjects.EVENTS_STREAM)).state.messages == 3
     finally:
         await nc.close()
+
+
+async def test_limits_the_store_cannot_reserve_are_made_smaller_never_dropped(
+    tmp_path: Path,
+) -> None:
+    """JetStream reserves `max_bytes` in its store: on a small one, the limits shrink to fit."""
+    config = tmp_path / "small.conf"
+    config.write_text(json.dumps({"jetstream": {"max_file_store": 2 * 1024**3}}))
+    server = NatsServer.start(tmp_path / "nats", config=config)
+    try:
+        nc = await connect(server.url)
+        js = nc.jetstream()
+        await ensure_streams(js)
+        await ensure_streams(js)  # every process does it again at its start
+        events = (await js.stream_info(subjects.EVENTS_STREAM)).config
+        mail = (await js.stream_info(subjects.MAIL_STREAM)).config
+        assert mail.max_bytes == fleet_nats.MAIL_MAX_BYTES
+        assert 0 < (events.max_bytes or 0) < fleet_nats.EVENTS_MAX_BYTES
+        assert events.discard == DiscardPolicy.NEW
+        await nc.close()
+    finally:
+        server.stop()
