@@ -66,9 +66,19 @@ def touch(wt: Path, start: int, changed: int = CHANGED, new: int = 0) -> None:
         (wt / f"new-{start}-{j}.txt").write_text("new\n")
 
 
+# The agent's repository may belong to its own user (fleetd as root): the floor's plain git
+# is told it is safe (command-line scope, as -c).
+SAFE_DIR = {
+    "GIT_CONFIG_COUNT": "1",
+    "GIT_CONFIG_KEY_0": "safe.directory",
+    "GIT_CONFIG_VALUE_0": "*",
+}
+
+
 def shell_ms(wt: Path, script: str) -> float:
     t = time.perf_counter()
-    subprocess.run(["sh", "-c", script], cwd=wt, check=True, capture_output=True)
+    env = {**os.environ, **SAFE_DIR}
+    subprocess.run(["sh", "-c", script], cwd=wt, check=True, capture_output=True, env=env)
     return (time.perf_counter() - t) * 1000
 
 
