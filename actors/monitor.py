@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from infra.tmux import Tmux
 from schemas import commands as c
 from schemas.assistants import AssistantProfile, Debouncer, classify, detail
-from schemas.errors import FleetError, PaneDead, SessionMissing
+from schemas.errors import FleetError, PaneDead, SessionMissing, TmuxFailed
 from schemas.recovery import SESSION_GONE
 from schemas.states import Lifecycle
 
@@ -88,7 +88,11 @@ def pane_death(tmux: Tmux, session: str) -> tuple[bool, str, int | None]:
     try:
         out = tmux._display(session, AGENT_WINDOW, _DEATH_FORMAT)
     except SessionMissing:
-        return True, f"{SESSION_GONE} (its session or agent window was closed)", None
+        return True, f"{SESSION_GONE} (its session was closed)", None
+    except TmuxFailed as e:
+        if "can't find window" in e.detail or "can't find pane" in e.detail:
+            return True, f"{SESSION_GONE} (its agent window was closed)", None
+        raise
     dead, status, signal, kept, pid = [*out.split("|"), "", "", "", "", ""][:5]
     return dead == "1", death_cause(status, signal, kept), int(pid) if pid.isdigit() else None
 

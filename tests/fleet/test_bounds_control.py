@@ -58,3 +58,36 @@ async def test_send_text_with_a_nul_is_refused_and_records_nothing(
     assert refused["ok"] is False and refused["error"]["code"] == "invalid_name", refused
     assert "control character U+0000" in refused["error"]["message"]
     assert await EventStore(nc).last_seq("nul1") == before
+
+
+async def test_the_error_log_is_there_from_the_start_and_takes_an_actors_traceback(
+    fleet: Fleet, nc: Client
+) -> None:
+    """The supervisor makes `<state dir>/fleet-errors.log`; a traceback logged in a Ray worker
+    that installed the log as fleetd's actors do lands there under its id."""
+    import ray
+
+    path = fleet.state_dir / "fleet-errors.log"
+    assert path.exists()
+
+    probe = ray.remote(_ErrorProbe).options(namespace=fleet.namespace).remote(str(fleet.state_dir))
+    await probe.fail.remote("00aa11bb22cc")
+    text = path.read_text()
+    assert "--- error 00aa11bb22cc " in text and "RuntimeError: a bug in an actor" in text
+
+
+class _ErrorProbe:
+    """An actor that installs the error log as fleetd's actors do, then logs a traceback."""
+
+    def __init__(self, state_dir: str) -> None:
+        from infra import errorlog
+
+        errorlog.install(state_dir)
+
+    def fail(self, error_id: str) -> None:
+        import logging
+
+        try:
+            raise RuntimeError("a bug in an actor")
+        except RuntimeError:
+            logging.getLogger("actors.test").exception("it failed (error id %s)", error_id)
