@@ -1,32 +1,38 @@
-"""`/ws/term/{agent}`: a browser terminal onto an agent's tmux session.
+"""`/ws/term/{agent}`: a browser terminal onto the agent's pane, and nothing else of tmux.
 
 Each connection asks the agent actor to `attach` (which records user.attached, so the person is
-in `AgentView.users`, and gives a grouped session of their own with the argv that attaches to
-it), then runs that argv under a pseudo-terminal in the gateway process: the gateway runs on
-the agents' node. Operators type; a viewer's client is `attach-session -r` and its input is
-dropped here as well. Several connections of one user share the user's grouped session; the
-last one to close sends `detach` (user.detached, and the grouped session ends).
+in `AgentView.users`, and gives a grouped session of their own), then follows the agent window's
+pane through a tmux control-mode client of that session (infra/tmux_control.py): the gateway
+runs on the agents' node. The last connection of a user to close sends `detach` (user.detached,
+and the grouped session ends).
+
+Why control mode and not `tmux attach` under a pty, as before: an ordinary client reads the
+browser's bytes as keys, so `C-b :` then `run-shell` was a shell of the tmux server's user outside
+the sandbox, and `switch-client` reached other agents' sessions; whatever key table or prefix
+it is given, it stays a client that acts on keys. A control-mode client acts only on commands
+written to its stdin, and only the gateway writes them: typed bytes become `send-keys -H` of
+their hex values to the one pane (literal bytes on its pty, Ctrl-C, Esc, arrows and pastes
+included; never a binding, a prompt or a session name), the pane's `%output` becomes the
+browser's bytes (its colours and modes as the program wrote them), and `capture-pane` gives the
+picture at the start, after a resize and after the browser fell behind. A pty bridge of the
+pane's own output (`pipe-pane`) would need the same picture and input path, with less order
+between them. The cost: the page shows the agent window only (no status line, no other
+windows), and two operators of different sizes share one pane size (the latest to resize).
 
 It is opened with the Authorization header or a ticket (`?ticket=`, from POST /api/tickets;
 never the token), and closed (code 1008, with a sentence) as soon as that token is revoked.
 
-Wire: binary frames are terminal bytes both ways; a text frame from the browser is JSON
-`{"type": "resize", "cols": C, "rows": R}`. The first frame to the browser is text JSON
+Wire: binary frames are terminal bytes both ways (a viewer's input is dropped); a text frame
+from the browser is JSON `{"type": "resize", "cols": C, "rows": R}` (an operator's sizes the
+pane). The first frame to the browser is text JSON
 `{"type": "hello", "user": ..., "readonly": ..., "session": ...}`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import logging
-import os
 import re
-import shutil
-import signal
-import struct
-import termios
 import uuid
 from collections import Counter
 from typing import Any
@@ -36,6 +42,7 @@ from aiohttp import WSMsgType, web
 from nats.errors import NoRespondersError
 
 from infra.resend import request as resend_request
+from infra.tmux_control import PaneTerminal
 from schemas import subjects
 from schemas.errors import BadRequest, RemoteError, UnknownAgent
 from services.gateway import NC, holding, role, websocket, who
@@ -45,9 +52,8 @@ log = logging.getLogger(__name__)
 
 PRESENCE = web.AppKey("term_presence", Counter)  # (agent, user) -> open terminals
 ATTACH_TIMEOUT_S = 10.0
-READ_CHUNK = 65536
-QUEUE_HIGH = 64  # output chunks waiting for a slow browser before the pty is left unread
 MAX_SIZE = 1000
+WINDOW = "agent"  # the window whose pane the terminal follows
 
 
 class _Resize(msgspec.Struct, frozen=True):
@@ -68,9 +74,11 @@ def _size(raw: str | None, default: int) -> int:
         raise BadRequest(f"terminal size must be a whole number, not {raw!r}") from None
 
 
-def set_size(fd: int, cols: int, rows: int) -> None:
-    # struct winsize: rows, cols, xpixel, ypixel (unsigned short each)
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+def socket_of(argv: list[str]) -> str:
+    """The tmux socket name in the attach argv the actor answers (`... tmux -L <socket> ...`)."""
+    if "-L" in argv[:-1]:
+        return argv[argv.index("-L") + 1]
+    raise RemoteError("bad_reply", "the agent's attach named no tmux socket")
 
 
 async def _ask(request: web.Request, agent: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -91,109 +99,25 @@ async def _ask(request: web.Request, agent: str, fields: dict[str, Any]) -> dict
     return reply
 
 
-class Pty:
-    """A child process on a fresh pseudo-terminal whose output is read into a queue."""
-
-    def __init__(self, master: int, proc: asyncio.subprocess.Process) -> None:
-        self.master = master
-        self.proc = proc
-        self.output: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._loop = asyncio.get_running_loop()
-        self._reading = False
-        self.resume()
-
-    @classmethod
-    async def spawn(cls, argv: list[str], cols: int, rows: int) -> Pty:
-        master, slave = os.openpty()
-        try:
-            set_size(slave, cols, rows)
-            os.set_blocking(master, False)
-            # `setsid -c`: a new session whose controlling terminal is the pty, so the tmux
-            # client gets SIGWINCH when the browser resizes.
-            prefix = ["setsid", "-c"] if shutil.which("setsid") else []
-            env = {**os.environ, "TERM": "xterm-256color"}
-            env.pop("TMUX", None)
-            proc = await asyncio.create_subprocess_exec(
-                *prefix, *argv, stdin=slave, stdout=slave, stderr=slave, env=env
-            )
-        except BaseException:
-            os.close(master)
-            raise
-        finally:
-            os.close(slave)
-        return cls(master, proc)
-
-    def _on_readable(self) -> None:
-        try:
-            data = os.read(self.master, READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:  # EIO: every process on the pty is gone
-            data = b""
-        if not data:
-            self.pause()
-            self.output.put_nowait(None)
-            return
-        self.output.put_nowait(data)
-        if self.output.qsize() > QUEUE_HIGH:
-            self.pause()  # let tmux hold the output until the browser catches up
-
-    def pause(self) -> None:
-        if self._reading:
-            self._loop.remove_reader(self.master)
-            self._reading = False
-
-    def resume(self) -> None:
-        if not self._reading:
-            self._loop.add_reader(self.master, self._on_readable)
-            self._reading = True
-
-    async def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(self.master, view) :]
-            except BlockingIOError:
-                await asyncio.sleep(0.01)
-
-    def resize(self, cols: int, rows: int) -> None:
-        set_size(self.master, max(1, min(MAX_SIZE, cols)), max(1, min(MAX_SIZE, rows)))
-
-    async def close(self) -> None:
-        self.pause()
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 2.0)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
-        os.close(self.master)
-
-
-async def _to_browser(pty: Pty, ws: web.WebSocketResponse) -> None:
-    while (data := await pty.output.get()) is not None:
-        if pty.output.qsize() < QUEUE_HIGH // 2:
-            pty.resume()
+async def _to_browser(term: PaneTerminal, ws: web.WebSocketResponse) -> None:
+    while (data := await term.read()) is not None:
         await ws.send_bytes(data)
     await ws.close(message=b"the terminal ended")
 
 
-async def _from_browser(pty: Pty, ws: web.WebSocketResponse, readonly: bool) -> None:
+async def _from_browser(term: PaneTerminal, ws: web.WebSocketResponse, readonly: bool) -> None:
     async for msg in ws:
         if msg.type == WSMsgType.BINARY:
             if not readonly:
-                await pty.write(msg.data)
+                await term.type(msg.data)
         elif msg.type == WSMsgType.TEXT:
             try:
                 control = msgspec.json.decode(msg.data, type=_Resize)
             except msgspec.DecodeError:
                 log.debug("terminal: ignored a control message %r", msg.data[:80])
                 continue
-            if control.type == "resize":
-                pty.resize(control.cols, control.rows)
+            if control.type == "resize" and not readonly:
+                term.resize(control.cols, control.rows)
 
 
 @websocket
@@ -207,19 +131,19 @@ async def ws_term(request: web.Request) -> web.StreamResponse:
     cols = _size(request.query.get("cols"), 80)
     rows = _size(request.query.get("rows"), 24)
     reply = await _ask(request, agent, {"type": "attach", "user": user, "readonly": readonly})
-    argv = list(reply["argv"])
-    if readonly and "-r" not in argv:
-        argv.append("-r")
     presence = request.app[PRESENCE]
     presence[agent, user] += 1
     try:
-        pty = await Pty.spawn(argv, cols, rows)
+        socket, session = socket_of(list(reply["argv"])), str(reply["session"])
+        term = await PaneTerminal.open(
+            socket, session, WINDOW, readonly=readonly, cols=cols, rows=rows
+        )
         try:
             ws = web.WebSocketResponse(heartbeat=30.0)
             with holding(request, ws):  # closed at once if the token is revoked
-                await _pump(request, ws, pty, readonly, user, reply.get("session"))
+                await _pump(request, ws, term, readonly, user, session)
         finally:
-            await pty.close()
+            await term.close()
     finally:
         await _leave(request, agent, user)
     return ws
@@ -228,7 +152,7 @@ async def ws_term(request: web.Request) -> web.StreamResponse:
 async def _pump(
     request: web.Request,
     ws: web.WebSocketResponse,
-    pty: Pty,
+    term: PaneTerminal,
     readonly: bool,
     user: str,
     session: object,
@@ -237,8 +161,8 @@ async def _pump(
     await ws.prepare(request)
     await ws.send_json({"type": "hello", "user": user, "readonly": readonly, "session": session})
     pumps = [
-        asyncio.create_task(_to_browser(pty, ws)),
-        asyncio.create_task(_from_browser(pty, ws, readonly)),
+        asyncio.create_task(_to_browser(term, ws)),
+        asyncio.create_task(_from_browser(term, ws, readonly)),
     ]
     try:
         await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)

@@ -1,10 +1,13 @@
 """`/ws/term/{agent}` on a real fleet: an operator types and sees the output, a viewer only
-watches, both are present in `AgentView.users` while connected and gone after."""
+watches, both are present in `AgentView.users` while connected and gone after; two operators
+type into one pane at once; a terminal opened later starts with the screen as it is (colours
+and cursor included); a resize sizes the pane. That the terminal is the pane and nothing else
+of tmux is tests/security/test_term.py."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import pytest
 
 from tests.conftest import Fleet
 from tests.fleet.gateway_fixtures import Gateway, get_json, run_gateway, spawn
+from tests.fleet.helpers import until
 
 
 async def read_until(ws: aiohttp.ClientWebSocketResponse, needle: bytes, timeout: float) -> bytes:
@@ -69,13 +73,9 @@ async def test_operators_type_viewers_watch_and_both_are_present(fleet: Fleet, r
                 seen = await read_until(viewer, b"operator-42", 10)
                 assert b"viewer-42" not in seen
                 await op.send_str('{"type": "resize", "cols": 120, "rows": 40}')
-                for _ in range(20):  # the tmux client resizes the pane a moment later
-                    await op.send_bytes(b"stty size\r")
-                    with contextlib.suppress(AssertionError):
-                        await read_until(op, b"39 120", 0.5)  # one row is the status line
-                        break
-                else:
-                    raise AssertionError("the pane never took the browser's 120x40")
+                await viewer.send_str('{"type": "resize", "cols": 20, "rows": 5}')  # no effect
+                await pane_size(fleet, hello["session"], "120x40")  # no status line: all pane
+                await tty_size(op, b"40 120")
             await wait_users(http, gw, "t1", set())
             _, body = await get_json(http, gw.url + "/api/agents/t1/events", gw.headers("viewer"))
             types = [x["event"]["type"] for x in body["events"]]  # type: ignore[union-attr]
@@ -84,3 +84,58 @@ async def test_operators_type_viewers_watch_and_both_are_present(fleet: Fleet, r
             with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
                 await http.ws_connect(ghost)
             assert refused.value.status == 404
+
+
+async def tty_size(ws: aiohttp.ClientWebSocketResponse, want: bytes) -> None:
+    """Ask the pane's shell for its terminal's size until it is `want` (tmux gives the pane's
+    pty its new size a moment after the window's)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        await ws.send_bytes(b"stty size; echo sized-$((6*7))\r")
+        if want in await read_until(ws, b"sized-42", 10):
+            return
+    raise AssertionError(f"the pane's shell never saw the size {want!r}")
+
+
+async def pane_size(fleet: Fleet, session: str, want: str) -> None:
+    """Wait until the agent window's pane is `want` (WIDTHxHEIGHT), as tmux says."""
+    argv = ["tmux", "-L", fleet.tmux_socket, "display-message", "-p", "-t", f"={session}:=agent"]
+
+    async def size() -> bool:
+        done = subprocess.run([*argv, "#{pane_width}x#{pane_height}"], capture_output=True)
+        return done.stdout.decode().strip() == want
+
+    await until(size, f"the agent pane of {session} to be {want}", 20)
+
+
+@pytest.mark.slow
+async def test_two_operators_type_and_a_late_terminal_starts_from_the_screen(
+    fleet: Fleet, repo: Path
+) -> None:
+    async for gw in run_gateway(fleet.nats_url, fleet.state_dir):
+        async with aiohttp.ClientSession() as http:
+            await spawn(http, gw, repo, "t2")
+            term = "/ws/term/t2?cols=90&rows=25"
+            async with (
+                http.ws_connect(await gw.ws_url(http, term, "operator")) as op,
+                http.ws_connect(await gw.ws_url(http, term, "admin")) as admin,
+            ):
+                for ws in (op, admin):
+                    hello = await ws.receive_json(timeout=10)
+                    assert hello["readonly"] is False
+                await wait_users(http, gw, "t2", {"test-operator", "test-admin"})
+                await pane_size(fleet, hello["session"], "90x25")  # an operator's sizes it
+                await op.send_bytes(b"printf '\\033[31mred-%s\\033[0m\\n' $((6*7))\r")
+                for ws in (op, admin):  # live, to both, with its colour as printed
+                    await read_until(ws, b"\x1b[31mred-42\x1b[0m", 10)
+                await admin.send_bytes(b"for i in 1 2 3; do echo tick-$i; sleep 0.2; done\r")
+                for tick in (b"tick-1", b"tick-2", b"tick-3"):
+                    await read_until(op, tick, 10)  # each as it is printed
+                await op.send_bytes(b"echo cursor-here-$((6*7)) && printf 'typed-'")
+                await read_until(admin, b"typed-", 10)
+                async with http.ws_connect(await gw.ws_url(http, term, "viewer")) as late:
+                    await late.receive_json(timeout=10)
+                    picture = await read_until(late, b"typed-", 10)
+                    assert b"\x1b[31mred-42" in picture  # the screen as it is, in colour
+                    assert b"\x1b[2J" in picture and b"\x1b[?25h" in picture  # cleared, cursor
+            await wait_users(http, gw, "t2", set())
