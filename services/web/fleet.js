@@ -278,10 +278,22 @@ function closeTerminal() {
   window.onresize = null;
 }
 
+// The bytes are the pane's own output, and tmux (the pane's terminal) has already answered the
+// program's queries (device attributes, cursor position, modes, colours): were xterm.js to answer
+// too, its answers would be typed into the pane as if the person had typed them.
+function unanswering(t) {
+  for (const id of [{final: "c"}, {prefix: ">", final: "c"}, {final: "n"}, {prefix: "?", final: "n"},
+                    {intermediates: "$", final: "p"}, {prefix: "?", intermediates: "$", final: "p"},
+                    {prefix: ">", final: "q"}]) t.parser.registerCsiHandler(id, () => true);
+  t.parser.registerDcsHandler({intermediates: "$", final: "q"}, () => true);
+  for (const osc of [4, 10, 11, 12]) t.parser.registerOscHandler(osc, (data) => data.includes("?"));
+}
+
 async function terminal(id) {
   closeTerminal();
   if (!window.Terminal) { $("#term").innerHTML = `<pre id="screen"></pre>`; screen(id); return; }  // npm ci not run
   const mine = term = new Terminal({fontSize: 13, scrollback: 2000, cursorBlink: true});
+  unanswering(term);
   const fit = new FitAddon.FitAddon();
   term.loadAddon(fit); term.open($("#term")); fit.fit();
   let url;

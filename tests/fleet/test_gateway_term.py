@@ -1,12 +1,14 @@
 """`/ws/term/{agent}` on a real fleet: an operator types and sees the output, a viewer only
 watches, both are present in `AgentView.users` while connected and gone after; two operators
 type into one pane at once; a terminal opened later starts with the screen as it is (colours
-and cursor included); a resize sizes the pane. That the terminal is the pane and nothing else
-of tmux is tests/security/test_term.py."""
+and cursor included); a resize sizes the pane; the dashboard's xterm.js answers none of the
+program's terminal queries (tmux has, and a second answer would be typed into the pane). That
+the terminal is the pane and nothing else of tmux is tests/security/test_term.py."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +16,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from services.gateway_web import NODE_MODULES, VENDOR
 from tests.conftest import Fleet
+from tests.fleet import cdp
 from tests.fleet.gateway_fixtures import Gateway, get_json, run_gateway, spawn
 from tests.fleet.helpers import until
 
@@ -139,3 +143,48 @@ async def test_two_operators_type_and_a_late_terminal_starts_from_the_screen(
                     assert b"\x1b[31mred-42" in picture  # the screen as it is, in colour
                     assert b"\x1b[2J" in picture and b"\x1b[?25h" in picture  # cleared, cursor
             await wait_users(http, gw, "t2", set())
+
+
+BUFFER_TEXT = """(() => { const b = term.buffer.active; const out = [];
+  for (let i = 0; i < b.length; i++) out.push(b.getLine(i).translateToString(true));
+  return out.join("\\n"); })()"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(cdp.chromium() is None, reason="no chromium on PATH (infra/deploy/dev)")
+@pytest.mark.skipif(
+    not all((NODE_MODULES / f).is_file() for f in VENDOR.values()),
+    reason=f"xterm.js is not installed: run `npm ci` in {NODE_MODULES.parent}",
+)
+async def test_the_dashboard_answers_no_terminal_query(
+    fleet: Fleet, repo: Path, tmp_path: Path
+) -> None:
+    async for gw in run_gateway(fleet.nats_url, fleet.state_dir):
+        async with cdp.browser(tmp_path / "chromium") as page, aiohttp.ClientSession() as http:
+            await spawn(http, gw, repo, "q1")
+            await page.call("Page.navigate", url=gw.url + "/")
+            await page.until("document.querySelector('#token-form') !== null")
+            await page.js(f"localStorage.setItem('fleet-token', {json.dumps(gw.tokens['admin'])})")
+            await page.call("Page.navigate", url=gw.url + "/")
+            await page.until("document.querySelector('#conn')?.textContent === 'live'")
+            await page.js("location.hash = '#/agent/q1'")
+            await page.until("document.querySelector('#term-mode')?.textContent", 60)
+            await page.until(f"{BUFFER_TEXT}.includes('$') || {BUFFER_TEXT}.includes('#')", 60)
+            # Ask for device attributes (primary, secondary), the cursor position and the
+            # background colour; once the page has shown the asking, type a Z, and show every
+            # answer the pane was typed before it (ESC as E): the page's answers would be there.
+            queries = r"printf '\033[c\033[>c\033[6n\033]11;?\007Q%sDONE' $((6*7))"
+            read = r"""got=$(bash -c 'IFS= read -r -d Z x; printf %s "$x"')"""
+            shown = r"""printf '%s' "$got" | tr '\033\007' EB"""
+            line = f"stty raw -echo; {queries}; {read}; stty sane; {shown}; echo; echo END-$((6*7))"
+            await page.js("term.focus()")
+            await page.call("Input.insertText", text=line)
+            enter = {"key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13}
+            await page.call("Input.dispatchKeyEvent", type="keyDown", text="\r", **enter)
+            await page.call("Input.dispatchKeyEvent", type="keyUp", **enter)
+            await page.until(f"{BUFFER_TEXT}.includes('Q42DONE')", 30)
+            await page.call("Input.insertText", text="Z")
+            screen = await page.until(f"{BUFFER_TEXT}.includes('END-42') && {BUFFER_TEXT}", 30)
+            answers = screen.rpartition("END-42")[0].rstrip().rpartition("\n")[2]
+            assert answers.count("E[?1;2c") == 1 and answers.count("R") == 1, answers  # tmux's
+            assert "E]11" not in answers, answers  # tmux 3.3 answers no colour query: nor we
