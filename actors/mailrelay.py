@@ -9,6 +9,9 @@ agent sends is checked when it is sent, and refused with a sentence that its sen
   priority is one of the four, the body and the whole message are within their limits, a
   `reply_to` is the sender's own reply inbox or a known agent, and `from` is the sender (a
   message cannot claim to come from anyone else);
+- answers to a waiting sender (`answer_inbox`): only to a known agent's reply inbox or to
+  where the control plane waits for mail, never to any other `_INBOX` (an agent may not
+  publish there itself: it could forge the reply to a request of the control plane);
 - topics: a topic name without wildcards, a payload within MAX_TOPIC_BYTES;
 - both: a token bucket per sender (AGENT_MAIL_RATE, AGENT_TOPIC_RATE), so one agent cannot
   flood the store, the other agents or this relay.
@@ -27,6 +30,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -113,6 +117,10 @@ class MailRelay:
         )
         message = m.relayed(send, sender)
         self._check_reply_to(send.reply_to, sender)
+        if send.answer_inbox:
+            self._check_answer_inbox(send.answer_inbox)
+            await self.nc.publish(send.answer_inbox, msgspec.json.encode(message))
+            return replies.ok()
         if send.broadcast:
             return replies.ok(to=await self._broadcast(message, send))
         if send.to not in self.known():
@@ -130,6 +138,23 @@ class MailRelay:
         raise BadRequest(
             f"invalid reply_to {reply_to[:80]!r}: use a known agent's id or your own reply "
             f"inbox ({natsauth.agent_inbox(sender)}.*)",
+            "invalid_field",
+        )
+
+    def _check_answer_inbox(self, inbox: str) -> None:
+        """An answer goes to a known agent's reply inbox or to where the control plane waits
+        for mail (`WAIT_INBOX_PREFIX`, a random token after it): never to another client's
+        request inbox, which would forge the answer to a request of the control plane."""
+        prefix = natsauth.INBOX + "." + natsauth.AGENT_USER_PREFIX
+        if inbox.startswith(m.WAIT_INBOX_PREFIX + ".") and len(inbox.split(".")) == 3:
+            return
+        if inbox.startswith(prefix):
+            owner = inbox.removeprefix(prefix).split(".", 1)[0]
+            if owner in self.known() and inbox.startswith(natsauth.agent_inbox(owner) + "."):
+                return
+        raise BadRequest(
+            f"invalid answer_inbox {inbox[:80]!r}: an answer goes to the reply_to of the "
+            "message it answers (an agent's reply inbox, or a waiting `fleet mail send`)",
             "invalid_field",
         )
 

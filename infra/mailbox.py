@@ -149,8 +149,12 @@ class Mailbox(MailReader):
     async def request(
         self, to: str, message: m.MailMessage, timeout: float, priority: str = "normal"
     ) -> m.InboxItem:
-        """Mail `to` and wait for the answer it sends with `reply` (or raise `MailTimeout`)."""
-        inbox = self.nc.new_inbox()
+        """Mail `to` and wait for the answer it sends with `reply` (or raise `MailTimeout`).
+        An agent waits on its own reply inbox; the control plane on a random subject under
+        WAIT_INBOX_PREFIX, the one kind of inbox besides agents' that the relay answers."""
+        inbox = (
+            self.nc.new_inbox() if self.relay_as else f"{m.WAIT_INBOX_PREFIX}.{uuid.uuid4().hex}"
+        )
         sub = await self.nc.subscribe(inbox, max_msgs=1)
         try:
             await self.send(to, msgspec.structs.replace(message, reply_to=inbox), priority)
@@ -173,7 +177,10 @@ class Mailbox(MailReader):
             sent_at=datetime.now(UTC),
             id=uuid.uuid4().hex,
         )
-        if to.reply_to.startswith("_INBOX."):
+        if to.reply_to.startswith("_INBOX.") and self.relay_as:
+            send = m.MailSend(body=body, in_reply_to=to.id, answer_inbox=to.reply_to)
+            await self._relay(subjects.mail_relay(self.relay_as), _encode(send))
+        elif to.reply_to.startswith("_INBOX."):
             await self.nc.publish(to.reply_to, _encode(m.check(answer)))
             await self.nc.flush()
         else:

@@ -22,7 +22,8 @@ JetStream reserves a stream's `max_bytes` in its store when the stream is made (
 left), so a limit the server cannot reserve is halved until it can, down to MIN_STREAM_BYTES,
 and said in a warning; below that the stream has no byte limit of its own and the store's size
 is its limit (discard=new still refuses what does not fit). Mail is made before the events,
-which take what is left.
+which take what is left. An existing stream whose limit cannot grow to the configured one
+keeps its own: an update never makes it smaller.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import APIError, BadRequestError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from infra import natsimport
 from infra.natsauth import without_userinfo
@@ -229,10 +230,27 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create or update one stream; a `max_bytes` the store cannot reserve is halved."""
+    """Create one stream, halving a `max_bytes` the store cannot reserve; or update it.
+
+    An existing stream is looked up first: the server checks the store's room before the
+    name, so a create of a stream that exists can be refused for room (10047) as well."""
+    wanted = config.max_bytes
+    try:
+        await js.stream_info(config.name or "")
+    except NotFoundError:
+        pass
+    else:
+        await _update(js, config)
+        return
     while True:
         try:
-            await _create_or_update(js, config)
+            await js.add_stream(config)
+            return
+        except BadRequestError as e:
+            if e.err_code != STREAM_NAME_IN_USE:
+                raise
+            config.max_bytes = wanted  # made by another process meanwhile
+            await _update(js, config)
             return
         except APIError as e:
             limit = config.max_bytes or 0
@@ -250,12 +268,21 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             )
 
 
-async def _create_or_update(js: JetStreamContext, config: StreamConfig) -> None:
+async def _update(js: JetStreamContext, config: StreamConfig) -> None:
+    """Bring an existing stream to `config`; a `max_bytes` the store cannot reserve leaves the
+    stream's own limit as it is (never smaller: what it holds must not be over its limit)."""
+    info = await js.stream_info(config.name or "")
+    config.num_replicas = max(config.num_replicas or 1, info.config.num_replicas or 1)
     try:
-        await js.add_stream(config)
-    except BadRequestError as e:
-        if e.err_code != STREAM_NAME_IN_USE:
+        await js.update_stream(config)
+    except APIError as e:
+        if e.err_code != STORAGE_EXCEEDED or config.max_bytes == info.config.max_bytes:
             raise
-        info = await js.stream_info(config.name or "")
-        config.num_replicas = max(config.num_replicas or 1, info.config.num_replicas or 1)
+        log.info(
+            "stream %s keeps its limit of %s bytes (the store cannot reserve %s)",
+            config.name,
+            info.config.max_bytes,
+            config.max_bytes,
+        )
+        config.max_bytes = info.config.max_bytes
         await js.update_stream(config)

@@ -84,9 +84,10 @@ def agent_inbox(agent_id: str) -> str:
 
 def agent_permissions(agent_id: str) -> dict[str, Any]:
     """What one agent may do: read its own commands and mail (through its own durable
-    consumers only), send mail and topic messages by the relay, and receive replies. Never
-    write an event log, its own neither: the actor is its log's one writer, and anything the agent's
-    processes are to report must reach the actor as a command that the actor checks."""
+    consumers only), send mail and topic messages by the relay, and receive replies (never
+    publish one: no `_INBOX.>`). Never write an event log, its own neither: the actor is its
+    log's one writer, and anything the agent's processes are to report must reach the actor
+    as a command that the actor checks."""
     a = subjects.token(agent_id)
     stream = subjects.MAIL_STREAM
     mailbox: list[str] = []
@@ -100,10 +101,11 @@ def agent_permissions(agent_id: str) -> dict[str, Any]:
             f"{JS_ACK}.{stream}.{consumer}.>",
         ]
     # No `fleet.evt.<a>`: only the agent's actor (the control plane) appends to its log.
-    publish = [f"{INBOX}.>"]
-    # Mail and topic messages only by the relay, as itself: actors/mailrelay.py checks each
-    # (recipient, priority, size, rate) and stores or sends it on.
-    publish += [subjects.mail_relay(a), subjects.topic_relay(a)]
+    # Mail, answers to mail and topic messages only by the relay, as itself:
+    # actors/mailrelay.py checks each (recipient, priority, size, rate) and stores or sends
+    # it on. No `_INBOX.>`: a reply subject seen in a command would let it forge answers to
+    # the control plane's requests.
+    publish = [subjects.mail_relay(a), subjects.topic_relay(a)]
     subscribe = [
         subjects.command(a),
         subjects.mailbox(a),

@@ -27,6 +27,9 @@ AGENT_TOPIC_RATE, AGENT_TOPIC_BURST = 100.0, 1_000.0
 # Header on a topic message the relay sends on for an agent: who published it.
 FROM_HEADER = "Fleet-From"
 TOPIC_HEADER = "Fleet-Topic"  # on a relay request: the topic to publish on
+# Where the control plane waits for the answer to its mail (`fleet mail send --wait`): a
+# subject no one can guess (a random token follows), that an agent's answer may be sent to.
+WAIT_INBOX_PREFIX = "_INBOX.mailwait"
 
 
 class MailMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -57,6 +60,9 @@ class MailSend(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     in_reply_to: str = ""
     broadcast: bool = False  # to every live agent (with every capability in `capabilities`)
     capabilities: tuple[str, ...] = ()
+    # An answer to a message whose sender waits: its `reply_to` inbox, where the answer goes
+    # (core NATS, not stored); then `to` is empty.
+    answer_inbox: str = ""
 
 
 class InboxItem(msgspec.Struct, frozen=True, kw_only=True):

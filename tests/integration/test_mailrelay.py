@@ -21,6 +21,7 @@ from nats.js.errors import APIError
 
 from actors.mailrelay import MailRelay
 from infra import nats as fleet_nats
+from infra import natsauth
 from infra.mailbox import Mailbox
 from infra.nats import connect, ensure_streams
 from infra.natsserver import NatsServer
@@ -189,13 +190,52 @@ async def test_limits_the_store_cannot_reserve_are_made_smaller_never_dropped(
     try:
         nc = await connect(server.url)
         js = nc.jetstream()
+
+        async def limits() -> dict[str, int]:
+            streams = (subjects.EVENTS_STREAM, subjects.MAIL_STREAM, subjects.MAIL_DLQ_STREAM)
+            return {n: (await js.stream_info(n)).config.max_bytes or 0 for n in streams}
+
         await ensure_streams(js)
-        await ensure_streams(js)  # every process does it again at its start
+        made = await limits()
+        assert 0 < made[subjects.EVENTS_STREAM] < fleet_nats.EVENTS_MAX_BYTES, made
+        assert 0 < made[subjects.MAIL_STREAM] <= fleet_nats.MAIL_MAX_BYTES, made
+        for _ in range(2):  # every process does it again at its start: nothing shrinks
+            await ensure_streams(js)
+            assert await limits() == made
         events = (await js.stream_info(subjects.EVENTS_STREAM)).config
-        mail = (await js.stream_info(subjects.MAIL_STREAM)).config
-        assert mail.max_bytes == fleet_nats.MAIL_MAX_BYTES
-        assert 0 < (events.max_bytes or 0) < fleet_nats.EVENTS_MAX_BYTES
         assert events.discard == DiscardPolicy.NEW
         await nc.close()
     finally:
         server.stop()
+
+
+async def test_answers_go_by_the_relay_to_the_waiting_sender_only(
+    nc: Client, relay: MailRelay, nats_url: str
+) -> None:
+    # a1's connection has an agent's reply inbox (`_INBOX.agent-a1`), as inside its panes.
+    a1_nc = await connect(nats_url, inbox_prefix=natsauth.agent_inbox("a1"))
+    a1, b1 = Mailbox(a1_nc, relay_as="a1"), Mailbox(nc, relay_as="b1")
+
+    async def answer(box: Mailbox, me: str, body: str, asking: asyncio.Future[object]) -> None:
+        while not (got := await box.read(me, 1)):
+            assert not asking.done(), asking.result()  # the request failed: say how
+            await box.wait(me, 1.0)
+        await box.reply(got[0].item, body, me)
+        await got[0].ack()
+
+    # Agent to agent: a1 waits on its own reply inbox, b1's answer is relayed there.
+    asking = asyncio.ensure_future(a1.request("b1", message("ping?"), timeout=30))
+    await asyncio.wait_for(answer(b1, "b1", "pong", asking), 60)
+    got = await asking
+    assert (got.from_, got.body) == ("b1", "pong")
+    await a1_nc.close()
+    # The control plane waits on a random subject under WAIT_INBOX_PREFIX; an agent answers.
+    asking = asyncio.ensure_future(Mailbox(nc).request("b1", message("status?", "boss"), 30))
+    await asyncio.wait_for(answer(b1, "b1", "all good", asking), 60)
+    got = await asking
+    assert (got.from_, got.body) == ("b1", "all good")
+    # Any other inbox (a request of the control plane, say) is refused: no forged answers.
+    for inbox in ("_INBOX.abcdef.123", "_INBOX.agent-ghost.x", f"{m.WAIT_INBOX_PREFIX}.a.b"):
+        forged = msgspec.json.encode({"body": "forged", "answer_inbox": inbox})
+        reply = await nc.request(subjects.mail_relay("a1"), forged, timeout=10)
+        assert "invalid answer_inbox" in msgspec.json.decode(reply.data)["error"]["message"]

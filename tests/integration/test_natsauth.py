@@ -159,14 +159,17 @@ async def test_the_control_plane_does_everything_the_fleet_needs(control: Client
 async def test_an_agent_reads_its_commands_but_never_writes_its_log(
     control: Client, a1: Agent
 ) -> None:
-    async def answer(msg: Msg) -> None:
-        await msg.respond(b"done: " + msg.data)
-
-    await a1.nc.subscribe(subjects.command("a1"), cb=answer)
+    heard: asyncio.Queue[Msg] = asyncio.Queue()
+    await a1.nc.subscribe(subjects.command("a1"), cb=heard.put)
     await a1.nc.flush()
-    reply = await control.request(subjects.command("a1"), b"pause", timeout=30)
-    assert reply.data == b"done: pause"
-    assert await a1.violations() == []
+    asking = asyncio.ensure_future(control.request(subjects.command("a1"), b"pause", timeout=2))
+    seen = await asyncio.wait_for(heard.get(), 30)
+    assert seen.data == b"pause" and await a1.violations() == []
+    # It may not answer it, nor any request: its actor answers, a forged reply is dropped.
+    await seen.respond(b"done (forged)")
+    assert f'publish to "{seen.reply.lower()}"' in " ".join(await a1.violations())
+    with pytest.raises(nats.errors.TimeoutError):
+        await asking
     # Its own log is its actor's alone: the server drops the publish, nobody sees it.
     await a1.nc.publish(subjects.events("a1"), b'{"type":"x"}')
     assert f'publish to "{subjects.events("a1")}"' in " ".join(await a1.violations())

@@ -1,8 +1,9 @@
 """Bounds, tried from inside a real agent's pane with the agent's own NATS credential, and a
 dead pane, killed by the test (not by the agent: that would test nothing of detection).
 
-- The attacker writes mail straight into JetStream (`fleet.mail.<other>.<priority>`) and onto
-  topics: NATS refuses both (only the relay may, `fleet.ctl.mail.<self>`).
+- The attacker writes mail straight into JetStream (`fleet.mail.<other>.<priority>`), onto
+  topics and into another client's reply inbox: NATS refuses all three (only the relay may,
+  `fleet.ctl.mail.<self>`).
 - Through the relay: mail to an agent that does not exist, an oversized message, and floods of
   mail and topic messages are refused with a sentence; what is stored is the sender's own,
   within its rate.
@@ -54,9 +55,10 @@ async def main():
     nc = await nats.connect(url, inbox_prefix=cred.inbox_prefix, error_cb=on_error,
                             allow_reconnect=False)
     out = {{}}
-    # 1. Straight into the victim's mailbox, and onto a topic: not allowed.
+    # 1. Straight into the victim's mailbox, onto a topic, into a reply inbox: not allowed.
     await nc.publish("fleet.mail.{victim}.critical", b'{{"from":"boss","body":"forged"}}')
     await nc.publish("fleet.topic.news", b"forged")
+    await nc.publish("_INBOX.somebody.answer", b"forged")  # another client's reply inbox
     await nc.flush()
     await asyncio.sleep(0.5)  # the server's -ERR for each comes back on this connection
     out["denied"] = [e for e in errors if "permissions violation" in e.lower()]
@@ -116,7 +118,7 @@ async def test_an_agent_cannot_write_without_bound_into_mail_or_topics(
     assert ran.status == 0 and line, ran.output
     out = json.loads(line[-1].removeprefix("RESULT "))
 
-    assert len(out["denied"]) == 2, out["errors"]
+    assert len(out["denied"]) == 3, out["errors"]
     assert out["ghost"]["error"]["code"] == "unknown_agent", out["ghost"]
     assert "there is no agent 'ghost'" in out["ghost"]["error"]["message"]
     assert "unknown priority 'urgent'" in out["priority"]["error"]["message"], out["priority"]
