@@ -315,6 +315,8 @@ class PaneTerminal:
                     await self._notification(line)
         except (ValueError, ConnectionError) as e:  # a line beyond LINE_MAX, a broken pipe
             log.warning("tmux control client of %s: %s", self.session, e)
+        except Exception:  # its traceback goes to the error log; the terminal still ends
+            log.exception("tmux control client of %s failed", self.session)
         self._ended = True
         for answer in self._answers:
             if isinstance(answer, asyncio.Future) and not answer.done():
