@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Coroutine
 from typing import Any
 
 import msgspec
@@ -70,6 +71,8 @@ class HealthService:
         self.agents: dict[str, Watched] = {}
         self.sampler = Sampler()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._ready: dict[tuple[str, str], asyncio.Event] = {}  # (agent, service) was ready once
+        self._grace: dict[tuple[str, str], asyncio.Future[None]] = {}  # its startup grace
         backoff = self.config.report_backoff_s
         self.reporter = Reporter(nc, timeout_s=self.config.report_timeout_s, backoff_s=backoff)
         self.ladder = RecoveryLadder(nc, self.config, self.observe, self._background)
@@ -93,9 +96,12 @@ class HealthService:
                     raise task.exception()  # type: ignore[misc]
         finally:
             await sub.unsubscribe()
+            graces = list(self._grace.values())
+            for grace in graces:
+                grace.cancel()
             for task in [*loops, *self._tasks, *self._probe_tasks()]:
                 task.cancel()
-            await asyncio.gather(*loops, *self._tasks, return_exceptions=True)
+            await asyncio.gather(*loops, *self._tasks, *graces, return_exceptions=True)
             await self.reporter.close()
 
     def _probe_tasks(self) -> list[asyncio.Task[Any]]:
@@ -211,22 +217,75 @@ class HealthService:
                 await self.verdict(w, service, kind, ok, result.detail, result.ms)
 
             run = probes.run(probe, ports=ports, cwd=cwd, on_change=changed)
+            if kind == "liveness" and spec.readiness is not None and spec.readiness.log is None:
+                run = self._once_ready(w, service, run)
             w.probes[(service, kind)] = asyncio.ensure_future(run)
 
+    async def _once_ready(
+        self, w: Watched, service: str, run: Coroutine[Any, Any, probes.ProbeResult]
+    ) -> probes.ProbeResult:
+        """Liveness counts once the service has been ready (what Kubernetes' startup probe is
+        for): a service still starting on a loaded machine is not failed, and restarted by the
+        recovery ladder, for answering slowly before it ever answered at all."""
+        try:
+            await self._ready_once(w.agent_id, service).wait()
+        except BaseException:
+            run.close()
+            raise
+        return await run
+
+    def _ready_once(self, agent_id: str, service: str) -> asyncio.Event:
+        return self._ready.setdefault((agent_id, service), asyncio.Event())
+
     def _stop_probes(self, w: Watched, service: str | None = None) -> None:
+        for key in [k for k in self._ready if k[0] == w.agent_id]:
+            if service is None or key[1] == service:
+                del self._ready[key]  # a new run of the service starts again
+        for key in [k for k in self._grace if k[0] == w.agent_id]:
+            if service is None or key[1] == service:
+                self._grace.pop(key).cancel()
         for key in [k for k in w.probes if service is None or k[0] == service]:
             w.probes.pop(key).cancel()
         for key in [k for k in w.verdicts if service is None or k[0] == service]:
             del w.verdicts[key]
         self.reporter.forget(w.agent_id, service)  # verdicts of a run that is over
 
+    async def _when_late(self, w: Watched, service: str, detail: str) -> None:
+        """The service's startup grace is over and it was never ready: that is its verdict."""
+        await asyncio.sleep(self.config.startup_grace_s)
+        self._grace.pop((w.agent_id, service), None)
+        if not self._ready_once(w.agent_id, service).is_set():
+            late = f"never ready in {self.config.startup_grace_s:g} s: {detail}"
+            await self.verdict(w, service, "readiness", False, late, late=True)
+
     async def verdict(
-        self, w: Watched, service: str, kind: str, ok: bool, detail: str, ms: float = 0.0
+        self,
+        w: Watched,
+        service: str,
+        kind: str,
+        ok: bool,
+        detail: str,
+        ms: float = 0.0,
+        late: bool = False,
     ) -> None:
         """A check changed its verdict: publish it, and tell the agent if the service's did
         (delivered in the background until acknowledged: a probe never waits on the agent)."""
+        ready = self._ready_once(w.agent_id, service)
+        if kind == "readiness" and not ok and not ready.is_set() and not late:
+            # Still starting: observed, not a verdict, until its grace is over.
+            obs = Observation(
+                agent=w.agent_id, at=now(), kind="probe", service=service, probe=kind, ok=ok,
+                detail=f"not ready yet: {detail}", ms=round(ms, 3),
+            )  # fmt: skip
+            await self.observe(w, obs)
+            key = (w.agent_id, service)
+            if key not in self._grace:
+                self._grace[key] = asyncio.ensure_future(self._when_late(w, service, detail))
+            return
         before = w.verdict(service)
         w.verdicts[(service, kind)] = ok
+        if kind == "readiness" and ok:
+            ready.set()
         w.details[service] = f"{kind}: {detail}"
         obs = Observation(
             agent=w.agent_id, at=now(), kind="probe", service=service, probe=kind, ok=ok,

@@ -34,6 +34,9 @@ class HealthConfig:
     tick_s: float = 0.25  # how often persisting failures are weighed against the ladder
     history: int = 500  # observations kept per agent
     exit_grace_s: float = 1.0  # beyond the service's own restart backoff, before it counts
+    # A service not ready yet is starting, not unhealthy, for this long after its probes begin
+    # (a start on a loaded machine takes seconds); past it, never having been ready counts.
+    startup_grace_s: float = 120.0
     stable_s: float = ladder.STABLE_S
     command_timeout_s: float = 120.0  # a respawn stops and brings up the whole agent
     report_timeout_s: float = 5.0  # one attempt of a report_health; unanswered, it is retried

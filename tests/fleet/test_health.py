@@ -283,3 +283,29 @@ async def test_the_rollback_rung_returns_to_the_last_healthy_checkpoint(
     await until(running, "the service to run again after the rollback", timeout=60)
     rungs = [ev.rung for ev in await events(nc, "rb1") if isinstance(ev, e.RecoveryEscalated)]
     assert rungs[0] == "rollback" and "ask_human" not in rungs
+
+
+async def test_liveness_counts_only_once_the_service_has_been_ready(
+    fleet: Fleet,
+    nc: Client,
+    repo: Path,
+    health: HealthService,
+) -> None:
+    """A service that takes its time to start (as every one does on a loaded machine) is not
+    failed by its liveness probe, nor restarted by the ladder, before it was ever ready."""
+    slow_start = ServiceSpec(
+        command="sleep 3; exec python3 -m http.server --bind 127.0.0.1 $PORT",
+        ports=("http",),
+        readiness=Probe(http=HttpProbe(port="http"), period_s=0.2),
+        liveness=Probe(http=HttpProbe(port="http"), period_s=0.1, failure_threshold=1),
+    )
+    template = Template(name="shell", services={"api": slow_start}, recovery=QUICK_LADDER)
+    await spawn_with(fleet, repo, "h9", template)
+    await until(lambda: live(nc, "h9"), "api's liveness probe to pass once it is ready", GUARD_S)
+    reply = await request(nc, subjects.control("health"), {"agent": "h9", "limit": 500})
+    probes = [o for o in reply["history"] if o["kind"] == "probe"]
+    first_ready = next(i for i, o in enumerate(probes) if o["probe"] == "readiness" and o["ok"])
+    assert all(o["probe"] != "liveness" for o in probes[:first_ready]), probes
+    assert await unhealthy_reports(nc, "h9") == []
+    log = await events(nc, "h9")
+    assert not any(isinstance(ev, e.ServiceRestarted) for ev in log), log
