@@ -18,6 +18,7 @@ GROUPS = {
     "bus": "tests.perf.bench_bus",
     "gateway": "tests.perf.bench_gateway",
     "checkpoint": "tests.perf.bench_checkpoint",
+    "sandbox": "tests.perf.bench_sandbox",
     "load": "tests.perf.bench_load",  # minutes long: run only when named
 }
 DEFAULT = [g for g in GROUPS if g != "load"]
