@@ -16,6 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -75,6 +76,9 @@ class AgentConfig:
     cmd_burst: float = 400.0
     heartbeat_s: float = HEARTBEAT_S  # how often the agent's registry entry is refreshed
     confine_paths: bool = True  # Landlock the panes to the template's paths (actors/confine.py)
+    # Bubblewrap namespaces for the panes, and (fleetd as root) a uid of each agent's own.
+    confine_namespaces: bool = True
+    confine_user: bool = True
 
 
 def new_id() -> str:
@@ -105,6 +109,7 @@ class AgentActor:
         self.template: Template | None = None  # the resolved template, set before bring_up
         self.extra_env: dict[str, str] = {}  # env given at spawn (kept in infra/secretstore.py)
         self.secrets_loaded = False
+        self.sandbox_uid: int | None = None  # its processes' own user (actors/confine.py)
         self.services: services.Services | None = None  # this incarnation's dev services
         self.applied = dedupe.Applied()  # ids of commands already done: a retry is not redone
         self.inflight: dict[str, asyncio.Future[bytes]] = {}  # ids of commands being done
@@ -143,6 +148,8 @@ class AgentActor:
         self.heartbeat.start()
         if self.state.lifecycle is not L.NEW:
             await confine.recall(self)
+            if self.state.worktree:
+                await confine.assign_user(self, Path(self.state.worktree), hand_over=False)
             await self._adopt()
 
     async def _adopt(self) -> None:
@@ -265,6 +272,8 @@ class AgentActor:
                 return replies.ok(agent=self.show())
             case c.Output(lines=lines, window=window):
                 return replies.ok(output=await steps.output(self, window, lines))
+            case c.ProbeSandbox():
+                return replies.ok(probes=await confine.probe(self))
         cmd = cmd if cmd.id else _with_id(cmd)
         running = self.inflight.get(cmd.id)
         if running is not None:  # sent again while it runs (a sender bridging a reconnect)

@@ -1,14 +1,21 @@
 """What an agent's processes may see: the environment and the paths its template grants.
 
-Every pane (assistant, shells, services) starts through `infra/sandbox.py`, which keeps only
-the variables named here (tmux would otherwise hand the pane its server's environment, the
-control plane's) and, where the kernel has Landlock, only the paths named here:
+Every pane (assistant, shells, services) starts through `infra/sandbox.py`, inside bubblewrap
+where it works (its own mount, pid and IPC namespaces; nothing but the paths below exists in
+it, /tmp is the agent's own), as the agent's own unprivileged user when fleetd runs as root
+(infra/uids.py; its folders are handed over to that user), keeping only the variables named
+here (tmux would otherwise hand the pane its server's environment, the control plane's) and,
+where the kernel has Landlock, only the paths and TCP ports named here:
 
 - read and execute: the system (/usr, /bin, /lib*, /etc, /opt, /proc, /sys, /run), Python's
   prefixes and fleetd's own code;
-- read and write: the worktree, its repository's git directory (commits), /dev, the agent's
+- read only, too: the user's git objects that the agent's own repository borrows;
+- read and write: the worktree (its own repository is inside), /dev, the agent's
   own home and temp dir under the state dir, its services' status files, and each of the
-  template's `permissions.paths`.
+  template's `permissions.paths`;
+- TCP (Landlock ABI 4+): binding only its own leased ports (and port 0), connecting only to
+  NATS, its own ports and the template's `permissions.connect_ports` (ssh, http, https by
+  default): Ray's ports, the gateway and other agents' services are out of reach.
 
 The environment is the basics (PATH, LANG, LC_*, TZ, USER, LOGNAME, SHELL), HOME and TMPDIR
 (the agent's own), the template's `permissions.env_passthrough` taken from the control plane,
@@ -18,15 +25,21 @@ the leased ports. Secret values come from infra/secretstore.py, never from the l
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from actors import creds
-from infra import sandbox, secretstore
-from infra.worktree import common_dir
+from infra import sandbox, secretstore, uids
+from infra.worktree import paths_for_pane
+from schemas.errors import FleetError
 from schemas.secrets import redact_template
 from schemas.templates import Template, decode_spec, encode_spec
 
@@ -76,12 +89,68 @@ def private_dir(actor: AgentActor, kind: str) -> Path:
     return path
 
 
+def namespaces(actor: AgentActor) -> bool:
+    """Whether the agent's panes get namespaces of their own (bubblewrap works here)."""
+    return actor.config.confine_namespaces and sandbox.namespaces_work()
+
+
+async def assign_user(actor: AgentActor, worktree: Path, hand_over: bool = True) -> None:
+    """fleetd as root: lease the agent's own uid and hand it the agent's folders (the worktree,
+    home, temp dir, services' status files and its NATS credentials). Without namespaces the
+    state dir above them could not be passed through, so the panes stay as they were."""
+    if os.geteuid() != 0 or not actor.config.confine_user or not namespaces(actor):
+        actor.sandbox_uid = None
+        await asyncio.to_thread(seed_home, actor)
+        return
+    await asyncio.to_thread(seed_home, actor)
+    uid = await uids.lease(actor.nc, actor.state.agent_id)
+    if not hand_over:  # an actor's restart: its panes live on, as that user already
+        actor.sandbox_uid = uid
+        return
+    mine = [worktree, *(private_dir(actor, k) for k in ("homes", "tmp"))]
+    mine.append(services_dir(actor))
+    mine += [Path(creds.creds_path(actor))] if actor.config.nats_auth else []
+    await asyncio.to_thread(uids.hand_over, uid, mine)
+    actor.sandbox_uid = uid
+
+
+def seed_home(actor: AgentActor) -> None:
+    """The agent's own home starts with copies of the files of yours its template names
+    (`permissions.home`: an assistant's login); one it has already is left as the agent made it."""
+    t = template(actor)
+    if t is None or not t.permissions.home:
+        return
+    home, mine = Path.home(), private_dir(actor, "homes")
+    for name in t.permissions.home:
+        src, dst = home / name, mine / name
+        if not (src.exists() or src.is_symlink()) or dst.exists() or dst.is_symlink():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir() and not src.is_symlink():
+            shutil.copytree(src, dst, symlinks=True)
+        else:
+            shutil.copy2(src, dst, follow_symlinks=False)
+
+
+async def release_user(actor: AgentActor) -> None:
+    """The agent is removed: its uid goes back to the range (held only when fleetd is root)."""
+    if os.geteuid() == 0:
+        await uids.release(actor.nc, actor.state.agent_id)
+    actor.sandbox_uid = None
+
+
+def services_dir(actor: AgentActor) -> Path:
+    path = Path(actor.config.state_dir) / "services" / actor.state.agent_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def environment(actor: AgentActor, fleet: Mapping[str, str]) -> dict[str, str]:
     """The whole environment of the agent's panes; `fleet` is FLEET_* and the ports."""
     t = template(actor)
     env = {k: os.environ[k] for k in BASICS if k in os.environ}
     env["HOME"] = str(private_dir(actor, "homes"))
-    env["TMPDIR"] = str(private_dir(actor, "tmp"))
+    env["TMPDIR"] = "/tmp" if namespaces(actor) else str(private_dir(actor, "tmp"))
     if t is not None:
         env |= {k: os.environ[k] for k in t.permissions.env_passthrough if k in os.environ}
         env |= t.env | t.assistant.env
@@ -116,11 +185,89 @@ def wrap(
     read = [*SYSTEM_READ, *KERNEL_READ, sys.prefix, sys.base_prefix, FLEETD_ROOT]
     read += tool_roots(os.environ.get("PATH", ""), Path(actor.config.state_dir))
     read += [creds.creds_path(actor)] if actor.config.nats_auth else []  # FLEET_NATS_CREDS
-    write = [str(worktree), "/dev", str(private_dir(actor, "homes"))]
-    write.append(str(private_dir(actor, "tmp")))
-    write.append(str(Path(actor.config.state_dir) / "services" / actor.state.agent_id))
-    git_dir = common_dir(worktree)
-    write += [git_dir] if git_dir else []
+    # Git: its own repository (in the worktree) and, read-only, the objects it borrows from
+    # the user's; never the user's refs, config or hooks (infra/worktree.py).
+    git_read, git_write = paths_for_pane(actor.state.repo, worktree)
+    read += git_read
+    write = [*git_write, str(private_dir(actor, "homes")), str(services_dir(actor))]
     write += [os.path.expanduser(p) for p in t.permissions.paths] if t is not None else []
     landlock = actor.config.confine_paths and sandbox.landlock_abi() > 0
-    return sandbox.argv(command, keep, read, write, landlock)
+    tmp = str(private_dir(actor, "tmp"))
+    own = sorted(actor.state.ports.values())
+    connect = [*nats_ports(actor.config.nats_url), *own]
+    connect += t.permissions.connect_ports if t is not None else DEFAULT_CONNECT
+    bind = [0, *own]
+    spill = str(private_dir(actor, "sandbox"))  # long option lists, out of the agent's reach
+    if not namespaces(actor):
+        write = [*write, "/dev", tmp]
+        return sandbox.argv(
+            command, keep, read, write, landlock, connect=connect, bind=bind, spill=spill
+        )
+    opts = sandbox.options(
+        keep, [*read, "/proc"], [*write, "/dev", "/tmp"], landlock,
+        uid=actor.sandbox_uid, connect=connect, bind=bind,
+    )  # fmt: skip
+    inner = sandbox.launcher(spill, opts)  # [python, -S, sandbox.py, --options, FILE]
+    prefix = sandbox.namespace_argv(
+        [r for r in read if r not in KERNEL_READ], write, tmp, str(worktree),
+        os.geteuid() == 0, spill, also_read=[inner[-1]],
+    )  # fmt: skip
+    return [*prefix, *inner, "--", *command]
+
+
+DEFAULT_CONNECT = (22, 80, 443)
+PROBE = str(Path(sandbox.__file__).with_name("sandboxprobe.py"))
+
+
+async def probe(actor: AgentActor) -> list[dict[str, object]]:
+    """Each way out of the agent's sandbox, tried from inside it (infra/sandboxprobe.py, run
+    through the same sandbox as its panes): what holds on this machine, and what does not."""
+    s = actor.state
+    if not s.worktree or not Path(s.worktree).is_dir():
+        raise FleetError(f"agent {s.agent_id} has no worktree: there is no sandbox to probe")
+    import ray  # the actor runs in Ray: its address names the port to try
+
+    gcs = ray.get_runtime_context().gcs_address.rpartition(":")[2]
+    known = {
+        "pids": [os.getpid(), os.getppid()],  # this actor and its raylet: the control plane
+        "tmux_socket": actor.tmux.socket_path(),
+        "state_dir": actor.config.state_dir,
+        "ports": {"Ray": int(gcs)} if gcs.isdigit() else {},
+    }
+    argv = wrap(actor, [sys.executable, "-S", PROBE, json.dumps(known)], [], Path(s.worktree))
+    done = await asyncio.to_thread(
+        subprocess.run, argv, capture_output=True, text=True, timeout=60, cwd=s.worktree
+    )
+    try:
+        found: list[dict[str, object]] = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        why = (done.stderr or done.stdout).strip()[-500:]
+        raise FleetError(f"the sandbox probe of agent {s.agent_id} did not run: {why}") from None
+    found.insert(
+        0,
+        {
+            "probe": "namespaces (bubblewrap)",
+            "held": namespaces(actor),
+            "detail": sandbox.bwrap() or "bwrap is not installed",
+        },
+    )
+    found.insert(
+        1,
+        {
+            "probe": "Landlock",
+            "held": sandbox.landlock_abi() > 0,
+            "detail": f"ABI {sandbox.landlock_abi()}",
+        },
+    )
+    return found
+
+
+def nats_ports(url: str) -> list[int]:
+    """The TCP ports of the NATS server(s) in a nats URL list (the agent talks to them)."""
+    ports = []
+    for one in url.split(","):
+        try:
+            ports.append(urlsplit(one.strip()).port or 4222)
+        except ValueError:
+            continue
+    return ports

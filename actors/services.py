@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import random
+import shlex
 import signal
 import socket
 import time
@@ -170,9 +171,12 @@ class Service:
         from actors.steps import agent_env  # steps imports this module
 
         worktree = Path(self.actor.state.worktree)
-        argv = panes.service_argv(self.spec.command, self.status_file)
         keep = [*agent_env(self.actor, worktree), *self.env()]  # the session's and its own
-        argv = await asyncio.to_thread(confine.wrap, self.actor, argv, keep, worktree)
+        line = self.spec.command
+        run_line = ["/bin/sh", "-c", line if isinstance(line, str) else shlex.join(line)]
+        # The sandbox under the waiting shell (it stays outside and writes the status file).
+        inner = await asyncio.to_thread(confine.wrap, self.actor, run_line, keep, worktree)
+        argv = panes.service_argv(inner, self.status_file)
         self.status_file.unlink(missing_ok=True)
         self.out_start = panes.log_size(self.log_file)
         self.healthy.clear()
@@ -223,6 +227,8 @@ class Service:
         service = await asyncio.to_thread(procs.tree, [self.pid])
         for proc in service:  # the service's tree, not its waiting shell: that reports the exit
             with contextlib.suppress(Exception):
+                if proc.name() == "bwrap":  # its sandbox: it ends with the service, not before
+                    continue
                 proc.send_signal(sig)
                 proc.send_signal(signal.SIGCONT)  # a paused agent's services must see it
         if not await wait_exit(shell, spec.timeout_s if polite else 1.0):

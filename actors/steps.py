@@ -121,6 +121,7 @@ async def bring_up(actor: AgentActor) -> None:
         await ports.lease(actor, path)  # before the session: its environment has them
         await creds.grant(actor)  # its own NATS user, before anything in the session runs
         await confine.recall(actor)
+        await confine.assign_user(actor, path)  # its own uid, its folders handed over
         recordings = await run(_new_session, actor, session, path)
         started = e.SessionStarted(
             socket=actor.tmux.socket_name,
@@ -347,6 +348,7 @@ async def act(actor: AgentActor, cmd: c.AgentCommand) -> dict[str, Any]:
             if s.worktree and Path(s.worktree).is_dir():
                 await _remove_worktree(actor, True)
             await secretstore.delete(actor.nc, s.agent_id)
+            await confine.release_user(actor)
         case c.Checkpoint():
             return await checkpoints.checkpoint(actor, cmd)
         case c.Rollback():

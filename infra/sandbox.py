@@ -1,19 +1,29 @@
-"""Start an agent's process with only what its template grants: environment and paths.
+"""Start an agent's process with only what its template grants.
 
-Run as `python -S sandbox.py [--keep NAMES] [--ro PATH]... [--rw PATH]... [--landlock] -- ARGV`
-in front of every pane's command (stdlib only, so `-S` starts it fast). It
+Run as `python -S sandbox.py [options] -- ARGV` in front of every pane's command (stdlib only,
+so `-S` starts it fast), itself inside bubblewrap where namespaces are used (`namespace_argv`).
+In order, it
 
-1. drops every environment variable whose name is not in `--keep` (plus what tmux itself sets
-   for the pane: TERM, TMUX, TMUX_PANE, COLORTERM): tmux hands a pane its server's global
-   environment, which is the control plane's and may hold secrets;
-2. with `--landlock`, when the kernel has Landlock (Linux 5.13+), restricts the file system:
-   `--ro` paths may be read and executed, `--rw` paths also written; everything else is out
-   of reach for this process and all it starts (no_new_privs is set, as Landlock needs);
-3. `exec`s ARGV, so the pane's pid stays the one tmux knows.
+1. drops every environment variable whose name is not in `--keep` (plus TERM and COLORTERM,
+   which tmux sets for the pane): tmux hands a pane its server's global environment, which is
+   the control plane's and may hold secrets. TMUX and TMUX_PANE go too: they name the fleet's
+   tmux server, which no pane may talk to;
+2. with `--uid N` (fleetd runs as root), becomes that user and group, with no supplementary
+   groups: the agent's own unprivileged user, so it holds no capability, cannot signal or
+   ptrace anything of another user, cannot open other agents' terminals or read their
+   `/proc/<pid>/environ`, and no setuid program gives root back (no_new_privs);
+3. with `--landlock`, where the kernel has Landlock (Linux 5.13+), restricts the file system
+   (`--ro` paths may be read and executed, `--rw` paths also written); with ABI 4+ and
+   `--connect`/`--bind`, TCP: connecting only to the listed ports and binding only the agent's
+   own; with ABI 6+, abstract unix sockets and signals outside the sandbox are out of reach;
+4. `exec`s ARGV, so the pane's process is still the one tmux started (bubblewrap's, around it).
 
-Landlock is used rather than bubblewrap because it needs no package, no root and no user
-namespaces. Where it is missing the environment is still cleaned and the paths are not
-enforced; `landlock_abi()` says which.
+Bubblewrap (Debian's `bubblewrap`) gives each agent its own mount, pid and IPC namespaces: the
+file system is only what is bound (the system read-only, the agent's own folders read-write,
+its own /tmp and /dev/shm), /proc shows only the agent's processes, and nothing of the control
+plane (its state dir, the tmux server's socket, other agents' worktrees) exists in it at all.
+Where bubblewrap is missing or cannot make namespaces (a container without user namespaces),
+Landlock alone limits the paths; `capabilities()` says what holds on this machine.
 """
 
 from __future__ import annotations
@@ -21,14 +31,17 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-TMUX_VARS = ("TERM", "TMUX", "TMUX_PANE", "COLORTERM")
+if TYPE_CHECKING:  # the launcher starts without collections.abc (5 ms of its start)
+    from collections.abc import Iterable, Sequence
+
+TMUX_VARS = ("TERM", "COLORTERM")
 
 # Syscall numbers are the same on x86_64 and aarch64 (the generic table).
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446
 _CREATE_RULESET_VERSION = 1  # flag: return the ABI version instead of a ruleset
-_RULE_PATH_BENEATH = 1
+_RULE_PATH_BENEATH, _RULE_NET_PORT = 1, 2
 _PR_SET_NO_NEW_PRIVS = 38
 # Access rights (uapi/linux/landlock.h): bits 0-12 in ABI 1, REFER in 2, TRUNCATE in 3,
 # IOCTL_DEV in 5.
@@ -36,11 +49,25 @@ EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 REFER, TRUNCATE, IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
 _FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
 READ = EXECUTE | READ_FILE | READ_DIR
+NET_BIND_TCP, NET_CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
+SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
 
 
 class _PathBeneath(ctypes.Structure):
     _pack_ = 1
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+class _NetPort(ctypes.Structure):
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    ]
 
 
 def _libc() -> ctypes.CDLL:
@@ -66,20 +93,46 @@ def _handled(abi: int) -> int:
     return rights
 
 
-def restrict(read: Iterable[str], write: Iterable[str]) -> int:
-    """Landlock this process: `read` paths readable, `write` paths writable too. The ABI used."""
+def restrict(
+    read: Iterable[str],
+    write: Iterable[str],
+    connect: Iterable[int] | None = None,
+    bind: Iterable[int] | None = None,
+) -> int:
+    """Landlock this process: `read` paths readable, `write` paths writable too; with ABI 4+,
+    TCP connects only to `connect` ports and binds only `bind` ports (None: not limited); with
+    ABI 6+, no abstract unix socket or signal reaches outside. The ABI used."""
     abi = landlock_abi()
     if abi <= 0:
         return 0
     libc, handled = _libc(), _handled(abi)
-    attr = ctypes.c_uint64(handled)
-    ruleset = libc.syscall(_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(8), 0)
+    net = abi >= 4 and (connect is not None or bind is not None)
+    attr = _RulesetAttr(handled, 0, 0)
+    size = 8
+    if abi >= 4:
+        size = 16
+        attr.handled_access_net = (
+            (
+                (NET_CONNECT_TCP if connect is not None else 0)
+                | (NET_BIND_TCP if bind is not None else 0)
+            )
+            if net
+            else 0
+        )
+    if abi >= 6:
+        size = 24
+        attr.scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
+    ruleset = libc.syscall(_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0)
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
     try:
         for paths, rights in ((read, READ | (handled & IOCTL_DEV)), (write, handled)):
             for path in paths:
                 _allow(libc, ruleset, path, rights)
+        if net:
+            for ports, right in ((connect, NET_CONNECT_TCP), (bind, NET_BIND_TCP)):
+                for port in sorted(set(ports or ())):
+                    _allow_port(libc, ruleset, port, right)
         if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
         if libc.syscall(_RESTRICT_SELF, ruleset, 0) != 0:
@@ -104,9 +157,184 @@ def _allow(libc: ctypes.CDLL, ruleset: int, path: str, rights: int) -> None:
         os.close(fd)
 
 
+def _allow_port(libc: ctypes.CDLL, ruleset: int, port: int, right: int) -> None:
+    rule = _NetPort(right, port)
+    if libc.syscall(_ADD_RULE, ruleset, _RULE_NET_PORT, ctypes.byref(rule), 0) != 0:
+        raise OSError(ctypes.get_errno(), f"landlock_add_rule failed for TCP port {port}")
+
+
+def become(uid: int) -> None:
+    """This process and all it starts: user and group `uid`, no supplementary groups, and no
+    way back (no capabilities are left once every uid is non-zero; no_new_privs)."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    if _libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+
+
 def clean_env(environ: dict[str, str], keep: Iterable[str]) -> dict[str, str]:
     allowed = {*keep, *TMUX_VARS}
     return {k: v for k, v in environ.items() if k in allowed}
+
+
+# -- namespaces (bubblewrap) ------------------------------------------------------------------
+
+SECRET_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/sudoers")
+
+
+def bwrap() -> str | None:
+    """The bubblewrap binary, if installed."""
+    import shutil  # the control plane's side: the launcher itself starts without it
+
+    return shutil.which("bwrap")
+
+
+_WORKS: list[bool] = []
+
+
+def namespaces_work() -> bool:
+    """Whether bubblewrap can make this agent's namespaces here (it cannot in a container
+    without user namespaces, for example). Tried once per process."""
+    if not _WORKS:
+        _WORKS.append(_try_namespaces())
+    return _WORKS[0]
+
+
+def _try_namespaces() -> bool:
+    import subprocess
+
+    binary = bwrap()
+    if binary is None:
+        return False
+    args = [binary, *_private_args(os.geteuid() == 0), "--ro-bind", "/", "/", "--", "/bin/true"]
+    try:
+        return subprocess.run(args, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _private_args(as_root: bool) -> list[str]:
+    out = ["--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+    out += ["--unshare-cgroup-try"]
+    if not as_root:
+        out += ["--unshare-user"]  # a normal user makes the namespaces inside its own
+    return out
+
+
+def namespace_argv(
+    read: Iterable[str],
+    write: Iterable[str],
+    tmp: str,
+    cwd: str,
+    as_root: bool,
+    spill: str,
+    also_read: Sequence[str] = (),
+) -> list[str]:
+    """The bubblewrap prefix of a pane: its own namespaces, and a file system of only `read`
+    (read-only) and `write` paths, `tmp` as /tmp, a private /dev (with /dev/shm) and /proc.
+
+    Its options go to a file in the `spill` folder (`bwrap --args`), so a pane's command
+    stays short: tmux refuses a command line past about 16 KB, and three windows of an agent
+    with a long PATH (every entry a bind) are more. `also_read` are files bound read-only for
+    the launcher itself (its own options file), which the agent's user cannot read."""
+    binary = bwrap()
+    if binary is None:
+        raise FileNotFoundError("bwrap is not installed")
+    out = [*_private_args(as_root), "--proc", "/proc", "--dev", "/dev"]
+    if tmp:  # first: a granted path under /tmp is bound over it, not hidden by it
+        out += ["--bind", tmp, "/tmp"]
+    bound: set[str] = set()
+    made: set[str] = {"/", "/tmp", "/dev", "/proc"}
+    for flag, paths in (("--ro-bind", [*read, *also_read]), ("--bind", write)):
+        for path in paths:
+            out += _parents(path, made) + _bind(flag, path, bound)
+    if any(p == "/etc" or p.startswith("/etc/") for p in bound):
+        for secret in SECRET_FILES:
+            if os.path.exists(secret):
+                out += ["--ro-bind", "/dev/null", secret]
+    options = spilled([*out, "--chdir", cwd], spill)
+    # fd 3 holds the options while bubblewrap reads them (it closes it); $0 is their file.
+    script = 'exec 3<"$0" && b=$1 && shift && exec "$b" --args 3 "$@"'
+    return ["/bin/sh", "-c", script, options, binary]
+
+
+def spilled(options: Sequence[str], folder: str) -> str:
+    """`options` in a file of `folder` (NUL-separated, mode 0600), named by their hash, so
+    every pane with the same options shares one and a rewrite never races a reader."""
+    import hashlib
+
+    data = b"\0".join(o.encode() for o in options) + (b"\0" if options else b"")
+    path = os.path.join(folder, hashlib.sha256(data).hexdigest()[:32])
+    if not os.path.exists(path):
+        part = f"{path}.{os.getpid()}.part"
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(part, path)
+    return path
+
+
+def read_spilled(path: str) -> list[str]:
+    with open(path, "rb") as f:
+        data = f.read()
+    return [o.decode() for o in data.split(b"\0")[:-1]]
+
+
+def _parents(path: str, made: set[str]) -> list[str]:
+    """Folders above a bound path, made traversable (bubblewrap's own are mode 0700)."""
+    out: list[str] = []
+    parent = os.path.dirname(os.path.abspath(path))
+    missing = []
+    while parent not in made:
+        missing.append(parent)
+        made.add(parent)
+        parent = os.path.dirname(parent)
+    for folder in reversed(missing):
+        out += ["--perms", "0755", "--dir", folder]
+    return out
+
+
+def _bind(flag: str, path: str, bound: set[str]) -> list[str]:
+    """Bind `path` at itself; a symlink (such as /bin -> usr/bin) is made as a symlink."""
+    path = os.path.abspath(path)
+    if path in bound or path in ("/dev", "/proc", "/tmp") or not os.path.lexists(path):
+        return []
+    bound.add(path)
+    if os.path.islink(path):
+        return ["--symlink", os.readlink(path), path]
+    return [f"{flag}-try", path, path]
+
+
+# -- the launcher's command line --------------------------------------------------------------
+
+
+def options(
+    keep: Iterable[str],
+    read: Iterable[str] = (),
+    write: Iterable[str] = (),
+    landlock: bool = False,
+    *,
+    uid: int | None = None,
+    connect: Iterable[int] | None = None,
+    bind: Iterable[int] | None = None,
+) -> list[str]:
+    """This launcher's options for one pane (see `main`)."""
+    out = ["--keep", ",".join(sorted(keep))]
+    out += [a for p in read for a in ("--ro", str(p))]
+    out += [a for p in write for a in ("--rw", str(p))]
+    out += ["--uid", str(uid)] if uid is not None else []
+    out += ["--connect", ",".join(map(str, sorted(set(connect))))] if connect is not None else []
+    out += ["--bind", ",".join(map(str, sorted(set(bind))))] if bind is not None else []
+    return [*out, *(["--landlock"] if landlock else [])]
+
+
+def launcher(spill: str | None = None, opts: Sequence[str] = ()) -> list[str]:
+    """The launcher's own argv before `--`: its options inline, or in a file of `spill`."""
+    out = [sys.executable, "-S", os.path.abspath(__file__)]
+    if spill is None:
+        return [*out, *opts]
+    return [*out, "--options", spilled(opts, spill)]
 
 
 def argv(
@@ -115,19 +343,31 @@ def argv(
     read: Iterable[str] = (),
     write: Iterable[str] = (),
     landlock: bool = False,
+    *,
+    uid: int | None = None,
+    connect: Iterable[int] | None = None,
+    bind: Iterable[int] | None = None,
+    prefix: Sequence[str] = (),
+    spill: str | None = None,
 ) -> list[str]:
-    """The argv that runs `command` through this launcher."""
-    out = [sys.executable, "-S", os.path.abspath(__file__), "--keep", ",".join(sorted(keep))]
-    out += [a for p in read for a in ("--ro", str(p))]
-    out += [a for p in write for a in ("--rw", str(p))]
-    return [*out, *(["--landlock"] if landlock else []), "--", *command]
+    """The argv that runs `command` through this launcher (after `prefix`: bubblewrap)."""
+    opts = options(keep, read, write, landlock, uid=uid, connect=connect, bind=bind)
+    return [*prefix, *launcher(spill, opts), "--", *command]
+
+
+def _ports(value: str) -> list[int]:
+    return [int(p) for p in value.split(",") if p]
 
 
 def main(args: list[str]) -> None:
     keep: list[str] = []
     read: list[str] = []
     write: list[str] = []
-    landlock = False
+    landlock, uid = False, None
+    connect: list[int] | None = None
+    bind: list[int] | None = None
+    if len(args) >= 2 and args[0] == "--options":  # spilled to a file (`spilled`)
+        args = [*read_spilled(args[1]), *args[2:]]
     while args and args[0] != "--":
         flag = args.pop(0)
         if flag == "--landlock":
@@ -136,14 +376,22 @@ def main(args: list[str]) -> None:
         value = args.pop(0)
         if flag == "--keep":
             keep += [k for k in value.split(",") if k]
+        elif flag == "--uid":
+            uid = int(value)
+        elif flag == "--connect":
+            connect = _ports(value)
+        elif flag == "--bind":
+            bind = _ports(value)
         else:
             (read if flag == "--ro" else write).append(value)
     command = args[1:]
     if not command:
         sys.exit("sandbox: nothing to run (usage: sandbox.py [options] -- argv)")
     env = clean_env(dict(os.environ), keep)
-    if landlock:
-        restrict(read, write)
+    if landlock:  # as root still: every granted path can be opened for its rule
+        restrict(read, write, connect, bind)
+    if uid is not None:
+        become(uid)
     os.execvpe(command[0], command, env)
 
 

@@ -267,6 +267,8 @@ def check_fields(t: Template, source: str = "") -> None:
         _field(source, f"permissions.secrets[{i}]", v.env_name, name, "variable name")
     for i, path in enumerate(p.paths):
         _field(source, f"permissions.paths[{i}]", v.granted_path, path, "granted path")
+    for i, path in enumerate(p.home):
+        _field(source, f"permissions.home[{i}]", v.home_path, path, "file of your home")
 
 
 def _field(source: str, path: str, checker: Callable[..., Any], value: Any, *args: Any) -> None:

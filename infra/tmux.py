@@ -108,6 +108,16 @@ def pausable(command: str) -> list[str]:
     return ["/bin/sh", "-c", f"trap : INT QUIT\n{command}\n{keep}"]
 
 
+def confined(prefix: Sequence[str], command: str) -> str:
+    """`command` (a shell command line) run through `prefix` (the sandbox), as the command of
+    a pane's waiting shell: that shell stays outside the sandbox, so the pane's pid is still
+    the shell's, it can still leave its exit status in the pane's options, and the sandboxed
+    processes below it cannot end it or reach the tmux server."""
+    if not prefix:
+        return command
+    return f"{shlex.join(prefix)} /bin/sh -c {shlex.quote(command)}"
+
+
 def _live_pids(lines: Iterable[str]) -> list[int]:
     """The pids of `#{pane_dead} #{pane_pid}` lines whose pane still runs."""
     return [int(pid) for dead, _, pid in (ln.partition(" ") for ln in lines) if dead == "0"]
@@ -188,7 +198,8 @@ class Tmux:
     ) -> None:
         """Create a detached session; the first window runs the assistant, the rest a shell.
 
-        `prefix` goes before every pane's argv: the sandbox launcher (infra/sandbox.py), which
+        `prefix` goes before every pane's command, under its waiting shell (see `confined`):
+        the sandbox launcher (infra/sandbox.py, inside bubblewrap), which
         `exec`s the pane's waiting shell, so the pane pid is still that shell's.
 
         Every pane runs under a waiting `/bin/sh` (see `pausable`), so `pane_pids` are those
@@ -218,11 +229,11 @@ class Tmux:
         args += ["set-option", "-g", "history-limit", str(self.history_limit), _SEP]
         args += ["new-session", "-d", "-s", name, "-n", first, "-c", str(cwd)]
         args += ["-x", str(self.width), "-y", str(self.height), *env_args]
-        args += [*prefix, *pausable(command_for_agent or self.shell)]
+        args += pausable(confined(prefix, command_for_agent or self.shell))
         args += [_SEP, "set-option", "-w", "-t", self._target(name, first), "remain-on-exit", "on"]
         for window in rest:
             args += [_SEP, "new-window", "-d", "-t", f"={name}:", "-n", window, "-c", str(cwd)]
-            args += [*prefix, *pausable(self.shell)]
+            args += pausable(confined(prefix, self.shell))
         for window, path in (recordings or {}).items():
             args += [_SEP, "pipe-pane", "-o", "-t", self._target(name, window)]
             args.append(self._recorder(path, self.width, self.height))
@@ -482,6 +493,11 @@ class Tmux:
 
     def stop_recording(self, session: str, window: str) -> None:
         self._run("stop recording", session, "pipe-pane", "-t", self._target(session, window))
+
+    def socket_path(self) -> str:
+        """Where this server's socket is: $TMUX_TMPDIR (else /tmp)/tmux-<uid>/<name>."""
+        base = os.environ.get("TMUX_TMPDIR") or "/tmp"
+        return os.path.join(base, f"tmux-{os.getuid()}", self.socket_name)
 
     def kill_server(self) -> None:
         """Stop the whole tmux server on this socket (tests, `fleet gc --all`)."""

@@ -124,7 +124,7 @@ def decide(
         raise UnknownAgent(state.agent_id)
     live = frozenset({L.RUNNING, L.PAUSED})
     match cmd:
-        case c.Show() | c.Output():
+        case c.Show() | c.Output() | c.ProbeSandbox():
             return []
         case c.Pause():
             return to(L.PAUSED, "pause")

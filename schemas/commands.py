@@ -95,6 +95,11 @@ class Output(Command, frozen=True, tag="output"):
         v.name(self.window, "window name")
 
 
+class ProbeSandbox(Command, frozen=True, tag="probe_sandbox"):
+    """Try, from inside the agent's sandbox, each way out of it; read-only (`fleet doctor
+    --sandbox`)."""
+
+
 class Attach(Command, frozen=True, tag="attach"):
     user: str
     readonly: bool = False
@@ -199,6 +204,7 @@ AgentCommand = (
     | Restart
     | Send
     | Output
+    | ProbeSandbox
     | Attach
     | Detach
     | Remove

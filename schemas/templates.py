@@ -118,7 +118,13 @@ class Resources(_Spec, frozen=True):
 class Permissions(_Spec, frozen=True):
     env_passthrough: tuple[str, ...] = ()  # names of the host's variables the agent may see
     paths: tuple[str, ...] = ()  # paths outside the worktree the agent may use
+    # Files and folders of your home (relative to it, e.g. ".claude.json") that the agent's own
+    # home starts with: copied in when it is first made, for an assistant's login. The rest of
+    # your home stays out of its reach.
+    home: tuple[str, ...] = ()
     secrets: tuple[str, ...] = ()  # variables to pass but never show (redacted in events, logs)
+    # TCP ports the agent may connect to besides NATS and its own (Landlock ABI 4+).
+    connect_ports: tuple[int, ...] = (22, 80, 443)
 
 
 class RecoverySpec(_Spec, frozen=True):

@@ -115,6 +115,16 @@ def relative_path(value: str, what: str) -> str:
     return value
 
 
+def home_path(value: str, what: str) -> str:
+    """A file or folder of the home of whoever runs fleetd, named relative to it."""
+    line(value, what, MAX_PATH)
+    if not value or value.startswith(("/", "~")):
+        raise _fail(what, value, "name it relative to your home, e.g. '.claude.json'")
+    if ".." in value.split("/"):
+        raise _fail(what, value, "'..' is not allowed: the path must stay inside your home")
+    return value
+
+
 def absolute_path(value: str, what: str) -> str:
     """A path on the host: absolute, normalised enough to have no `..` component."""
     line(value, what, MAX_PATH)

@@ -29,11 +29,11 @@ from services import cli_health as health
 from services import cli_history as history
 from services import cli_mail as mail
 from services import cli_nats as nats_keys
+from services import cli_sandbox, doctor
 from services import cli_spawn as spawn
 from services import cli_templates as templates
 from services import cli_tokens as tokens
 from services import cli_top as top
-from services import doctor
 
 log = logging.getLogger("fleet.cli")
 
@@ -102,7 +102,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("send", agents.cmd_send, agents.send_arguments),
     Subcommand("logs", agents.cmd_logs, agents.logs_arguments),
     Subcommand("attach", agents.cmd_attach, agents.attach_arguments),
-    Subcommand("doctor", doctor.cmd_doctor),
+    Subcommand("doctor", cli_sandbox.cmd_doctor, cli_sandbox.doctor_arguments),
     Subcommand("gc", doctor.cmd_gc, doctor.gc_arguments),
     Subcommand("token", tokens.cmd_token, tokens.token_arguments),
     Subcommand("checkpoint", history.cmd_checkpoint, history.checkpoint_arguments),

@@ -211,7 +211,16 @@ def test_a_granted_path_may_start_at_your_home() -> None:
 
 
 @pytest.mark.parametrize("name", ["claude-code", "codex", "aider", "gemini"])
-def test_builtin_assistants_keep_their_login_at_home(name: str) -> None:
-    """Their logins live under your home: the sandbox would otherwise hide them."""
+def test_builtin_assistants_take_only_their_login_from_your_home(name: str) -> None:
+    """Their logins live under your home: the agent's own home starts with copies of those
+    files alone, and your HOME (with the rest of it) is never handed through."""
     granted = templates.builtin(name).permissions
-    assert "HOME" in granted.env_passthrough and "~" in granted.paths
+    assert granted.home and all(not p.startswith(("/", "~")) for p in granted.home)
+    assert "HOME" not in granted.env_passthrough and "~" not in granted.paths
+
+
+def test_a_home_file_must_be_relative_to_your_home() -> None:
+    for bad in ("/etc/passwd", "~/.ssh", "../x", ".a/../../b"):
+        with pytest.raises(InvalidTemplate, match=r"permissions\.home\[0\]: invalid file of your"):
+            t, _ = templates.load(f"name: t\npermissions: {{home: ['{bad}']}}\n")
+            templates.check_fields(t, "t.yaml")

@@ -1,0 +1,61 @@
+"""`fleet doctor [--sandbox AGENT]`: orphans, or what an agent's sandbox holds on this machine.
+
+With `--sandbox`, the agent's actor runs infra/sandboxprobe.py through the agent's own sandbox
+(the same bubblewrap, user, Landlock rules as its panes; actors/confine.py) and each way out is
+printed with whether it held. The exit status is 1 when any did not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+import msgspec
+
+from schemas import subjects
+from services import doctor
+from services.client import open_client
+
+PROBE_TIMEOUT_S = 90.0  # a sandbox started on a loaded machine, then a dozen probes
+
+
+def doctor_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sandbox",
+        metavar="AGENT",
+        help="try each way out of AGENT's sandbox from inside it, and say what holds here",
+    )
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """List orphans, or (--sandbox AGENT) probe an agent's sandbox from inside it."""
+    if not getattr(args, "sandbox", None):
+        return doctor.cmd_doctor(args)
+    found = asyncio.run(probe(args.sandbox))
+    if args.json:
+        print(msgspec.json.encode({"agent": args.sandbox, "probes": found}).decode())
+    else:
+        print(render(args.sandbox, found))
+    return 0 if all(p.get("held") for p in found) else 1
+
+
+async def probe(agent_id: str) -> list[dict[str, Any]]:
+    subjects.token(agent_id)  # a bad id is refused before looking for fleetd
+    async with open_client() as client:
+        reply = await client.command(agent_id, "probe_sandbox", PROBE_TIMEOUT_S)
+    probes: list[dict[str, Any]] = reply.get("probes", [])
+    return probes
+
+
+def render(agent_id: str, found: list[dict[str, Any]]) -> str:
+    from services.cli_agents import table
+
+    rows = [["held" if p.get("held") else "OPEN", str(p["probe"]), str(p["detail"])] for p in found]
+    open_ = sum(1 for p in found if not p.get("held"))
+    last = (
+        f"every probe held for agent {agent_id}"
+        if not open_
+        else f"{open_} way(s) out of agent {agent_id}'s sandbox are open on this machine"
+    )
+    return table(["", "PROBE", "DETAIL"], rows) + f"\n\n{last}"
