@@ -430,7 +430,7 @@ ROUTES: list[Route] = [
         "GET",
         "/ws/term/{agent}",
         ws_term,
-        "WebSocket terminal onto the agent's tmux session (?cols=&rows=; viewers read only; "
+        "WebSocket terminal onto the agent's pane (?cols=&rows=; viewers read only; "
         "?ticket= from POST /api/tickets)",
     ),
     Route("GET", "/healthz", healthz, "liveness, and whether NATS is connected"),
