@@ -157,12 +157,13 @@ def environment(actor: AgentActor, fleet: Mapping[str, str]) -> dict[str, str]:
     return env | actor.extra_env | dict(fleet)
 
 
-TOOL_DIRS = ("bin", "sbin", "shims")
+TOOL_DIRS = ("bin", "sbin", "shims", ".bin")  # .bin: npm's node_modules/.bin
 
 
 def tool_roots(path_var: str, state_dir: Path) -> list[str]:
     """What the tools on PATH need to run: each PATH directory, and the install above a
-    `bin`/`shims` directory (~/.pyenv, ~/.cargo, ~/.nvm/versions/node/vN), read-only. Never
+    `bin`/`shims` directory (~/.pyenv, ~/.cargo, ~/.nvm/versions/node/vN) or an npm project's
+    `node_modules/.bin` (its links point into node_modules/@scope/...), read-only. Never
     the home directory itself, nor a folder holding the state dir (other agents' credentials)."""
     home, state = Path.home().resolve(), state_dir.resolve()
     roots: list[str] = []

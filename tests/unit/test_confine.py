@@ -16,7 +16,14 @@ def test_tools_on_path_run_but_home_and_the_state_dir_stay_closed(
     monkeypatch.setenv("HOME", str(home))
     dirs = {
         name: home / name
-        for name in (".pyenv/shims", ".cargo/bin", ".local/bin", "bin", "tools/current")
+        for name in (
+            ".pyenv/shims",
+            ".cargo/bin",
+            ".local/bin",
+            "bin",
+            "tools/current",
+            "ai/node_modules/.bin",
+        )
     }
     for d in dirs.values():
         d.mkdir(parents=True)
@@ -27,4 +34,6 @@ def test_tools_on_path_run_but_home_and_the_state_dir_stay_closed(
     assert str(home / ".local" / "bin") in roots and str(home / ".local") not in roots
     assert str(home / "bin") in roots and str(home) not in roots  # never the whole home
     assert str(home / "tools") not in roots  # only above bin/sbin/shims
+    # npm in a project folder: .bin holds links into node_modules/@scope/..., read there
+    assert str(home / "ai" / "node_modules") in roots and str(home / "ai") not in roots
     assert not any("relative" in r or r.endswith("gone") for r in roots)
