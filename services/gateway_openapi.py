@@ -206,8 +206,7 @@ def _operation(route: Route) -> dict[str, Any]:
     params = [seg[1:-1] for seg in route.path.split("/") if seg.startswith("{")]
     if params:
         op["parameters"] = [
-            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-            for p in params
+            {"name": p, "in": "path", "required": True, "schema": ID_SCHEMA} for p in params
         ]
     if route.body is not None:
         schema: dict[str, Any] = _ref(route.body)
@@ -217,6 +216,10 @@ def _operation(route: Route) -> dict[str, Any]:
             schema = {**schema, "properties": {"by": False}}
         op["requestBody"] = {"content": {"application/json": {"schema": schema}}}
     return op
+
+
+# Every path parameter is an id: one NATS subject token (schemas/subjects.py `token`).
+ID_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
 
 
 def document(routes: list[Route]) -> bytes:
