@@ -150,7 +150,30 @@ def signal_groups(pids: Iterable[int], sig: int, spare: Iterable[int] = ()) -> l
     with SIGCONT to that child's group, so pane processes must be spared (see
     `Tmux.signal_panes`). Our own group is likewise never signalled as a group.
     """
-    spared = set(spare)
+    pids, spared = list(pids), set(spare)
+    order = _signal_tree(pids, sig, spared)
+    if sig == signal.SIGSTOP:
+        # A process forked while the tree was being stopped (a pane's sandbox starting its
+        # shell) was not in it: stop the tree again until nothing in it is left running.
+        for _ in range(STOP_ROUNDS):
+            running = [p for p in tree(pids) if p.pid not in spared and _running(p)]
+            if not running:
+                break
+            order += _signal_tree(pids, sig, spared)
+    return order
+
+
+STOP_ROUNDS = 5
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return _alive(proc) and proc.status() != psutil.STATUS_STOPPED
+    except _GONE:
+        return False
+
+
+def _signal_tree(pids: Iterable[int], sig: int, spared: set[int]) -> list[int]:
     groups = _groups_by_depth(tree(pids))
     order = list(reversed(groups)) if sig == signal.SIGCONT else list(groups)
     for pgid in order:

@@ -85,8 +85,9 @@ async def test_pause_stops_the_processes_and_resume_continues(
 
     await until(lambda: asyncio.to_thread(lambda: len(children()) >= 2), "the loop to run")
     assert (await command(nc, "p1", "pause"))["agent"]["lifecycle"] == "PAUSED"
-    stopped = await asyncio.to_thread(lambda: {c.status() for c in children()})
-    assert stopped <= {psutil.STATUS_STOPPED}, stopped
+    seen = await asyncio.to_thread(lambda: {(c.pid, c.name(), c.status()) for c in children()})
+    stopped = {status for _, _, status in seen}
+    assert stopped <= {psutil.STATUS_STOPPED}, [x for x in seen if x[2] != psutil.STATUS_STOPPED]
     refused = await command(nc, "p1", "send", text="x")
     assert refused == {
         "ok": False,
