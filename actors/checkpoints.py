@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,32 +99,10 @@ def _save_scrollback(actor: AgentActor, n: int) -> str:
     return str(path)
 
 
-@dataclass(frozen=True)
-class Saved:
-    """A checkpoint's git commit and scrollback, not yet recorded (`record`)."""
-
-    checkpoint: int
-    ref: str
-    commit: str
-    scrollback: str
-    log_seq: int
-    label: str
-    auto: str
-    meta: dict[str, Any]
-
-
 async def take(
     actor: AgentActor, *, label: str = "", auto: str = "", cause: str = "", by: str = ""
 ) -> int:
     """Commit the worktree, save the scrollback, record `checkpoint.taken`; its number."""
-    return await record(actor, await save(actor, label=label, auto=auto, cause=cause, by=by))
-
-
-async def save(
-    actor: AgentActor, *, label: str = "", auto: str = "", cause: str = "", by: str = ""
-) -> Saved:
-    """The git and scrollback half of a checkpoint: nothing is recorded yet, so a stop can
-    do it while the assistant quits (the log's next events are the stop's own)."""
     s = actor.state
     if not s.worktree or not Path(s.worktree).is_dir():
         raise NoWorktree(s.agent_id, "checkpoint")
@@ -146,50 +123,29 @@ async def save(
         raise
     scrollback = await reading
     meta = steps._meta(actor, cause) | ({"actor": by} if by else {})
-    return Saved(n, ref, commit, scrollback, log_seq, label, auto, meta)
-
-
-async def record(actor: AgentActor, saved: Saved) -> int:
-    """Record `checkpoint.taken` for what `save` made; its number."""
     taken = e.CheckpointTaken(
-        checkpoint=saved.checkpoint,
-        log_seq=saved.log_seq,
-        commit=saved.commit,
-        ref=saved.ref,
-        label=saved.label,
-        auto=saved.auto,
-        scrollback=saved.scrollback,
-        **saved.meta,
+        checkpoint=n,
+        log_seq=log_seq,
+        commit=commit,
+        ref=ref,
+        label=label,
+        auto=auto,
+        scrollback=scrollback,
+        **meta,
     )
     await actor.record([taken])
-    return saved.checkpoint
+    return n
 
 
 async def take_auto(actor: AgentActor, auto: str, label: str = "", cause: str = "") -> int | None:
     """An automatic checkpoint that must never stand in the way of what triggered it (a stop,
     an unhealthy service): a failure is logged, and None returned."""
-    saved = await save_auto(actor, auto, label, cause)
-    return None if saved is None else await record_auto(actor, saved)
-
-
-async def save_auto(actor: AgentActor, auto: str, label: str = "", cause: str = "") -> Saved | None:
-    """`save` for an automatic checkpoint: a failure is logged, and None returned."""
     try:
-        return await save(actor, label=label, auto=auto, cause=cause)
+        return await take(actor, label=label, auto=auto, cause=cause)
     except NoWorktree:
         return None
     except Exception:
         log.exception("agent %s: automatic checkpoint (%s) failed", actor.state.agent_id, auto)
-        return None
-
-
-async def record_auto(actor: AgentActor, saved: Saved) -> int | None:
-    """`record` for an automatic checkpoint: a failure is logged, and None returned."""
-    try:
-        return await record(actor, saved)
-    except Exception:
-        log.exception("agent %s: automatic checkpoint (%s) not recorded", actor.state.agent_id,
-                      saved.auto)  # fmt: skip
         return None
 
 

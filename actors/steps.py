@@ -186,19 +186,11 @@ async def stop(
     actor._stop_monitor()
     s = actor.state
     reason = s.reason or "stop"
-    # The stop's checkpoint (the files and screen as the stop began) is saved while the
-    # assistant quits, and recorded once the session has ended; it never raises.
-    saving = asyncio.ensure_future(checkpoints.save_auto(actor, "stop", reason))
-    await asyncio.sleep(0)  # it takes its number and log position before anything is recorded
+    await checkpoints.take_auto(actor, "stop", reason)  # never raises: a stop goes on
     try:
-        try:
-            await services.stop(actor, polite)  # dependents first, before the session ends
-            if s.tmux_session:
-                await _end_session(actor, s.tmux_session, polite)
-        finally:
-            saved = await saving
-            if saved is not None:
-                await checkpoints.record_auto(actor, saved)
+        await services.stop(actor, polite)  # dependents first, before the session ends
+        if s.tmux_session:
+            await _end_session(actor, s.tmux_session, polite)
         await _bring_back(actor)
         await ports.release(actor)
         await creds.revoke(actor)  # its connections are closed: nothing of it talks any more
