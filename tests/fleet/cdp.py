@@ -77,7 +77,7 @@ class Page:
             raise AssertionError(f"{expression!r} threw: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    async def until(self, expression: str, timeout: float = 20.0) -> Any:
+    async def until(self, expression: str, timeout: float = 60.0) -> Any:
         """Poll `expression` until it is truthy; its value, or fail saying what it last was."""
         deadline = time.monotonic() + timeout
         value = None

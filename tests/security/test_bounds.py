@@ -172,7 +172,10 @@ async def test_input_right_after_the_pane_died_is_refused(
     os.kill(pid, signal.SIGKILL)
 
     async def gone() -> bool:
-        return not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:  # reaped between two looks
+            return True
 
     await until(gone, "the killed process to be gone")
     refused = await command(nc, "dp2", "send", text="echo hello")
