@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -25,8 +26,18 @@ log = logging.getLogger(__name__)
 _decoder = msgspec.json.Decoder(RegistryEntry)
 
 
+_buckets: weakref.WeakKeyDictionary[Client, KeyValue] = weakref.WeakKeyDictionary()
+
+
 async def bucket(nc: Client) -> KeyValue:
-    return await nc.jetstream().key_value(subjects.REGISTRY_BUCKET)
+    """The bucket's handle, looked up once per connection: `key_value()` asks the server for
+    the stream's info, and a heartbeat that asked every time made 200 agents send 100 such
+    requests a second beside their 100 puts. A handle only names the stream, so it stays
+    good while the connection reconnects."""
+    kv = _buckets.get(nc)
+    if kv is None:
+        kv = _buckets[nc] = await nc.jetstream().key_value(subjects.REGISTRY_BUCKET)
+    return kv
 
 
 async def put(nc: Client, entry: RegistryEntry) -> None:

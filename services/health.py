@@ -26,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -38,7 +39,7 @@ from infra import probes
 from infra.eventstore import EventStore, Stored
 from schemas import events as e
 from schemas import replies, subjects
-from schemas.agent import evolve
+from schemas.agent import AgentState, evolve
 from schemas.errors import FleetError, UnknownAgent
 from schemas.health import HealthRequest, Observation
 from schemas.states import Lifecycle
@@ -60,6 +61,7 @@ log = logging.getLogger(__name__)
 
 L = Lifecycle
 KINDS = ("liveness", "readiness")
+SAMPLE_SHARE = 10  # a sampling round waits at least ten times the CPU it took
 _encode = msgspec.json.Encoder().encode
 
 
@@ -73,6 +75,7 @@ class HealthService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ready: dict[tuple[str, str], asyncio.Event] = {}  # (agent, service) was ready once
         self._grace: dict[tuple[str, str], asyncio.Future[None]] = {}  # its startup grace
+        self._sample_cost = 0.0  # CPU seconds the last sampling round took
         backoff = self.config.report_backoff_s
         self.reporter = Reporter(nc, timeout_s=self.config.report_timeout_s, backoff_s=backoff)
         self.ladder = RecoveryLadder(nc, self.config, self.observe, self._background)
@@ -85,7 +88,7 @@ class HealthService:
         loops = [
             asyncio.create_task(self.store.follow(self.config.durable, self.handle, stop=stop)),
             asyncio.create_task(self._every(self.config.tick_s, self.tick, stop)),
-            asyncio.create_task(self._every(self.config.sample_period_s, self.sample, stop)),
+            asyncio.create_task(self._every(self._sample_period, self.sample, stop)),
         ]
         try:
             done, _ = await asyncio.wait(
@@ -107,14 +110,21 @@ class HealthService:
     def _probe_tasks(self) -> list[asyncio.Task[Any]]:
         return [t for w in self.agents.values() for t in w.probes.values()]
 
-    async def _every(self, period: float, step: Any, stop: asyncio.Event) -> None:
+    async def _every(
+        self, period: float | Callable[[], float], step: Any, stop: asyncio.Event
+    ) -> None:
         while not stop.is_set():
             try:
                 await step()
             except Exception:
                 log.exception("health: %s failed; carrying on", getattr(step, "__name__", step))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), period)
+                await asyncio.wait_for(stop.wait(), period() if callable(period) else period)
+
+    def _sample_period(self) -> float:
+        """The configured period, stretched so that sampling takes at most a tenth of one
+        core however many agents there are: a round that took 0.3 s waits 3 s."""
+        return max(self.config.sample_period_s, SAMPLE_SHARE * self._sample_cost)
 
     def _background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -302,6 +312,14 @@ class HealthService:
 
     # -- sampling ---------------------------------------------------------------------------
 
+    def _measure(self, states: list[AgentState]) -> dict[str, Any]:
+        """A sampling round in its thread; the CPU it took is kept for `_sample_period`."""
+        started = time.thread_time()
+        try:
+            return self.sampler.measure_all(states)
+        finally:
+            self._sample_cost = time.thread_time() - started
+
     async def sample(self) -> None:
         """psutil figures of each watched agent's tree, and a process check of its services:
         one round for all of them (services/health_sampling.py), in a thread."""
@@ -310,7 +328,7 @@ class HealthService:
             for w in self.agents.values()
             if self.mine(w) and w.state.lifecycle in (L.RUNNING, L.PAUSED) and w.state.tmux_session
         ]
-        measured = await asyncio.to_thread(self.sampler.measure_all, [w.state for w in watched])
+        measured = await asyncio.to_thread(self._measure, [w.state for w in watched])
         for w in watched:
             if w.agent_id not in measured or self.agents.get(w.agent_id) is not w:
                 continue  # no live pane, or forgotten while the round ran
