@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from infra.tmux import Tmux
 from schemas import commands as c
-from schemas.assistants import AssistantProfile, Debouncer, classify, detail
+from schemas.assistants import AssistantProfile, Debouncer, classify, detail, last_words
 from schemas.errors import FleetError, PaneDead, SessionMissing, TmuxFailed
 from schemas.recovery import SESSION_GONE
 from schemas.states import Lifecycle
@@ -145,6 +145,7 @@ class ActivityMonitor:
         self.debouncer = Debouncer(reported=state.activity, reported_detail=state.activity_detail)
         self.task: asyncio.Task[None] | None = None
         self._size = -1
+        self._still = False
         self._changed_at = time.monotonic()
         # The tmux server this incarnation's session lives on (see `_server_id`).
         self._server = _server_id(actor.tmux.socket_name)
@@ -178,16 +179,20 @@ class ActivityMonitor:
                 log.exception("agent %s: activity check failed", self.actor.state.agent_id)
 
     def _screen_moved(self) -> bool:
+        """Whether to look at the screen this period: it changed lately, or the debouncer is
+        settling a change (an unknown screen is READY only after it has stood still a while).
+        `_still` says whether it changed since the last period."""
         path = self.actor.state.recording
         try:
             size = os.stat(path).st_size if path else -1
         except OSError:
             size = -1
         now = time.monotonic()
-        if size != self._size or size < 0:
+        self._still = size == self._size and size >= 0
+        if not self._still:
             self._size, self._changed_at = size, now
             return True
-        return now - self._changed_at < SETTLE_WINDOW_S
+        return now - self._changed_at < SETTLE_WINDOW_S or self.debouncer.pending()
 
     async def tick(self) -> None:
         actor = self.actor
@@ -218,7 +223,8 @@ class ActivityMonitor:
         screen = await asyncio.to_thread(tmux.capture, session, AGENT_WINDOW, None, False)
         activity = classify(screen, self.profile)
         said = detail(screen, self.profile, activity) if activity is not None else ""
-        self.debouncer, change = self.debouncer.observe(activity, said, time.monotonic())
+        now = time.monotonic()
+        self.debouncer, change = self.debouncer.observe(activity, said, now, still=self._still)
         if change is None:
             return
         said = self.debouncer.reported_detail
@@ -258,6 +264,7 @@ class ActivityMonitor:
             self._exited_at = self._exited_at or now
             if now - self._exited_at < UNREAPED_S:
                 return False
+        cause = await _with_last_words(actor, cause)
         async with actor.lock.step("recording that the agent window's process ended"):
             if actor.state.lifecycle in _WATCHED:
                 log.warning("agent %s: %s", actor.state.agent_id, cause)
@@ -266,6 +273,23 @@ class ActivityMonitor:
 
 
 _WATCHED = (Lifecycle.RUNNING, Lifecycle.PAUSED)
+_DEAD_SCREEN_LINES = 80  # the screen (50 rows) and the lines just above it
+
+
+async def _with_last_words(actor: AgentActor, cause: str) -> str:
+    """The cause with what the dead pane shows last (remain-on-exit keeps its screen): "the
+    assistant exited with status 1: Unable to connect to Anthropic services / ..."."""
+    if SESSION_GONE in cause:
+        return cause
+    try:
+        # with the lines above the screen: tmux's "Pane is dead" line scrolls its top away
+        screen = await asyncio.to_thread(
+            actor.tmux.capture, actor.state.tmux_session, AGENT_WINDOW, _DEAD_SCREEN_LINES, True
+        )
+    except (SessionMissing, TmuxFailed):
+        return cause
+    words = last_words(screen)
+    return f"{cause}: {words}" if words else cause
 
 
 async def refuse_dead_pane(actor: AgentActor) -> None:
@@ -288,5 +312,6 @@ async def refuse_dead_pane(actor: AgentActor) -> None:
         await asyncio.sleep(0.05)  # exited a moment ago: tmux is about to reap it
     if not dead and not exited:
         return
+    cause = await _with_last_words(actor, cause)
     await actor._fail(cause)
     raise PaneDead(actor.state.agent_id, cause)

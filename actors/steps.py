@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from actors import checkpoints, confine, creds, monitor, ports, recovery, services
-from infra import heap, pidfd, procs, secretstore
+from actors import checkpoints, confine, creds, monitor, ports, quitting, recovery, services
+from infra import heap, procs, secretstore
 from infra.worktree import WorktreeInfo, Worktrees
 from schemas import commands as c
 from schemas import events as e
@@ -27,7 +26,6 @@ from schemas.states import Lifecycle
 
 if TYPE_CHECKING:
     from actors.agent import AgentActor
-    from infra.tmux import Tmux
 
 log = logging.getLogger(__name__)
 L = Lifecycle
@@ -203,28 +201,21 @@ async def stop(
 
 
 async def _end_session(actor: AgentActor, session: str, polite: bool) -> None:
-    """The assistant's own quit (if polite), then the rest as `_close` ends it. A session that
-    is gone already (its tmux server died) has nothing left to end or to record."""
-    cfg, tmux = actor.config, actor.tmux
-    # The assistant's own quit first (typed in the call that lists the panes), its quit keys if
-    # that was not enough.
-    profile = agent_profile(actor.state) if polite else None
-    typed = ("agent", profile.quit_text) if profile is not None and profile.quit_text else None
+    """The assistant asked to end (if polite) as its screen allows, then the rest as `_close`
+    ends it. Nothing is typed into a dialog: the quit text only at the assistant's prompt, its
+    cancel keys at a dialog or login (actors/quitting.py). A session that is gone already (its
+    tmux server died) has nothing left to end or to record."""
+    tmux = actor.tmux
     try:
-        panes = await run(tmux.live_panes, session, typed)
+        panes = await run(tmux.live_panes, session)
     except SessionMissing:
         return
     pids = [pid for _, pid in panes]
     await run(procs.signal_groups, pids, signal.SIGCONT, pids)  # a paused agent cannot quit
-    if profile is not None:
+    if polite:
+        profile = agent_profile(actor.state)
         agent = next((pid for window, pid in panes if window == "agent"), None)
-        half = cfg.polite_timeout_s / 2
-        if typed is not None:
-            if await _wait_for_exit(tmux, session, agent, half):
-                return await _close(actor, session, polite)
-        if profile.quit_keys:
-            await run(tmux.send_keys, session, "agent", list(profile.quit_keys))
-        await _wait_for_exit(tmux, session, agent, half)
+        await quitting.quit_assistant(tmux, session, profile, agent, actor.config.polite_timeout_s)
     await _close(actor, session, polite)
 
 
@@ -237,23 +228,6 @@ async def _close(actor: AgentActor, session: str, polite: bool) -> None:
         socket=tmux.socket_name, session=session, reason="stopped", **_meta(actor)
     )
     await actor.record([closed])
-
-
-async def _wait_for_exit(tmux: Tmux, session: str, pid: int | None, timeout: float) -> bool:
-    """Until the assistant's pane process (`pid`; None: dead already) exits, or time out. Its
-    pidfd wakes us the moment it exits; tmux is polled only where pidfds are refused."""
-    if pid is None:
-        return True
-    try:
-        return await pidfd.wait_exit(pid, timeout)
-    except OSError:  # no pidfds here (an old kernel, a seccomp filter)
-        pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await run(tmux.pane_dead, session, "agent"):
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 async def _bring_back(actor: AgentActor) -> None:
