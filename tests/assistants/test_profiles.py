@@ -50,6 +50,16 @@ EXPECTED: dict[str, tuple[A | None, str]] = {
     ),
     "claude-code-2.1.197-login-menu": (A.LOGIN_REQUIRED, "Select login method:"),
     "claude-code-2.1.197-paste-code": (A.LOGIN_REQUIRED, "Paste code here if prompted"),
+    # Claude Code 2.1.332 (the version tests/assistants/install.py pins): the trust dialog's
+    # options lost their numbers and "No, exit" comes first; "Auto-updating…" under the status.
+    "claude-code-2.1.332-unable-to-connect": (None, ""),
+    "claude-code-2.1.332-trust-dialog": (
+        A.AWAITING_INPUT,
+        "Quick safety check: Is this a project you created or one you trust?",
+    ),
+    "claude-code-2.1.332-not-logged-in": (A.LOGIN_REQUIRED, "Not logged in · run /login"),
+    "claude-code-2.1.332-login-menu": (A.LOGIN_REQUIRED, "Select login method:"),
+    "claude-code-2.1.332-paste-code": (A.LOGIN_REQUIRED, "Paste code here if prompted"),
     # Codex 0.171.0: the sign-in menus (cursor ">" on any option), the API-key box, the trust
     # dialog (cursor "›", the composer's glyph), the picker Esc leads to, work, the composer.
     "codex-0.171.0-sign-in-menu": (A.LOGIN_REQUIRED, "Choose how you want to use Codex."),
@@ -143,6 +153,7 @@ def test_every_capture_is_expected_and_says_its_version() -> None:
         "claude-code-2.1.197-trust-dialog",  # "❯ 1. Yes, I trust this folder"
         "claude-code-2.1.197-not-logged-in",  # the input box, a line under the status line
         "claude-code-2.1.197-paste-code",  # the input box above the login's code box
+        "claude-code-2.1.332-not-logged-in",
     ],
 )
 def test_a_dialog_drawn_over_a_prompt_is_not_ready(stem: str) -> None:
