@@ -69,3 +69,24 @@ async def test_an_assistant_that_exits_puts_the_agent_in_error(
     assert "exited with status 3" in shown["reason"]
     stored = await EventStore(nc).read("ex1")
     assert isinstance(stored[-1].event, LifecycleChanged) and stored[-1].event.to.value == "ERROR"
+
+
+async def test_an_assistant_that_exits_is_recorded_with_its_last_words(
+    fleet: Fleet,
+    nc: Client,
+    repo: Path,
+) -> None:
+    """Claude Code exits at its first-run check with a screen that says why; the reason says
+    it too, not only the status."""
+    said = "echo Unable to connect to Anthropic services; echo Failed to connect: ENOTFOUND"
+    await spawn(nc, str(repo), "ex2", command=f"sh -c '{said}; sleep 0.5; exit 1'")
+
+    async def failed() -> dict | None:
+        shown = (await command(nc, "ex2", "show"))["agent"]
+        return shown if shown["lifecycle"] == "ERROR" else None
+
+    shown = await until(failed, "the exit to be noticed", timeout=60)
+    assert shown["reason"] == (
+        "the assistant exited with status 1: "
+        "Unable to connect to Anthropic services / Failed to connect: ENOTFOUND"
+    ), shown["reason"]
