@@ -339,7 +339,11 @@ def _lifecycle(s: AgentState, to: Lifecycle, reason: str) -> AgentState:
         # A new incarnation starts idle; the previous error is kept only as history in the log.
         return replace(s, lifecycle=to, reason=reason, activity=Activity.READY, activity_detail="")
     if to is L.STOPPED:
-        return replace(s, lifecycle=to, reason=reason, services={}, users=())
+        s = replace(s, services={}, users=())
+    if to in (L.STOPPED, L.ERROR):
+        # Its screen is gone or not believed: a question or login it showed is not asked now
+        # (views show no activity outside RUNNING and PAUSED).
+        return replace(s, lifecycle=to, reason=reason, activity=Activity.READY, activity_detail="")
     return replace(s, lifecycle=to, reason=reason)
 
 

@@ -19,6 +19,7 @@ import msgspec
 from schemas import events as e
 from schemas import subjects
 from schemas.errors import FleetError, RemoteError
+from schemas.states import LIVE
 from services import cli_live, cli_style
 from services.cli_events import print_events
 from services.cli_progress import Progress
@@ -107,6 +108,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _activity(a: dict[str, Any], detail: str | None) -> str:
+    """None ("-") once the agent is stopped or failed: its screen is gone."""
+    if a["lifecycle"] not in {lc.value for lc in LIVE}:
+        return "-"
+    return a["activity"] + (f": {detail}" if detail else "")
+
+
 def describe(a: dict[str, Any]) -> str:
     """A few aligned lines about one agent, empty fields left out."""
     tmux, actor = a.get("tmux") or {}, a.get("actor") or {}
@@ -115,7 +123,7 @@ def describe(a: dict[str, Any]) -> str:
     services = " ".join(f"{k}:{s.get('state')}" for k, s in (a.get("services") or {}).items())
     rows = [
         ("lifecycle", a["lifecycle"] + (f" ({reason})" if reason else "")),
-        ("activity", a["activity"] + (f": {detail}" if detail else "")),
+        ("activity", _activity(a, detail)),
         ("template", a.get("template", "")),
         ("repo", a.get("repo", "")),
         ("branch", a.get("branch", "")),

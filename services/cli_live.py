@@ -44,6 +44,7 @@ from schemas.control import AgentView, state_of
 from schemas.errors import FleetError, RemoteError
 from schemas.eventcheck import Refusal
 from schemas.health import Observation, Sample
+from schemas.states import LIVE
 from services import cli_style as style
 from services.client import FleetClient, open_client
 
@@ -104,9 +105,15 @@ LS_HEADERS = ["ID", "LIFECYCLE", "ACTIVITY", "TEMPLATE", "BRANCH", "WORKTREE"]
 
 def ls_rows(fleet: LiveFleet) -> list[list[str]]:
     return [
-        [s.agent_id, s.lifecycle.value, s.activity.value, s.template, s.branch, s.worktree]
+        [s.agent_id, s.lifecycle.value, shown_activity(s), s.template, s.branch, s.worktree]
         for s in fleet.shown()
     ]
+
+
+def shown_activity(s: AgentState) -> str:
+    """An agent's activity for a person: none ("-") once it is stopped or failed, whose
+    screen is gone ("ERROR READY" read as an error that is ready for work)."""
+    return s.activity.value if s.lifecycle in LIVE else "-"
 
 
 def ls_frame(fleet: LiveFleet, paint: style.Painter) -> str:

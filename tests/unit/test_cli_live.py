@@ -57,6 +57,29 @@ async def test_events_after_the_list_change_the_rows() -> None:
     assert [r[2] for r in live.ls_rows(fleet)] == ["READY", "AWAITING_INPUT"]
 
 
+async def test_an_agent_whose_pane_died_shows_no_activity() -> None:
+    """A login it was asking for is not asked any more once its pane died or it stopped: no
+    "ERROR LOGIN_REQUIRED", no "ERROR READY" and no stale question."""
+    fleet = live.LiveFleet()
+    fleet.load([agent("a1"), agent("a2")])
+    for agent_id in ("a1", "a2"):
+        fleet.apply(
+            e.ActivityChanged(
+                agent_id=agent_id,
+                event_id=f"l{agent_id}",
+                at=at(11),
+                to=Activity.LOGIN_REQUIRED,
+                detail="Select login method:",
+            )
+        )
+    fleet.apply(changed("a1", 12, Lifecycle.ERROR, Lifecycle.RUNNING))
+    fleet.apply(changed("a2", 12, Lifecycle.STOPPING, Lifecycle.RUNNING))
+    fleet.apply(changed("a2", 13, Lifecycle.STOPPED, Lifecycle.STOPPING))
+    rows = {r[0]: r[1:3] for r in live.ls_rows(fleet)}
+    assert rows == {"a1": ["ERROR", "-"], "a2": ["STOPPED", "-"]}
+    assert [fleet.states[a].activity_detail for a in ("a1", "a2")] == ["", ""]
+
+
 async def test_events_seen_during_the_list_are_held_and_old_ones_skipped() -> None:
     fleet = live.LiveFleet()
     old = changed("a1", 5, Lifecycle.SPAWNING, Lifecycle.NEW)  # already folded into the list
