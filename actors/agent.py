@@ -253,8 +253,10 @@ class AgentActor:
             by=request.by or "user",
             id=request.id or new_id(),
         )
-        # A repository that is not one is refused before anything is recorded: no agent.
+        # A repository that is not one, or an assistant that is not installed, is refused
+        # before anything is recorded: no agent.
         await asyncio.to_thread(Worktrees, request.repo, self.config.worktree_root)
+        await asyncio.to_thread(confine.check_installed, spec, template_command, request.env)
         async with self.lock.step("spawning"):
             await self.execute(create)
             await confine.remember(self, spec, request.env)

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from actors import creds
-from infra import sandbox, secretstore, uids
+from infra import installs, sandbox, secretstore, uids
 from infra.worktree import paths_for_pane
 from schemas.errors import FleetError
 from schemas.secrets import redact_template
@@ -145,6 +145,41 @@ def services_dir(actor: AgentActor) -> Path:
     return path
 
 
+def pane_path(t: Template | None, extra_env: Mapping[str, str]) -> str:
+    """The PATH of an agent's panes: given at spawn, else the template's, else fleetd's own."""
+    env = {"PATH": os.environ.get("PATH", "")}
+    if t is not None:
+        env |= t.env | t.assistant.env
+    return (env | dict(extra_env)).get("PATH", "")
+
+
+def check_installed(spec: str, command: str, extra_env: Mapping[str, str]) -> None:
+    """Before a spawn records anything: the template's assistant is where its panes will look
+    for it (NotInstalled says how to install it, otherwise)."""
+    installs.find(command, pane_path(decode_spec(spec), extra_env))
+
+
+def assistant_reads(actor: AgentActor, granted: Sequence[str]) -> list[str]:
+    """What the agent's assistant needs to run, read-only (infra/installs.py): its links, its
+    install, its interpreter's; only what `granted` does not hold already."""
+    path_var = pane_path(template(actor), actor.extra_env)
+    try:
+        found = installs.find(actor.state.command, path_var)
+    except installs.NotInstalled:
+        return []  # refused at spawn; gone since: its pane says what the shell found
+    if found is None:
+        return []
+    state = Path(actor.config.state_dir)
+    held = [os.path.abspath(g) for g in granted]
+    out: list[str] = []
+    # Folders first: a link or file inside a granted folder is there already (and a bind
+    # inside a read-only bind could not be made).
+    for path in sorted(installs.grants(found, path_var, closed=[state]), key=len):
+        if not any(path == h or path.startswith(h.rstrip("/") + "/") for h in [*held, *out]):
+            out.append(path)
+    return out
+
+
 def environment(actor: AgentActor, fleet: Mapping[str, str]) -> dict[str, str]:
     """The whole environment of the agent's panes; `fleet` is FLEET_* and the ports."""
     t = template(actor)
@@ -192,6 +227,7 @@ def wrap(
     read += git_read
     write = [*git_write, str(private_dir(actor, "homes")), str(services_dir(actor))]
     write += [os.path.expanduser(p) for p in t.permissions.paths] if t is not None else []
+    read += assistant_reads(actor, [*read, *write])  # wherever it is installed
     landlock = actor.config.confine_paths and sandbox.landlock_abi() > 0
     tmp = str(private_dir(actor, "tmp"))
     own = sorted(actor.state.ports.values())
@@ -199,14 +235,16 @@ def wrap(
     connect += t.permissions.connect_ports if t is not None else DEFAULT_CONNECT
     bind = [0, *own]
     spill = str(private_dir(actor, "sandbox"))  # long option lists, out of the agent's reach
+    path = pane_path(t, actor.extra_env)  # tmux would give the pane its client's PATH
     if not namespaces(actor):
         write = [*write, "/dev", tmp]
         return sandbox.argv(
-            command, keep, read, write, landlock, connect=connect, bind=bind, spill=spill
-        )
+            command, keep, read, write, landlock, connect=connect, bind=bind, spill=spill,
+            path=path,
+        )  # fmt: skip
     opts = sandbox.options(
         keep, [*read, "/proc"], [*write, "/dev", "/tmp"], landlock,
-        uid=actor.sandbox_uid, connect=connect, bind=bind,
+        uid=actor.sandbox_uid, connect=connect, bind=bind, path=path,
     )  # fmt: skip
     inner = sandbox.launcher(spill, opts)  # [python, -S, sandbox.py, --options, FILE]
     prefix = sandbox.namespace_argv(

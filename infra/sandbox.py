@@ -7,7 +7,8 @@ In order, it
 1. drops every environment variable whose name is not in `--keep` (plus TERM and COLORTERM,
    which tmux sets for the pane): tmux hands a pane its server's global environment, which is
    the control plane's and may hold secrets. TMUX and TMUX_PANE go too: they name the fleet's
-   tmux server, which no pane may talk to;
+   tmux server, which no pane may talk to. With `--path`, PATH is that: tmux gives a new
+   session's panes the PATH of the client that made it, whatever the session's own says;
 2. with `--uid N` (fleetd runs as root), becomes that user and group, with no supplementary
    groups: the agent's own unprivileged user, so it holds no capability, cannot signal or
    ptrace anything of another user, cannot open other agents' terminals or read their
@@ -338,9 +339,11 @@ def options(
     uid: int | None = None,
     connect: Iterable[int] | None = None,
     bind: Iterable[int] | None = None,
+    path: str | None = None,
 ) -> list[str]:
     """This launcher's options for one pane (see `main`)."""
     out = ["--keep", ",".join(sorted(keep))]
+    out += ["--path", path] if path is not None else []
     out += [a for p in read for a in ("--ro", str(p))]
     out += [a for p in write for a in ("--rw", str(p))]
     out += ["--uid", str(uid)] if uid is not None else []
@@ -369,9 +372,10 @@ def argv(
     bind: Iterable[int] | None = None,
     prefix: Sequence[str] = (),
     spill: str | None = None,
+    path: str | None = None,
 ) -> list[str]:
     """The argv that runs `command` through this launcher (after `prefix`: bubblewrap)."""
-    opts = options(keep, read, write, landlock, uid=uid, connect=connect, bind=bind)
+    opts = options(keep, read, write, landlock, uid=uid, connect=connect, bind=bind, path=path)
     return [*prefix, *launcher(spill, opts), "--", *command]
 
 
@@ -383,7 +387,7 @@ def main(args: list[str]) -> None:
     keep: list[str] = []
     read: list[str] = []
     write: list[str] = []
-    landlock, uid = False, None
+    landlock, uid, path = False, None, None
     connect: list[int] | None = None
     bind: list[int] | None = None
     if len(args) >= 2 and args[0] == "--options":  # spilled to a file (`spilled`)
@@ -398,6 +402,8 @@ def main(args: list[str]) -> None:
             keep += [k for k in value.split(",") if k]
         elif flag == "--uid":
             uid = int(value)
+        elif flag == "--path":
+            path = value
         elif flag == "--connect":
             connect = _ports(value)
         elif flag == "--bind":
@@ -408,6 +414,8 @@ def main(args: list[str]) -> None:
     if not command:
         sys.exit("sandbox: nothing to run (usage: sandbox.py [options] -- argv)")
     env = clean_env(dict(os.environ), keep)
+    if path is not None:
+        env["PATH"] = path
     background()
     if landlock:  # as root still: every granted path can be opened for its rule
         restrict(read, write, connect, bind)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from actors.confine import tool_roots
+from infra import sandbox
 
 
 def test_tools_on_path_run_but_home_and_the_state_dir_stay_closed(
@@ -37,3 +39,12 @@ def test_tools_on_path_run_but_home_and_the_state_dir_stay_closed(
     # npm in a project folder: .bin holds links into node_modules/@scope/..., read there
     assert str(home / "ai" / "node_modules") in roots and str(home / "ai") not in roots
     assert not any("relative" in r or r.endswith("gone") for r in roots)
+
+
+def test_the_launcher_gives_the_pane_the_path_it_is_told() -> None:
+    """tmux hands a new session's panes its client's PATH, whatever the session's own says; the
+    launcher sets the agent's (`--path`), so a PATH given at spawn is the one the pane has."""
+    argv = sandbox.argv(["/bin/sh", "-c", 'echo "$PATH"'], ["PATH"], path="/agent/bin:/usr/bin")
+    env = {"PATH": "/usr/bin:/bin", "OTHER": "x"}  # what tmux would hand the pane
+    ran = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert ran.stdout.strip() == "/agent/bin:/usr/bin"
