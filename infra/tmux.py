@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from infra import procs
-from schemas.errors import InvalidName, SessionMissing, TmuxFailed
+from schemas.errors import InvalidName, SessionMissing, TmuxFailed, WindowMissing
 
 if TYPE_CHECKING:
     import libtmux
@@ -169,6 +169,8 @@ class Tmux:
             detail = " ".join(proc.stderr).strip() or f"exit status {proc.returncode}"
             if any(m in detail for m in _MISSING):
                 raise SessionMissing(session, self.socket_name)
+            if "can't find window" in detail or "can't find pane" in detail:
+                raise WindowMissing(action, session, detail)
             raise TmuxFailed(action, session, detail)
         return list(proc.stdout)
 

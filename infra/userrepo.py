@@ -17,7 +17,7 @@ from pathlib import Path
 
 from infra import agentrepo, gitsafe
 from infra.worktree_legacy import common_dir
-from schemas.errors import GitFailed
+from schemas.errors import GitFailed, NotARepository
 
 BRANCH_PREFIX = "fleet/"
 META = ".fleet"  # <root>/.fleet/: fleetd's records of agents' repositories, no pane's folder
@@ -37,11 +37,16 @@ def top(repo_path: str | Path) -> Path:
         os.path.normpath(os.path.abspath(os.path.expandvars(os.path.expanduser(repo_path))))
     )
     dot_git = path / ".git"
-    if _is_git_dir(dot_git) or (dot_git.is_file() and dot_git.read_text().startswith("gitdir:")):
-        return path
-    if _is_git_dir(path):
-        return path.parent if path.name == ".git" else path
-    raise GitFailed("open the repository", str(repo_path), "it is not a git repository")
+    try:
+        if _is_git_dir(dot_git) or (
+            dot_git.is_file() and dot_git.read_text().startswith("gitdir:")
+        ):
+            return path
+        if _is_git_dir(path):
+            return path.parent if path.name == ".git" else path
+    except OSError as e:  # a name too long, a folder that may not be read
+        raise NotARepository(str(repo_path), f"it cannot be read ({e.strerror})") from e
+    raise NotARepository(str(repo_path))
 
 
 def _git_dir_of(top: Path) -> Path:

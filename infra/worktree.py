@@ -38,7 +38,7 @@ from pathlib import Path
 from infra import agentrepo, gitsafe, snapshots
 from infra.userrepo import BRANCH_PREFIX, META, UserRepo, borrowed_objects, repo_lock, top
 from infra.worktree_legacy import LegacyWorktrees, common_dir
-from schemas.errors import GitFailed, InvalidName, WorktreeHasWork
+from schemas.errors import GitFailed, InvalidName, UnknownRef, WorktreeHasWork
 
 __all__ = ["BRANCH_PREFIX", "SAVED_PREFIX", "WorktreeInfo", "Worktrees", "common_dir"]
 
@@ -116,9 +116,7 @@ class Worktrees:
                 existing = self._commit_of(f"refs/heads/{full}")
                 if existing is None:
                     _ref("base ref", base_ref)
-                    raise GitFailed(
-                        "add a worktree", where, f"base ref {base_ref!r} does not exist"
-                    )
+                    raise UnknownRef(where, base_ref)
                 if self._has_branch(full):
                     raise GitFailed(
                         "add a worktree", where, f"branch {full} is checked out elsewhere"

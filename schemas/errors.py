@@ -169,6 +169,12 @@ class TmuxFailed(FleetError):
         super().__init__(f"tmux could not {action} {target}: {detail}")
 
 
+class WindowMissing(TmuxFailed):
+    """The session is there, but not the window (or pane) named: tmux's "can't find window"."""
+
+    code = "unknown_window"
+
+
 class SessionMissing(TmuxFailed):
     """The tmux session (or its window) is gone: killed, or its last window exited."""
 
@@ -188,6 +194,25 @@ class GitFailed(FleetError):
     def __init__(self, action: str, where: str, detail: str) -> None:
         self.action, self.where, self.detail = action, where, detail
         super().__init__(f"git could not {action} in {where}: {detail}")
+
+
+class NotARepository(GitFailed):
+    """A path given as a repository holds no git repository: nothing of it can be used."""
+
+    code = "not_a_repository"
+
+    def __init__(self, where: str, detail: str = "it is not a git repository") -> None:
+        super().__init__("open the repository", where, detail)
+
+
+class UnknownRef(GitFailed):
+    """A spawn's base ref names no commit of the repository."""
+
+    code = "unknown_ref"
+
+    def __init__(self, where: str, ref: str) -> None:
+        self.ref = ref
+        super().__init__("add a worktree", where, f"base ref {ref!r} does not exist")
 
 
 class WorktreeHasWork(FleetError):

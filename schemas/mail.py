@@ -20,6 +20,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_MESSAGE_BYTES = 128 * 1024  # the whole JSON message, also the stream's max_msg_size
 MAX_TOPIC_BYTES = 64 * 1024  # one topic publish relayed for an agent
 MAX_HEADERS = 32
+MAX_TTL_S = 365 * 24 * 3600.0  # a TTL past NATS's own limit (~292 years) was a 500
 DEFAULT_PRIORITY = "normal"
 # Per agent, what the relay lets through (a token bucket each): a burst, then a rate.
 AGENT_MAIL_RATE, AGENT_MAIL_BURST = 20.0, 200.0
@@ -99,8 +100,11 @@ def check(message: MailMessage) -> MailMessage:
     size = len(message.body.encode())
     if size > MAX_BODY_BYTES:
         raise PayloadTooLarge("mail body", size, MAX_BODY_BYTES)
-    if message.ttl_s < 0:
-        sentence = f"invalid ttl_s {message.ttl_s}: must be 0 (no TTL) or more"
+    if not 0 <= message.ttl_s <= MAX_TTL_S:
+        sentence = (
+            f"invalid ttl_s {message.ttl_s:g}: must be 0 (no TTL) to {MAX_TTL_S:.0f} s "
+            "(a year; mail kept longer is sent with no TTL)"
+        )
         raise BadRequest(sentence, "invalid_field")
     return message
 

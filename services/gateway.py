@@ -65,6 +65,10 @@ STATUS = {
     "unknown_checkpoint": 404,
     "unknown_service": 404,
     "unknown_template": 404,
+    "not_a_repository": 404,  # a spawn's repo: no git repository there
+    "not_installed": 404,  # a spawn's command: no such program on the PATH
+    "unknown_ref": 404,  # a spawn's base ref: no such commit in the repository
+    "unknown_window": 404,  # the agent's session has no such tmux window
     "not_found": 404,
     "agent_exists": 409,
     "invalid_transition": 409,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from infra.worktree import Worktrees, common_dir, paths_for_pane
-from schemas.errors import GitFailed, InvalidName, WorktreeHasWork
+from schemas.errors import GitFailed, InvalidName, NotARepository, UnknownRef, WorktreeHasWork
 from tests.integration.conftest import git
 
 
@@ -40,8 +40,10 @@ def test_create_answers_the_new_head_and_reuses_a_branch(trees: Worktrees, git_r
 def test_repository_is_found_from_its_top_or_its_git_dir(git_repo: Path, tmp_path: Path) -> None:
     assert Worktrees(git_repo, tmp_path).main == git_repo
     assert Worktrees(git_repo / ".git", tmp_path).main == git_repo
-    with pytest.raises(GitFailed, match="not a git repository"):
+    with pytest.raises(NotARepository, match="not a git repository"):
         Worktrees(git_repo / "nowhere", tmp_path)
+    with pytest.raises(NotARepository, match=r"cannot be read \(File name too long\)"):
+        Worktrees("/" + "x" * 300, tmp_path)  # an OSError of its own, not a bug
 
 
 def test_common_dir_is_what_git_says(trees: Worktrees, git_repo: Path) -> None:
@@ -67,7 +69,7 @@ def test_an_agent_repository_borrows_the_users_objects_and_nothing_else(
 def test_add_refuses_with_a_sentence(trees: Worktrees, git_repo: Path, tmp_path: Path) -> None:
     with pytest.raises(GitFailed, match="not a git repository"):
         Worktrees(tmp_path, tmp_path / "wt")
-    with pytest.raises(GitFailed, match="base ref 'nope' does not exist"):
+    with pytest.raises(UnknownRef, match="base ref 'nope' does not exist"):
         trees.add("a1", "a1", "nope")
     trees.add("a1", "a1", "main")
     with pytest.raises(GitFailed, match="already exists"):
