@@ -149,6 +149,21 @@ def ref_value(worktree: str | Path, ref: str) -> str | None:
     return None
 
 
+def holds_objects(worktree: str | Path) -> bool:
+    """Whether the agent's repository has objects of its own (a loose object's folder or a
+    pack), beside those it borrows. Without any, whatever its HEAD and index name is in the
+    user's repository already. True when it cannot tell."""
+    try:
+        with _dir(worktree, ["objects"]) as fd:
+            names = [n for n in os.listdir(fd) if n != "info"]
+        if names == ["pack"]:
+            with _dir(worktree, ["objects", "pack"]) as fd:
+                return bool(os.listdir(fd))
+    except OSError:  # missing, a link: let git look
+        return True
+    return bool(names)
+
+
 def objects_dir(worktree: str | Path, borrowed: str) -> str:
     """The agent's object directory, for the control plane to read objects from, after making
     sure it borrows exactly `borrowed` (the user's objects) and is a directory of its own: an

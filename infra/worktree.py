@@ -268,6 +268,8 @@ class Worktrees:
         if branch is None or not agentrepo.is_agent_repo(path) or self._checked_out(branch):
             return None
         head = self.head_of(path)
+        if self.repo.names(f"refs/heads/{branch}", head):
+            return head  # there already (the agent made no commit): no git runs at all
         self.repo.take_in(path, head)
         self.repo.git("bring the branch back", "update-ref", f"refs/heads/{branch}", head)
         return head
