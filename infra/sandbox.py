@@ -38,7 +38,6 @@ if TYPE_CHECKING:  # the launcher starts without collections.abc (5 ms of its st
     from collections.abc import Iterable, Sequence
 
 TMUX_VARS = ("TERM", "COLORTERM")
-PANE_NICE = 19  # the scheduling weight of everything an agent runs (see `background`)
 
 # Syscall numbers are the same on x86_64 and aarch64 (the generic table).
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446
@@ -173,25 +172,6 @@ def become(uid: int) -> None:
     os.setresuid(uid, uid, uid)
     if _libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-
-
-def background() -> None:
-    """The pane's processes yield the CPU to the control plane when both want it.
-
-    tmux makes each pane a session of its own, and with autogroup scheduling (the default of
-    most distributions' kernels) the CPU is shared between sessions first, nice counting only
-    inside one. Ray's workers, every agent's actor among them, share one session: with 200
-    agents whose panes and services were each a session of full weight, the actors together
-    got a few hundredths of a loaded machine and commands went unanswered for 10 s and more.
-    So the pane's session gets the lowest weight (a write only root may make: elsewhere it is
-    refused and skipped), and this process nice 19 for kernels without autogroup. Idle CPU is
-    still all the agent's."""
-    try:
-        with open("/proc/self/autogroup", "w") as f:
-            f.write(f"{PANE_NICE}\n")
-    except OSError:  # no autogroup in this kernel, or not ours to set
-        pass
-    os.setpriority(os.PRIO_PROCESS, 0, PANE_NICE)  # raising one's own nice is always allowed
 
 
 def clean_env(environ: dict[str, str], keep: Iterable[str]) -> dict[str, str]:
@@ -416,7 +396,6 @@ def main(args: list[str]) -> None:
     env = clean_env(dict(os.environ), keep)
     if path is not None:
         env["PATH"] = path
-    background()
     if landlock:  # as root still: every granted path can be opened for its rule
         restrict(read, write, connect, bind)
     if uid is not None:
