@@ -22,7 +22,17 @@ from schemas import replies, subjects
 from schemas.errors import BadRequest, RemoteError, UnknownAgent
 from schemas.mail import MailMessage
 from services.gateway import HUB, MAILBOX, STORE, role, who
-from services.gateway_api import Route, agent_of, ask, command, json_body, query_int
+from services.gateway_api import (
+    BUS,
+    COMMANDS,
+    Route,
+    agent_of,
+    ask,
+    command,
+    json_body,
+    query_int,
+)
+from services.gateway_openapi_fields import query
 
 HEALTH_TIMEOUT_S = 5.0
 MAX_LIST = 200
@@ -151,6 +161,9 @@ async def samples(request: web.Request) -> web.StreamResponse:
     )
 
 
+_LIMIT = query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIST}, "at most")
+_KIND = query("kind", {"enum": list(HEALTH_KINDS)}, "only observations of this kind")
+
 ROUTES: list[Route] = [
     Route(
         "GET",
@@ -158,6 +171,7 @@ ROUTES: list[Route] = [
         list_checkpoints,
         "the agent's checkpoints (from its log)",
         reply="CheckpointsReply",
+        errors=(503,),
     ),
     Route(
         "POST",
@@ -166,6 +180,8 @@ ROUTES: list[Route] = [
         "take a checkpoint (the agent's checkpoint command); roll back with POST .../rollback",
         TakeCheckpoint,
         "CheckpointReply",
+        status=201,
+        errors=COMMANDS,
     ),
     Route(
         "GET",
@@ -173,6 +189,8 @@ ROUTES: list[Route] = [
         inbox,
         "the agent's waiting mail, highest priority first (?limit=; nothing is taken)",
         reply="InboxReply",
+        errors=(503,),
+        query=(_LIMIT,),
     ),
     Route(
         "POST",
@@ -181,6 +199,8 @@ ROUTES: list[Route] = [
         "mail the agent (from the token's name)",
         SendMail,
         "SentReply",
+        status=201,
+        errors=(429, 503),
     ),
     Route(
         "GET",
@@ -188,6 +208,8 @@ ROUTES: list[Route] = [
         agent_health,
         "the health service's report (?limit=&kind=sample|probe|recovery)",
         reply="HealthReply",
+        errors=BUS,
+        query=(_LIMIT, _KIND),
     ),
     Route(
         "GET",

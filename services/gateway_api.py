@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +20,7 @@ from nats.errors import NoRespondersError
 
 from infra.resend import request as resend_request
 from schemas import commands as c
-from schemas import replies, subjects
+from schemas import replies, subjects, validation
 from schemas.control import ListRequest, SpawnRequest
 from schemas.errors import BadRequest, FleetError, RemoteError, UnknownAgent
 from schemas.notify import AlertmanagerPayload, from_alertmanager
@@ -41,6 +41,8 @@ from services.gateway import (
     websocket,
     who,
 )
+from services.gateway_openapi_fields import FLAG as FLAGS_SCHEMA
+from services.gateway_openapi_fields import ID, WHOLE, query
 from services.tokens import ROLES
 
 CHECKPOINT_TIMEOUT_S = 60.0  # a commit of a large worktree (as `fleet checkpoint`)
@@ -68,6 +70,12 @@ ADMIN_VERBS = frozenset(
     }
 )
 NOT_REST = frozenset({"create", "show", "output"})  # sent by the supervisor, or a GET below
+# Error statuses of a request on the bus, besides bad input: a reply that refuses for the
+# agent's state (409) or the sender's rate (429), nobody there or busy (503), no reply (504).
+READS = (429, 503, 504)
+COMMANDS = (409, *READS)
+BUS = (503, 504)
+REPLIES = {"probe_sandbox": "ProbesReply"}  # a command whose reply is not the agent's view
 
 
 class _Head(msgspec.Struct):
@@ -89,6 +97,11 @@ class Route:
     summary: str
     body: Any = None  # a msgspec type, for the OpenAPI document
     reply: str = "Reply"  # the component name of the success reply
+    status: int = 200  # the success status
+    errors: tuple[int, ...] = ()  # error statuses besides those the route's shape implies
+    query: tuple[dict[str, Any], ...] = field(default=(), compare=False)  # its ?parameters
+    content: str = "application/json"  # of the success reply ("": none, as a WebSocket's)
+    body_required: bool = False  # an empty body is refused even with no required field
 
 
 def _tag(cmd: type[c.Command]) -> str:
@@ -166,9 +179,20 @@ def agent_of(request: web.Request) -> str:
     return subjects.token(request.match_info["agent"])
 
 
+def _same_type(body: dict[str, Any], verb: str) -> None:
+    """A body's `type` may be left out (the path says it); one that names another is refused."""
+    if body.get("type", verb) != verb:
+        raise BadRequest(
+            f"the body's type ({str(body['type'])[:40]!r}) is not this route's command "
+            f"({verb}); leave type out or send it to /api/agents/{{id}}/{str(body['type'])[:40]}",
+            code="invalid_field",
+        )
+
+
 async def command(request: web.Request, verb: str, body: dict[str, Any]) -> web.Response:
     agent = agent_of(request)
     _no_by(body)
+    _same_type(body, verb)
     fields = {"id": uuid.uuid4().hex, **body, "type": verb, "by": _by(request)}
     raw = _encode(fields)
     replies.decode_request(raw, c.AgentCommand, "command")  # refuse here, with the sentence
@@ -187,7 +211,7 @@ def _verb_handler(verb: str) -> Handler:
 
 @role("viewer")
 async def list_agents(request: web.Request) -> web.StreamResponse:
-    removed = request.query.get("removed", "") in ("1", "true", "yes")
+    removed = query_flag(request, "removed")
     raw = _encode(ListRequest(removed=removed, by=_by(request)))
     nobody = RemoteError("no_responders", "no supervisor answers; is `fleet up` running?")
     return await ask(request, subjects.control("list"), raw, COMMAND_TIMEOUT_S, "list", nobody)
@@ -214,7 +238,7 @@ async def show(request: web.Request) -> web.StreamResponse:
 
 @role("admin")
 async def remove(request: web.Request) -> web.StreamResponse:
-    force = request.query.get("force", "") in ("1", "true", "yes")
+    force = query_flag(request, "force")
     return await command(request, "remove", {"force": force})
 
 
@@ -226,6 +250,19 @@ async def output(request: web.Request) -> web.StreamResponse:
     return await command(request, "output", fields)
 
 
+FLAGS = {"": False, "0": False, "false": False, "no": False, "1": True, "true": True, "yes": True}
+
+
+def query_flag(request: web.Request, name: str) -> bool:
+    """`?name=1|true|yes` (or 0|false|no, or nothing); any other value is refused."""
+    raw = request.query.get(name, "")
+    if raw not in FLAGS:
+        raise BadRequest(
+            f"query parameter {name} must be 1, true, yes, 0, false or no, not {raw!r}"
+        )
+    return FLAGS[raw]
+
+
 def query_int(request: web.Request, name: str, default: int = 0) -> int:
     raw = request.query.get(name)
     if raw is None:
@@ -234,6 +271,19 @@ def query_int(request: web.Request, name: str, default: int = 0) -> int:
         return int(raw)
     except ValueError:
         raise BadRequest(f"query parameter {name} must be a whole number, not {raw!r}") from None
+
+
+class PastTheEnd(FleetError):
+    """`?after=` names a sequence the agent's log has not reached: no such place (404)."""
+
+    code = "not_found"
+
+    def __init__(self, agent: str, after: int, last: int) -> None:
+        self.agent, self.after, self.last = agent, after, last
+        super().__init__(
+            f"query parameter after ({after}) is past the end of agent {agent}'s log, "
+            f"whose last event is sequence {last}"
+        )
 
 
 @role("viewer")
@@ -249,10 +299,7 @@ async def agent_events(request: web.Request) -> web.StreamResponse:
         if last == 0:
             raise UnknownAgent(agent)
         if after > last:
-            raise BadRequest(
-                f"query parameter after ({after}) is past the end of agent {agent}'s log, "
-                f"whose last event is sequence {last}"
-            )
+            raise PastTheEnd(agent, after, last)
     rows = await request.app[STORE].read(agent, after=after)
     if not rows and after == 0:
         raise UnknownAgent(agent)
@@ -293,7 +340,11 @@ async def create_ticket(request: web.Request) -> web.StreamResponse:
 
 class TokenRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     role: str
-    name: str = ""
+    name: str = ""  # an id: it is the `by` of each request the token sends, and what revokes it
+
+    def __post_init__(self) -> None:
+        if self.name:
+            validation.name(self.name, "token name")
 
 
 @role("admin")
@@ -374,15 +425,29 @@ def _command_routes() -> list[Route]:
                 _verb_handler(verb),
                 f"{verb}: {summary}",
                 body=cmd,
-                reply="AgentReply",
+                reply=REPLIES.get(verb, "AgentReply"),
+                errors=COMMANDS,
             )
         )
     return found
 
 
+_REMOVED = query("removed", FLAGS_SCHEMA, "also list removed agents (1, true or yes)")
+_FORCE = query("force", FLAGS_SCHEMA, "remove even a worktree with unsaved work")
+_WINDOW = query("window", ID, "the tmux window (default: agent)")
+_LINES = query("lines", WHOLE, "how many lines of scrollback (default 200, at most 50,000)")
+_AFTER = query("after", {"type": "integer", "minimum": 0}, "events after this sequence")
+_LAST = query("limit", WHOLE, "only the last LIMIT events (0 or less: all)")
+
 ROUTES: list[Route] = [
     Route(
-        "GET", "/api/agents", list_agents, "list agents (the supervisor's list)", reply="ListReply"
+        "GET",
+        "/api/agents",
+        list_agents,
+        "list agents (the supervisor's list)",
+        reply="ListReply",
+        errors=BUS,
+        query=(_REMOVED,),
     ),
     Route(
         "POST",
@@ -391,26 +456,55 @@ ROUTES: list[Route] = [
         "spawn an agent (the supervisor's spawn)",
         SpawnRequest,
         "AgentReply",
+        status=201,
+        errors=(404, *COMMANDS),  # 404: an unknown template
     ),
-    Route("GET", "/api/agents/{agent}", show, "show one agent", reply="AgentReply"),
-    Route("DELETE", "/api/agents/{agent}", remove, "remove an agent for good", reply="AgentReply"),
+    Route("GET", "/api/agents/{agent}", show, "show one agent", reply="AgentReply", errors=READS),
+    Route(
+        "DELETE",
+        "/api/agents/{agent}",
+        remove,
+        "remove an agent for good",
+        reply="AgentReply",
+        errors=COMMANDS,
+        query=(_FORCE,),
+    ),
     Route(
         "GET",
         "/api/agents/{agent}/events",
         agent_events,
         "the agent's event log",
         reply="EventsReply",
+        errors=(503,),
+        query=(_AFTER, _LAST),
     ),
-    Route("GET", "/api/agents/{agent}/output", output, "the agent's screen", reply="OutputReply"),
+    Route(
+        "GET",
+        "/api/agents/{agent}/output",
+        output,
+        "the agent's screen",
+        reply="OutputReply",
+        errors=READS,
+        query=(_WINDOW, _LINES),
+    ),
     *_command_routes(),
     Route("GET", "/api/tokens", list_tokens, "list tokens (digests are never shown)"),
-    Route("POST", "/api/tokens", create_token, "create a token", TokenRequest, "TokenReply"),
+    Route(
+        "POST",
+        "/api/tokens",
+        create_token,
+        "create a token",
+        TokenRequest,
+        "TokenReply",
+        status=201,
+    ),
     Route(
         "POST",
         "/api/alertmanager",
         alertmanager,
         "Alertmanager webhook receiver",
         AlertmanagerPayload,
+        body_required=True,
     ),
     Route(
         "POST",
@@ -419,12 +513,16 @@ ROUTES: list[Route] = [
         "a single-use ticket (30 s) to open one WebSocket with ?ticket=, as this token",
         TicketRequest,
         "TicketReply",
+        errors=(429,),
     ),
     Route(
         "GET",
         "/ws/events",
         ws_events,
         "WebSocket of live events (?agent=a1,a2; ?ticket= from POST /api/tickets)",
+        status=101,
+        content="",
+        query=(query("agent", {"type": "string"}, "only these agents (ids, comma-separated)"),),
     ),
     Route(
         "GET",
@@ -432,9 +530,16 @@ ROUTES: list[Route] = [
         ws_term,
         "WebSocket terminal onto the agent's pane (?cols=&rows=; viewers read only; "
         "?ticket= from POST /api/tickets)",
+        status=101,
+        content="",
+        query=(
+            query("cols", WHOLE, "columns"),
+            query("rows", WHOLE, "rows"),
+            query("readonly", {"type": "string"}, "1: an operator's terminal that only reads"),
+        ),
     ),
-    Route("GET", "/healthz", healthz, "liveness, and whether NATS is connected"),
-    Route("GET", "/metrics", metrics, "Prometheus metrics"),
+    Route("GET", "/healthz", healthz, "liveness, and whether NATS is connected", errors=(503,)),
+    Route("GET", "/metrics", metrics, "Prometheus metrics", content="text/plain"),
     Route("GET", "/openapi.json", openapi, "this document"),
 ]
 

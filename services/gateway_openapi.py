@@ -17,7 +17,8 @@ from schemas.control import AgentView
 from schemas.events import AgentEvent
 from schemas.health import Observation
 from schemas.mail import InboxItem
-from schemas.replies import ErrorReply
+from schemas.replies import MAX_REQUEST_BYTES, ErrorReply
+from services import gateway_openapi_fields as fields
 
 if TYPE_CHECKING:
     from services.gateway_api import Route
@@ -46,6 +47,17 @@ class EventsReply(msgspec.Struct, frozen=True):
 class OutputReply(msgspec.Struct, frozen=True):
     ok: bool
     output: str
+
+
+class SandboxProbe(msgspec.Struct, frozen=True):
+    probe: str  # a way out of the sandbox, tried from inside it
+    held: bool  # True: the sandbox stopped it
+    detail: str
+
+
+class ProbesReply(msgspec.Struct, frozen=True):
+    ok: bool
+    probes: list[SandboxProbe]
 
 
 class TokenReply(msgspec.Struct, frozen=True):
@@ -121,6 +133,7 @@ _REPLIES = (
     ListReply,
     EventsReply,
     OutputReply,
+    ProbesReply,
     TokenReply,
     TicketReply,
     Reply,
@@ -151,9 +164,10 @@ def _document(routes: tuple[Route, ...]) -> bytes:
     (_, *_refs), components = msgspec.json.schema_components(
         [*_REPLIES, *bodies], ref_template=_REF
     )
+    fields.constrain(components)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, components)
     doc = {
         "openapi": "3.1.0",
         "info": {
@@ -161,7 +175,9 @@ def _document(routes: tuple[Route, ...]) -> bytes:
             "version": "1",
             "description": "REST over fleetd's NATS commands. Errors are "
             '`{"ok": false, "error": {"code", "message"}}` with a 4xx (a refused '
-            "request) or a 500 (a bug, with an error_id in the log).",
+            "request, its sentence says why) or a 5xx: 500 is a bug (its error_id names the "
+            "traceback in the gateway's log), 503 and 504 a part of the fleet that did not "
+            "answer in time.",
         },
         "paths": paths,
         "components": {
@@ -182,44 +198,85 @@ def _document(routes: tuple[Route, ...]) -> bytes:
     return msgspec.json.encode(doc)
 
 
-def _operation(route: Route) -> dict[str, Any]:
+# What each error status means; every one carries an ErrorReply.
+_ERRORS = {
+    400: "refused: the request is not one the gateway or the agent takes (the sentence says why)",
+    401: "no token, or one the gateway does not know",
+    403: "the token's role is too small for this route",
+    404: "no such agent (or checkpoint, service, template, window)",
+    409: "the agent's state does not allow it now, or it exists already",
+    413: f"the request body is over {MAX_REQUEST_BYTES // 1024} KiB",
+    429: "too many (agents, tickets, messages): the sentence says when to try again",
+    500: "a bug: error_id names the traceback in the gateway's log",
+    503: "a part of the fleet is not there or busy: nothing was done, try again",
+    504: "no reply in time: it may still finish",
+}
+
+
+def _statuses(route: Route, needed: str, params: list[str]) -> list[int]:
+    """The statuses the route answers with besides its success."""
+    found = {500, *route.errors}
+    if needed != "public":
+        found.add(401)
+    if needed in ("operator", "admin"):
+        found.add(403)
+    if params or route.body is not None or route.query:
+        found.add(400)
+    if "agent" in params:
+        found.add(404)
+    if route.body is not None:
+        found.add(413)
+    return sorted(found)
+
+
+def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
     needed = getattr(route.handler, "fleet_role", "viewer")
+    params = [seg[1:-1] for seg in route.path.split("/") if seg.startswith("{")]
+    success: dict[str, Any] = {"description": "ok"}
+    if route.content == "application/json":
+        success["content"] = {route.content: {"schema": _ref(route.reply)}}
+    elif route.content:
+        success["content"] = {route.content: {"schema": {"type": "string"}}}
+    responses = {str(route.status): success}
+    for status in _statuses(route, needed, params):
+        responses[str(status)] = {
+            "description": _ERRORS[status],
+            "content": {"application/json": {"schema": _ref(ErrorReply)}},
+        }
     op: dict[str, Any] = {
         "summary": route.summary,
         "description": _ROLE_NOTE[needed],
         "operationId": f"{route.method.lower()}_{route.handler.__name__}",
-        "responses": {
-            "200": {
-                "description": "ok",
-                "content": {"application/json": {"schema": _ref(route.reply)}},
-            },
-            "default": {
-                "description": "an error",
-                "content": {"application/json": {"schema": _ref(ErrorReply)}},
-            },
-        },
+        "responses": responses,
     }
     if needed == "public":
         op["security"] = []
     elif getattr(route.handler, "fleet_websocket", False):
         op["security"] = [{"bearer": []}, {"ticket": []}]
-    params = [seg[1:-1] for seg in route.path.split("/") if seg.startswith("{")]
-    if params:
-        op["parameters"] = [
-            {"name": p, "in": "path", "required": True, "schema": ID_SCHEMA} for p in params
-        ]
+    parameters = [{"name": p, "in": "path", "required": True, "schema": ID_SCHEMA} for p in params]
+    parameters += [{"in": "query", "required": False, **q} for q in route.query]
+    if parameters:
+        op["parameters"] = parameters
     if route.body is not None:
-        schema: dict[str, Any] = _ref(route.body)
-        if "by" in getattr(route.body, "__struct_fields__", ()):
-            # The same component describes the NATS form, where `by` names the sender; over
-            # REST the sender is the token, and a body with `by` is refused.
-            schema = {**schema, "properties": {"by": False}}
-        op["requestBody"] = {"content": {"application/json": {"schema": schema}}}
+        name = route.body.__name__
+        verb = name_of_verb(route)
+        schema = fields.rest_body(components[name], verb)
+        required = bool(schema["required"]) or route.body_required
+        op["requestBody"] = {
+            "required": required,
+            "content": {"application/json": {"schema": schema}},
+        }
     return op
 
 
+def name_of_verb(route: Route) -> str | None:
+    """The command verb a route sends (`POST /api/agents/{agent}/<verb>`), else None."""
+    tag = getattr(route.body, "__struct_config__", None)
+    return str(tag.tag) if tag is not None and isinstance(tag.tag, str) else None
+
+
 # Every path parameter is an id: one NATS subject token (schemas/subjects.py `token`).
-ID_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+ID_SCHEMA = fields.ID
 
 
 def document(routes: list[Route]) -> bytes:

@@ -54,6 +54,20 @@ async def test_errors_keep_the_reply_shape_with_a_4xx(
     async with http.post(gw.url + "/api/agents/bad.id/pause", headers=gw.headers("admin")) as r:
         assert r.status == 400
         assert (await r.json())["error"]["code"] == "invalid_name"
+    pause = gw.url + "/api/agents/ghost/pause"
+    async with http.post(pause, headers=gw.headers("operator"), json={"type": "stop"}) as r:
+        assert r.status == 400  # a body naming another command is not that command
+        assert "is not this route's command (pause)" in (await r.json())["error"]["message"]
+    status, body = await get_json(http, gw.url + "/api/agents?removed=maybe", gw.headers("viewer"))
+    assert status == 400, body
+    assert "must be 1, true, yes, 0, false or no, not 'maybe'" in str(body["error"])
+    tokens = gw.url + "/api/tokens"
+    for name in ("two words", "x" * 65, "line\nbreak"):  # it becomes each request's `by`
+        async with http.post(
+            tokens, headers=gw.headers("admin"), json={"role": "viewer", "name": name}
+        ) as r:
+            assert r.status == 400, name
+            assert (await r.json())["error"]["code"] == "invalid_name"
 
 
 async def test_the_log_and_live_events_filtered_by_agent(
@@ -77,7 +91,7 @@ async def test_the_log_and_live_events_filtered_by_agent(
     assert msg["events"][0]["detail"] == "Proceed? [y/n]"
 
 
-async def test_events_after_out_of_range_is_a_400_with_a_sentence(
+async def test_events_after_out_of_range_is_a_4xx_with_a_sentence(
     gw: Gateway, http: aiohttp.ClientSession
 ) -> None:
     await gw.append("e1", *created("e1"))
@@ -87,15 +101,19 @@ async def test_events_after_out_of_range_is_a_400_with_a_sentence(
     last = body["events"][-1]["seq"]  # type: ignore[index]
     status, body = await get_json(http, f"{url}{last}", gw.headers("viewer"))
     assert (status, body) == (200, {"ok": True, "events": []})  # nothing new is not an error
-    for bad, needle in (
-        ("-1", "must be 0 or more"),
-        (str(last + 1), f"past the end of agent e1's log, whose last event is sequence {last}"),
-        (str(2**70), "past the end"),
-        ("abc", "must be a whole number"),
-        ("1.5", "must be a whole number"),
+    for bad, needle, code in (
+        ("-1", "must be 0 or more", 400),
+        (
+            str(last + 1),
+            f"past the end of agent e1's log, whose last event is sequence {last}",
+            404,
+        ),
+        (str(2**70), "past the end", 404),  # a place the log has not reached: not a bad request
+        ("abc", "must be a whole number", 400),
+        ("1.5", "must be a whole number", 400),
     ):
         status, body = await get_json(http, url + bad, gw.headers("viewer"))
-        assert status == 400, (bad, body)
+        assert status == code, (bad, body)
         assert needle in body["error"]["message"], (bad, body)  # type: ignore[index]
     status, body = await get_json(
         http, gw.url + "/api/agents/ghost/events?after=3", gw.headers("viewer")
@@ -117,7 +135,15 @@ async def test_openapi_is_generated_from_the_types(
     assert paths["/api/tickets"]["post"]["responses"]["200"]
     assert paths["/ws/events"]["get"]["security"] == [{"bearer": []}, {"ticket": []}]
     pause_body = paths["/api/agents/{agent}/pause"]["post"]["requestBody"]
-    assert pause_body["content"]["application/json"]["schema"]["properties"] == {"by": False}
+    schema = pause_body["content"]["application/json"]["schema"]
+    assert schema["properties"]["by"] is False  # the sender is the token
+    assert schema["properties"]["type"] == {"enum": ["pause"]} and schema["required"] == []
+    send = paths["/api/agents/{agent}/send"]["post"]["requestBody"]["content"]
+    assert "pattern" in send["application/json"]["schema"]["properties"]["text"]
+    spawned = paths["/api/agents"]["post"]["responses"]
+    assert {"201", "400", "401", "403", "404", "409", "413", "429", "500"} <= set(spawned)
+    assert "default" not in spawned  # each status is listed, so a new one is a finding
+    assert "text/plain" in paths["/metrics"]["get"]["responses"]["200"]["content"]
 
 
 async def test_metrics_fold_the_log(gw: Gateway, http: aiohttp.ClientSession) -> None:
@@ -169,11 +195,24 @@ async def test_the_dashboard_is_served_without_a_token(
 async def test_a_real_fleet_through_rest(fleet: Fleet, repo: Path) -> None:
     async for gw in run_gateway(fleet.nats_url, fleet.state_dir):
         async with aiohttp.ClientSession() as http:
+            admin = gw.headers("admin")
+            for payload, code in (
+                ({"repo": str(repo.parent / "nowhere")}, "not_a_repository"),
+                ({"repo": "/" + "x" * 300}, "not_a_repository"),  # too long a name for the OS
+                ({"repo": str(repo), "base_ref": "nope", "name": "g0"}, "unknown_ref"),
+            ):
+                async with http.post(gw.url + "/api/agents", headers=admin, json=payload) as r:
+                    found = await r.json()
+                    assert (r.status, found["error"]["code"]) == (404, code), found
             body = await spawn(http, gw, repo, "g1")
             assert body["agent"]["lifecycle"] == "RUNNING"
             status, listed = await get_json(http, gw.url + "/api/agents", gw.headers("viewer"))
             assert status == 200
-            assert [a["id"] for a in listed["agents"]] == ["g1"]  # type: ignore[union-attr]
+            found = {a["id"]: a["lifecycle"] for a in listed["agents"]}  # type: ignore[union-attr]
+            assert found == {"g0": "ERROR", "g1": "RUNNING"}  # g0 with its cause, as any spawn
+            nope = gw.url + "/api/agents/g1/output?window=nope"
+            status, body = await get_json(http, nope, gw.headers("viewer"))
+            assert (status, body["error"]["code"]) == (404, "unknown_window"), body  # type: ignore[index]
             stop = gw.url + "/api/agents/g1/stop"
             async with http.post(stop, headers=gw.headers("viewer")) as r:
                 assert r.status == 403

@@ -143,6 +143,8 @@ async def test_mail_refuses_bad_input_with_one_sentence(
     assert status == 400 and "empty" in body["error"]["message"]
     status, body = await post(http, url, op, {"body": "hi", "priority": "urgent"})
     assert status == 400 and "critical, high, normal, low" in body["error"]["message"]
+    status, body = await post(http, url, op, {"body": "hi", "ttl_s": 3.1e307})
+    assert status == 400 and "must be 0 (no TTL) to 31536000 s" in body["error"]["message"]
     status, body = await post(http, url, op, {"body": "x" * (MAX_REQUEST_BYTES + 10)})
     assert status == 413 and body["error"]["code"] == "payload_too_large"
     assert "request body" in body["error"]["message"]
