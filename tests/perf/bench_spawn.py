@@ -23,9 +23,12 @@ from actors import supervisor
 from actors.agent import AgentConfig
 from actors.supervisor import FleetConfig
 from infra import procs
+from infra.eventstore import EventStore
 from infra.nats import connect
 from infra.tmux import Tmux
+from schemas import events as e
 from schemas import subjects
+from schemas.states import Lifecycle as L
 from tests.perf.common import emit, git_repo, log, nats_and_ray, p50
 
 WARM, COLD, MANY = 10, 8, 50
@@ -167,6 +170,41 @@ async def _stop_and_memory(nc: Client, repo: Path, root: Path) -> None:
         subprocess.run(["tmux", "-L", "bench-floor", "kill-session", "-t", f"=s{i}"], check=True)
         floor.append((time.perf_counter() - t) * 1000)
     emit("stop_p50_ms", p50(samples), "ms", p50(floor), "floor: tmux new-session + kill-session")
+    await _where_stops_went(nc)
+
+
+async def _where_stops_went(nc: Client) -> None:
+    """From each stopped agent's log: how long its checkpoint, its session's end and the rest
+    took (medians), logged beside the figure."""
+    phases: dict[str, list[float]] = {"checkpoint": [], "session": [], "after": []}
+    store = EventStore(nc)
+    for i in range(WARM):
+        log_ = [s.event for s in await store.read(f"w{i}") if s.event is not None]
+        stopping = [
+            ev.at for ev in log_ if isinstance(ev, e.LifecycleChanged) and ev.to is L.STOPPING
+        ]
+        taken = [ev.at for ev in log_ if isinstance(ev, e.CheckpointTaken)]
+        closed = [ev.at for ev in log_ if isinstance(ev, e.SessionClosed)]
+        stopped = [
+            ev.at for ev in log_ if isinstance(ev, e.LifecycleChanged) and ev.to is L.STOPPED
+        ]
+        if not (stopping and taken and closed and stopped):
+            continue
+        ms = [
+            (b - a).total_seconds() * 1000
+            for a, b in (
+                (stopping[-1], taken[-1]),
+                (taken[-1], closed[-1]),
+                (closed[-1], stopped[-1]),
+            )
+        ]
+        for name, value in zip(phases, ms, strict=True):
+            phases[name].append(value)
+    if phases["checkpoint"]:
+        log(
+            "spawn: a stop's time, medians: "
+            + ", ".join(f"{name} {p50(values):.0f} ms" for name, values in phases.items())
+        )
 
 
 async def _show(nc: Client, agent_id: str) -> dict[str, Any]:
