@@ -128,6 +128,12 @@ def codex_key(home: Path, repo: Path) -> None:
     (home / ".codex" / "auth.json").write_text('{"OPENAI_API_KEY": "sk-test-not-a-key"}')
 
 
+def codex_trusted(home: Path, repo: Path) -> None:
+    codex_key(home, repo)
+    trusted = f'[projects."{repo}"]\ntrust_level = "trusted"\n'
+    (home / ".codex" / "config.toml").write_text(trusted)
+
+
 def gemini_trusted(home: Path, repo: Path, key_chosen: bool = False) -> None:
     (home / ".gemini").mkdir()
     (home / ".gemini" / "trustedFolders.json").write_text(json.dumps({str(repo): "TRUST_FOLDER"}))
@@ -155,6 +161,11 @@ CASES = {
                            seed=lambda h, r: gemini_trusted(h, r, key_chosen=True),
                            keys=("Enter",)),
     "aider-gitignore": Case("aider", venv, A.AWAITING_INPUT, ".gitignore"),
+    # At the prompt the quit text is typed, and then Enter on its own.
+    "codex-ready": Case("codex", npm, A.READY, "Ask Codex", seed=codex_trusted),
+    "gemini-ready": Case("gemini", npm, A.READY, "Type your message",
+                         seed=lambda h, r: gemini_trusted(h, r, key_chosen=True),
+                         env={"GEMINI_API_KEY": "not-a-key"}),
 }  # fmt: skip
 
 
@@ -186,7 +197,8 @@ def test_a_stop_at_a_first_screen_answers_nothing(
     pid = _agent_pid(tmux, session)
     mine = _processes_of(pid, home)
 
-    asyncio.run(quit_assistant(tmux, session, profile, pid, BUDGET_S))
+    exited = asyncio.run(quit_assistant(tmux, session, profile, pid, BUDGET_S))
+    last = tmux.capture(session, "agent", None, False)
     tmux.end_session(session, 5.0, 10.0)  # what `_close` does with what is left
 
     after = fingerprint(home, repo)
@@ -194,6 +206,7 @@ def test_a_stop_at_a_first_screen_answers_nothing(
                if before.get(p) != after.get(p)}  # fmt: skip
     assert not changed, f"{name}: the stop changed the user's files: {changed}\n{screen}"
     _wait_gone(mine | _processes_of(None, home), name)
+    assert exited, f"{name}: it had to be ended with signals; its screen then:\n{last}"
 
 
 def _reach(tmux: Tmux, session: str, profile: AssistantProfile, case: Case) -> str:
