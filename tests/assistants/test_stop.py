@@ -321,3 +321,23 @@ def _git_repo(repo: Path) -> None:
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "init"], check=True)
+
+
+def test_a_shell_asking_for_a_password_is_not_given_the_quit_text(
+    tmux: Tmux, tmp_path: Path
+) -> None:
+    """bash at a password prompt: its cancel key (Ctrl-C) first, then `exit` at the prompt.
+    The old stop's `exit` and Enter became the password."""
+    profile = BUILTIN["shell"]
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "TERM": "xterm-256color"}
+    tmux.create_session("fleet-s2", tmp_path, env, command_for_agent=profile.command)
+    asks = 'read -s -p "Password: " p; echo "got:$p" > typed.txt'
+    _wait_screen(tmux, "fleet-s2", lambda s: classify(s, profile) is A.READY, "a prompt")
+    tmux.send_text("fleet-s2", "agent", asks)
+    screen = _wait_screen(
+        tmux, "fleet-s2", lambda s: classify(s, profile) is A.AWAITING_INPUT, "the password"
+    )
+    assert detail(screen, profile, A.AWAITING_INPUT) == "Password:"
+    pid = _agent_pid(tmux, "fleet-s2")
+    assert asyncio.run(quit_assistant(tmux, "fleet-s2", profile, pid, BUDGET_S))
+    assert not (tmp_path / "typed.txt").exists(), (tmp_path / "typed.txt").read_text()
