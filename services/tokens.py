@@ -32,6 +32,7 @@ from pathlib import Path
 import msgspec
 
 from infra.config import now_utc
+from schemas import validation
 from schemas.errors import FleetError
 
 ROLES = ("viewer", "operator", "admin")
@@ -194,6 +195,8 @@ class TokenStore:
         """Make a new token with `role`; returns the token (only its digest is stored)."""
         if role not in ROLES:
             raise InvalidRole(role)
+        if name:  # it is the `by` of each request the token sends: one id, as an agent's name
+            validation.name(name, "token name")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self._changing() as entries:
             entries[digest(token)] = TokenEntry(role=role, name=name or role, created_at=now_utc())

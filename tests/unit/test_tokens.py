@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from schemas.errors import InvalidName
 from services.gateway_auth import MAX_TICKETS_PER_TOKEN, Tickets, TooManyTickets, Unauthorized
 from services.tokens import TOKENS_FILE, InvalidRole, TokenStore, digest
 
@@ -114,6 +115,10 @@ def test_revoke_removes_every_token_of_the_name_and_nothing_else(tmp_path: Path)
     assert store.check(kept) is not None
     with pytest.raises(InvalidRole, match="expected one of viewer, operator, admin"):
         store.create("root")
+    for name in ("two words", "x" * 65, "line\nbreak"):  # a sentence, and no token made
+        with pytest.raises(InvalidName, match="invalid token name"):
+            store.create("viewer", name)
+    assert len(store.entries()) == 1
 
 
 class Clock:
