@@ -26,6 +26,7 @@ from schemas.templates import ExecProbe, HttpProbe, LogProbe, Probe, TcpProbe
 Output = Callable[[], str]
 OnChange = Callable[[bool, "ProbeResult"], Awaitable[None]]
 STATUS_LINE_MAX = 8192
+EXCUSE_FOR_S = 60.0  # the longest a starved service's timed-out checks go uncounted in a row
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class ProbeResult:
     ok: bool
     detail: str  # what was seen: "HTTP 200", "connection refused", "exit 1", ...
     ms: float
+    timed_out: bool = False  # no answer within the probe's timeout (not a refusal, not a bad one)
 
 
 def kind(probe: Probe) -> str:
@@ -81,7 +83,8 @@ async def check(
         async with asyncio.timeout(probe.timeout_s):
             ok, detail = await _check(probe, ports, cwd, output, env or {})
     except TimeoutError:
-        ok, detail = False, f"no answer within {probe.timeout_s:g}s"
+        detail = f"no answer within {probe.timeout_s:g}s"
+        return ProbeResult(False, detail, (time.perf_counter() - began) * 1000, timed_out=True)
     except (OSError, LookupError, ValueError) as e:
         ok, detail = False, _reason(e)
     return ProbeResult(ok, detail, (time.perf_counter() - began) * 1000)
@@ -267,17 +270,31 @@ async def run(
     output: Output | None = None,
     env: Mapping[str, str] | None = None,
     until_ok: bool = False,
+    excuse: Callable[[], bool] | None = None,
+    excuse_for_s: float = EXCUSE_FOR_S,
 ) -> ProbeResult:
     """Probe every `period_s` after `initial_delay_s`, calling `on_change` at each change.
 
     Runs until cancelled; with `until_ok`, returns the result that first made it pass.
+    A check that timed out while `excuse()` says so (the service is starved of CPU: see
+    infra/pressure.py) is not counted, for at most `excuse_for_s` in a row: a service that
+    does not answer for longer is judged as if it were not excused.
     """
     await asyncio.sleep(probe.initial_delay_s)
     loop = asyncio.get_running_loop()
     counts = Thresholds(probe)
+    excused_since: float | None = None
     while True:
         began = loop.time()
         result = await check(probe, ports=ports, cwd=cwd, output=output, env=env)
+        if result.timed_out and excuse is not None:
+            within = excused_since is None or began - excused_since < excuse_for_s
+            if within and await asyncio.to_thread(excuse):
+                excused_since = began if excused_since is None else excused_since
+                await asyncio.sleep(max(0.0, probe.period_s - (loop.time() - began)))
+                continue
+        elif not result.timed_out:
+            excused_since = None
         change = counts.observe(result.ok)
         if change is not None:
             await on_change(change, result)

@@ -35,7 +35,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from infra import probes
+from infra import pressure, probes
 from infra.eventstore import EventStore, Stored
 from schemas import events as e
 from schemas import replies, subjects
@@ -226,10 +226,23 @@ class HealthService:
             async def changed(ok: bool, result: probes.ProbeResult, kind: str = kind) -> None:
                 await self.verdict(w, service, kind, ok, result.detail, result.ms)
 
-            run = probes.run(probe, ports=ports, cwd=cwd, on_change=changed)
+            run = probes.run(
+                probe, ports=ports, cwd=cwd, on_change=changed, excuse=self._starving(w, service)
+            )
             if kind == "liveness" and spec.readiness is not None and spec.readiness.log is None:
                 run = self._once_ready(w, service, run)
             w.probes[(service, kind)] = asyncio.ensure_future(run)
+
+    def _starving(self, w: Watched, service: str) -> Callable[[], bool]:
+        """Whether the service's timed-out check is the machine's overload, not the service's
+        hang (infra/pressure.py): then it is not counted, and the ladder does not restart a
+        service for waiting its turn, which is how an overload became a spiral."""
+
+        def starved() -> bool:
+            svc = w.state.services.get(service)
+            return svc is not None and pressure.starved(svc.pid)
+
+        return starved
 
     async def _once_ready(
         self, w: Watched, service: str, run: Coroutine[Any, Any, probes.ProbeResult]

@@ -153,3 +153,56 @@ async def test_runner_waits_for_readiness_and_reports_changes(server: dict[str, 
     result = await probes.wait_ok(probe, ports={"web": port}, cwd=".", on_change=record)
     await (await later).cleanup()
     assert result.ok and changes == [(False, "connection refused"), (True, "HTTP 200")]
+
+
+async def test_a_timed_out_check_is_not_counted_while_excused_then_is(
+    server: dict[str, int],
+) -> None:
+    """A starved service's timeouts (infra/pressure.py) are not counted, for a bounded time."""
+    probe = Probe(
+        http=HttpProbe(port="http", path="/slow"), period_s=0.02, timeout_s=0.05,
+        failure_threshold=1,
+    )  # fmt: skip
+    changes: list[tuple[bool, str]] = []
+    seen_at_excuse: list[int] = []
+
+    async def record(ok: bool, result: probes.ProbeResult) -> None:
+        changes.append((ok, result.detail))
+
+    def excuse() -> bool:
+        seen_at_excuse.append(len(changes))
+        return True
+
+    task = asyncio.create_task(
+        probes.run(probe, ports=server, cwd=".", on_change=record, excuse=excuse, excuse_for_s=0.3)
+    )
+    try:
+        deadline = asyncio.get_running_loop().time() + GUARD_S
+        while not changes:
+            assert asyncio.get_running_loop().time() < deadline, "no verdict after the excuse"
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+    assert seen_at_excuse and set(seen_at_excuse) == {0}, seen_at_excuse  # none counted
+    assert changes[0] == (False, "no answer within 0.05s"), changes
+
+
+async def test_a_refused_check_is_never_excused() -> None:
+    probe = Probe(http=HttpProbe(port="web", path="/"), period_s=0.02, failure_threshold=1)
+    asked: list[bool] = []
+    got: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    async def record(ok: bool, _: probes.ProbeResult) -> None:
+        if not got.done():
+            got.set_result(ok)
+
+    run = probes.run(
+        probe, ports={"web": free_port()}, cwd=".", on_change=record,
+        excuse=lambda: asked.append(True) or True,
+    )  # fmt: skip
+    task = asyncio.create_task(run)
+    try:
+        assert await asyncio.wait_for(got, GUARD_S) is False
+    finally:
+        task.cancel()
+    assert asked == []  # connection refused is an answer: nothing to excuse
