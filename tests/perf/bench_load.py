@@ -1,15 +1,15 @@
 """Group `load`: many agents under a steady load, then a kill -9 of the whole control plane.
 
 N agents (`FLEET_BENCH_LOAD_AGENTS`, default 200), each a shell with one HTTP service whose
-readiness and liveness the health service probes every 2 s (Kubernetes' default is 10 s; at
-0.5 s readiness the probes alone, 500 a second, took a third of this 2-core machine), run for `FLEET_BENCH_LOAD_S` seconds (default
-600) while mail flows (sent to random agents at every priority, read and acked by a reader)
-and commands flow (`send` of a line typed into the agent's shell, each an `input.sent` event).
-Then the control plane crashes: `fleet up`'s process group (`fleet up` and its nats-server)
-is killed with SIGKILL (tests/perf/plane.py). Its local Ray daemon, with the supervisor and
-agent actors in it, lives on beside it, as the agents' tmux server does. `fleet up` is
-started again, and the time until it lists all N agents RUNNING again (each actor answering)
-is taken.
+readiness and liveness the health service probes every 2 s (Kubernetes' default is 10 s; at 0.5
+s readiness the probes alone, 500 a second, took a third of this 2-core machine), run for
+`FLEET_BENCH_LOAD_S` seconds (default 600) while mail flows (sent to random agents at every
+priority, read and acked by a reader) and commands flow (`send` of a line typed into the
+agent's shell, each an `input.sent` event). Then the control plane crashes: `fleet up`'s
+process group (`fleet up` and its nats-server) is killed with SIGKILL (tests/perf/plane.py).
+Its local Ray daemon, with the supervisor and agent actors in it, lives on beside it, as the
+agents' tmux server does. `fleet up` is started again, and the time until it lists all N agents
+RUNNING again (each actor answering) is taken.
 
 Figures:
 - `load_<N>_agents_lost`: acknowledged commands whose `input.sent` is not in the agent's log,
