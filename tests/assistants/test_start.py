@@ -116,6 +116,24 @@ async def first_screen(tmux: Tmux, session: str, what: str) -> str:
     return await asyncio.to_thread(shown)
 
 
+async def seen_in_sandbox(tmux: Tmux, session: str, worktree: str, folder: Path) -> list[str]:
+    """Which entries of `folder` (as this side sees them) exist for a shell of the agent (its
+    services window, in the same sandbox as the assistant); the answer goes through the
+    worktree, the one place it may write. (Landlock refuses to list the folder itself.)"""
+    out = Path(worktree) / f".seen-{folder.name}"
+    names = " ".join(shlex.quote(p.name) for p in sorted(folder.iterdir()))
+    where = shlex.quote(str(folder))
+    line = f"for n in {names}; do [ -e {where}/$n ] && echo $n; done > {out.name}"
+    line += f"; echo END >> {out.name}"
+    await asyncio.to_thread(tmux.send_text, session, "services", line)
+
+    async def listed() -> bool:
+        return out.exists() and out.read_text().endswith("END\n")
+
+    await until(listed, f"the agent's shell to look into {folder}", GUARD_S)
+    return out.read_text().split()[:-1]
+
+
 def keep_screen(way: Way, screen: str) -> None:
     path = SCREENS / f"{way.template}-{VERSIONS[way.program]}-first.txt"
     if way.capture and (os.environ.get("FLEET_SAVE_SCREENS") == "1" or not path.exists()):
@@ -160,6 +178,10 @@ async def test_starts_in_its_sandbox(
                 lambda: asyncio.to_thread(lambda: list(tmp.glob("codex-daemon-*"))),
                 f"codex's daemon folder in agent {way.agent}'s /tmp ({tmp})", GUARD_S,
             )  # fmt: skip
+        # Exactly its install is there: of the cache folder, only the part this way made.
+        mine = folder.relative_to(assistants.root).parts[0]
+        seen = await seen_in_sandbox(tmux, session, reply["agent"]["worktree"], assistants.root)
+        assert seen == [mine], seen
         doctor = await asyncio.to_thread(fleet_cli, fleet.env, "doctor", "--sandbox", way.agent)
         assert doctor.returncode == 0 and "every probe held" in doctor.stdout, doctor
     finally:
