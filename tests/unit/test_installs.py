@@ -115,3 +115,21 @@ def test_shebangs(tmp_path: Path) -> None:
     trampoline = '#!/bin/sh\n\'\'\'exec\' "/a long/venv/bin/python" "$0" "$@"'  # pip's, uv's
     assert shebang(str(script(tmp_path / "d", trampoline))) == "/a long/venv/bin/python"
     assert shebang(os.devnull) is None
+
+
+def test_homebrew_grants_the_kegs_of_the_formula_and_of_its_node(tmp_path: Path) -> None:
+    """Homebrew on Linux: bin/gemini links into the formula's keg, whose script names the node
+    formula through the `opt` link (a link to a folder, not to the file)."""
+    brew = tmp_path / "linuxbrew" / ".linuxbrew"
+    node = script(brew / "Cellar" / "node" / "22.1.0" / "bin" / "node", "")
+    link(brew / "opt" / "node", "../Cellar/node/22.1.0")
+    keg = brew / "Cellar" / "gemini-cli" / "0.61.0"
+    real = keg / "libexec" / "lib" / "node_modules" / "@google" / "gemini-cli" / "gemini.js"
+    script(real, f"#!{brew}/opt/node/bin/node")
+    shown = link(brew / "bin" / "gemini", "../Cellar/gemini-cli/0.61.0/libexec/lib/node_modules"
+                 "/@google/gemini-cli/gemini.js")  # fmt: skip
+    got = grants(find("gemini", str(shown.parent)), str(shown.parent))
+    assert str(shown) in got and str(keg / "libexec" / "lib" / "node_modules") in got
+    assert str(brew / "opt" / "node" / "bin" / "node") in got  # where the shebang looks
+    assert str(node.parents[1]) in got  # the node keg itself
+    assert str(brew) not in got and str(brew / "Cellar") not in got
