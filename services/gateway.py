@@ -265,9 +265,10 @@ async def _watch_tokens(app: web.Application) -> AsyncIterator[None]:
 
 async def _read_log(app: web.Application) -> Subscription:
     """Follow the whole log (from its start) into the metrics, with an ordered consumer;
-    an event that does not verify is refused (logged) and not counted."""
+    an event that does not verify is refused (logged, counted in `fleet_events_refused`) and
+    not folded."""
     metrics = app[METRICS]
-    check = LiveCheck(app[STORE], "gateway metrics", from_start=True)
+    check = LiveCheck(app[STORE], "gateway metrics", from_start=True, on_refused=metrics.refused)
 
     async def on_msg(msg: Msg) -> None:
         if not await check.passes_msg(msg):

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas import events as e
+from schemas.eventcheck import Refusal
 from schemas.states import Activity, Lifecycle
 
 __all__ = ["CONTENT_TYPE_LATEST", "FleetMetrics"]
@@ -134,6 +135,13 @@ class FleetMetrics:
             "fleet_nats_connected", "1 while the gateway's NATS connection is up.", registry=r
         )
         self.ws_clients = Gauge("fleet_ws_clients", "Open event WebSockets.", registry=r)
+        self.events_refused = Counter(
+            "fleet_events_refused",
+            "Events of the log that did not verify (MAC or chain) and were not acted on, by "
+            "agent: a forged or damaged event, or a writer that is not the agent's actor.",
+            ["agent"],
+            registry=r,
+        )
         for lifecycle in Lifecycle:
             if lifecycle is not Lifecycle.NEW:
                 self.agents.labels(lifecycle.value).set(0)
@@ -144,6 +152,10 @@ class FleetMetrics:
         return generate_latest(self.registry)
 
     # -- from the log ---------------------------------------------------------------------
+
+    async def refused(self, refusal: Refusal) -> None:
+        """An `on_refused` for a log reader (infra/eventfollow.py `LiveCheck`)."""
+        self.events_refused.labels(refusal.agent_id).inc()
 
     def observe(self, event: e.AgentEvent) -> None:
         self.events.labels(type(event).__struct_config__.tag).inc()

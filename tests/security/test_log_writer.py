@@ -328,6 +328,14 @@ async def _check_readers(
     assert not any(ev.get("detail") == PHISH for ev in fed)
     # the live view (`fleet top`, `ls --watch`): refused, not folded
     assert [r.seq for r in live.refused] == forged
+
+    # Prometheus: the gateway's metrics counted each refusal
+    async def counted() -> bool:
+        async with http.get(gw.url + "/metrics", headers=gw.headers("viewer")) as r:
+            text = await r.text()
+        return f'fleet_events_refused_total{{agent="lw2"}} {float(len(forged))}' in text
+
+    await until(counted, "fleet_events_refused_total to count the forgeries", GUARD_S)
     assert PHISH not in live.states["lw2"].activity_detail
     # notifications: the refusal is reported, the phishing text never sent
     text = notices.read_text()
