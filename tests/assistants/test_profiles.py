@@ -3,8 +3,10 @@
 The captures (tests/assistants/screens/<assistant>-<version>-<what>.txt) are what `tmux
 capture-pane -p -J` printed for Claude Code, Codex CLI, Gemini CLI, Aider and bash at 200x50,
 run with a throwaway HOME, no login and no network beyond the package registries: the screens
-a new user's first agent shows. Each file's first line names the assistant and the version it
-came from; the screen follows the `# ---` line. A new capture must be added to `EXPECTED`.
+a new user's first agent shows. Each file is named with the assistant and the version it came
+from; the ones captured by hand also say so on a first line, the screen following `# ---`;
+the `-first` ones are written by tests/assistants/test_start.py from an agent's sandboxed pane.
+A new capture must be added to `EXPECTED`.
 """
 
 # The screens hold the assistants' own glyphs (❯ ›), which look like ">" on purpose.
@@ -32,6 +34,7 @@ from schemas.states import Activity
 A = Activity
 SCREENS = Path(__file__).parent / "screens"
 _HEADER = re.compile(r"# (?P<who>[a-z-]+) (?P<version>[\d.]+): (?P<what>[a-z-]+) \(")
+_NAME = re.compile(r"(?P<who>[a-z]+(?:-code)?)-(?P<version>\d[\d.]*\d)-(?P<what>[a-z-]+)")
 
 # file stem -> (activity, detail); None: nothing on it is recognised (a dead pane's last words)
 EXPECTED: dict[str, tuple[A | None, str]] = {
@@ -110,6 +113,14 @@ EXPECTED: dict[str, tuple[A | None, str]] = {
     "aider-0.86.2-waiting-spinner": (A.WORKING, ""),
     "aider-0.86.2-retrying": (A.WORKING, ""),
     "aider-0.86.2-error-then-prompt": (A.READY, ""),
+    # The first screens of agents spawned with the builtin templates, inside their sandbox.
+    "claude-code-2.1.332-first": (None, ""),  # it exited at its network check
+    "codex-0.171.0-first": (A.LOGIN_REQUIRED, "Choose how you want to use Codex."),
+    "gemini-0.61.0-first": (A.AWAITING_INPUT, "Do you trust the files in this folder?"),
+    "aider-0.86.2-first": (
+        A.AWAITING_INPUT,
+        "Add .aider* to .gitignore (recommended)? (Y)es/(N)o [Yes]:",
+    ),
     # bash 5.2: a password, then a question under the answered password, then the prompt.
     "shell-5.2-password": (A.AWAITING_INPUT, "Password:"),
     "shell-5.2-password-answered-then-question": (A.AWAITING_INPUT, "Overwrite file (yes/no)?"),
@@ -118,14 +129,15 @@ EXPECTED: dict[str, tuple[A | None, str]] = {
 
 
 def screen(stem: str) -> str:
-    """The captured screen, its header left out."""
-    return (SCREENS / f"{stem}.txt").read_text(encoding="utf-8").split("# ---\n", 1)[1]
+    """The captured screen, its header (if any) left out."""
+    text = (SCREENS / f"{stem}.txt").read_text(encoding="utf-8")
+    return text.split("# ---\n", 1)[1] if _HEADER.match(text) else text
 
 
 def profile(stem: str) -> AssistantProfile:
-    who = _HEADER.match((SCREENS / f"{stem}.txt").read_text(encoding="utf-8"))
-    assert who is not None, f"{stem}.txt does not start with '# <assistant> <version>: <what> ('"
-    return BUILTIN[who["who"]]
+    name = _NAME.fullmatch(stem)
+    assert name is not None, f"{stem}.txt is not named <assistant>-<version>-<what>.txt"
+    return BUILTIN[name["who"]]
 
 
 @pytest.mark.parametrize("stem", sorted(EXPECTED))
@@ -141,9 +153,11 @@ def test_every_capture_is_expected_and_says_its_version() -> None:
     stems = sorted(p.stem for p in SCREENS.glob("*.txt"))
     assert stems == sorted(EXPECTED), "every capture needs its expected reading here"
     for stem in stems:
+        name = _NAME.fullmatch(stem)
+        assert name is not None and name["who"] in BUILTIN, f"{stem}: <assistant>-<version>-<what>"
         head = _HEADER.match((SCREENS / f"{stem}.txt").read_text(encoding="utf-8"))
-        assert head is not None, f"{stem}.txt: no '# <assistant> <version>: <what> (' line"
-        assert stem == f"{head['who']}-{head['version']}-{head['what']}", stem
+        if head is not None:  # one captured by hand says it again, the same way
+            assert stem == f"{head['who']}-{head['version']}-{head['what']}", stem
 
 
 @pytest.mark.parametrize(
@@ -192,6 +206,8 @@ def test_a_dead_panes_last_words_say_why() -> None:
     words = last_words(screen("claude-code-2.1.197-unable-to-connect"))
     assert words.startswith("Unable to connect to Anthropic services / Failed to connect")
     assert "Pane is dead" not in words
+    sandboxed = last_words(screen("claude-code-2.1.332-first"))  # 2.1.332, in an agent's pane
+    assert sandboxed.startswith("Unable to connect to Anthropic services / Failed to connect")
     aider = last_words(screen("aider-0.86.2-exited-no-model"))
     assert "Open documentation URL for more info?" in aider
 
