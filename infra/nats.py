@@ -89,7 +89,8 @@ class _Reconnects:
         self.failures += 1
         if self.failures == 1:
             log.warning("%s: NATS at %s unreachable (%r); retrying", self.name, self.shown, e)
-        wait = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2**self.failures)
+        # The exponent stops growing once the wait is at its cap: 2.0**1100 overflows a float.
+        wait = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2 ** min(self.failures, 30))
         self.nc.options["reconnect_time_wait"] = wait * random.uniform(0.75, 1.25)
 
     async def on_disconnected(self) -> None:
