@@ -253,9 +253,12 @@ class AgentActor:
             by=request.by or "user",
             id=request.id or new_id(),
         )
-        # A repository that is not one, or an assistant that is not installed, is refused
-        # before anything is recorded: no agent.
-        await asyncio.to_thread(Worktrees, request.repo, self.config.worktree_root)
+        # A repository that is not one, a base ref it does not have, or an assistant that is
+        # not installed, is refused before anything is recorded: no agent. (HEAD is not
+        # looked up: a spawn from it pays no git here.)
+        worktrees = await asyncio.to_thread(Worktrees, request.repo, self.config.worktree_root)
+        if request.base_ref != "HEAD":
+            await asyncio.to_thread(worktrees.check_base, request.name, request.base_ref)
         await asyncio.to_thread(confine.check_installed, spec, template_command, request.env)
         async with self.lock.step("spawning"):
             await self.execute(create)

@@ -103,6 +103,15 @@ class Worktrees:
         """Create the agent's repository on branch `fleet/<branch>`; return its path."""
         return self.create(agent_id, branch, base_ref).path
 
+    def check_base(self, branch: str, base_ref: str) -> None:
+        """Refuse (UnknownRef) what `create` would: a base ref that names no commit, with no
+        branch `fleet/<branch>` to start from either; said before anything is made."""
+        if _REF.fullmatch(base_ref) and self._commit_of(base_ref) is not None:
+            return
+        if self._commit_of(f"refs/heads/{BRANCH_PREFIX}{_token('branch name', branch)}") is None:
+            _ref("base ref", base_ref)
+            raise UnknownRef(str(self.main), base_ref)
+
     def create(self, agent_id: str, branch: str, base_ref: str) -> WorktreeInfo:
         """`add`, answering the new repository's entry, its HEAD included."""
         path = self.path_for(agent_id)

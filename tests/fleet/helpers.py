@@ -35,7 +35,7 @@ async def spawn(nc: Client, repo: str, name: str, **fields: Any) -> dict[str, An
     return reply
 
 
-async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 20) -> Any:
+async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 60) -> Any:
     """Poll `check` until it returns something truthy; fail with `what` after `timeout`."""
     deadline = time.monotonic() + timeout
     last: Any = None

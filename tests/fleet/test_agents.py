@@ -168,6 +168,18 @@ async def test_a_spawn_refused_for_its_repo_leaves_nothing(
     assert not Tmux(fleet.tmux_socket).has_session("fleet-bad1")
 
 
+async def test_a_spawn_refused_for_its_base_ref_leaves_nothing(
+    fleet: Fleet, nc: Client, repo: Path
+) -> None:
+    reply = await spawn(nc, str(repo), "bad2", base_ref="no-such-branch")
+    assert reply["error"]["code"] == "unknown_ref", reply
+    assert "no-such-branch" in reply["error"]["message"], reply
+    shown = await command(nc, "bad2", "show")
+    assert shown["error"]["code"] == "unknown_agent", shown
+    assert not Tmux(fleet.tmux_socket).has_session("fleet-bad2")
+    assert (await spawn(nc, str(repo), "bad2"))["ok"]  # the name is free for a good spawn
+
+
 async def test_the_actor_survives_kill_9_of_its_worker(
     fleet: Fleet, nc: Client, repo: Path
 ) -> None:
