@@ -214,9 +214,14 @@ def tool_roots(path_var: str, state_dir: Path) -> list[str]:
 
 
 def wrap(
-    actor: AgentActor, command: Sequence[str], keep: Sequence[str], worktree: Path
+    actor: AgentActor,
+    command: Sequence[str],
+    keep: Sequence[str],
+    worktree: Path,
+    path: str | None = None,
 ) -> list[str]:
-    """`command` started through the sandbox with this agent's grants."""
+    """`command` started through the sandbox with this agent's grants; with PATH `path` (a
+    service's own), else the agent's."""
     t = template(actor)
     read = [*SYSTEM_READ, *KERNEL_READ, sys.prefix, sys.base_prefix, FLEETD_ROOT]
     read += tool_roots(os.environ.get("PATH", ""), Path(actor.config.state_dir))
@@ -235,7 +240,7 @@ def wrap(
     connect += t.permissions.connect_ports if t is not None else DEFAULT_CONNECT
     bind = [0, *own]
     spill = str(private_dir(actor, "sandbox"))  # long option lists, out of the agent's reach
-    path = pane_path(t, actor.extra_env)  # tmux would give the pane its client's PATH
+    path = path or pane_path(t, actor.extra_env)  # tmux would give the pane its client's PATH
     if not namespaces(actor):
         write = [*write, "/dev", tmp]
         return sandbox.argv(

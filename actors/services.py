@@ -175,7 +175,9 @@ class Service:
         line = self.spec.command
         run_line = ["/bin/sh", "-c", line if isinstance(line, str) else shlex.join(line)]
         # The sandbox under the waiting shell (it stays outside and writes the status file).
-        inner = await asyncio.to_thread(confine.wrap, self.actor, run_line, keep, worktree)
+        inner = await asyncio.to_thread(
+            confine.wrap, self.actor, run_line, keep, worktree, self.env().get("PATH")
+        )
         argv = panes.service_argv(inner, self.status_file)
         self.status_file.unlink(missing_ok=True)
         self.out_start = panes.log_size(self.log_file)

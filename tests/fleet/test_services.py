@@ -241,3 +241,27 @@ async def test_a_restarted_actor_adopts_its_running_services(
     assert alive(await until(new_api, "the adopted api restarted"))
     await command(nc, "r1", "stop")
     assert not alive(before["worker"]["pid"])
+
+
+async def test_a_service_and_the_agent_get_the_path_they_are_given(
+    fleet: Fleet, nc: Client, repo: Path
+) -> None:
+    """tmux hands a pane its client's PATH whatever the pane's own env says; the sandbox
+    launcher sets the service's own PATH (its env), and the agent's (the template's env)."""
+    line = 'echo "$PATH" > service-path.txt; exec sleep 1000'
+    own = ServiceSpec(command=line, env={"PATH": "/svc/bin:/usr/bin:/bin"})
+    template = Template(name="shell", env={"PATH": "/agent/bin:/usr/bin:/bin"}, services={"p": own})
+    await spawn_with(fleet, repo, "pth1", template)
+    worktree = Path((await command(nc, "pth1", "show"))["agent"]["worktree"])
+    written = worktree / "service-path.txt"
+
+    async def wrote() -> str:
+        return written.read_text().strip() if written.exists() else ""
+
+    assert await until(wrote, "the service to write its PATH", 60) == "/svc/bin:/usr/bin:/bin"
+    await command(nc, "pth1", "send", text='echo "$PATH" > agent-path.txt')
+    written = worktree / "agent-path.txt"
+    assert await until(wrote, "the agent's shell to write its PATH", 60) == (
+        "/agent/bin:/usr/bin:/bin"
+    )
+    await command(nc, "pth1", "kill")
