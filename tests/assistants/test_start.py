@@ -86,6 +86,20 @@ def assistant_processes(tmux: Tmux, session: str, executable: Path) -> list[psut
     return found
 
 
+def ran_as(tmux: Tmux, session: str, executable: Path, home: Path, since: float) -> list[int]:
+    """The users `executable` runs as in the session; once its pane has died (Claude Code
+    exits at its first-run check offline, maybe before it is seen), the owners of what it
+    wrote in the agent's home since `since` (the seeded login files keep their old times)."""
+    found = []
+    for proc in assistant_processes(tmux, session, executable):
+        with contextlib.suppress(psutil.Error):
+            found.append(proc.uids().real)
+    if found or not tmux.pane_dead(session, "agent"):
+        return found
+    written = [p.lstat() for p in home.rglob("*")]
+    return [st.st_uid for st in written if st.st_mtime >= since]
+
+
 def tree(tmux: Tmux, session: str) -> str:
     """The processes under the session's panes, for a failure's message."""
     lines = []
@@ -149,25 +163,27 @@ async def test_starts_in_its_sandbox(
     executable = folder / way.program
     assert executable.exists(), f"{way.how} did not put {way.program} in {folder}"
     env = {"PATH": f"{folder}:{SYSTEM_PATH}"}
+    started = time.time()
     reply = await spawn(nc, str(repo), way.agent, template=way.template, env=env)
     assert reply.get("ok") and reply["agent"]["lifecycle"] == "RUNNING", reply
     tmux, session = Tmux(fleet.tmux_socket), f"fleet-{way.agent}"
     try:
         what = f"{way.program} ({way.how}) in agent {way.agent}'s pane"
 
-        async def running() -> list[psutil.Process]:
-            return await asyncio.to_thread(assistant_processes, tmux, session, executable)
+        home = fleet.state_dir / "homes" / way.agent
+
+        async def users() -> list[int]:
+            return await asyncio.to_thread(ran_as, tmux, session, executable, home, started)
 
         try:
-            procs = await until(running, f"{what} to run", GUARD_S)
+            uids = await until(users, f"{what} to run", GUARD_S)
         except AssertionError as e:
             shown = await asyncio.to_thread(tmux.capture, session, "agent", None, False)
             raise AssertionError(f"{e}; its screen:\n{shown}\n{tree(tmux, session)}") from None
-        for proc in procs:
-            uid = proc.uids().real
-            assert uid != 0 if AS_ROOT else uid == os.getuid(), (proc, uid)
+        for uid in uids:
+            assert uid != 0 if AS_ROOT else uid == os.getuid(), uids
             if AS_ROOT:
-                assert uid > 65535, (proc, uid)  # the agent's own, from the fleet's range
+                assert uid > 65535, uids  # the agent's own, from the fleet's range
         screen = await first_screen(tmux, session, what)
         for failed in ("Permission denied", ": not found", "No such file or directory", "EACCES"):
             assert failed not in screen, screen  # what a sandbox missing a grant shows
