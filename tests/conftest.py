@@ -16,10 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from infra.natsserver import NatsServer
 from tests import leftovers
 from tests.fleetcli import private_up
+
+# Property tests judge what is generated, never how fast: on a loaded 2-core machine an example
+# can take longer than hypothesis' 200 ms deadline, and generating them can look "too slow".
+settings.register_profile(
+    "fleet", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("fleet")
 
 _TMUX_TMPDIR = pytest.StashKey[Path]()
 _STARTED = pytest.StashKey[float]()
