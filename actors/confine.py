@@ -169,12 +169,13 @@ def assistant_reads(actor: AgentActor, granted: Sequence[str]) -> list[str]:
         return []  # refused at spawn; gone since: its pane says what the shell found
     if found is None:
         return []
-    state = Path(actor.config.state_dir)
+    # Never into (or above) the state dir or the agents' worktrees: other agents' folders.
+    closed = [Path(actor.config.state_dir), Path(actor.config.worktree_root)]
     held = [os.path.abspath(g) for g in granted]
     out: list[str] = []
     # Folders first: a link or file inside a granted folder is there already (and a bind
     # inside a read-only bind could not be made).
-    for path in sorted(installs.grants(found, path_var, closed=[state]), key=len):
+    for path in sorted(installs.grants(found, path_var, closed=closed), key=len):
         if not any(path == h or path.startswith(h.rstrip("/") + "/") for h in [*held, *out]):
             out.append(path)
     return out
