@@ -189,7 +189,10 @@ def test_a_stop_at_a_first_screen_answers_nothing(
     env = {"HOME": str(home), "TERM": "xterm-256color", "LANG": "C.UTF-8", **QUIET, **case.env}
     env["PATH"] = f"{assistants.npm_bin}:{assistants.venv_bin}:/usr/local/bin:/usr/bin:/bin"
     program, *flags = shlex.split(profile.command)  # the profile's own flags (--no-daemon)
-    command = shlex.join([str(case.where(assistants) / program), *flags])
+    # Only this environment, as fleetd's sandbox gives a pane (a tmux pane also gets its
+    # server's, here the test run's: with CI=true Gemini runs headless and exits at once).
+    clean = ["env", "-i", *(f"{k}={v}" for k, v in env.items())]
+    command = shlex.join([*clean, str(case.where(assistants) / program), *flags])
     tmux.create_session(session, repo, env, command_for_agent=command)
     screen = _reach(tmux, session, profile, case)
     assert case.asks in detail(screen, profile, classify(screen, profile)) or case.asks in screen
