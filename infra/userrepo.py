@@ -11,7 +11,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -211,10 +210,10 @@ class UserRepo:
 
 @contextlib.contextmanager
 def repo_lock(repo: Path) -> Iterator[None]:
-    """One branch check-and-make at a time per repository on this machine (every process)."""
-    key = hashlib.sha256(str(repo.resolve()).encode()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / f"fleetd-worktree-{key}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    """One branch check-and-make at a time per repository on this machine (every process):
+    a lock on the repository's git directory itself, so nothing is left behind (a lock file
+    per repository in /tmp was, hundreds of them after a run of the suite)."""
+    fd = os.open(repo, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
