@@ -27,7 +27,7 @@ from nats.js.errors import KeyNotFoundError
 from actors import checkpoints, confine, dedupe, services, steps
 from actors.monitor import ActivityMonitor
 from actors.steplock import StepLock
-from infra import errorlog, registry
+from infra import errorlog, priority, registry
 from infra.eventstore import EventStore
 from infra.nats import connect
 from infra.tmux import Tmux
@@ -97,6 +97,7 @@ class AgentActor:
     ) -> None:
         self.config = config
         errorlog.install(config.state_dir)
+        priority.favour_this_thread()  # commands before Ray's own timers
         self.tmux = Tmux(config.tmux_socket, shell=config.window_shell)
         self.nc = await connect(config.nats_url, name=f"fleet-agent-{agent_id or 'pool'}")
         self.store = EventStore(self.nc, mac_key=config.mac_key)

@@ -38,7 +38,7 @@ from actors.agent import AgentActor, AgentConfig, new_id
 from actors.fleetview import FleetView
 from actors.mailrelay import MailRelay
 from actors.templates import resolve_template
-from infra import errorlog, registry
+from infra import errorlog, priority, registry
 from infra.deadletters import DeadLetters
 from infra.eventstore import EventStore
 from infra.nats import connect, ensure_streams, replicas_for
@@ -99,6 +99,7 @@ class Supervisor:
     async def __init__(self, config: FleetConfig) -> None:  # type: ignore[misc]  # Ray runs async constructors
         self.config = config
         errorlog.install(config.agent.state_dir, create=True)
+        priority.favour_this_thread()  # commands before Ray's own timers
         self.nc = await connect(config.agent.nats_url, name="fleet-supervisor")
         self.store = EventStore(self.nc, mac_key=config.agent.mac_key)  # verified loads
         # idempotent; the log must exist before agents

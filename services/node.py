@@ -25,7 +25,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import infra.nats
-from infra import fleetkey
+from infra import fleetkey, priority
 from infra.config import Settings
 from schemas.errors import FleetError
 from services import health, ports
@@ -43,6 +43,7 @@ class NodeServices:
     async def __init__(  # type: ignore[misc]  # Ray runs async constructors
         self, nats_url: str, port_range: tuple[int, int], node: str, mac_key: bytes | None = None
     ) -> None:
+        priority.favour_this_thread()  # commands before Ray's own timers
         runs_on = ray.get_runtime_context().get_node_id()
         if runs_on != node:  # a lease's bind check elsewhere would be wrong: refuse to serve
             raise FleetError(f"the services of Ray node {node} started on node {runs_on}")
