@@ -42,6 +42,12 @@ def cpu_some_avg10() -> float | None:
         return None
 
 
+def under_pressure() -> bool:
+    """Some runnable task waited for a CPU at least `STARVED_SOME_PCT` of the last 10 s."""
+    pressure = cpu_some_avg10()
+    return pressure is not None and pressure >= STARVED_SOME_PCT
+
+
 def starved(pid: int | None) -> bool:
     """The CPU is under pressure and a process of `pid`'s tree is runnable (waiting for it)."""
     pressure = cpu_some_avg10()

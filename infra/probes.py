@@ -21,12 +21,15 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+import msgspec
+
 from schemas.templates import ExecProbe, HttpProbe, LogProbe, Probe, TcpProbe
 
 Output = Callable[[], str]
 OnChange = Callable[[bool, "ProbeResult"], Awaitable[None]]
 STATUS_LINE_MAX = 8192
 EXCUSE_FOR_S = 60.0  # the longest a starved service's timed-out checks go uncounted in a row
+PATIENCE = 5.0  # under CPU pressure a timed-out check is made again, this many times as patient
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,8 @@ async def http_get(spec: HttpProbe, port: int) -> tuple[bool, str]:
         "User-Agent: fleetd-probe\r\nConnection: close\r\n\r\n"
     ).encode()
     done: asyncio.Future[bytes] = loop.create_future()
+    # A check that times out while connecting leaves `done` unawaited; its end is not an error.
+    done.add_done_callback(lambda f: f.cancelled() or f.exception())
     transport, _ = await loop.create_connection(lambda: _StatusLine(request, done), spec.host, port)
     try:
         line = await done
@@ -272,13 +277,17 @@ async def run(
     until_ok: bool = False,
     excuse: Callable[[], bool] | None = None,
     excuse_for_s: float = EXCUSE_FOR_S,
+    patient: Callable[[], bool] | None = None,
 ) -> ProbeResult:
     """Probe every `period_s` after `initial_delay_s`, calling `on_change` at each change.
 
     Runs until cancelled; with `until_ok`, returns the result that first made it pass.
     A check that timed out while `excuse()` says so (the service is starved of CPU: see
     infra/pressure.py) is not counted, for at most `excuse_for_s` in a row: a service that
-    does not answer for longer is judged as if it were not excused.
+    does not answer for longer is judged as if it were not excused. Otherwise, while
+    `patient()` says so (the machine is starved), a timed-out check is made once more with
+    `PATIENCE` times its timeout, and that answer is the one counted: a service that answers
+    late because its turn came late is not failed for it, one that is hung still is.
     """
     await asyncio.sleep(probe.initial_delay_s)
     loop = asyncio.get_running_loop()
@@ -293,7 +302,10 @@ async def run(
                 excused_since = began if excused_since is None else excused_since
                 await asyncio.sleep(max(0.0, probe.period_s - (loop.time() - began)))
                 continue
-        elif not result.timed_out:
+        if result.timed_out and patient is not None and await asyncio.to_thread(patient):
+            slower = msgspec.structs.replace(probe, timeout_s=probe.timeout_s * PATIENCE)
+            result = await check(slower, ports=ports, cwd=cwd, output=output, env=env)
+        if not result.timed_out:
             excused_since = None
         change = counts.observe(result.ok)
         if change is not None:

@@ -227,7 +227,12 @@ class HealthService:
                 await self.verdict(w, service, kind, ok, result.detail, result.ms)
 
             run = probes.run(
-                probe, ports=ports, cwd=cwd, on_change=changed, excuse=self._starving(w, service)
+                probe,
+                ports=ports,
+                cwd=cwd,
+                on_change=changed,
+                excuse=self._starving(w, service),
+                patient=pressure.under_pressure,
             )
             if kind == "liveness" and spec.readiness is not None and spec.readiness.log is None:
                 run = self._once_ready(w, service, run)

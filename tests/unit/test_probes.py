@@ -7,6 +7,7 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -206,3 +207,53 @@ async def test_a_refused_check_is_never_excused() -> None:
     finally:
         task.cancel()
     assert asked == []  # connection refused is an answer: nothing to excuse
+
+
+async def test_under_pressure_a_late_answer_is_waited_for_and_a_hung_service_still_fails() -> None:
+    """`patient`: a timed-out check is made again with PATIENCE times its timeout, and that
+    answer counts; one that times out again counts as the failure it is."""
+    released = asyncio.Event()
+    asked: list[bool] = []
+
+    async def held(_: web.Request) -> web.Response:
+        await released.wait()  # answers only once the runner has asked for patience
+        return web.Response(text="late")
+
+    async def never(_: web.Request) -> web.Response:
+        await asyncio.sleep(3600)
+        return web.Response()
+
+    def patient() -> bool:
+        asked.append(True)
+        released.set()
+        return True
+
+    app = web.Application()
+    app.router.add_get("/held", held)
+    app.router.add_get("/never", never)
+    async with serving(app) as port:
+        for path, timeout_s, want in (("/held", 1.0, (True, "HTTP 200")), ("/never", 0.05, None)):
+            probe = Probe(
+                http=HttpProbe(port="http", path=path), period_s=0.02, timeout_s=timeout_s,
+                failure_threshold=1,
+            )  # fmt: skip
+            got: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
+
+            async def record(ok: bool, result: probes.ProbeResult, got: Any = got) -> None:
+                if not got.done():
+                    got.set_result((ok, result.detail))
+
+            run = probes.run(
+                probe, ports={"http": port}, cwd=".", on_change=record, patient=patient
+            )
+            task = asyncio.create_task(run)
+            try:
+                first = await asyncio.wait_for(got, GUARD_S)
+            finally:
+                task.cancel()
+            if want is not None:
+                assert first == want, f"the late answer should have been waited for: {first}"
+            else:
+                patience = timeout_s * probes.PATIENCE
+                assert first == (False, f"no answer within {patience:g}s"), first
+    assert asked, "the runner never asked whether to be patient"
