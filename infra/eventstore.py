@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream API error: Nats-Expected-Last-Subject-Sequence failed
 INSUFFICIENT_RESOURCES = 10023  # JetStream API error: the store's limit (or disk) is reached
+FOREIGN_PASSES = 8  # appends that may each meet a newly stored forgery before one is refused
 
 _encode = msgspec.json.Encoder().encode
 _snapshot_decoder = msgspec.json.Decoder(Snapshot)
@@ -103,13 +104,20 @@ class EventStore(Following):
     # -- writing --------------------------------------------------------------------------
 
     async def append(
-        self, agent_id: str, events: Sequence[AgentEvent], expected: Position
+        self,
+        agent_id: str,
+        events: Sequence[AgentEvent],
+        expected: Position,
+        *,
+        _passes: int = FOREIGN_PASSES,
     ) -> Position:
         """Append `events` after `expected`; raise `ConcurrentUpdate` if the log moved on.
 
         A retried append (same event ids, e.g. after a lost acknowledgement) is recognised and
         stored once: the server checks the expected sequence before the Nats-Msg-Id dedupe,
         so a refusal is answered by reading what follows `expected` and comparing event ids.
+        With the fleet key, a refusal caused only by messages this store did not sign (a
+        forgery) is not a conflict: they are refused and the append goes on after them.
         """
         subject = subjects.events(agent_id)
         position = expected
@@ -119,11 +127,41 @@ class EventStore(Following):
                 seq = await self._publish(agent_id, subject, raw, event.event_id, position.seq)
             except ConcurrentUpdate:
                 stored = await self._already_stored(agent_id, events[i:], position)
-                if stored is None:
+                if stored is not None:
+                    return await self.append(agent_id, events[i + len(stored) :], stored[-1])
+                past = await self._past_foreign(agent_id, position) if _passes else None
+                if past is None:
                     raise
-                return await self.append(agent_id, events[i + len(stored) :], stored[-1])
+                return await self.append(agent_id, events[i:], past, _passes=_passes - 1)
             position = Position(seq, event_hash(raw))
         return position
+
+    async def _past_foreign(self, agent_id: str, after: Position) -> Position | None:
+        """Where to append when only messages this store did not sign follow `after` (a
+        forgery stored with the control plane's credential): each is refused, as every
+        reader refuses it, and the next append expects the last of them while its event
+        still names `after`'s hash. None when an event that verifies follows (a real
+        concurrent writer: the caller must reload), or without the fleet key."""
+        if self.macs is None:
+            return None
+        check = ChainCheck(agent_id, self.macs, after.hash if after.seq else None)
+        foreign: list[Refusal] = []
+        genuine = False
+
+        def on_row(seq: int, raw: bytes, mac: str) -> None:
+            nonlocal genuine
+            problem = check.check(seq, raw, mac)
+            if problem is None:
+                genuine = True
+            else:
+                foreign.append(check.refusal(seq, problem))
+
+        await self.scan_signed(agent_id, on_row, after=after.seq)
+        if genuine or not foreign:
+            return None
+        for refusal in foreign:
+            report_refused(refusal, "append")
+        return Position(foreign[-1].seq, after.hash)
 
     async def _publish(self, agent_id: str, subject: str, raw: bytes, msg_id: str, seq: int) -> int:
         # A plain request, not js.publish: the ack is decoded by msgspec, which is most of
@@ -165,10 +203,12 @@ class EventStore(Following):
         """Positions of the leading `events` found right after `after`, or None if others are."""
         rows = await self._direct_batch(subjects.events(agent_id), after.seq + 1, len(events))
         found: list[Position] = []
-        for (seq, raw, _mac), event in zip(rows, events, strict=False):
+        for (seq, raw, mac), event in zip(rows, events, strict=False):
             stored = decode(seq, raw).event
             if stored is None or stored.event_id != event.event_id:
                 break
+            if self.macs is not None and not hmac.compare_digest(mac, self.macs.mac(raw)):
+                break  # a copy of our event id that we did not sign is not ours
             found.append(Position(seq, event_hash(raw)))
         return found or None
 
