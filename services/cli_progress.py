@@ -1,9 +1,10 @@
 """A spinner line on stderr while a long command runs, showing the step each agent is at.
 
 The steps are the agents' own events (`workspace.ready`, `session.started`,
-`service.started web`, `RUNNING`, ...), read from `fleet.evt.<id>` with a core subscription
-for as long as the command waits for its reply. Only on a terminal: on anything else nothing
-is subscribed and nothing is written, so scripts and logs see only the command's output.
+`service.started web`, `RUNNING`, ...), read from the stream while the command waits for its
+reply, only those that verify (services/cli_follow.py; none without the fleet key). Only on
+a terminal: on anything else nothing is read and nothing is written, so scripts and logs see
+only the command's output.
 """
 
 from __future__ import annotations
@@ -14,19 +15,16 @@ import sys
 import time
 from typing import Any, TextIO
 
-import msgspec
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from schemas import events as e
-from schemas import subjects
 from schemas.states import Lifecycle
+from services import cli_follow
 from services import cli_style as style
 
 FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 TICK_S = 0.1
 _DONE = (Lifecycle.RUNNING, Lifecycle.STOPPED, Lifecycle.ERROR, Lifecycle.PAUSED)
-_decoder = msgspec.json.Decoder(e.AgentEvent)
 
 
 def step(event: e.AgentEvent) -> str:
@@ -59,13 +57,9 @@ class Progress:
         if not self.enabled:
             return self
 
-        async def on_event(msg: Msg) -> None:
-            with contextlib.suppress(msgspec.DecodeError):
-                self.saw(_decoder.decode(msg.data))
-
-        for agent in self.agents:
-            self._subs.append(await self.nc.subscribe(subjects.events(agent), cb=on_event))
-        await self.nc.flush()  # subscribed before the request can cause the first event
+        # Only events that verify (services/cli_follow.py); without the key, no steps.
+        key = cli_follow.fleet_key()
+        self._subs = await cli_follow.follow(self.nc, self.agents, self.saw, self.label, key)
         self._task = asyncio.create_task(self._spin())
         return self
 

@@ -1,7 +1,8 @@
 """`fleet spawn`: one or more agents at once, with their progress as it happens.
 
-On a terminal a spinner shows the step each agent is at; elsewhere each event is a line, for
-logs and scripts. The supervisor answers `fleet.ctl.spawn` (schemas.control.SpawnRequest).
+On a terminal a spinner shows the step each agent is at; elsewhere each event of the agent's
+log that verifies is a line, for logs and scripts. The supervisor answers `fleet.ctl.spawn`
+(schemas.control.SpawnRequest).
 """
 
 from __future__ import annotations
@@ -15,17 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from nats.aio.msg import Msg
+from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 
 from schemas import events as e
 from schemas import subjects
 from schemas.errors import FleetError
-from services import cli_style
+from services import cli_follow, cli_style
 from services.cli_events import summary
 from services.cli_progress import Progress
 from services.client import SPAWN_TIMEOUT_S, open_client
-
-_event_decoder = msgspec.json.Decoder(e.AgentEvent)
 
 
 def _print_json(value: Any) -> None:
@@ -110,16 +110,7 @@ async def _spawn(args: argparse.Namespace) -> int:
         spinner = Progress(client.nc, names, "spawning")
         # On a terminal the spinner shows the steps; the step lines are for logs and scripts.
         if not args.json and not (spinner.enabled and cli_style.is_terminal(sys.stdout)):
-
-            async def progress(msg: Msg) -> None:
-                try:
-                    event = _event_decoder.decode(msg.data)
-                except msgspec.DecodeError:
-                    return  # a stranger on the subject; the log reader reports those
-                print(_progress_line(event, width), flush=True)
-
-            subs = [await client.nc.subscribe(subjects.events(n), cb=progress) for n in names]
-            await client.nc.flush()  # subscribed before the first event can be published
+            subs = await _follow_progress(client.nc, names, width)
         async with spinner:
             results = await asyncio.gather(
                 *(client.control("spawn", r, SPAWN_TIMEOUT_S) for r in requests),
@@ -129,6 +120,20 @@ async def _spawn(args: argparse.Namespace) -> int:
         for sub in subs:
             await sub.unsubscribe()
     return _spawn_report(names, results, args.json)
+
+
+async def _follow_progress(nc: Client, names: list[str], width: int) -> list[Subscription]:
+    """A line per event of each agent's log as it is stored, only of those that verify
+    (services/cli_follow.py); none, with a sentence on stderr, without the fleet key."""
+    key = cli_follow.fleet_key()
+    if key is None:
+        print("fleet: no fleet key in the state dir; progress lines are not shown (they could"
+              " not be verified)", file=sys.stderr)  # fmt: skip
+
+    def line(event: e.AgentEvent) -> None:
+        print(_progress_line(event, width), flush=True)
+
+    return await cli_follow.follow(nc, names, line, "spawn progress", key)
 
 
 def _progress_line(event: e.AgentEvent, width: int) -> str:
