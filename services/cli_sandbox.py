@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from typing import Any
 
 import msgspec
@@ -26,10 +27,24 @@ def doctor_arguments(p: argparse.ArgumentParser) -> None:
         metavar="AGENT",
         help="try each way out of AGENT's sandbox from inside it, and say what holds here",
     )
+    p.add_argument(
+        "--assistants",
+        action="store_true",
+        help="which assistants are installed (as a spawn finds them), their versions, and "
+        "whether each is logged in (from its login files; no network, fleetd not needed)",
+    )
+    p.add_argument(
+        "--path",
+        metavar="PATH",
+        help="with --assistants: look on this PATH (as a spawn given it), not this shell's",
+    )
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    """List orphans, or (--sandbox AGENT) probe an agent's sandbox from inside it."""
+    """List orphans, or (--sandbox AGENT) probe an agent's sandbox from inside it, or
+    (--assistants) report the assistants."""
+    if getattr(args, "assistants", False):
+        return assistants_report(args)
     if not getattr(args, "sandbox", None):
         return doctor.cmd_doctor(args)
     found = asyncio.run(probe(args.sandbox))
@@ -38,6 +53,20 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     else:
         print(render(args.sandbox, found))
     return 0 if all(p.get("held") for p in found) else 1
+
+
+def assistants_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from services import cli_doctor_assistants as da
+
+    env = dict(os.environ)
+    found = [da.report(name, args.path, Path.home(), env) for name in da.assistant_templates()]
+    if args.json:
+        print(msgspec.json.encode({"assistants": da.as_json(found)}).decode())
+    else:
+        print(da.render(found))
+    return 0
 
 
 async def probe(agent_id: str) -> list[dict[str, Any]]:
