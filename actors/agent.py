@@ -27,7 +27,7 @@ from nats.js.errors import KeyNotFoundError
 from actors import checkpoints, confine, dedupe, services, steps
 from actors.monitor import ActivityMonitor
 from actors.steplock import StepLock
-from infra import errorlog, priority, registry
+from infra import errorlog, heap, priority, registry
 from infra.eventstore import EventStore
 from infra.nats import connect
 from infra.tmux import Tmux
@@ -122,6 +122,7 @@ class AgentActor:
             agent_id = await self._slot_binding()
         if agent_id is not None:
             await self.bind(agent_id)
+        heap.trim()  # what starting took and gave back, returned to the kernel
 
     async def _slot_binding(self) -> str | None:
         kv = await self.nc.jetstream().key_value(subjects.SLOTS_BUCKET)
@@ -265,6 +266,7 @@ class AgentActor:
             await self.execute(create)
             await confine.remember(self, spec, request.env)
             await steps.bring_up(self)
+        heap.trim()
 
     async def handle(self, cmd: c.AgentCommand, within: float = BUSY_AFTER_S) -> bytes:
         """Answer one command with the reply bytes; domain refusals raise FleetError.

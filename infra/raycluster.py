@@ -52,6 +52,8 @@ RAY_ENV = {
     # Ray starts workers at nice 15, and each tmux server and pane an actor starts inherits it;
     # actors lower Ray's own threads instead (infra/priority.py).
     "RAY_worker_niceness": "0",
+    # Two malloc arenas per process, not one per thread that allocated (infra/heap.py).
+    "MALLOC_ARENA_MAX": "2",
 }
 
 
