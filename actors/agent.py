@@ -122,7 +122,7 @@ class AgentActor:
             agent_id = await self._slot_binding()
         if agent_id is not None:
             await self.bind(agent_id)
-        heap.trim()  # what starting took and gave back, returned to the kernel
+        heap.give_back()  # what starting took and freed (a spawn gives back in steps.py)
 
     async def _slot_binding(self) -> str | None:
         kv = await self.nc.jetstream().key_value(subjects.SLOTS_BUCKET)
@@ -266,7 +266,6 @@ class AgentActor:
             await self.execute(create)
             await confine.remember(self, spec, request.env)
             await steps.bring_up(self)
-        heap.trim()
 
     async def handle(self, cmd: c.AgentCommand, within: float = BUSY_AFTER_S) -> bytes:
         """Answer one command with the reply bytes; domain refusals raise FleetError.

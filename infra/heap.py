@@ -1,37 +1,23 @@
-"""Giving the C heap's free pages back to the kernel, for processes that stay up for days.
+"""Giving a process's freed heap back to the system, after a burst of work.
 
-An agent actor allocates most of what it ever will while it starts (imports, its log's fold, a
-spawn's git and tmux work) and then waits. glibc keeps the pages it freed meanwhile, in one
-arena per thread that ever allocated (two dozen threads in a Ray worker), so they stay in the
-process's private memory. `trim()` after the start hands them back; fleetd's Ray also caps
-the arenas at two (`MALLOC_ARENA_MAX`, infra/raycluster.py). Together: 46.2 MB -> 45.3 MB of
-USS for a Ray actor that imports what an agent does (8 actors, 2026-12-07).
+glibc keeps the memory a process frees for its next allocations, so the burst of a start or a
+spawn (importing the actor's modules, its log's fold, subprocess pipes, replies) leaves pages
+resident that an idle agent never touches again, in one arena per thread that allocated (two
+dozen threads in a Ray worker). `give_back()` returns every whole free page (malloc_trim);
+fleetd's Ray also caps the arenas at two (`MALLOC_ARENA_MAX`, infra/raycluster.py). Together:
+46.2 -> 45.3 MB of USS for a Ray actor that imports what an agent does (8 actors, 2026-12-07).
+Where the C library has no `malloc_trim` (musl), nothing is done.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import functools
-import logging
-
-log = logging.getLogger(__name__)
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
-
-
-def trim() -> bool:
-    """Return freed heap pages to the kernel (glibc's malloc_trim); False where there is none
-    (musl, macOS)."""
-    libc = _libc()
-    if libc is None:
+def give_back() -> bool:
+    """Return the heap's free pages to the system (a millisecond or so; nothing moves);
+    False where the C library cannot."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is None:
         return False
-    return bool(libc.malloc_trim(0))
+    return bool(trim(0))
