@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import KeyNotFoundError
 
-from actors import checkpoints, confine, dedupe, services, steps
+from actors import checkpoints, confine, dedupe, recovery, services, steps
 from actors.monitor import ActivityMonitor
 from actors.steplock import StepLock
 from infra import errorlog, heap, priority, registry
@@ -152,6 +152,7 @@ class AgentActor:
             await confine.recall(self)
             if self.state.worktree:
                 await confine.assign_user(self, Path(self.state.worktree), hand_over=False)
+                await recovery.migrate_legacy(self)  # an older linked worktree: its own repo
             await self._adopt()
 
     async def _adopt(self) -> None:

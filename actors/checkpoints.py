@@ -2,7 +2,8 @@
 
 A checkpoint commits the whole worktree (tracked and untracked, not ignored) through a
 temporary index kept in the state dir to `refs/fleet/checkpoints/<agent>/<n>` of the user's
-repository, with every object it needs copied there (infra/worktree.py): the agent's HEAD,
+repository, with every object it needs copied there (infra/worktree.py), git reading the
+files inside the agent's own confinement (`jail`, infra/gitjail.py): the agent's HEAD,
 branch, index and files do not move, and nothing the agent does in its own repository (refs
 deleted, `git gc --prune=now`) can take a checkpoint away. It saves the assistant's scrollback
 to `<state_dir>/checkpoints/<agent>/<n>.txt` and records `checkpoint.taken` naming the log
@@ -12,8 +13,9 @@ reason, and drops the kept index, so the next one starts again from the agent's 
 A rollback first checkpoints the current work (auto "rollback", so it can itself be undone by
 rolling back to that one), rebuilds the state as of the checkpoint by replaying the log up to
 its sequence, restores the worktree (infra.worktree.Worktrees.restore: files as saved, the
-branch back where it was then), restarts services whose configuration differs, and records
-`rolled_back`. The log is only ever appended to.
+branch back where it was then, written by git in the agent's confinement as its own user),
+restarts services whose configuration differs, and records `rolled_back`. The log is only
+ever appended to.
 
 Every function here runs with the actor's lock held, except `interval_loop`, which takes it.
 """
@@ -22,11 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from actors import services, steps
+from actors import confine, services, steps
+from infra import sandbox
+from infra.gitjail import Jail
+from infra.worktree import Worktrees
 from schemas import commands as c
 from schemas import events as e
 from schemas.agent import AgentState, CheckpointRef
@@ -80,6 +87,36 @@ def _folder(actor: AgentActor) -> Path:
     return Path(actor.config.state_dir) / "checkpoints" / actor.state.agent_id
 
 
+def jail(actor: AgentActor) -> Jail:
+    """Where git on this agent's files runs (infra/gitjail.py): its own uid, its namespaces
+    and Landlock, as its panes get them (actors/confine.py); its folder beside the
+    checkpoints' scrollback, in no pane's reach."""
+    system = [p for p in confine.SYSTEM_READ if os.path.lexists(p)]
+    system += [sys.prefix, sys.base_prefix, confine.FLEETD_ROOT]
+    return Jail(
+        work=_folder(actor) / "git",
+        uid=actor.sandbox_uid,
+        namespaces=confine.namespaces(actor),
+        landlock=actor.config.confine_paths and sandbox.landlock_abi() > 0,
+        system=tuple(dict.fromkeys(system)),
+        spill=str(confine.private_dir(actor, "sandbox")),
+    )
+
+
+def worktrees(actor: AgentActor, where: Jail | None = None) -> Worktrees:
+    """The agent's repository as checkpoints, rollbacks and removals use it: jailed."""
+    return Worktrees(actor.state.repo, actor.config.worktree_root, where or jail(actor))
+
+
+def _index(actor: AgentActor, where: Jail) -> Path:
+    """The index checkpoints keep: the jail's when there is one (the old one is dropped)."""
+    old = _folder(actor) / "index"
+    if not where.active:
+        return old
+    old.unlink(missing_ok=True)
+    return where.work / "index"
+
+
 def _scrollback_path(actor: AgentActor, n: int) -> Path:
     return _folder(actor) / f"{n}.txt"
 
@@ -109,11 +146,13 @@ async def take(
     n = next_number(s)
     ref = ref_for(s.agent_id, n)
     log_seq = actor.position.seq  # the last event before this checkpoint
-    index = _folder(actor) / "index"  # kept: the next checkpoint re-hashes only what changed
+    where = jail(actor)
+    trees = worktrees(actor, where)
+    index = _index(actor, where)  # kept: the next checkpoint re-hashes only what changed
     # The scrollback is read while git saves: neither waits for the other (a stop waits for both).
     reading = asyncio.ensure_future(steps.run(_save_scrollback, actor, n))
     try:
-        commit = await steps.run(steps.worktrees(actor).save_to_ref, s.worktree, ref, index)
+        commit = await steps.run(trees.save_to_ref, s.worktree, ref, index)
     except BaseException as err:
         await asyncio.gather(reading, return_exceptions=True)
         _scrollback_path(actor, n).unlink(missing_ok=True)  # no checkpoint: no scrollback of it
@@ -166,8 +205,10 @@ async def rollback(actor: AgentActor, cmd: c.Rollback) -> dict[str, Any]:
     label = f"before rollback to #{target.checkpoint}"
     saved = await take(actor, label=label, auto="rollback", cause=cmd.id)
     replayed = await actor.store.replay(s.agent_id, upto=target.log_seq)
-    index = _folder(actor) / "index"  # as the checkpoint just taken left it
-    await steps.run(steps.worktrees(actor).restore, s.worktree, target.commit, index)
+    where = jail(actor)
+    trees = worktrees(actor, where)
+    index = _index(actor, where)  # as the checkpoint just taken left it
+    await steps.run(trees.restore, s.worktree, target.commit, index)
     restarted = await restart_changed_services(actor, replayed.state, cmd.id)
     meta = steps._meta(actor, cmd.id) | ({"actor": cmd.by} if cmd.by else {})
     done = e.RolledBack(

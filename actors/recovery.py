@@ -105,6 +105,44 @@ async def new_ports(actor: AgentActor, cmd: c.NewPorts) -> None:
     await services.start(actor)
 
 
+# -- agents made before each had a repository of its own ---------------------------------------
+
+
+async def migrate_legacy(actor: AgentActor, adopting: bool = True) -> bool:
+    """When the actor starts (`adopting` its panes) and before a restart makes panes: an
+    agent whose worktree is still a linked worktree of the user's repository (made before
+    agents had repositories of their own, infra/worktree.py) gets a repository of its own, so
+    its panes lose write access to the user's git directory. Panes that outlived the actor
+    were started with that access: a RUNNING agent's session is made again at once (its
+    assistant restarts in the same worktree); a PAUSED one keeps its panes until it is
+    restarted, which the log says. Whether it was migrated; one that cannot be is logged
+    with its reason and the agent goes on as it was."""
+    s = actor.state
+    if not s.worktree or not s.repo or not Path(s.worktree).is_dir():
+        return False
+    try:
+        moved = await steps.run(steps.worktrees(actor).migrate, s.agent_id)
+    except FleetError as err:
+        log.warning("agent %s keeps its linked worktree (and write access to the user's .git)"
+                    " until it is removed and spawned again: %s", s.agent_id, err)  # fmt: skip
+        return False
+    if not moved:
+        return False
+    log.warning("agent %s: its linked worktree is now a repository of its own", s.agent_id)
+    if not adopting:  # the panes about to be made get the new grants
+        return True
+    live = bool(s.tmux_session) and await steps.run(actor.tmux.has_session, s.tmux_session)
+    if not live:
+        return True
+    if s.lifecycle is L.RUNNING:
+        async with actor.lock.step("moving its panes off the user's .git"):
+            await recreate_session(actor, c.RecreateSession(by="fleetd: repository migrated"))
+    else:
+        log.warning("agent %s is %s: its panes keep write access to the user's .git until it"
+                    " is restarted", s.agent_id, s.lifecycle.value)  # fmt: skip
+    return True
+
+
 # -- resource limits --------------------------------------------------------------------------
 
 

@@ -105,6 +105,7 @@ async def bring_up(actor: AgentActor) -> None:
     try:
         if s.worktree and Path(s.worktree).is_dir():
             path = Path(s.worktree)  # a restart keeps the agent's worktree and its work
+            await recovery.migrate_legacy(actor, adopting=False)  # an older linked worktree
         else:
             made = await run(_new_worktree, actor)
             path, made_worktree = made.path, True
@@ -244,7 +245,7 @@ async def _bring_back(actor: AgentActor) -> None:
 
 async def _remove_worktree(actor: AgentActor, force: bool) -> None:
     s = actor.state
-    saved = await run(worktrees(actor).remove, s.agent_id, force)
+    saved = await run(checkpoints.worktrees(actor).remove, s.agent_id, force)  # jailed reads
     await actor.record(
         [e.WorkspaceRemoved(path=s.worktree, saved_ref=saved or "", forced=force, **_meta(actor))]
     )

@@ -63,6 +63,7 @@ _FIXED = {
     "GIT_NO_REPLACE_OBJECTS": "1",
     "GIT_PROTOCOL_FROM_USER": "0",
 }
+FIXED = _FIXED  # what every call's environment holds (infra/gitjail.py sets it in its script)
 
 
 def argv(args: Sequence[str]) -> list[str]:

@@ -10,32 +10,38 @@ repository alone, so an agent that pruned its own objects loses nothing a rollba
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from infra import agentrepo, gitsafe
-from infra.userrepo import UserRepo
+from infra.gitjail import Jail
+from infra.userrepo import ALTERNATES, UserRepo
 from schemas.errors import GitFailed
 
 
-def is_dirty(repo: UserRepo, wt: Path, head: str) -> bool:
-    """Tracked changes (staged or not) against `head`, or untracked files that are not ignored."""
-    with tempfile.TemporaryDirectory(prefix="fleet-index-") as name:
-        tmp = Path(name)
-        repo.copy_agent_index(wt, tmp / "index")
+def is_dirty(repo: UserRepo, wt: Path, head: str, jail: Jail | None = None) -> bool:
+    """Tracked changes (staged or not) against `head`, or untracked files that are not ignored
+    (with an active `jail`, read in the agent's confinement)."""
+    with _tmp(jail) as tmp:
+        _copy_index(repo, wt, tmp / "index", jail)
         env = repo.agent_env(wt, tmp / "index")
-        repo.on("refresh the index", wt, "update-index", "-q", "--refresh", env=env, ok=(0, 1))
-        changed, _ = repo.on(
-            "compare with HEAD", wt, "diff-index", "--quiet", head, "--", env=env, ok=(0, 1)
-        )
+        refresh = (("update-index", "-q", "--refresh"), env)  # -q: exit 0 when files changed
+        changed, _ = repo.on_all(
+            "compare with HEAD", wt, [refresh, (("diff-index", "--quiet", head, "--"), env)],
+            jail=jail, ok=(0, 1),
+        )  # fmt: skip
         if changed:
             return True
-        _, untracked = repo.on(
-            "list untracked files", wt, "ls-files", "-o", "--exclude-standard",
-            "--directory", "--no-empty-directory", env=env, excludes=repo.excludes(wt, tmp),
-        )  # fmt: skip
+        excludes = _excludes(wt, tmp, jail)
+        _, untracked = repo.on_all(
+            "list untracked files", wt, [(LIST_UNTRACKED, env)], jail=jail, excludes=excludes
+        )
         return bool(untracked)
+
+
+LIST_UNTRACKED = ("ls-files", "-o", "--exclude-standard", "--directory", "--no-empty-directory")
 
 
 def unmerged_commits(repo: UserRepo, wt: Path, head: str, base: str) -> int:
@@ -44,7 +50,14 @@ def unmerged_commits(repo: UserRepo, wt: Path, head: str, base: str) -> int:
     return int(repo.git("count commits", "rev-list", "--count", f"{base}..{head}", env=env))
 
 
-def save(repo: UserRepo, wt: Path, head: str, ref: str, index_file: str | Path | None) -> str:
+def save(
+    repo: UserRepo,
+    wt: Path,
+    head: str,
+    ref: str,
+    index_file: str | Path | None,
+    jail: Jail | None = None,
+) -> str:
     """Commit the agent's files (tracked + untracked, not ignored), parent `head`, to `ref` of
     the user's repository, with every object it reaches copied there; its sha.
 
@@ -53,27 +66,31 @@ def save(repo: UserRepo, wt: Path, head: str, ref: str, index_file: str | Path |
     re-hashes only the files changed since the previous one. A save that fails with a kept
     index is tried once more from nothing (every file hashed, none of the agent's objects
     trusted): the kept index may name objects that are gone. A second failure is raised.
+    With an active `jail` the files are read in the agent's confinement (infra/gitjail.py):
+    the index is then the jail's, and the objects made there are taken into the user's
+    repository once the commit names them.
     """
     asked = gitsafe.ask_identity(repo.main)  # read while git stages
     who: dict[str, str] | None = None
+    made = jail.objects if jail is not None and jail.active else None
 
     def attempt(tmp: Path, index: Path, fresh: bool) -> str:
         nonlocal who
         # A git ended mid-way (a timeout) leaves its lock; only this save uses this index.
         index.with_name(index.name + ".lock").unlink(missing_ok=True)
-        tree = _snapshot(repo, wt, tmp, index, fresh)
+        tree = _snapshot(repo, wt, tmp, index, fresh, jail)
         who = gitsafe.identity(asked) if who is None else who
-        borrow = {"GIT_ALTERNATE_OBJECT_DIRECTORIES": agentrepo.objects_dir(wt, repo.objects)}
+        found = [agentrepo.objects_dir(wt, repo.objects), *([str(made)] if made else [])]
+        borrow = {ALTERNATES: ":".join(found)}
         message = f"fleet: saved state of {wt.name}"
         sha = repo.git(
             "commit the state", "commit-tree", tree, "-p", head, "-m", message, env=who | borrow
         )
-        repo.take_in(wt, sha)
+        repo.take_in(wt, sha, made)
         return sha
 
     try:
-        with tempfile.TemporaryDirectory(prefix="fleet-index-") as name:
-            tmp = Path(name)
+        with _tmp(jail) as tmp:
             index = Path(index_file) if index_file is not None else tmp / "index"
             try:
                 sha = attempt(tmp, index, fresh=False)
@@ -86,27 +103,33 @@ def save(repo: UserRepo, wt: Path, head: str, ref: str, index_file: str | Path |
         if who is None:
             gitsafe.identity(asked)  # its process reaped, whatever happened
     repo.git("store the state", "update-ref", ref, sha)
+    if jail is not None and made is not None:
+        jail.clear_objects()  # in the user's repository now
     return sha
 
 
-def _snapshot(repo: UserRepo, wt: Path, tmp: Path, index: Path, fresh: bool) -> str:
+def _snapshot(
+    repo: UserRepo, wt: Path, tmp: Path, index: Path, fresh: bool, jail: Jail | None
+) -> str:
     """`add -A` of the agent's files into `index`; its tree. A missing index starts as a copy
     of the agent's, unless `fresh`: then from nothing, and blobs the agent's repository has are
-    not borrowed either (each is written to the user's repository)."""
+    not borrowed either (each is written to the user's repository, or the jail's objects)."""
     if not index.exists():
         if fresh:
             index.parent.mkdir(parents=True, exist_ok=True)
         else:
-            repo.copy_agent_index(wt, index)
+            _copy_index(repo, wt, index, jail)
     env = repo.agent_env(wt, index)
     if fresh:
-        env.pop("GIT_ALTERNATE_OBJECT_DIRECTORIES")
-    excludes = repo.excludes(wt, tmp)
-    repo.on("stage the worktree", wt, "add", "-A", env=env, excludes=excludes)
-    return repo.on("write a tree", wt, "write-tree", env=env)[1]
+        env.pop(ALTERNATES)
+    excludes = _excludes(wt, tmp, jail)
+    calls = [(("add", "-A"), env), (("write-tree",), env)]
+    return repo.on_all("stage the worktree", wt, calls, jail=jail, excludes=excludes)[1]
 
 
-def restore(repo: UserRepo, wt: Path, sha: str, index_file: str | Path | None) -> None:
+def restore(
+    repo: UserRepo, wt: Path, sha: str, index_file: str | Path | None, jail: Jail | None = None
+) -> None:
     """Make the agent's files what `save` saved in `sha`, and its branch and index what they
     were then (the commit's parent): files written since disappear, deleted ones come back,
     untracked files made since are removed, ignored files are kept (`clean` without `-x`);
@@ -114,26 +137,57 @@ def restore(repo: UserRepo, wt: Path, sha: str, index_file: str | Path | None) -
 
     With `index_file` (the index `save` kept, matching the files as just saved) only the files
     that differ from `sha` are written (`read-tree --reset -u` keeps the stat data of unchanged
-    entries); without it, every file is.
+    entries); without it, every file is. With an active `jail` the files are written in the
+    agent's confinement, as its own user (infra/gitjail.py): a folder swapped for a link leads
+    only where the agent could write itself.
     """
     parent = repo.git("read the saved state", "rev-parse", "--verify", "-q", f"{sha}^")
-    with tempfile.TemporaryDirectory(prefix="fleet-index-") as name:
-        tmp = Path(name)
+    with _tmp(jail) as tmp:
         kept = index_file is not None and Path(index_file).exists()
         index = Path(index_file) if kept and index_file is not None else tmp / "index"
         index.with_name(index.name + ".lock").unlink(missing_ok=True)  # see `save`
         env = repo.agent_env(wt, index)  # also puts the agent's alternates back
-        env.pop("GIT_ALTERNATE_OBJECT_DIRECTORIES")  # the user's objects are all it needs
-        repo.on("restore the saved files", wt, "read-tree", "--reset", "-u", sha, env=env)
-        excludes = repo.excludes(wt, tmp)
-        repo.on(
-            "remove files made since", wt, "clean", "-q", "-f", "-d", env=env, excludes=excludes
-        )
+        env.pop(ALTERNATES)  # the user's objects are all it needs
         theirs = tmp / "agent-index"
-        shutil.copyfile(index, theirs)
-        env["GIT_INDEX_FILE"] = str(theirs)
-        repo.on("reset the agent's index", wt, "read-tree", "--reset", parent, env=env)
-        agentrepo.write(wt, "index", theirs.read_bytes())
+        calls = [
+            (("read-tree", "--reset", "-u", sha), env),
+            (("clean", "-q", "-f", "-d"), env),
+            (("!cp", "--", str(index), str(theirs)), {}),
+            (("read-tree", "--reset", parent), env | {"GIT_INDEX_FILE": str(theirs)}),
+        ]
+        excludes = _excludes(wt, tmp, jail)
+        repo.on_all("restore the saved files", wt, calls, jail=jail, writes=True, excludes=excludes)
+        agentrepo.write(wt, "index", Jail.get(theirs))
     branch = agentrepo.symref(wt)
     agentrepo.write(wt, branch or "HEAD", (parent + "\n").encode())
-    agentrepo.hand_back(wt)  # the files git wrote are the agent's user's
+    if jail is None or not jail.active or jail.uid is None:
+        agentrepo.hand_back(wt)  # the files git wrote are the agent's user's
+
+
+@contextlib.contextmanager
+def _tmp(jail: Jail | None) -> Iterator[Path]:
+    """A folder for one step's files: the jail's, where the jailed git can reach it."""
+    if jail is not None and jail.active:
+        with jail.scratch() as path:
+            yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="fleet-index-") as name:
+        yield Path(name)
+
+
+def _copy_index(repo: UserRepo, wt: Path, index: Path, jail: Jail | None) -> None:
+    if jail is None or not jail.active:
+        repo.copy_agent_index(wt, index)
+        return
+    index.parent.mkdir(parents=True, exist_ok=True)
+    data = agentrepo.read(wt, "index")
+    if data:
+        jail.put(index, data)
+
+
+def _excludes(wt: Path, tmp: Path, jail: Jail | None) -> Path:
+    if jail is None or not jail.active:
+        return UserRepo.excludes(wt, tmp)
+    path = tmp / "exclude"
+    jail.put(path, agentrepo.read(wt, "info/exclude", 1 << 20) or b"")
+    return path

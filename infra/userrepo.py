@@ -11,10 +11,13 @@ import contextlib
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterator
+import subprocess
+import zlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from infra import agentrepo, gitsafe
+from infra import agentrepo, gitjail, gitsafe
+from infra.gitjail import Call, Jail
 from infra.worktree_legacy import common_dir
 from schemas.errors import GitFailed, NotARepository
 
@@ -23,6 +26,7 @@ META = ".fleet"  # <root>/.fleet/: fleetd's records of agents' repositories, no 
 # What git reads of an agent's files decides nothing that runs: no filter (clean, smudge,
 # process), no conversion (so a checkpoint holds the bytes on disk and a rollback writes them).
 SCRATCH_ATTRIBUTES = "* -filter -text -ident -working-tree-encoding -diff -merge\n"
+ALTERNATES = "GIT_ALTERNATE_OBJECT_DIRECTORIES"
 
 
 def _is_git_dir(path: Path) -> bool:
@@ -113,6 +117,46 @@ class UserRepo:
             action, wt, full, {"GIT_OBJECT_DIRECTORY": self.objects, **env}, ok=ok
         )
 
+    def on_all(
+        self,
+        action: str,
+        wt: Path,
+        calls: Sequence[Call],
+        *,
+        jail: Jail | None,
+        writes: bool = False,
+        excludes: Path | None = None,
+        ok: tuple[int, ...] = (0,),
+    ) -> tuple[int, str]:
+        """`on` for each of `calls` in turn (a call starting with "!" is a plain command), the
+        last one's status and output; with an active `jail`, all in that agent's confinement
+        (infra/gitjail.py), the worktree bound read-only unless the step `writes` it. Objects
+        git makes there go to the jail's own folder, the user's (and, when the call's env
+        names them, the agent's) borrowed read-only."""
+        if jail is None or not jail.active:
+            out: tuple[int, str] = (0, "")
+            for i, (args, env) in enumerate(calls):
+                last = ok if i == len(calls) - 1 else (0,)
+                if args and args[0].startswith("!"):
+                    _plain(action, wt, [args[0][1:], *args[1:]])
+                    continue
+                out = self.on(action, wt, *args, env=dict(env), ok=last, excludes=excludes)
+            return out
+        extra = ("-c", f"core.excludesFile={excludes}") if excludes is not None else ()
+        repo = ("--git-dir", str(self.scratch_dir()), "--work-tree", str(wt), *extra)
+        jailed: list[Call] = []
+        for args, env in calls:
+            if args and args[0].startswith("!"):
+                jailed.append((args, env))
+                continue
+            borrowed = [self.objects, *filter(None, [env.get(ALTERNATES, "")])]
+            mine = {**env, "GIT_OBJECT_DIRECTORY": str(jail.objects)}
+            jailed.append(((*repo, *args), mine | {ALTERNATES: ":".join(borrowed)}))
+        read = [str(self.scratch_dir()), *borrowed_objects(self.common), *gitjail.git_read()]
+        read += [] if writes else [str(wt)]
+        write = [str(wt)] if writes else []
+        return jail.run(action, wt, jailed, read=read, write=write, ok=ok)
+
     def scratch_dir(self) -> Path:
         """fleetd's own empty repository for this user repository, made once: the repository
         of every git call that reads or writes an agent's files."""
@@ -151,26 +195,34 @@ class UserRepo:
         if data:
             index.write_bytes(data)
 
-    def take_in(self, wt: Path, sha: str) -> None:
+    def take_in(self, wt: Path, sha: str, made: Path | None = None) -> None:
         """Copy into the user's repository every object `sha` reaches that it lacks (only the
-        agent's repository has them: its commits, files it staged)."""
-        if not agentrepo.holds_objects(wt):
-            return  # it has none of its own: two git processes fewer at every stop
-        borrow = {"GIT_ALTERNATE_OBJECT_DIRECTORIES": agentrepo.objects_dir(wt, self.objects)}
-        # Anything a fleet branch or this agent's saved refs reach is in the user's repo.
-        listed = self.git(
-            "list what the state needs", "rev-list", "--objects", sha,
-            "--not", f"--glob=refs/heads/{BRANCH_PREFIX}*", f"--glob=refs/fleet/*/{wt.name}/*",
-            env=borrow,
-        )  # fmt: skip
-        names = "".join(line[:64].split(" ")[0] + "\n" for line in listed.splitlines())
-        if not names:
+        agent's repository has them: its commits, files it staged; or `made`, the objects a
+        jailed checkpoint wrote, infra/gitjail.py)."""
+        mine = agentrepo.holds_objects(wt)
+        loose = _loose(made) if made is not None else []
+        if not mine and not loose:
+            return  # nothing of its own: two git processes fewer at every stop
+        dirs = [agentrepo.objects_dir(wt, self.objects)] if mine else []
+        borrow = {ALTERNATES: ":".join([*dirs, *([str(made)] if loose else [])])}
+        if mine:  # what the agent's own repository adds, beside what the jail made
+            # Anything a fleet branch or this agent's saved refs reach is in the user's repo.
+            listed = self.git(
+                "list what the state needs", "rev-list", "--objects", sha,
+                "--not", f"--glob=refs/heads/{BRANCH_PREFIX}*", f"--glob=refs/fleet/*/{wt.name}/*",
+                env=borrow,
+            )  # fmt: skip
+            names = "".join(line[:64].split(" ")[0] + "\n" for line in listed.splitlines())
+            check = ("--git-dir", str(self.gitdir), "cat-file", "--batch-check=%(objectname)")
+            found = gitsafe.run("look for the objects", self.main, check, stdin=names.encode())
+            missing = "".join(
+                ln.split(" ")[0] + "\n" for ln in found.splitlines() if ln.endswith(" missing")
+            )
+        else:  # a jail writes only objects the user's repository lacks: all of them
+            assert made is not None
+            for name in loose:
+                self.put_loose(made, name)
             return
-        check = ("--git-dir", str(self.gitdir), "cat-file", "--batch-check=%(objectname)")
-        found = gitsafe.run("look for the objects", self.main, check, stdin=names.encode())
-        missing = "".join(
-            ln.split(" ")[0] + "\n" for ln in found.splitlines() if ln.endswith(" missing")
-        )
         if missing:
             gitsafe.pipe(
                 "copy the agent's objects", self.main,
@@ -178,6 +230,43 @@ class UserRepo:
                 (("--git-dir", str(self.gitdir), "unpack-objects", "-q"), {}),
                 missing.encode(),
             )  # fmt: skip
+
+    def put_loose(self, made: Path, name: str) -> None:
+        """One loose object a jail made (`made/ab/cdef...`), into the user's repository, as git
+        writes one: a new read-only file linked into place. Read through no link and checked:
+        its inflated bytes must be a git object whose hash is its name (else GitFailed), so
+        nothing but that object can land there. No git process: two fewer per checkpoint."""
+        where = str(self.main)
+        dst = self.common / "objects" / name[:2] / name[2:]
+        if dst.exists():
+            return
+        try:
+            fd = os.open(made / name[:2] / name[2:], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise GitFailed("take in the checkpoint's objects", where, f"{name}: {e}") from e
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
+        digest = hashlib.new("sha1" if len(name) == 40 else "sha256")
+        inflate = zlib.decompressobj()
+        head = b""
+        for start in range(0, len(data), 1 << 20):
+            chunk = inflate.decompress(data[start : start + (1 << 20)])
+            head = head or chunk[:64]
+            digest.update(chunk)
+        digest.update(inflate.flush())
+        kind = head.split(b" ", 1)[0]
+        if digest.hexdigest() != name or kind not in (b"blob", b"tree", b"commit", b"tag"):
+            raise GitFailed("take in the checkpoint's objects", where, f"{name} is not that object")
+        dst.parent.mkdir(exist_ok=True)
+        tmp = dst.parent / f"tmp_obj_fleet_{os.getpid()}_{name[:8]}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            with contextlib.suppress(FileExistsError):  # another writer put it there first
+                os.link(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def commit_of(self, ref: str) -> str | None:
         """The sha of the commit `ref` names, or None when it names none."""
@@ -206,6 +295,23 @@ class UserRepo:
                 if head.read_text().strip() == want:
                     return True
         return False
+
+
+def _loose(objects: Path) -> list[str]:
+    """The names of the loose objects in an object directory (`ab/cdef...` -> `abcdef...`)."""
+    names: list[str] = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(objects):
+            if len(entry.name) == 2 and entry.is_dir(follow_symlinks=False):
+                names += [entry.name + rest for rest in os.listdir(entry.path)]
+    return [n for n in names if agentrepo.SHA.fullmatch(n)]
+
+
+def _plain(action: str, wt: Path, argv: list[str]) -> None:
+    done = subprocess.run(argv, capture_output=True, check=False, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        raise GitFailed(action, str(wt), (lines or [f"exit {done.returncode}"])[-1])
 
 
 @contextlib.contextmanager

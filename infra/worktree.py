@@ -23,7 +23,8 @@ Branch policy for `create`: a new branch `fleet/<name>` is made from `base_ref`.
 branch already exists and no agent's repository has it (an agent that was stopped and whose
 repository was removed), it is reused as is, and `base_ref` is ignored: its commits are the
 agent's earlier work. If one has it, `create` refuses. Older agents' linked worktrees (made by
-`git worktree add`) are still listed and removed.
+`git worktree add`) are still listed and removed, and `migrate` makes one a repository of its
+own (its actor does when it starts).
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from infra import agentrepo, gitsafe, snapshots
+from infra.gitjail import Jail
 from infra.userrepo import BRANCH_PREFIX, META, UserRepo, borrowed_objects, repo_lock, top
 from infra.worktree_legacy import LegacyWorktrees, common_dir
 from schemas.errors import GitFailed, InvalidName, UnknownRef, WorktreeHasWork
@@ -89,10 +92,11 @@ def paths_for_pane(repo_path: str | Path, worktree: str | Path) -> tuple[list[st
 class Worktrees:
     """The fleet's agent repositories of one user repository, kept under `root/<agent_id>`."""
 
-    def __init__(self, repo_path: str | Path, root: str | Path) -> None:
+    def __init__(self, repo_path: str | Path, root: str | Path, jail: Jail | None = None) -> None:
         self.repo = UserRepo(repo_path, root)
         self.main, self.root, self.common = self.repo.main, self.repo.root, self.repo.common
         self._legacy = LegacyWorktrees(self.main, self.root, self.repo.gitdir)
+        self.jail = jail  # where git on the agent's files runs (infra/gitjail.py), if set
 
     def path_for(self, agent_id: str) -> Path:
         return self.root / _token("agent id", agent_id)
@@ -206,6 +210,42 @@ class Worktrees:
         agentrepo.hand_back(wt)  # its repository again, its user's
         return True
 
+    def migrate(self, agent_id: str) -> bool:
+        """An agent made before agents had repositories of their own keeps a linked worktree,
+        whose panes write the user's git directory: make its folder a repository of its own
+        (infra/agentrepo.py), on the same branch at the same commit, with the same index (so
+        what it staged stays staged), and drop the user's record of the linked worktree.
+        The files are not touched. True when it was migrated, False when there was nothing to
+        migrate; GitFailed, with the reason, when it cannot be (its HEAD is not on one of
+        fleetd's branches, or the user's record of it is not a folder)."""
+        path = self.path_for(agent_id)
+        dot_git = path / ".git"
+        where = str(path)
+        if not self._is_linked(dot_git):
+            return False
+        admin = Path(os.path.normpath(path / _gitfile(dot_git)))
+        if admin.is_symlink() or not admin.is_dir():
+            raise GitFailed("migrate the linked worktree", where, f"{admin} is not a folder")
+        raw = _read_plain(admin / "HEAD", 4096).decode(errors="replace").strip()
+        ref = raw.removeprefix("ref: ").strip() if raw.startswith("ref: ") else None
+        branch = ref.removeprefix("refs/heads/") if ref else None
+        if branch is None or not branch.startswith(BRANCH_PREFIX) or not _REF.fullmatch(branch):
+            why = f"its HEAD ({raw[:80]!r}) is not on a {BRANCH_PREFIX} branch of fleetd's"
+            raise GitFailed("migrate the linked worktree", where, why)
+        head = self._commit_of(f"refs/heads/{branch}")
+        if head is None:
+            raise GitFailed("migrate the linked worktree", where, f"{branch} names no commit")
+        index = _read_plain(admin / "index", agentrepo.MAX_READ)
+        dot_git.unlink()
+        self._write_meta(agent_id, branch)
+        self._init(path, branch, head, checkout=False)
+        if index:
+            agentrepo.write(path, "index", index)  # its staged changes, its files' stat data
+        shutil.rmtree(admin)
+        self.repo.git("forget the linked worktree", "worktree", "prune")
+        agentrepo.hand_back(path)
+        return True
+
     def _is_linked(self, dot_git: Path) -> bool:
         """`.git` is a plain file naming a git dir under the user's `worktrees/`."""
         if dot_git.is_symlink() or not dot_git.is_file():
@@ -237,7 +277,7 @@ class Worktrees:
         wt = Path(path)
         if not self._own_repo(wt):
             return self._legacy.is_dirty(wt)
-        return snapshots.is_dirty(self.repo, wt, self.head_of(wt))
+        return snapshots.is_dirty(self.repo, wt, self.head_of(wt), self.jail)
 
     def unmerged_commits(self, path: str | Path, base_ref: str) -> int:
         """Commits on the agent's HEAD that `base_ref` (of the user's repository) lacks."""
@@ -255,7 +295,7 @@ class Worktrees:
         wt = Path(path)
         if not self._own_repo(wt):
             return self._legacy.save_to_ref(wt, ref, index_file)
-        return snapshots.save(self.repo, wt, self.head_of(wt), ref, index_file)
+        return snapshots.save(self.repo, wt, self.head_of(wt), ref, index_file, self.jail)
 
     def restore(self, path: str | Path, commit: str, index_file: str | Path | None = None) -> None:
         """Make the worktree what `save_to_ref` saved in `commit`, and the agent's branch and
@@ -264,7 +304,7 @@ class Worktrees:
         wt = Path(path)
         if not self._own_repo(wt):
             return self._legacy.restore(wt, sha, index_file)
-        snapshots.restore(self.repo, wt, sha, index_file)
+        snapshots.restore(self.repo, wt, sha, index_file, self.jail)
 
     # -- bringing work back, removing -------------------------------------------------------
 
@@ -387,6 +427,22 @@ class Worktrees:
         """The agent's branch, from fleetd's record (never from the agent's repository)."""
         branch, repo = _parse_meta(self._meta_path(agent_id))
         return branch if repo == str(self.common) else None
+
+
+def _gitfile(dot_git: Path) -> str:
+    return dot_git.read_text(errors="replace").strip().removeprefix("gitdir:").strip()
+
+
+def _read_plain(path: Path, limit: int) -> bytes:
+    """A regular file's bytes (b"" when missing, a link or not a regular file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return b""
+        return f.read(limit + 1)[:limit]
 
 
 def _parse_meta(path: Path) -> tuple[str | None, str | None]:
