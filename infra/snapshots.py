@@ -160,8 +160,7 @@ def restore(
         agentrepo.write(wt, "index", Jail.get(theirs))
     branch = agentrepo.symref(wt)
     agentrepo.write(wt, branch or "HEAD", (parent + "\n").encode())
-    if jail is None or not jail.active or jail.uid is None:
-        agentrepo.hand_back(wt)  # the files git wrote are the agent's user's
+    agentrepo.hand_back(wt)  # what fleetd wrote (its index, its branch) is the agent's user's
 
 
 @contextlib.contextmanager
