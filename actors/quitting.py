@@ -5,8 +5,10 @@ A stop used to type the quit text into whatever was on screen, and that text bec
 submitted as Claude's OAuth code. So the screen is read first, and each round does only what is
 safe for what it shows:
 
-- at the assistant's prompt (READY), the quit text is typed, then Enter on its own once the
-  text is on screen (Codex takes text and Enter sent together as a paste, and never submits);
+- at the assistant's prompt (READY), the quit text goes in as a `send` does (actors/keyboard.py):
+  pasted, then Enter on its own, in the same tmux call where the profile allows it (a shell:
+  no screen read between) or once the text is on screen (Codex takes text and Enter typed
+  together as a paste, and never submits);
 - at a dialog or login screen, the profile's next cancel key (Esc, Ctrl-C), never Enter;
 - working, or a screen it does not know, its quit keys (Ctrl-C twice): they interrupt and end.
 
@@ -20,6 +22,7 @@ import os
 import time
 from collections.abc import Iterator
 
+from actors import keyboard
 from infra import pidfd
 from infra.tmux import Tmux
 from schemas.assistants import WAITING, AssistantProfile, classify
@@ -49,7 +52,9 @@ async def quit_assistant(
         activity = classify(screen, profile)
         if activity is Activity.READY and profile.quit_text and not typed:
             typed = True
-            await _type(tmux, session, profile.quit_text, screen)
+            await keyboard.enter_text(
+                tmux, session, WINDOW, profile, profile.quit_text, before=screen, wait_s=ECHO_WAIT_S
+            )
             wait = max(deadline - time.monotonic(), 0) / 2  # it quits now, or it did not hear
         elif activity in WAITING:
             key = next(cancels, None)
@@ -66,18 +71,6 @@ async def quit_assistant(
         if await _settled(tmux, session, pid, screen, min(wait, deadline - time.monotonic())):
             return True
     return await _exited(pid, 0)
-
-
-async def _type(tmux: Tmux, session: str, text: str, before: str) -> None:
-    """The text, then Enter as a key of its own once the text shows (or `ECHO_WAIT_S`)."""
-    await asyncio.to_thread(tmux.send_text, session, WINDOW, text, False)
-    deadline = time.monotonic() + ECHO_WAIT_S
-    while time.monotonic() < deadline:
-        screen = await _capture(tmux, session)
-        if screen is None or (text in screen and screen != before):
-            break
-        await asyncio.sleep(LOOK_S)
-    await asyncio.to_thread(tmux.send_keys, session, WINDOW, ["Enter"])
 
 
 async def _settled(tmux: Tmux, session: str, pid: int, before: str, timeout: float) -> bool:

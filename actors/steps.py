@@ -15,7 +15,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from actors import checkpoints, confine, creds, monitor, ports, quitting, recovery, services
+from actors import (
+    checkpoints,
+    confine,
+    creds,
+    keyboard,
+    monitor,
+    ports,
+    quitting,
+    recovery,
+    services,
+)
 from infra import heap, procs, secretstore
 from infra.worktree import WorktreeInfo, Worktrees
 from schemas import commands as c
@@ -297,8 +307,11 @@ async def act(actor: AgentActor, cmd: c.AgentCommand) -> dict[str, Any]:
         case c.Send(text=text, keys=keys, enter=enter):
             await monitor.refuse_dead_pane(actor)  # nothing typed into, or logged for, a dead pane
             await actor.execute(cmd)
-            if text:
-                await run(tmux.send_text, s.tmux_session, "agent", text, enter and not keys)
+            if text:  # pasted, then Enter once it is taken (actors/keyboard.py)
+                profile = agent_profile(s)
+                await keyboard.enter_text(
+                    tmux, s.tmux_session, "agent", profile, text, enter=enter and not keys
+                )
             if keys:
                 await run(tmux.send_keys, s.tmux_session, "agent", list(keys))
         case c.Attach(user=user, readonly=readonly):

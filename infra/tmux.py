@@ -47,7 +47,14 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}")
 _SESSION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}(\+[A-Za-z0-9_][A-Za-z0-9_-]{0,63})?")
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,31}")
-_SEP = ";"  # a real tmux command separator, never escaped
+
+
+class _Separator(str):
+    """A real tmux command separator: told apart from user text ";" by identity (CPython keeps
+    one object for every one-character string, so a plain ";" would be that object too)."""
+
+
+_SEP = _Separator(";")  # never escaped
 _MISSING = ("can't find session", "no server running", "error connecting to")
 _DUPLICATE = "duplicate session"
 
@@ -247,6 +254,19 @@ class Tmux:
             self.kill_session(name)
             self._run("create session", name, *args)
 
+    def start_one_off(self, name: str, cwd: str | Path, env: dict[str, str], command: str) -> None:
+        """A detached session of one window running `command` (a shell line) and nothing else,
+        which closes when the command exits: a pane someone attaches to for one job (`fleet
+        login`), not an agent's (no waiting shell, no remain-on-exit, no other windows)."""
+        env_args = [
+            f"-e{_check('env var', k, _ENV_KEY, '[A-Za-z0-9_]')}={v}" for k, v in env.items()
+        ]
+        self._run(
+            "create session", name,
+            "new-session", "-d", "-s", _session_name(name), "-n", "agent", "-c", str(cwd),
+            "-x", str(self.width), "-y", str(self.height), *env_args, command,
+        )  # fmt: skip
+
     def has_session(self, name: str) -> bool:
         return self._cmd("has-session", "-t", f"={_session_name(name)}").returncode == 0
 
@@ -431,6 +451,27 @@ class Tmux:
             return
         if enter:
             self._run("send Enter to", session, *enter_args[1:])
+
+    def paste_text(self, session: str, window: str, text: str, enter: bool = False) -> None:
+        """Paste `text` into the window's pane, in one tmux call with Enter after it if `enter`.
+
+        `paste-buffer -p` wraps it in bracketed-paste markers when the program asked for them
+        (mode 2004), so its newlines (sent as CR, as a terminal's paste does) are part of one
+        input; Enter is a key of its own after the end marker. Long text goes through a file.
+        """
+        target = self._target(session, window)
+        enter_args = [_SEP, "send-keys", "-t", target, "Enter"] if enter else []
+        if len(text.encode()) > SEND_KEYS_MAX:
+            self._paste(session, target, text)
+            if enter:
+                self._run("send Enter to", session, *enter_args[1:])
+            return
+        buffer = f"fleet-{os.getpid()}-{id(text)}"
+        self._run(
+            "paste text into", session,
+            "set-buffer", "-b", buffer, "--", text, _SEP,
+            "paste-buffer", "-d", "-p", "-b", buffer, "-t", target, *enter_args,
+        )  # fmt: skip
 
     def _paste(self, session: str, target: str, text: str) -> None:
         buffer = f"fleet-{os.getpid()}-{id(text)}"

@@ -58,6 +58,15 @@ class AssistantProfile(msgspec.Struct, frozen=True, kw_only=True):
     clears a stored key, so Gemini's Esc comes first and leaves that box). `quit_keys` end a
     busy assistant (or a foreground command in a shell) that the text cannot reach; a stop
     then falls back to signals.
+
+    Input (a `send`, and the quit text): with `paste`, text goes in as a paste (tmux
+    `paste-buffer -p`: in the markers of a bracketed paste when the assistant asked for them,
+    as all four and bash's readline do), so its newlines are part of one input and not Enters;
+    without, it is typed as keys. Enter is a key of its own after the text: in the same tmux
+    call with `enter_with_text` (the assistant tells a paste's end from a key press: a shell),
+    else once the screen shows the text and `enter_delay_s` later. Codex took text and Enter
+    typed together as one paste and never submitted; Gemini CLI drops an Enter that comes
+    right after a paste (0.3 s later it submits).
     """
 
     name: str
@@ -65,6 +74,9 @@ class AssistantProfile(msgspec.Struct, frozen=True, kw_only=True):
     quit_text: str
     quit_keys: tuple[str, ...] = ()
     cancel_keys: tuple[str, ...] = ()
+    paste: bool = True
+    enter_with_text: bool = False
+    enter_delay_s: float = 0.0
     patterns: dict[str, tuple[str, ...]] = {}  # Activity value -> regexes (see module doc)
     env: dict[str, str] = {}
 
@@ -91,6 +103,7 @@ SHELL = AssistantProfile(
     name="shell",
     command="bash --noprofile --norc -i",
     quit_text="exit",
+    enter_with_text=True,  # readline: a paste's end marker, then Enter runs it
     # Ctrl-D at an empty prompt. Not Ctrl-C first: readline drops the keys typed after it.
     quit_keys=("C-d",),
     cancel_keys=("C-c",),  # a password or yes/no prompt abandoned: back at the prompt
@@ -231,6 +244,7 @@ GEMINI = AssistantProfile(
     name="gemini",
     command="gemini",
     quit_text="/quit",
+    enter_delay_s=0.3,  # an Enter at once after a paste is dropped (0.61.0, measured)
     quit_keys=("C-c", "C-c"),  # "Press Ctrl+C again to exit"
     cancel_keys=("Escape", "C-c", "C-c"),
     patterns=_patterns(
