@@ -27,6 +27,7 @@ from services import cli_agents as agents
 from services import cli_complete as completion
 from services import cli_health as health
 from services import cli_history as history
+from services import cli_login as login
 from services import cli_mail as mail
 from services import cli_nats as nats_keys
 from services import cli_sandbox, doctor
@@ -104,6 +105,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("attach", agents.cmd_attach, agents.attach_arguments),
     Subcommand("doctor", cli_sandbox.cmd_doctor, cli_sandbox.doctor_arguments),
     Subcommand("gc", doctor.cmd_gc, doctor.gc_arguments),
+    Subcommand("login", login.cmd_login, login.login_arguments),
     Subcommand("token", tokens.cmd_token, tokens.token_arguments),
     Subcommand("checkpoint", history.cmd_checkpoint, history.checkpoint_arguments),
     Subcommand("checkpoints", history.cmd_checkpoints, agents.id_argument),
