@@ -105,7 +105,9 @@ def agent_permissions(agent_id: str) -> dict[str, Any]:
     # actors/mailrelay.py checks each (recipient, priority, size, rate) and stores or sends
     # it on. No `_INBOX.>`: a reply subject seen in a command would let it forge answers to
     # the control plane's requests.
-    publish = [subjects.mail_relay(a), subjects.topic_relay(a)]
+    # Its assistant's hooks report by a request on its own `fleet.hook.<a>` (actors/monitor.py
+    # checks each and records what it says; the reply comes to its own inbox).
+    publish = [subjects.mail_relay(a), subjects.topic_relay(a), subjects.hook(a)]
     subscribe = [
         subjects.command(a),
         subjects.mailbox(a),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import TypedDict, assert_never
+from typing import Literal, TypedDict, assert_never
 
 import msgspec
 from msgspec.structs import replace
@@ -203,8 +203,8 @@ def decide(
             return to(L.STOPPED, "mark stopped", reason)
         case c.Fail(reason=reason):
             return [] if state.lifecycle is L.ERROR else to(L.ERROR, "fail", reason)
-        case c.ObserveActivity(activity=act, detail=detail):
-            return _observe(state, act, detail, meta, new_id)
+        case c.ObserveActivity(activity=act, detail=detail, source=source):
+            return _observe(state, act, detail, meta, new_id, source)
         case _:
             assert_never(cmd)
 
@@ -245,6 +245,7 @@ def _observe(
     detail: str,
     meta: _Meta,
     new_id: Callable[[], str],
+    source: Literal["screen", "hook"] = "screen",
 ) -> list[e.AgentEvent]:
     if state.lifecycle not in ACTIVE:
         raise InvalidTransition(
@@ -257,7 +258,10 @@ def _observe(
         raise InvalidTransition(
             state.agent_id, f"mark {act.value}", state.activity.value, _either(sources)
         )
-    return [e.ActivityChanged(event_id=new_id(), to=act, frm=state.activity, detail=detail, **meta)]
+    changed = e.ActivityChanged(
+        event_id=new_id(), to=act, frm=state.activity, detail=detail, source=source, **meta
+    )
+    return [changed]
 
 
 def evolve(state: AgentState, event: e.AgentEvent) -> AgentState:

@@ -192,6 +192,7 @@ class Fail(Command, frozen=True, tag="fail"):
 class ObserveActivity(Command, frozen=True, tag="observe_activity"):
     activity: Activity
     detail: str = ""
+    source: typing.Literal["screen", "hook"] = "screen"  # "hook": its own hooks (schemas/hooks.py)
 
 
 AgentCommand = (

@@ -47,6 +47,9 @@ class ActivityChanged(Event, frozen=True, tag="activity.changed"):
     to: Activity
     frm: Activity = msgspec.field(default=Activity.READY, name="from")
     detail: str = ""  # what the agent is asking, when it waits
+    # Who said so: "screen" (read from the pane) or "hook" (the assistant's own hooks,
+    # schemas/hooks.py). Older logs have no field: they were all read from the screen.
+    source: typing.Literal["screen", "hook"] = "screen"
 
 
 class WorkspaceReady(Event, frozen=True, tag="workspace.ready"):

@@ -82,6 +82,12 @@ def command(agent_id: str) -> str:
     return f"{_ROOT}.cmd.{token(agent_id)}"
 
 
+def hook(agent_id: str) -> str:
+    """Where an agent's own processes report (`fleet hook`, from its assistant's hooks): a
+    request its actor checks and answers; the agent's NATS user may publish only its own."""
+    return f"{_ROOT}.hook.{token(agent_id)}"
+
+
 def control(verb: str) -> str:
     """Fleet-wide request/reply subject: spawn, list, find, templates, ports."""
     return f"{_ROOT}.ctl.{token(verb, 'control verb')}"

@@ -54,6 +54,8 @@ def value_st(tp: Any, overrides: Overrides | None = None) -> st.SearchStrategy[A
         return st.sampled_from(list(tp))
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         return struct_st(tp, overrides)
+    if origin is typing.Literal:
+        return st.sampled_from(args)
     if origin in (typing.Union, types.UnionType):
         return st.one_of([value_st(a, overrides) for a in args])
     if tp is type(None):
