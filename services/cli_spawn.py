@@ -109,7 +109,8 @@ async def _spawn(args: argparse.Namespace) -> int:
         subs = []
         spinner = Progress(client.nc, names, "spawning")
         # On a terminal the spinner shows the steps; the step lines are for logs and scripts.
-        if not args.json and not (spinner.enabled and cli_style.is_terminal(sys.stdout)):
+        lines = not args.json and not (spinner.enabled and cli_style.is_terminal(sys.stdout))
+        if lines:
             subs = await _follow_progress(client.nc, names, width)
         async with spinner:
             results = await asyncio.gather(
@@ -119,16 +120,18 @@ async def _spawn(args: argparse.Namespace) -> int:
         await asyncio.sleep(0.05)  # let progress lines already received print first
         for sub in subs:
             await sub.unsubscribe()
+    if lines and cli_follow.fleet_key() is None and any(isinstance(r, dict) for r in results):
+        # Said after the fact, and only when something was spawned: a spawn that no
+        # supervisor answered has one sentence, and it is that one.
+        print("fleet: no fleet key in the state dir; progress lines were not shown (they could"
+              " not be verified)", file=sys.stderr)  # fmt: skip
     return _spawn_report(names, results, args.json)
 
 
 async def _follow_progress(nc: Client, names: list[str], width: int) -> list[Subscription]:
     """A line per event of each agent's log as it is stored, only of those that verify
-    (services/cli_follow.py); none, with a sentence on stderr, without the fleet key."""
+    (services/cli_follow.py); none without the fleet key (said once the spawn is answered)."""
     key = cli_follow.fleet_key()
-    if key is None:
-        print("fleet: no fleet key in the state dir; progress lines are not shown (they could"
-              " not be verified)", file=sys.stderr)  # fmt: skip
 
     def line(event: e.AgentEvent) -> None:
         print(_progress_line(event, width), flush=True)
