@@ -12,7 +12,7 @@ from aiohttp import web
 @contextlib.asynccontextmanager
 async def serving(app: web.Application) -> AsyncIterator[int]:
     """`app` on a free port of 127.0.0.1 until the block ends: that port."""
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)  # a handler a test left hanging is cut
     await runner.setup()
     try:
         await web.TCPSite(runner, "127.0.0.1", 0).start()
