@@ -219,7 +219,7 @@ class Supervisor:
         name = req.name or f"{subjects.token(req.template, 'template')}-{secrets.token_hex(2)}"
         subjects.token(name, "agent name")
         template, version = await resolve_template(self.nc, req.template)
-        if name in self.actors or name in self.reserved or await self.store.last_seq(name):
+        if name in self.actors or name in self.reserved or await self._in_log(name):
             raise AgentExists(name)
         if len(self.actors) + len(self.reserved) >= self.config.max_agents:
             raise TooManyAgents(self.config.max_agents)
@@ -232,7 +232,7 @@ class Supervisor:
             command = req.command or template.assistant.command
             spec = encode_spec(template)
             reply: bytes = await actor.spawn.remote(req, command, pooled, spec, version)
-            if replies.is_error(msgspec.json.decode(reply)) and not await self.store.last_seq(name):
+            if replies.is_error(msgspec.json.decode(reply)) and not await self._in_log(name):
                 await self._let_go(actor)  # refused before its log held anything
             else:
                 self.actors[name] = actor
@@ -241,6 +241,21 @@ class Supervisor:
             self.reserved.discard(name)
         self._background(self._fill_pool())
         return reply
+
+    async def _in_log(self, name: str) -> bool:
+        """Whether the log holds an agent of this name: an event its actor signed. Messages
+        on its subject that no actor signed (stored with the control plane's credential, or
+        left under another fleet key) take no name: each is refused and reported as every
+        reader refuses it, and the new agent's log goes on after them."""
+        if not await self.store.last_seq(name):
+            return False  # the usual case, one lookup
+        loaded = await self.store.load(name)
+        if loaded.state.lifecycle.value != "NEW" or loaded.skipped:
+            return True
+        log.warning("spawn of %s: %d message(s) on its log that no agent's actor signed are"
+                    " refused (sequences %s); the name is free", name, len(loaded.refused),
+                    ", ".join(str(r.seq) for r in loaded.refused))  # fmt: skip
+        return False
 
     async def _let_go(self, actor: Any) -> None:
         """End an actor whose spawn was refused before anything was recorded: no agent of that
