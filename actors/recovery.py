@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,8 +47,13 @@ async def recreate_session(actor: AgentActor, cmd: c.RecreateSession) -> None:
         await actor.execute(c.Restart(id=cmd.id, by=cmd.by))
         await steps.bring_up(actor)
         return
+    await _remake(actor, cmd.id)
+
+
+async def _remake(actor: AgentActor, cause: str) -> None:
+    """The session killed (every process in it) and made anew, its services started again."""
     actor._stop_monitor()
-    await services.stop(actor, polite=False, cause=cmd.id)
+    await services.stop(actor, polite=False, cause=cause)
     s = actor.state
     live: bool = bool(s.tmux_session) and await steps.run(actor.tmux.has_session, s.tmux_session)
     if live:
@@ -56,11 +62,11 @@ async def recreate_session(actor: AgentActor, cmd: c.RecreateSession) -> None:
         socket=actor.tmux.socket_name,
         session=s.tmux_session or steps.session_name(s.agent_id),
         reason="recreate_session",
-        **steps._meta(actor, cmd.id),
+        **steps._meta(actor, cause),
     )
     await actor.record([closed])
     try:
-        await _new_session(actor, cmd.id)
+        await _new_session(actor, cause)
         await services.start(actor)
     except FleetError as err:
         await actor._fail(f"recreating the session failed: {err}")
@@ -114,8 +120,8 @@ async def migrate_legacy(actor: AgentActor, adopting: bool = True) -> bool:
     agents had repositories of their own, infra/worktree.py) gets a repository of its own, so
     its panes lose write access to the user's git directory. Panes that outlived the actor
     were started with that access: a RUNNING agent's session is made again at once (its
-    assistant restarts in the same worktree); a PAUSED one keeps its panes until it is
-    restarted, which the log says. Whether it was migrated; one that cannot be is logged
+    assistant restarts in the same worktree); a PAUSED one's too, and its new panes are
+    stopped again, so it stays PAUSED. Whether it was migrated; one that cannot be is logged
     with its reason and the agent goes on as it was."""
     s = actor.state
     if not s.worktree or not s.repo or not Path(s.worktree).is_dir():
@@ -137,9 +143,10 @@ async def migrate_legacy(actor: AgentActor, adopting: bool = True) -> bool:
     if s.lifecycle is L.RUNNING:
         async with actor.lock.step("moving its panes off the user's .git"):
             await recreate_session(actor, c.RecreateSession(by="fleetd: repository migrated"))
-    else:
-        log.warning("agent %s is %s: its panes keep write access to the user's .git until it"
-                    " is restarted", s.agent_id, s.lifecycle.value)  # fmt: skip
+    elif s.lifecycle is L.PAUSED:  # its old panes, stopped, would run on with the access
+        async with actor.lock.step("moving its paused panes off the user's .git"):
+            await _remake(actor, "")
+            await steps.run(actor.tmux.signal_panes, actor.state.tmux_session, signal.SIGSTOP)
     return True
 
 

@@ -44,6 +44,23 @@ async def actor_pid(nc: Client, agent_id: str) -> int:
     return pid
 
 
+async def restart_actor(nc: Client, agent_id: str, lifecycle: str) -> None:
+    """Kill the agent's actor, as an upgrade does, and wait until its next one answers."""
+    pid = await actor_pid(nc, agent_id)
+    os.kill(pid, signal.SIGKILL)
+
+    async def back() -> dict[str, Any] | None:
+        try:
+            shown = await command(nc, agent_id, "show", timeout=5)
+        except Exception:
+            return None
+        agent = shown.get("agent", {})
+        ok = agent.get("actor", {}).get("pid") not in (None, 0, pid)
+        return agent if ok and agent.get("lifecycle") == lifecycle else None
+
+    await until(back, f"{agent_id}'s actor to come back, {lifecycle}", GUARD_S)
+
+
 async def test_an_old_agents_linked_worktree_is_migrated_when_its_actor_starts(
     fleet: Fleet, nc: Client, repo: Path
 ) -> None:
@@ -62,19 +79,7 @@ async def test_an_old_agents_linked_worktree_is_migrated_when_its_actor_starts(
     assert "WROTE" in before.output, before.output  # the old way: the user's .git is writable
     (repo / ".git" / "probe").unlink()
 
-    pid = await actor_pid(nc, "lg1")
-    os.kill(pid, signal.SIGKILL)  # as an upgrade does: the actor starts again
-
-    async def back() -> dict[str, Any] | None:
-        try:
-            shown = await command(nc, "lg1", "show", timeout=5)
-        except Exception:
-            return None
-        agent = shown.get("agent", {})
-        ok = agent.get("actor", {}).get("pid") not in (None, 0, pid)
-        return agent if ok and agent.get("lifecycle") == "RUNNING" else None
-
-    await until(back, "lg1's actor to come back", GUARD_S)
+    await restart_actor(nc, "lg1", "RUNNING")
 
     async def migrated() -> bool:
         return (wt / ".git").is_dir()
@@ -90,3 +95,40 @@ async def test_an_old_agents_linked_worktree_is_migrated_when_its_actor_starts(
     taken = await command(nc, "lg1", "checkpoint", label="after the move", timeout=GUARD_S)
     assert taken["ok"], taken
     assert git(repo, "show", f"{taken['commit']}:staged.txt") == "staged work"
+
+
+async def test_a_paused_old_agent_loses_the_users_git_too(
+    fleet: Fleet, nc: Client, repo: Path
+) -> None:
+    reply = await spawn(nc, str(repo), "lg2")
+    assert reply["ok"], reply
+    wt = Path(reply["agent"]["worktree"])
+    (wt / "staged.txt").write_text("staged work\n")
+    make_it_old(repo, wt, fleet.worktree_root, "lg2")
+    subprocess.run(["chmod", "-R", "a+rwX", str(repo / ".git")], check=True)
+    remade = await command(nc, "lg2", "recreate_session", timeout=GUARD_S)  # panes as then
+    assert remade["ok"], remade
+    planted = repo / ".git" / "planted"
+    # A process of the old panes that writes the user's .git whenever it runs.
+    loop = f"(trap '' HUP TERM; while :; do touch {planted}; sleep 0.2; done) >/dev/null 2>&1 &"
+    loop += " echo started"
+    assert "started" in (await in_pane(nc, "lg2", wt, loop)).output
+
+    async def written() -> bool:
+        return planted.exists()
+
+    await until(written, "the old pane's loop to write the user's .git", GUARD_S)
+    assert (await command(nc, "lg2", "pause", timeout=GUARD_S))["ok"]
+    planted.unlink()  # stopped now: it would write again as soon as it runs
+
+    await restart_actor(nc, "lg2", "PAUSED")
+
+    assert (wt / ".git").is_dir()  # migrated
+    assert not planted.exists()  # its new panes are stopped too: it is still PAUSED
+    assert (await command(nc, "lg2", "resume", timeout=GUARD_S))["ok"]
+    probe = f"sleep 2; touch {repo}/.git/probe && echo WROTE; git status -b --porcelain; echo done"
+    after = await in_pane(nc, "lg2", wt, probe)
+    assert "WROTE" not in after.output and not (repo / ".git" / "probe").exists(), after.output
+    assert not planted.exists()  # the old panes, and their loop, are gone
+    assert "A  staged.txt" in after.output and "fleet/lg2" in after.output, after.output
+    await command(nc, "lg2", "kill")
