@@ -27,7 +27,7 @@ def is_dirty(repo: UserRepo, wt: Path, head: str, jail: Jail | None = None) -> b
     with _tmp(jail) as tmp:
         _copy_index(repo, wt, tmp / "index", jail)
         env = repo.agent_env(wt, tmp / "index")
-        refresh = (("update-index", "-q", "--refresh"), env)  # -q: exit 0 when files changed
+        refresh = (REFRESH, env)
         changed, _ = repo.on_all(
             "compare with HEAD", wt, [refresh, (("diff-index", "--quiet", head, "--"), env)],
             jail=jail, ok=(0, 1),
@@ -41,6 +41,7 @@ def is_dirty(repo: UserRepo, wt: Path, head: str, jail: Jail | None = None) -> b
         return bool(untracked)
 
 
+REFRESH = ("update-index", "-q", "--refresh")  # -q: exit 0 when files changed
 LIST_UNTRACKED = ("ls-files", "-o", "--exclude-standard", "--directory", "--no-empty-directory")
 
 
@@ -123,7 +124,11 @@ def _snapshot(
     if fresh:
         env.pop(ALTERNATES)
     excludes = _excludes(wt, tmp, jail)
-    calls = [(("add", "-A"), env), (("write-tree",), env)]
+    # A refresh first: a file whose stat data changed but not its bytes (a chown at spawn, a
+    # rewrite with the same content) is only hashed, not stored again. `add` would write each
+    # one as a new object, and a jailed git cannot freshen (utime) the user's copy it reads
+    # read-only, so it compresses a copy of its own: seconds for a 50 MB worktree.
+    calls = [(REFRESH, env), (("add", "-A"), env), (("write-tree",), env)]
     return repo.on_all("stage the worktree", wt, calls, jail=jail, excludes=excludes)[1]
 
 
