@@ -164,6 +164,11 @@ async def test_an_agent_cannot_append_to_its_log_or_write_its_snapshot(
         assert (await kv.get("lw1")).value != forged_snapshot
     shown = await command(control, "lw1", "show")
     assert shown["agent"]["worktree"] == str(worktree), shown
+    # Nor can it take the control plane's NATS login, which is a file of the state dir.
+    login = fleet.state_dir / "nats-auth" / "control.json"
+    password = json.loads(login.read_text())["password"]
+    took = await in_pane(control, "lw1", worktree, f"cat {login} && echo LOGIN; echo done")
+    assert "LOGIN" not in took.output and password not in took.output, took.output
 
 
 async def test_a_forged_event_is_refused_and_reported_by_every_reader(
