@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from actors import creds
+from actors import assistantconfig, creds
 from infra import installs, sandbox, secretstore, uids
 from infra.worktree import paths_for_pane
 from schemas.errors import FleetError
@@ -116,11 +116,13 @@ async def assign_user(actor: AgentActor, worktree: Path, hand_over: bool = True)
 
 def seed_home(actor: AgentActor) -> None:
     """The agent's own home starts with copies of the files of yours its template names
-    (`permissions.home`: an assistant's login); one it has already is left as the agent made it."""
+    (`permissions.home`: an assistant's login); one it has already is left as the agent made it.
+    Its assistant's config dir is its own too, seeded and hooked (actors/assistantconfig.py)."""
     t = template(actor)
-    if t is None or not t.permissions.home:
+    if t is None:
         return
     home, mine = Path.home(), private_dir(actor, "homes")
+    assistantconfig.prepare(t.assistant.profile, mine, home, os.environ)
     for name in t.permissions.home:
         src, dst = home / name, mine / name
         if not (src.exists() or src.is_symlink()) or dst.exists() or dst.is_symlink():
@@ -188,8 +190,11 @@ def environment(actor: AgentActor, fleet: Mapping[str, str]) -> dict[str, str]:
     env["HOME"] = str(private_dir(actor, "homes"))
     env["TMPDIR"] = "/tmp" if namespaces(actor) else str(private_dir(actor, "tmp"))
     if t is not None:
-        env |= {k: os.environ[k] for k in t.permissions.env_passthrough if k in os.environ}
+        passed = set(t.permissions.env_passthrough) - set(assistantconfig.OWN_VARIABLES)
+        env |= {k: os.environ[k] for k in passed if k in os.environ}
         env |= t.env | t.assistant.env
+        # Its assistant's own config dir, never the user's (whatever the control plane has).
+        env |= assistantconfig.variables(t.assistant.profile, Path(env["HOME"]))
     return env | actor.extra_env | dict(fleet)
 
 

@@ -1,0 +1,225 @@
+"""Each agent's assistant has a config dir of its own, seeded from the user's, hooked by fleetd.
+
+Two agents' homes are prepared from one user's login (actors/assistantconfig.py); the real
+assistant then runs in a private tmux server with agent A's home and the variables its panes
+get, and its folder-trust dialog is answered. The answer lands in A's config dir only: the
+user's files are byte-identical (every file, not only the ones that record a decision) and
+agent B's dir is as it was prepared. The hooks fleetd installs are in the dir, the user's own
+settings and hooks are kept beside them, and preparing again does not add them twice.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+import tomllib
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from actors import assistantconfig
+from infra.tmux import Tmux
+from schemas.assistants import BUILTIN, classify
+from schemas.states import Activity
+from tests.assistants.test_stop import QUIET, _git_repo, _wait_screen
+
+if TYPE_CHECKING:
+    from tests.assistants.install import Installs
+
+A = Activity
+
+
+def raw_files(root: Path) -> dict[str, bytes]:
+    """Every file under `root`, byte for byte (links as their targets' names)."""
+    found: dict[str, bytes] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            found[rel] = b"-> " + str(path.readlink()).encode()
+        elif path.is_file():
+            found[rel] = path.read_bytes()
+    return found
+
+
+def claude_user(home: Path, repo: Path) -> None:
+    (home / ".claude.json").write_text(json.dumps({"hasCompletedOnboarding": True}))
+    (home / ".claude").mkdir()
+    (home / ".claude" / ".credentials.json").write_text('{"claudeAiOauth": null}')
+    mine = {"type": "command", "command": "/usr/local/bin/my-own-hook"}
+    settings = {"theme": "dark", "hooks": {"Stop": [{"matcher": "", "hooks": [mine]}]}}
+    (home / ".claude" / "settings.json").write_text(json.dumps(settings))
+    (home / ".claude" / "projects" / "-home-me-secret").mkdir(parents=True)
+    (home / ".claude" / "projects" / "-home-me-secret" / "s.jsonl").write_text("{}\n")
+
+
+def codex_user(home: Path, repo: Path) -> None:
+    (home / ".codex").mkdir()
+    (home / ".codex" / "auth.json").write_text('{"OPENAI_API_KEY": "sk-test-not-a-key"}')
+    config = 'model = "o3"\nnotify = ["my-own-notify"]\n\n[projects."/elsewhere"]\n'
+    (home / ".codex" / "config.toml").write_text(config + 'trust_level = "trusted"\n')
+
+
+def gemini_user(home: Path, repo: Path) -> None:
+    (home / ".gemini").mkdir()
+    (home / ".gemini" / "settings.json").write_text(json.dumps({"ui": {"theme": "Default"}}))
+
+
+def claude_trusted(home: Path, repo: Path) -> bool:
+    config = json.loads((home / ".claude" / ".claude.json").read_text() or "{}")
+    return bool(config.get("projects", {}).get(str(repo), {}).get("hasTrustDialogAccepted"))
+
+
+def codex_trusted(home: Path, repo: Path) -> bool:
+    config = tomllib.loads((home / ".codex" / "config.toml").read_text())
+    return config.get("projects", {}).get(str(repo), {}).get("trust_level") == "trusted"
+
+
+def gemini_trusted(home: Path, repo: Path) -> bool:
+    path = home / ".gemini" / "trustedFolders.json"
+    return path.exists() and str(repo) in json.loads(path.read_text() or "{}")
+
+
+@dataclass(frozen=True)
+class Case:
+    profile: str
+    seed: Callable[[Path, Path], None]
+    trusted: Callable[[Path, Path], bool]
+    keys: tuple[str, ...] = ("Enter",)  # to the dialog's "trust this folder", and take it
+
+
+CASES = {
+    # Claude Code 2.1.332's cursor starts on "No, exit"; "Yes, I trust this folder" is below.
+    "claude-code": Case("claude-code", claude_user, claude_trusted, ("Down", "Enter")),
+    "codex": Case("codex", codex_user, codex_trusted),
+    "gemini": Case("gemini", gemini_user, gemini_trusted),
+}
+
+
+@pytest.fixture
+def tmux() -> Iterator[Tmux]:
+    server = Tmux(f"fleet-cfg-{uuid.uuid4().hex[:8]}")
+    yield server
+    server.kill_server()
+
+
+def hooked(case: str, home: Path) -> None:
+    """fleetd's hooks are in the agent's dir, once each, beside the user's own."""
+    ours = shlex.join(assistantconfig.hook_argv(case))
+    if case == "codex":
+        config = tomllib.loads((home / ".codex" / "config.toml").read_text())
+        assert config["notify"] == assistantconfig.hook_argv("codex"), config
+        assert config["model"] == "o3" and "/elsewhere" in config["projects"], config
+        return
+    where = home / (".claude" if case == "claude-code" else ".gemini") / "settings.json"
+    settings = json.loads(where.read_text())
+    events = (
+        assistantconfig.CLAUDE_EVENTS if case == "claude-code" else assistantconfig.GEMINI_EVENTS
+    )
+    for event in events:
+        commands = [h["command"] for g in settings["hooks"][event] for h in g["hooks"]]
+        assert commands.count(ours) == 1, (event, commands)
+    if case == "claude-code":
+        stop = [h["command"] for g in settings["hooks"]["Stop"] for h in g["hooks"]]
+        assert "/usr/local/bin/my-own-hook" in stop and settings["theme"] == "dark", settings
+    else:
+        assert settings["ui"] == {"theme": "Default"}, settings
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_trust_answer_stays_in_the_agents_own_config_dir(
+    case: str, assistants: Installs, tmux: Tmux, tmp_path: Path
+) -> None:
+    c, profile = CASES[case], BUILTIN[CASES[case].profile]
+    user, repo = tmp_path / "user", tmp_path / "repo"
+    user.mkdir()
+    _git_repo(repo)
+    c.seed(user, repo)
+    mine = raw_files(user)
+    homes = {name: tmp_path / "homes" / name for name in ("a", "b")}
+    for home in homes.values():
+        home.mkdir(parents=True)
+        assistantconfig.prepare(c.profile, home, user, {})
+        assistantconfig.prepare(c.profile, home, user, {})  # a second start adds nothing
+        hooked(case, home)
+    if case == "claude-code":  # the login, not the user's sessions
+        assert (homes["a"] / ".claude" / ".credentials.json").exists()
+        assert not (homes["a"] / ".claude" / "projects").exists()
+    b_before = raw_files(homes["b"])
+
+    home = homes["a"]
+    env = {"HOME": str(home), "TERM": "xterm-256color", "LANG": "C.UTF-8", **QUIET}
+    env |= assistantconfig.variables(c.profile, home)
+    env["PATH"] = f"{assistants.npm_bin}:/usr/local/bin:/usr/bin:/bin"
+    program, *flags = shlex.split(profile.command)
+    clean = ["env", "-i", *(f"{k}={v}" for k, v in env.items())]
+    command = shlex.join([*clean, str(assistants.npm_bin / program), *flags])
+    tmux.create_session("fleet-a", repo, env, command_for_agent=command)
+    _wait_screen(
+        tmux, "fleet-a", lambda s: classify(s, profile) is A.AWAITING_INPUT and "rust" in s,
+        f"{case}'s folder-trust dialog",
+    )  # fmt: skip
+    for key in c.keys:
+        time.sleep(1.0)  # a menu drawn is not yet a menu that takes keys
+        tmux.send_keys("fleet-a", "agent", [key])
+    _wait_screen(
+        tmux, "fleet-a", lambda s: c.trusted(home, repo), f"{case} to record the trust in A's dir"
+    )
+    tmux.kill_server()
+
+    assert raw_files(user) == mine, f"{case} changed the user's own files"
+    assert raw_files(homes["b"]) == b_before, f"{case} changed agent b's files"
+    assert not c.trusted(homes["b"], repo)
+    hooked(case, home)  # its own settings rewritten by it keep fleetd's hooks
+
+
+def test_a_link_the_agent_left_in_its_home_is_not_written_through(tmp_path: Path) -> None:
+    """fleetd as root prepares a home the agent's user owns: a settings.json (or a folder)
+    swapped for a link to a file of the control plane is replaced or left, never followed."""
+    user, home = tmp_path / "user", tmp_path / "home"
+    user.mkdir()
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"token": "s3cret"}')
+    (home / ".claude").mkdir(parents=True)
+    (home / ".claude" / "settings.json").symlink_to(secret)
+    assistantconfig.prepare("claude-code", home, user, {})
+    assert secret.read_text() == '{"token": "s3cret"}'
+    settings = home / ".claude" / "settings.json"
+    assert not settings.is_symlink() and "s3cret" not in settings.read_text()
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (home / ".gemini").symlink_to(elsewhere)
+    assistantconfig.prepare("gemini", home, user, {})
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_the_users_own_config_dir_variables_are_the_seed_not_the_agents_dir(
+    tmp_path: Path,
+) -> None:
+    """With CLAUDE_CONFIG_DIR or CODEX_HOME set for the user, the agent's dir is seeded from
+    there, and its panes are told the agent's own dir, never the user's."""
+    theirs, home = tmp_path / "claude-work", tmp_path / "home"
+    theirs.mkdir()
+    (theirs / ".claude.json").write_text('{"hasCompletedOnboarding": true}')
+    (theirs / ".credentials.json").write_text("{}")
+    codex = tmp_path / "codex-home"
+    codex.mkdir()
+    (codex / "auth.json").write_text("{}")
+    user_env = {"CLAUDE_CONFIG_DIR": str(theirs), "CODEX_HOME": str(codex)}
+    home.mkdir()
+    for profile in ("claude-code", "codex"):
+        assistantconfig.prepare(profile, home, tmp_path / "nobody", user_env)
+    assert (home / ".claude" / ".claude.json").read_text() == '{"hasCompletedOnboarding": true}'
+    assert (home / ".codex" / "auth.json").exists()
+    assert assistantconfig.variables("claude-code", home) == {
+        "CLAUDE_CONFIG_DIR": str(home / ".claude")
+    }
+    assert assistantconfig.variables("codex", home) == {"CODEX_HOME": str(home / ".codex")}
+    assert not (theirs / "settings.json").exists() and sorted(p.name for p in codex.iterdir()) == [
+        "auth.json"
+    ]
