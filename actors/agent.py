@@ -25,6 +25,7 @@ from nats.aio.subscription import Subscription
 from nats.js.errors import KeyNotFoundError
 
 from actors import checkpoints, confine, dedupe, recovery, services, steps
+from actors.hookcalls import HookDesk
 from actors.monitor import ActivityMonitor
 from actors.steplock import StepLock
 from infra import errorlog, heap, priority, registry
@@ -105,6 +106,7 @@ class AgentActor:
         self.state: AgentState = AgentState()
         self.position = Position()
         self.sub: Subscription | None = None
+        self.hook_sub: Subscription | None = None  # its assistant's hooks (actors/hookcalls.py)
         self.monitor: ActivityMonitor | None = None
         self.interval: asyncio.Task[None] | None = None  # interval checkpoints (checkpoints.py)
         self.template: Template | None = None  # the resolved template, set before bring_up
@@ -146,6 +148,8 @@ class AgentActor:
         self.state, self.position = loaded.state, loaded.position
         self.applied = await dedupe.load(self.store, agent_id, self.position.seq)
         self.sub = await self.nc.subscribe(subjects.command(agent_id), cb=self._on_command)
+        desk = HookDesk(self)
+        self.hook_sub = await self.nc.subscribe(subjects.hook(agent_id), cb=desk.on_message)
         await self.nc.flush()
         self.heartbeat.start()
         if self.state.lifecycle is not L.NEW:
@@ -412,9 +416,10 @@ class AgentActor:
         """Let go of NATS (the tmux session lives on); used before the actor is killed."""
         self._stop_monitor()
         self.heartbeat.stop()
-        if self.sub is not None:
-            await self.sub.unsubscribe()
-            self.sub = None
+        for sub in (self.sub, self.hook_sub):
+            if sub is not None:
+                await sub.unsubscribe()
+        self.sub = self.hook_sub = None
         await self.nc.flush()
 
     def is_live(self) -> bool:

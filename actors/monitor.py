@@ -10,6 +10,11 @@ pane killed from outside (its process sent SIGKILL, say) prints nothing, and was
 at the next change of the screen, which never came. Its death is recorded as ERROR with what
 tmux says of it (an exit status, or the signal that killed it) within a period or two, and
 `send` refuses a pane that is dead before the monitor has seen it (`pane_death`).
+
+What the assistant's own hooks said (actors/hookcalls.py) outranks the screen for a while
+(schemas/hooks.py `screen_may_record`): a reading held back stays a candidate, looked at each
+period, and is recorded once the hold is over if the screen still says so. A login or a
+first-run (folder trust) dialog is recorded at once, whatever a hook said.
 """
 
 from __future__ import annotations
@@ -24,10 +29,21 @@ import struct
 import time
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from infra.tmux import Tmux
 from schemas import commands as c
-from schemas.assistants import AssistantProfile, Debouncer, classify, detail, last_words
+from schemas.assistants import (
+    WAITING,
+    AssistantProfile,
+    Debouncer,
+    classify,
+    detail,
+    first_run,
+    last_words,
+)
 from schemas.errors import FleetError, PaneDead, SessionMissing, TmuxFailed
+from schemas.hooks import HookClaim, HookReport, screen_may_record
 from schemas.recovery import SESSION_GONE
 from schemas.states import Lifecycle
 
@@ -154,6 +170,7 @@ class ActivityMonitor:
         self._pane = _ServerWatch()  # the agent window's process, learnt at the first tick
         self._pane_asked_at = 0.0
         self._exited_at: float | None = None  # when its process was seen gone, tmux not knowing
+        self.claim: HookClaim | None = None  # what its assistant's hook said last, and when
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -224,8 +241,17 @@ class ActivityMonitor:
         activity = classify(screen, self.profile)
         said = detail(screen, self.profile, activity) if activity is not None else ""
         now = time.monotonic()
-        self.debouncer, change = self.debouncer.observe(activity, said, now, still=self._still)
+        before = self.debouncer
+        self.debouncer, change = before.observe(activity, said, now, still=self._still)
         if change is None:
+            return
+        if not screen_may_record(self.claim, change, first_run=first_run(screen), now=now):
+            # The hook's word stands: keep the reading as a candidate, looked at each period
+            # until the hook's hold ends (then it is recorded, if the screen still says so).
+            kept = said if change in WAITING else ""
+            self.debouncer = msgspec.structs.replace(
+                before, candidate=change, candidate_detail=kept, candidate_since=now
+            )
             return
         said = self.debouncer.reported_detail
         async with actor.lock.step("recording its activity"):
@@ -235,6 +261,19 @@ class ActivityMonitor:
                 await actor.execute(c.ObserveActivity(activity=change, detail=said, by="agent"))
             except FleetError as e:  # e.g. a jump the activity table does not allow
                 log.info("agent %s: activity %s not recorded: %s", state.agent_id, change, e)
+
+    def hook_said(self, report: HookReport, now: float) -> None:
+        """A hook's report was recorded: the screen may not overrule it for a while, and the
+        debouncer knows it as the activity reported."""
+        self.claim = HookClaim(activity=report.activity, at=now, refinable=report.refinable)
+        self.debouncer = msgspec.structs.replace(
+            self.debouncer,
+            reported=report.activity,
+            reported_detail=report.detail if report.activity in WAITING else "",
+            reported_at=now,
+            candidate=None,
+            candidate_detail="",
+        )
 
     def pane_seen_alive(self) -> bool:
         """Whether the agent window's process is the one watched and still runs (no tmux

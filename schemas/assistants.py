@@ -328,6 +328,21 @@ def _matches(text: str, profile: AssistantProfile, activity: Activity) -> bool:
     return any(_compiled(r).search(text) for r in profile.patterns.get(activity.value, ()))
 
 
+# The first-run dialogs of the four, where no hook fires yet (its session has not started):
+# the folder-trust questions. The screen is read there whatever a hook said before.
+FIRST_RUN = re.compile(
+    r"Is this a project you created or one you trust\?"  # Claude Code
+    r"|Do you trust (the files in |the contents of )?this (folder|directory)\?"  # all three
+    r"|Trust this folder\?|allow Codex to work in this folder"  # Codex
+    r"|Do you trust the files in this folder\?"  # Gemini
+)
+
+
+def first_run(screen: str) -> bool:
+    """Whether the screen shows an assistant's first-run (folder trust) dialog."""
+    return FIRST_RUN.search(tail(screen)) is not None
+
+
 def classify(screen: str, profile: AssistantProfile) -> Activity | None:
     """The activity the screen shows, or None when nothing matches (see `Debouncer`)."""
     text = tail(screen)

@@ -27,6 +27,7 @@ from services import cli_agents as agents
 from services import cli_complete as completion
 from services import cli_health as health
 from services import cli_history as history
+from services import cli_hook as hook
 from services import cli_login as login
 from services import cli_mail as mail
 from services import cli_nats as nats_keys
@@ -120,6 +121,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("callout-key", nats_keys.cmd_callout_key, nats_keys.callout_key_arguments),
     Subcommand("completion", completion.cmd_completion, completion.completion_arguments),
     Subcommand(completion.HIDDEN, completion.cmd_complete_agents, hidden=True),
+    Subcommand("hook", hook.cmd_hook, hook.hook_arguments, hidden=True),  # run by hooks
 )
 
 
