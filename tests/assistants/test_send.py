@@ -156,20 +156,6 @@ def test_a_multi_line_send_is_one_input_and_is_submitted(
     wait_screen(tmux, lambda s: sent_as_one(s, case), f"{name} to take the two lines as one prompt")
 
 
-def test_codex_keeps_text_typed_with_its_enter_at_once_unsent(
-    assistants: Installs, tmux: Tmux, tmp_path: Path
-) -> None:
-    """The old way (`send-keys -l TEXT ; send-keys Enter`): Codex reads the burst as a paste,
-    the Enter a newline in it, and the prompt stays in its box. What the test above tells from
-    a prompt sent."""
-    case = CASES["codex"]
-    start(tmux, tmp_path, assistants, case)
-    tmux.send_text("fleet-s1", "agent", TEXT, True)
-    time.sleep(10)  # it would have shown "Waiting for startup" within a second or two
-    screen = tmux.capture("fleet-s1", "agent", None, False)
-    assert FIRST in screen and not sent_as_one(screen, case), screen
-
-
 def test_a_multi_line_send_into_a_shell_runs_as_one_command(tmux: Tmux, tmp_path: Path) -> None:
     """A `for` loop over three lines: it runs only if the lines arrive as one command (each
     line on its own would be a syntax error, then a stray `done`)."""
