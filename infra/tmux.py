@@ -18,6 +18,7 @@ tmux facts this module relies on (tmux 3.3):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -543,5 +544,8 @@ class Tmux:
         return os.path.join(base, f"tmux-{os.getuid()}", self.socket_name)
 
     def kill_server(self) -> None:
-        """Stop the whole tmux server on this socket (tests, `fleet gc --all`)."""
+        """Stop the whole tmux server on this socket (tests, `fleet gc --all`), and remove the
+        socket, which tmux leaves behind."""
         self._cmd("kill-server")
+        with contextlib.suppress(OSError):
+            os.unlink(self.socket_path())

@@ -9,6 +9,7 @@ agent's private home is seeded from), with no login saved (none was given).
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import tempfile
@@ -65,6 +66,8 @@ def test_a_real_login_pane_shows_codex_sign_in_and_goes_when_it_quits(
     home.mkdir()
     env = {"HOME": str(home), "PATH": f"{assistants.npm_bin}:{SYSTEM_PATH}",
            "TERM": "xterm-256color", "LANG": "C.UTF-8"}  # fmt: skip
+    if "TMUX_TMPDIR" in os.environ:  # the run's: its one-off tmux socket goes with the run's
+        env["TMUX_TMPDIR"] = os.environ["TMUX_TMPDIR"]
     line = shlex.join(
         ["env", "-i", *(f"{k}={v}" for k, v in env.items()),
          sys.executable, "-m", "services.cli", "login", "codex"]
