@@ -61,6 +61,22 @@ def _sniff() -> None:
     socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)).close()
 
 
+def _tiocsti() -> tuple[bool, str]:
+    """Whether TIOCSTI (typing into a terminal) is refused: by the sandbox's seccomp filter
+    (EPERM even on a file that is no terminal) or by the kernel (dev.tty.legacy_tiocsti 0)."""
+    import fcntl
+    import termios
+
+    with open(os.devnull, "rb") as f:
+        why = _try(functools.partial(fcntl.ioctl, f.fileno(), termios.TIOCSTI, b"x"))
+    if why == os.strerror(1):
+        return True, "refused by seccomp"
+    legacy = "?"
+    with contextlib.suppress(OSError), open("/proc/sys/dev/tty/legacy_tiocsti") as sysctl:
+        legacy = sysctl.read().strip()
+    return legacy == "0", f"no seccomp filter; dev.tty.legacy_tiocsti is {legacy}"
+
+
 def probes(known: dict[str, Any]) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
 
@@ -99,6 +115,7 @@ def probes(known: dict[str, Any]) -> list[dict[str, object]]:
         others = [f"/dev/pts/{p}" for p in os.listdir("/dev/pts") if p.isdigit()]
     opened = [p for p in others if p != mine and not _try(functools.partial(_write_tty, p))]
     note("cannot open other terminals", not opened, ", ".join(opened) or f"{len(others)} seen")
+    note("cannot type into its own terminal (TIOCSTI)", *_tiocsti())
     return out
 
 

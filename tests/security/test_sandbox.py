@@ -136,6 +136,28 @@ async def test_no_sniffing_and_no_ray_or_foreign_ports(
         assert "noray" in out and "RAY" not in out.replace("noray", ""), out
 
 
+async def test_no_typing_into_its_own_terminal(nc: Client, pair: Pair) -> None:
+    """TIOCSTI pushes bytes into a terminal's input as if typed (here dev.tty.legacy_tiocsti
+    allows it); a seccomp filter refuses it, also with the request's unused high half set."""
+    script = (
+        "python3 - <<'PY'\n"
+        "import ctypes, fcntl, os, termios\n"
+        "tty = os.open('/dev/tty', os.O_RDWR)  # the pane's terminal\n"
+        "try:\n"
+        "    fcntl.ioctl(tty, termios.TIOCSTI, b'#'); print('PUSHED')\n"
+        "except OSError as e: print('refused', e.errno)\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "c = ctypes.c_char(b'#')\n"
+        "r = libc.syscall(16, tty, ctypes.c_ulong((1 << 32) | termios.TIOCSTI), ctypes.byref(c))\n"
+        "print('raw', r, ctypes.get_errno())\n"
+        "PY"
+    )
+    out = await attack(nc, pair, script)
+    assert "refused 1" in out and "PUSHED" not in out, out  # EPERM
+    if os.uname().machine == "x86_64":  # syscall 16 is ioctl there
+        assert "raw -1 1" in out, out
+
+
 async def test_shm_and_tmp_are_the_agents_own(nc: Client, pair: Pair) -> None:
     await attack(nc, pair, "echo esc > /dev/shm/esc-shm && echo esc > /tmp/esc-tmp")
     ran = await in_pane(
@@ -153,7 +175,8 @@ async def test_doctor_sandbox_says_what_holds(fleet: Fleet, nc: Client, pair: Pa
     assert found["namespaces (bubblewrap)"]["held"], found
     for probe in ("own processes only", "cannot read the fleet key", "cannot read /etc/shadow",
                   "cannot sniff loopback (raw packet socket)", "cannot open other terminals",
-                  "cannot reach the fleet's tmux server"):  # fmt: skip
+                  "cannot reach the fleet's tmux server",
+                  "cannot type into its own terminal (TIOCSTI)"):  # fmt: skip
         assert found[probe]["held"], found[probe]
     if AS_ROOT:
         assert found["not root"]["held"] and found["no capabilities"]["held"], found
