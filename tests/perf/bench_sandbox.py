@@ -92,7 +92,13 @@ async def main() -> None:
         socket = f"bench-sandbox-{os.getpid()}"
         command = sandboxed(shell, root, worktree)
         try:
-            _start(socket, "warmup", worktree, command)  # page cache, the tmux server
+            # A session that stays: with none left the server exits, and the next start raced
+            # its exit ("server exited unexpectedly"). Every start below is a new session of a
+            # running server, as an agent's is.
+            subprocess.run(
+                ["tmux", "-L", socket, "new-session", "-d", "-s", "keep", "sleep 3600"], check=True
+            )
+            _start(socket, "warmup", worktree, command)  # page cache
             bare = [_start(socket, f"b{i}", worktree, shell) for i in range(RUNS)]
             boxed = [_start(socket, f"s{i}", worktree, command) for i in range(RUNS)]
         finally:
