@@ -45,9 +45,10 @@ OWN_VARIABLES = ("CLAUDE_CONFIG_DIR", "CODEX_HOME", "GEMINI_CLI_HOME")
 
 
 def hook_argv(assistant: str) -> list[str]:
-    """The command an assistant's hook runs: this Python's `fleet hook <assistant>` (its
-    `fleet` script may not be on the pane's PATH; the interpreter and fleetd are readable)."""
-    return [sys.executable, "-m", "services.cli", "hook", assistant]
+    """The command an assistant's hook runs: this Python's `fleet hook <assistant>`, by its
+    lighter entry (services/cli_hook.py; the `fleet` script may not be on the pane's PATH,
+    the interpreter and fleetd are readable there)."""
+    return [sys.executable, "-m", "services.cli_hook", assistant]
 
 
 def variables(profile: str, home: Path) -> dict[str, str]:
@@ -159,11 +160,11 @@ def _is_ours(group: object) -> bool:
         return False
     inner = group.get("hooks")
     return isinstance(inner, list) and any(
-        isinstance(h, dict) and _MARK in str(h.get("command", "")) for h in inner
+        isinstance(h, dict) and any(m in str(h.get("command", "")) for m in _MARKS) for h in inner
     )
 
 
-_MARK = "-m services.cli hook "
+_MARKS = ("-m services.cli_hook ", "-m services.cli hook ")  # its entry now, and before
 
 
 def _inside(home: Path, path: Path) -> bool:

@@ -19,6 +19,7 @@ GROUPS = {
     "gateway": "tests.perf.bench_gateway",
     "checkpoint": "tests.perf.bench_checkpoint",
     "sandbox": "tests.perf.bench_sandbox",
+    "assistants": "tests.perf.bench_assistants",
     "load": "tests.perf.bench_load",  # minutes long: run only when named
 }
 DEFAULT = [g for g in GROUPS if g != "load"]
