@@ -46,3 +46,37 @@ async def test_the_next_command_after_a_forged_tail_succeeds(
     assert [r.seq for r in loaded.refused] == [ack.seq]
     assert loaded.state.worktree == spawned["agent"]["worktree"]
     assert loaded.position.seq > ack.seq  # its own events follow the forgery
+
+
+async def test_a_rollback_after_a_forged_workspace_acts_on_the_agents_own(
+    fleet: Fleet, nc: Client, repo: Path
+) -> None:
+    """Issue 14, item 4: a forged `workspace.ready` naming another agent's worktree made a
+    rollback delete that agent's files. Now it is refused: the rollback works on the
+    agent's own worktree and the other agent's files are as they were."""
+    victim = await spawn(nc, str(repo), "ftv")
+    target = await spawn(nc, str(repo), "fta")
+    assert victim["ok"] and target["ok"], (victim, target)
+    theirs, mine = Path(victim["agent"]["worktree"]), Path(target["agent"]["worktree"])
+    (theirs / "their-work.txt").write_text("the victim's\n")
+    (mine / "work.txt").write_text("v1\n")
+    taken = await command(nc, "fta", "checkpoint", label="one")
+    assert taken["ok"], taken
+    rows = await EventStore(nc).read("fta")
+    forged = e.WorkspaceReady(
+        agent_id="fta", event_id=uuid.uuid4().hex, at=datetime.now(UTC),
+        path=str(theirs), branch="fleet/fta", prev_hash=event_hash(rows[-1].raw),
+    )  # fmt: skip
+    headers = {"Nats-Expected-Last-Subject-Sequence": str(rows[-1].seq)}
+    await nc.jetstream().publish(
+        subjects.events("fta"), msgspec.json.encode(forged), headers=headers
+    )
+    (mine / "work.txt").write_text("v2\n")
+
+    back = await command(nc, "fta", "rollback", checkpoint=taken["checkpoint"], timeout=120)
+
+    assert back["ok"], back
+    assert (mine / "work.txt").read_text() == "v1\n"  # its own worktree, rolled back
+    assert (theirs / "their-work.txt").read_text() == "the victim's\n"  # the victim's, untouched
+    for name in ("ftv", "fta"):
+        await command(nc, name, "kill")
