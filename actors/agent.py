@@ -28,7 +28,7 @@ from actors import checkpoints, confine, dedupe, recovery, services, steps
 from actors.hookcalls import HookDesk
 from actors.monitor import ActivityMonitor
 from actors.steplock import StepLock
-from infra import errorlog, heap, priority, registry
+from infra import errorlog, heap, priority, registry, treestat
 from infra.eventstore import EventStore
 from infra.nats import connect
 from infra.tmux import Tmux
@@ -113,6 +113,7 @@ class AgentActor:
         self.extra_env: dict[str, str] = {}  # env given at spawn (kept in infra/secretstore.py)
         self.secrets_loaded = False
         self.sandbox_uid: int | None = None  # its processes' own user (actors/confine.py)
+        self.known_files: treestat.Known | None = None  # as a checkpoint saw them (checkpoints)
         self.services: services.Services | None = None  # this incarnation's dev services
         self.applied = dedupe.Applied()  # ids of commands already done: a retry is not redone
         self.inflight: dict[str, asyncio.Future[bytes]] = {}  # ids of commands being done

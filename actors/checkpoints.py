@@ -9,6 +9,9 @@ deleted, `git gc --prune=now`) can take a checkpoint away. It saves the assistan
 to `<state_dir>/checkpoints/<agent>/<n>.txt` and records `checkpoint.taken` naming the log
 sequence it stands at. A checkpoint that cannot be made raises CheckpointFailed with git's
 reason, and drops the kept index, so the next one starts again from the agent's files.
+A stop's checkpoint, when the folder is as the last checkpoint read it (or as fleetd checked it
+out at spawn), names that same commit (or commits that checkout's tree) without any git reading
+the files: infra/treestat.py tells it from lstat alone.
 
 A rollback first checkpoints the current work (auto "rollback", so it can itself be undone by
 rolling back to that one), rebuilds the state as of the checkpoint by replaying the log up to
@@ -30,8 +33,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from actors import confine, services, steps
-from infra import sandbox
+from actors import confine, ports, services, steps
+from infra import agentrepo, gitsafe, sandbox, treestat
 from infra.gitjail import Jail
 from infra.worktree import Worktrees
 from schemas import commands as c
@@ -152,7 +155,7 @@ async def take(
     # The scrollback is read while git saves: neither waits for the other (a stop waits for both).
     reading = asyncio.ensure_future(steps.run(_save_scrollback, actor, n))
     try:
-        commit = await steps.run(trees.save_to_ref, s.worktree, ref, index)
+        commit = await steps.run(_save, actor, trees, Path(s.worktree), ref, index, auto == "stop")
     except BaseException as err:
         await asyncio.gather(reading, return_exceptions=True)
         _scrollback_path(actor, n).unlink(missing_ok=True)  # no checkpoint: no scrollback of it
@@ -174,6 +177,55 @@ async def take(
     )
     await actor.record([taken])
     return n
+
+
+def _save(actor: AgentActor, trees: Worktrees, wt: Path, ref: str, index: Path, reuse: bool) -> str:
+    """The checkpoint's commit, stored at `ref`. With `reuse` (a stop), when the folder is as
+    the last checkpoint (or fleetd's checkout at spawn) left it (infra/treestat.py), that
+    commit again, and no git reads the files; otherwise a save, its fingerprint taken first (a
+    write after it, before or after git reads, makes the next one differ)."""
+    before = treestat.walk(wt)
+    known = actor.known_files
+    actor.known_files = None  # until this checkpoint is stored
+    if reuse and known is not None:
+        now = before or treestat.walk(wt, quiet_s=0)
+        if now is not None and now.digest == known.digest:
+            commit = known.commit or _commit_checkout(trees, wt, known.head)
+            trees.repo.git("store the state", "update-ref", ref, commit)
+            actor.known_files = treestat.Known(known.digest, commit)
+            return commit
+    commit = trees.save_to_ref(wt, ref, index)
+    if before is not None:
+        actor.known_files = treestat.Known(before.digest, commit)
+    return commit
+
+
+def _commit_checkout(trees: Worktrees, wt: Path, head: str) -> str:
+    """What a save of fleetd's own checkout of `head` commits: its tree, parent `head` (no git
+    reads the agent's files: the user's repository has both)."""
+    who = gitsafe.identity(gitsafe.ask_identity(trees.main))
+    message = f"fleet: saved state of {wt.name}"
+    tree = f"{head}^{{tree}}"
+    return trees.repo.git(
+        "commit the state", "commit-tree", tree, "-p", head, "-m", message, env=who
+    )
+
+
+def as_checked_out(actor: AgentActor, wt: Path, head: str) -> treestat.Known | None:
+    """At spawn, once fleetd has written the new folder and before any pane starts: its
+    fingerprint, standing for `head`'s tree, when its files are exactly the paths its index
+    names (the ports' `.env` aside, when it is excluded), else None. Nothing of the agent runs
+    yet, so nothing races the walk; a pane starts tens of milliseconds later, past any
+    timestamp's tick, so its first write shows."""
+    found = treestat.walk(wt, quiet_s=0)
+    names = treestat.index_paths(agentrepo.read(wt, "index") or b"", len(head) // 2)
+    if found is None or names is None or ports.DOTENV in names:  # a tracked .env it rewrote
+        return None
+    exclude = (agentrepo.read(wt, "info/exclude", 1 << 20) or b"").decode(errors="replace")
+    aside = {ports.DOTENV} if f"/{ports.DOTENV}" in exclude.splitlines() else set()
+    if found.files - aside != names:
+        return None
+    return treestat.Known(found.digest, "", head)
 
 
 async def take_auto(actor: AgentActor, auto: str, label: str = "", cause: str = "") -> int | None:
@@ -208,6 +260,7 @@ async def rollback(actor: AgentActor, cmd: c.Rollback) -> dict[str, Any]:
     where = jail(actor)
     trees = worktrees(actor, where)
     index = _index(actor, where)  # as the checkpoint just taken left it
+    actor.known_files = None  # the files change now
     await steps.run(trees.restore, s.worktree, target.commit, index)
     restarted = await restart_changed_services(actor, replayed.state, cmd.id)
     meta = steps._meta(actor, cmd.id) | ({"actor": cmd.by} if cmd.by else {})

@@ -131,6 +131,8 @@ async def bring_up(actor: AgentActor) -> None:
         await creds.grant(actor)  # its own NATS user, before anything in the session runs
         await confine.recall(actor)
         await confine.assign_user(actor, path)  # its own uid, its folders handed over
+        if made_worktree:  # a stop with nothing changed names this checkout: no jailed git
+            actor.known_files = await run(checkpoints.as_checked_out, actor, path, made.head)
         recordings = await run(_new_session, actor, session, path)
         started = e.SessionStarted(
             socket=actor.tmux.socket_name,

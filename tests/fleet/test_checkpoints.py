@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -217,3 +218,37 @@ async def test_random_histories_round_trip_through_the_real_store(nats_url: str)
             assert audit.state == state and audit.last_seq == pos.seq
     finally:
         await client.close()
+
+
+async def test_a_stop_with_nothing_changed_names_the_checkout_or_the_last_checkpoint(
+    fleet: Fleet, nc: Client, repo: Path
+) -> None:
+    """A stop's checkpoint with the folder untouched since the spawn (or since the last
+    checkpoint) runs no jailed git (the jail keeps no index), yet holds what a save would; a
+    change, even one keeping the size and mtime, is saved."""
+    base = git(repo, "rev-parse", "HEAD")
+    folder = Path(fleet.state_dir, "checkpoints", "u1")
+    kept = [folder / "git" / "index", folder / "index"]  # jailed, unjailed
+    assert (await spawn(nc, str(repo), "u1"))["ok"]
+    assert (await command(nc, "u1", "stop"))["ok"]
+    stop_1 = git(repo, "rev-parse", "refs/fleet/checkpoints/u1/1")
+    assert git(repo, "rev-parse", f"{stop_1}^{{tree}}") == git(repo, "rev-parse", "HEAD^{tree}")
+    assert git(repo, "rev-parse", f"{stop_1}^") == base
+    assert not any(k.exists() for k in kept)  # no git read the files
+
+    reply = await spawn(nc, str(repo), "u2")
+    wt = Path(reply["agent"]["worktree"])
+    (wt / "work.txt").write_text("work\n")
+    taken = await command(nc, "u2", "checkpoint", label="mine")
+    assert (await command(nc, "u2", "stop"))["ok"]
+    assert git(repo, "rev-parse", "refs/fleet/checkpoints/u2/2") == taken["commit"]
+
+    reply = await spawn(nc, str(repo), "u3")
+    wt = Path(reply["agent"]["worktree"])
+    readme = wt / "README.md"
+    before = readme.stat()
+    readme.write_bytes(bytes(reversed(readme.read_bytes())))  # same size
+    os.utime(readme, ns=(before.st_atime_ns, before.st_mtime_ns))  # same mtime: ctime moved
+    assert (await command(nc, "u3", "stop"))["ok"]
+    saved = git(repo, "show", "refs/fleet/checkpoints/u3/1:README.md")
+    assert saved == readme.read_text().strip()
