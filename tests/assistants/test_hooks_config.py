@@ -10,23 +10,30 @@ settings and hooks are kept beside them, and preparing again does not add them t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shlex
 import time
 import tomllib
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
 import pytest
+from nats.aio.msg import Msg
 
 from actors import assistantconfig
+from infra.nats import connect
+from infra.natsserver import NatsServer
 from infra.tmux import Tmux
+from schemas import hooks, subjects
 from schemas.assistants import BUILTIN, classify
 from schemas.states import Activity
-from tests.assistants.test_stop import QUIET, _git_repo, _wait_screen
+from tests.assistants.test_stop import GUARD_S, QUIET, _git_repo, _wait_screen
 
 if TYPE_CHECKING:
     from tests.assistants.install import Installs
@@ -223,3 +230,62 @@ def test_the_users_own_config_dir_variables_are_the_seed_not_the_agents_dir(
     assert not (theirs / "settings.json").exists() and sorted(p.name for p in codex.iterdir()) == [
         "auth.json"
     ]
+
+
+def test_real_gemini_cli_runs_fleetds_hooks_from_the_agents_dir(
+    assistants: Installs, tmux: Tmux, tmp_path: Path
+) -> None:
+    """Gemini CLI, offline with a key that is not one, runs the hooks fleetd installed in an
+    agent's config dir: SessionStart when it starts and BeforeAgent when a prompt is sent
+    (before it tries the network), each through `fleet hook gemini`, which sends its call on
+    the agent's subject (a stand-in for the actor answers it here; test_hooks_live.py has the
+    actor)."""
+    server = NatsServer.start(tmp_path / "nats")
+    calls: list[hooks.HookCall] = []
+
+    async def listen() -> None:
+        nc = await connect(server.url)
+
+        async def answer(msg: Msg) -> None:
+            calls.append(msgspec.json.decode(msg.data, type=hooks.HookCall))
+            await msg.respond(b'{"ok": true}')
+
+        await nc.subscribe(subjects.hook("g1"), cb=answer)
+        deadline = time.monotonic() + GUARD_S
+        while time.monotonic() < deadline and "BeforeAgent" not in events(calls):
+            await asyncio.sleep(0.2)
+        await nc.close()
+
+    user, repo, home = tmp_path / "user", tmp_path / "repo", tmp_path / "home"
+    user.mkdir()
+    home.mkdir()
+    _git_repo(repo)
+    (user / ".gemini").mkdir()
+    chosen = {"security": {"auth": {"selectedType": "gemini-api-key"}}}
+    (user / ".gemini" / "settings.json").write_text(json.dumps(chosen))
+    (user / ".gemini" / "trustedFolders.json").write_text(json.dumps({str(repo): "TRUST_FOLDER"}))
+    assistantconfig.prepare("gemini", home, user, {})
+    env = {"HOME": str(home), "TERM": "xterm-256color", "LANG": "C.UTF-8", "GEMINI_API_KEY": "x"}
+    env |= assistantconfig.variables("gemini", home)
+    env |= {"FLEET_AGENT_ID": "g1", "FLEET_NATS_URL": server.url, "FLEET_STATE_DIR": str(tmp_path)}
+    env["PATH"] = f"{assistants.npm_bin}:/usr/local/bin:/usr/bin:/bin"
+    clean = ["env", "-i", *(f"{k}={v}" for k, v in env.items())]
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            listening = pool.submit(asyncio.run, listen())
+            command = shlex.join([*clean, str(assistants.npm_bin / "gemini")])
+            tmux.create_session("fleet-g1", repo, env, command_for_agent=command)
+            _wait_screen(tmux, "fleet-g1", lambda s: "Type your message" in s, "Gemini's prompt")
+            tmux.send_text("fleet-g1", "agent", "hello", enter=False)
+            time.sleep(1.0)  # Gemini drops an Enter right after a paste
+            tmux.send_keys("fleet-g1", "agent", ["Enter"])
+            listening.result(timeout=GUARD_S + 30)
+    finally:
+        server.stop()
+    assert {"SessionStart", "BeforeAgent"} <= set(events(calls)), calls
+    assert all(c.assistant == "gemini" and c.agent_id == "g1" for c in calls), calls
+    assert "prompt" not in next(c for c in calls if events([c]) == ["BeforeAgent"]).payload
+
+
+def events(calls: list[hooks.HookCall]) -> list[str]:
+    return [c.payload.get("hook_event_name", "") for c in calls]
