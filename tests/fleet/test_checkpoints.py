@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import msgspec
 from nats.aio.client import Client
 
-from infra import fleetkey
+from infra import fleetkey, treestat
 from infra.eventstore import EventStore
 from infra.nats import connect
 from schemas import events as e
@@ -239,6 +240,9 @@ async def test_a_stop_with_nothing_changed_names_the_checkout_or_the_last_checkp
     reply = await spawn(nc, str(repo), "u2")
     wt = Path(reply["agent"]["worktree"])
     (wt / "work.txt").write_text("work\n")
+    # A fingerprint is kept only of a folder whose entries are all QUIET_S old (the spawn's
+    # hand-over changed every ctime): until then a checkpoint keeps none and a stop saves.
+    await asyncio.sleep(treestat.QUIET_S + 0.5)
     taken = await command(nc, "u2", "checkpoint", label="mine")
     assert (await command(nc, "u2", "stop"))["ok"]
     assert git(repo, "rev-parse", "refs/fleet/checkpoints/u2/2") == taken["commit"]
