@@ -84,9 +84,8 @@ async def _settled(tmux: Tmux, session: str, pid: int, before: str, timeout: flo
         screen = await _capture(tmux, session)
         if screen is None:
             return await _exited(pid, 0)
-        if screen != before:
-            await asyncio.sleep(LOOK_S * 2)  # a frame drawn in parts: let it finish
-            return await _exited(pid, 0)
+        if screen != before:  # a frame drawn in parts: let it finish, unless it exits first
+            return await _exited(pid, LOOK_S * 2)  # (a shell shows `exit`, then ends)
 
 
 async def _exited(pid: int, timeout: float) -> bool:

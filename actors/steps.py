@@ -220,7 +220,7 @@ async def _end_session(actor: AgentActor, session: str, polite: bool) -> None:
     tmux server died) has nothing left to end or to record."""
     tmux = actor.tmux
     try:
-        panes = await run(tmux.live_panes, session)
+        panes, grouped = await run(tmux.stop_view, session)
     except SessionMissing:
         return
     pids = [pid for _, pid in panes]
@@ -228,15 +228,24 @@ async def _end_session(actor: AgentActor, session: str, polite: bool) -> None:
     if polite:
         profile = agent_profile(actor.state)
         agent = next((pid for window, pid in panes if window == "agent"), None)
-        await quitting.quit_assistant(tmux, session, profile, agent, actor.config.polite_timeout_s)
-    await _close(actor, session, polite)
+        budget = actor.config.polite_timeout_s
+        if await quitting.quit_assistant(tmux, session, profile, agent, budget):
+            pids = [pid for pid in pids if pid != agent]  # gone: its pid is not its any more
+    await _close(actor, session, polite, (pids, grouped))
 
 
-async def _close(actor: AgentActor, session: str, polite: bool) -> None:
-    """SIGTERM, then SIGKILL, every process left in the session; then the session itself."""
+async def _close(
+    actor: AgentActor,
+    session: str,
+    polite: bool,
+    known: tuple[list[int], list[str]] | None = None,
+) -> None:
+    """SIGTERM, then SIGKILL, every process left in the session; then the session itself.
+    `known`: its panes' pids and grouped sessions, listed by the caller (the actor's lock held
+    since, no pane or attach was made)."""
     cfg, tmux = actor.config, actor.tmux
     term = cfg.term_timeout_s if polite else 0.5
-    await run(tmux.end_session, session, term, cfg.term_timeout_s)
+    await run(tmux.end_session, session, term, cfg.term_timeout_s, known)
     closed = e.SessionClosed(
         socket=tmux.socket_name, session=session, reason="stopped", **_meta(actor)
     )

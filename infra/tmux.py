@@ -292,14 +292,36 @@ class Tmux:
         self._kill(name, grouped)
         procs.terminate_processes(tree, timeout, timeout)
 
-    def end_session(self, name: str, polite_timeout: float, term_timeout: float) -> None:
+    def end_session(
+        self,
+        name: str,
+        polite_timeout: float,
+        term_timeout: float,
+        known: tuple[Sequence[int], Sequence[str]] | None = None,
+    ) -> None:
         """`kill_session` the polite way: every process in the session's panes is ended first
         (SIGTERM, SIGKILL after `polite_timeout`; procs.terminate_tree) while its terminal is
         still there, then the session and its grouped sessions go. Two tmux calls; the panes
-        are listed before anything ends, while the server has nothing else to do."""
-        pids, grouped = self._panes_and_groups(name)
+        are listed before anything ends, while the server has nothing else to do. `known`:
+        the pane pids and grouped sessions as `stop_view` listed them (nothing can have made
+        a pane or a session since: one call fewer)."""
+        pids, grouped = known if known is not None else self._panes_and_groups(name)
         procs.terminate_tree(pids, polite_timeout, term_timeout)
         self._kill(name, grouped)
+
+    def stop_view(self, name: str) -> tuple[list[tuple[str, int]], list[str]]:
+        """(window name, pid) of every live pane of the session, and its grouped (per-user)
+        sessions, in one call: what a stop signals, asks to quit and ends."""
+        lines = self._run(
+            "list panes of", name,
+            "list-panes", "-s", "-t", f"={_session_name(name)}:",
+            "-F", "P #{pane_dead} #{pane_pid} #{window_name}",
+            _SEP, "list-sessions", "-F", "S #{session_name}",
+        )  # fmt: skip
+        grouped = f"S {name}{USER_SEPARATOR}"
+        panes = [ln[2:].split(" ", 2) for ln in lines if ln.startswith("P ")]
+        live = [(window, int(pid)) for dead, pid, window in panes if dead == "0"]
+        return live, [ln[2:] for ln in lines if ln.startswith(grouped)]
 
     def _panes_and_groups(self, name: str) -> tuple[list[int], list[str]]:
         """The live pane pids of a session and its grouped (per-user) sessions, in one call."""
