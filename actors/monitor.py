@@ -45,7 +45,7 @@ from schemas.assistants import (
 from schemas.errors import FleetError, PaneDead, SessionMissing, TmuxFailed
 from schemas.hooks import HookClaim, HookReport, screen_may_record
 from schemas.recovery import SESSION_GONE
-from schemas.states import Lifecycle
+from schemas.states import Activity, Lifecycle
 
 if TYPE_CHECKING:
     from actors.agent import AgentActor
@@ -245,22 +245,33 @@ class ActivityMonitor:
         self.debouncer, change = before.observe(activity, said, now, still=self._still)
         if change is None:
             return
-        if not screen_may_record(self.claim, change, first_run=first_run(screen), now=now):
-            # The hook's word stands: keep the reading as a candidate, looked at each period
-            # until the hook's hold ends (then it is recorded, if the screen still says so).
-            kept = said if change in WAITING else ""
-            self.debouncer = msgspec.structs.replace(
-                before, candidate=change, candidate_detail=kept, candidate_since=now
-            )
+        dialog = first_run(screen)
+        if not screen_may_record(self.claim, change, first_run=dialog, now=now):
+            self._hold_back(before, change, said, now)
             return
         said = self.debouncer.reported_detail
         async with actor.lock.step("recording its activity"):
             if actor.state.lifecycle is not Lifecycle.RUNNING:
                 return
+            # A hook spoke while this waited for the lock (`hook_said` has set the debouncer):
+            # its word stands.
+            later = time.monotonic()
+            if not screen_may_record(self.claim, change, first_run=dialog, now=later):
+                self._hold_back(self.debouncer, change, said, later)
+                return
             try:
                 await actor.execute(c.ObserveActivity(activity=change, detail=said, by="agent"))
             except FleetError as e:  # e.g. a jump the activity table does not allow
                 log.info("agent %s: activity %s not recorded: %s", state.agent_id, change, e)
+
+    def _hold_back(self, base: Debouncer, change: Activity, said: str, now: float) -> None:
+        """The hook's word stands: the reading stays a candidate of `base` (the debouncer as
+        the hook left it), looked at each period until the hook's hold ends (then it is
+        recorded, if the screen still says so)."""
+        kept = said if change in WAITING else ""
+        self.debouncer = msgspec.structs.replace(
+            base, candidate=change, candidate_detail=kept, candidate_since=now
+        )
 
     def hook_said(self, report: HookReport, now: float) -> None:
         """A hook's report was recorded: the screen may not overrule it for a while, and the
