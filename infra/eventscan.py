@@ -199,6 +199,11 @@ class EventReader:
             msg = await self.js.get_last_msg(subjects.EVENTS_STREAM, subjects.events(agent_id))
         except NotFoundError:
             return 0
+        except NatsTimeoutError as e:  # a loaded server: said, not an internal error
+            raise StoreUnavailable(
+                f"the event store did not say in time whether {agent_id} has a log (NATS is"
+                " loaded or restarting); try again"
+            ) from e
         return msg.seq or 0
 
     # -- plumbing ---------------------------------------------------------------------------

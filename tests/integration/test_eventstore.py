@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import signal
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -17,7 +19,7 @@ from schemas import commands as c
 from schemas import subjects
 from schemas.agent import AgentState, decide, evolve, fold, initial
 from schemas.chain import Position, event_hash
-from schemas.errors import ConcurrentUpdate
+from schemas.errors import ConcurrentUpdate, StoreUnavailable
 from schemas.events import AgentEvent
 from schemas.states import Activity, Lifecycle
 
@@ -202,3 +204,23 @@ def test_evolve_is_what_the_store_applies() -> None:
     state = initial("a1")
     events = run(state, c.Create(name="a1"))
     assert fold(events, state) == evolve(evolve(state, events[0]), events[1])
+
+
+async def test_a_store_that_does_not_answer_is_said_to_be_unavailable(
+    nats_server: NatsServer,
+) -> None:
+    """A spawn first asks whether the name has a log; a server that does not answer in time
+    (here stopped with SIGSTOP) is a sentence, store_unavailable, not an internal error."""
+    nc = await connect(nats_server.url)
+    try:
+        await ensure_streams(nc.jetstream())
+        store = EventStore(nc, nc.jetstream(timeout=0.5))
+        assert await store.last_seq("a1") == 0
+        os.kill(nats_server.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(StoreUnavailable, match="did not say in time whether a1 has a log"):
+                await store.last_seq("a1")
+        finally:
+            os.kill(nats_server.pid, signal.SIGCONT)
+    finally:
+        await nc.close()
