@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 import pytest
+from aiohttp import web
 from nats.aio.msg import Msg
 
 from actors import assistantconfig
@@ -34,6 +35,7 @@ from schemas import hooks, subjects
 from schemas.assistants import BUILTIN, classify
 from schemas.states import Activity
 from tests.assistants.test_stop import GUARD_S, QUIET, _git_repo, _wait_screen
+from tests.local_http import serving
 
 if TYPE_CHECKING:
     from tests.assistants.install import Installs
@@ -289,3 +291,67 @@ def test_real_gemini_cli_runs_fleetds_hooks_from_the_agents_dir(
 
 def events(calls: list[hooks.HookCall]) -> list[str]:
     return [c.payload.get("hook_event_name", "") for c in calls]
+
+
+async def _fake_model(request: web.Request) -> web.StreamResponse:
+    """An OpenAI-compatible chat endpoint that streams one short answer (the outside world)."""
+    body = await request.json()
+    reply = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await reply.prepare(request)
+    base = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": body["model"]}
+    for delta, end in (({"role": "assistant", "content": "Hello there."}, None), ({}, "stop")):
+        chunk = base | {"choices": [{"index": 0, "delta": delta, "finish_reason": end}]}
+        await reply.write(f"data: {json.dumps(chunk)}\n\n".encode())
+    await reply.write(b"data: [DONE]\n\n")
+    return reply
+
+
+def test_real_aider_runs_fleet_hook_when_it_waits_for_you(
+    assistants: Installs, tmux: Tmux, tmp_path: Path
+) -> None:
+    """Aider, given the variables an agent's panes get (its notifications on, the command
+    `fleet hook aider`), runs the command once a model has answered and it waits for the next
+    prompt; the model is a local stand-in (Aider rings only after a model's answer)."""
+    server = NatsServer.start(tmp_path / "nats")
+    calls: list[hooks.HookCall] = []
+    repo, home = tmp_path / "repo", tmp_path / "home"
+    home.mkdir()
+    _git_repo(repo)
+
+    async def run() -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", _fake_model)
+        nc = await connect(server.url)
+
+        async def answer(msg: Msg) -> None:
+            calls.append(msgspec.json.decode(msg.data, type=hooks.HookCall))
+            await msg.respond(b'{"ok": true}')
+
+        await nc.subscribe(subjects.hook("a1"), cb=answer)
+        async with serving(app) as port:
+            await asyncio.to_thread(start_aider, port)
+            deadline = time.monotonic() + GUARD_S
+            while time.monotonic() < deadline and not calls:
+                await asyncio.sleep(0.2)
+        await nc.close()
+
+    def start_aider(port: int) -> None:
+        env = {"HOME": str(home), "TERM": "xterm-256color", "LANG": "C.UTF-8"}
+        env |= assistantconfig.variables("aider", home)
+        env |= {"FLEET_AGENT_ID": "a1", "FLEET_NATS_URL": server.url}
+        env |= {"FLEET_STATE_DIR": str(tmp_path), "PATH": "/usr/local/bin:/usr/bin:/bin"}
+        flags = ["--model", "openai/fake", "--openai-api-base", f"http://127.0.0.1:{port}/v1"]
+        flags += ["--openai-api-key", "x", "--no-show-model-warnings", "--no-check-update"]
+        flags += ["--no-analytics", "--no-gitignore", "--yes-always"]
+        clean = ["env", "-i", *(f"{k}={v}" for k, v in env.items())]
+        command = shlex.join([*clean, str(assistants.venv_bin / "aider"), *flags])
+        tmux.create_session("fleet-a1", repo, env, command_for_agent=command)
+        _wait_screen(tmux, "fleet-a1", lambda s: s.rstrip().endswith(">"), "Aider's prompt")
+        tmux.send_text("fleet-a1", "agent", "say hi")
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.stop()
+    assert [(c.assistant, c.agent_id, c.payload) for c in calls] == [("aider", "a1", {})], calls
+    assert "Failed to run notifications command" not in tmux.capture("fleet-a1", "agent")
