@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
+import subprocess
 import time
 import tomllib
 import uuid
@@ -355,3 +356,77 @@ def test_real_aider_runs_fleet_hook_when_it_waits_for_you(
         server.stop()
     assert [(c.assistant, c.agent_id, c.payload) for c in calls] == [("aider", "a1", {})], calls
     assert "Failed to run notifications command" not in tmux.capture("fleet-a1", "agent")
+
+
+async def _fake_responses(request: web.Request) -> web.StreamResponse:
+    """An OpenAI Responses endpoint that streams one short answer (the outside world)."""
+    await request.read()
+    reply = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await reply.prepare(request)
+    text = {"type": "output_text", "text": "Hello."}
+    message = {"type": "message", "role": "assistant", "id": "m1", "content": [text]}
+    usage = {"input_tokens": 1, "input_tokens_details": None, "output_tokens": 1,
+             "output_tokens_details": None, "total_tokens": 2}  # fmt: skip
+    for event in (
+        {"type": "response.created", "response": {"id": "r1"}},
+        {"type": "response.output_item.done", "item": message},
+        {"type": "response.completed", "response": {"id": "r1", "usage": usage}},
+    ):
+        await reply.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+    return reply
+
+
+def test_real_codex_runs_its_notify_from_the_agents_dir(
+    assistants: Installs, tmp_path: Path
+) -> None:
+    """Codex (`codex exec`), its model a local stand-in named in the user's own config.toml
+    (kept in the agent's copy), runs the `notify` fleetd put in the agent's config.toml at
+    the end of its turn: `fleet hook codex` with the payload as its last argument."""
+    server = NatsServer.start(tmp_path / "nats")
+    calls: list[hooks.HookCall] = []
+    user, repo, home = tmp_path / "user", tmp_path / "repo", tmp_path / "home"
+    for folder in (user / ".codex", home):
+        folder.mkdir(parents=True)
+    _git_repo(repo)
+
+    async def run() -> subprocess.CompletedProcess[str]:
+        app = web.Application()
+        app.router.add_post("/v1/responses", _fake_responses)
+        nc = await connect(server.url)
+
+        async def answer(msg: Msg) -> None:
+            calls.append(msgspec.json.decode(msg.data, type=hooks.HookCall))
+            await msg.respond(b'{"ok": true}')
+
+        await nc.subscribe(subjects.hook("c1"), cb=answer)
+        async with serving(app) as port:
+            provider = '[model_providers.local]\nname = "local"\nwire_api = "responses"\n'
+            provider += f'base_url = "http://127.0.0.1:{port}/v1"\n'
+            config = f'model = "fake"\nmodel_provider = "local"\n\n{provider}'
+            (user / ".codex" / "config.toml").write_text(config)
+            assistantconfig.prepare("codex", home, user, {})
+            env = {"HOME": str(home), "LANG": "C.UTF-8", "PATH": "/usr/local/bin:/usr/bin:/bin"}
+            env |= assistantconfig.variables("codex", home)
+            env |= {"FLEET_AGENT_ID": "c1", "FLEET_NATS_URL": server.url}
+            env["FLEET_STATE_DIR"] = str(tmp_path)
+            argv = [str(assistants.npm_bin / "codex"), "exec", "--skip-git-repo-check", "say hi"]
+            done = await asyncio.to_thread(
+                subprocess.run, argv, env=env, cwd=repo, capture_output=True, text=True,
+                timeout=GUARD_S, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        # Codex starts its notify and does not wait for it: it may still be sending.
+        deadline = time.monotonic() + GUARD_S
+        while time.monotonic() < deadline and not calls:
+            await asyncio.sleep(0.2)
+        await nc.close()
+        return done
+
+    try:
+        done = asyncio.run(run())
+    finally:
+        server.stop()
+    assert "Hello." in done.stdout, done
+    assert [(c.assistant, c.agent_id, c.payload) for c in calls] == [
+        ("codex", "c1", {"type": "agent-turn-complete"})
+    ], (calls, done.stderr[-2000:])
+    assert raw_files(user)[".codex/config.toml"].decode().startswith('model = "fake"')
