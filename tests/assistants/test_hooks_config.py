@@ -430,3 +430,80 @@ def test_real_codex_runs_its_notify_from_the_agents_dir(
         ("codex", "c1", {"type": "agent-turn-complete"})
     ], (calls, done.stderr[-2000:])
     assert raw_files(user)[".codex/config.toml"].decode().startswith('model = "fake"')
+
+
+async def _fake_messages(request: web.Request) -> web.StreamResponse:
+    """Anthropic's Messages endpoint streaming one short answer (the outside world)."""
+    body = await request.json()
+    reply = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await reply.prepare(request)
+    usage = {"input_tokens": 1, "output_tokens": 1}
+    message = {"id": "m1", "type": "message", "role": "assistant", "model": body.get("model")}
+    message |= {"content": [], "stop_reason": None, "stop_sequence": None, "usage": usage}
+    text = {"type": "text_delta", "text": "Hello."}
+    done = {"stop_reason": "end_turn", "stop_sequence": None}
+    for event in (
+        {"type": "message_start", "message": message},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": text},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": done, "usage": {"output_tokens": 1}},
+        {"type": "message_stop"},
+    ):
+        await reply.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+    return reply
+
+
+async def _anything(request: web.Request) -> web.Response:
+    return web.json_response({})
+
+
+def test_real_claude_code_runs_its_hooks_from_the_agents_dir(
+    assistants: Installs, tmp_path: Path
+) -> None:
+    """Claude Code (`claude -p`), its API a local stand-in, runs the hooks fleetd put in the
+    agent's settings.json: SessionStart, UserPromptSubmit and, once answered, Stop, each
+    through `fleet hook claude-code` (the prompt itself is not sent on)."""
+    server = NatsServer.start(tmp_path / "nats")
+    calls: list[hooks.HookCall] = []
+    user, repo, home = tmp_path / "user", tmp_path / "repo", tmp_path / "home"
+    for folder in (user, home):
+        folder.mkdir()
+    _git_repo(repo)
+    assistantconfig.prepare("claude-code", home, user, {})
+
+    async def run() -> subprocess.CompletedProcess[str]:
+        app = web.Application()
+        app.router.add_post("/v1/messages", _fake_messages)
+        app.router.add_route("*", "/{tail:.*}", _anything)
+        nc = await connect(server.url)
+
+        async def answer(msg: Msg) -> None:
+            calls.append(msgspec.json.decode(msg.data, type=hooks.HookCall))
+            await msg.respond(b'{"ok": true}')
+
+        await nc.subscribe(subjects.hook("k1"), cb=answer)
+        async with serving(app) as port:
+            env = {"HOME": str(home), "LANG": "C.UTF-8", "PATH": "/usr/local/bin:/usr/bin:/bin"}
+            env |= assistantconfig.variables("claude-code", home) | QUIET
+            env |= {
+                "ANTHROPIC_API_KEY": "sk-ant-x",
+                "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{port}",
+            }
+            env |= {"FLEET_AGENT_ID": "k1", "FLEET_NATS_URL": server.url}
+            env["FLEET_STATE_DIR"] = str(tmp_path)
+            argv = [str(assistants.npm_bin / "claude"), "-p", "say hi"]
+            done = await asyncio.to_thread(
+                subprocess.run, argv, env=env, cwd=repo, capture_output=True, text=True,
+                timeout=GUARD_S, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        await nc.close()
+        return done
+
+    try:
+        done = asyncio.run(run())
+    finally:
+        server.stop()
+    assert "Hello." in done.stdout, done
+    assert events(calls) == ["SessionStart", "UserPromptSubmit", "Stop"], (calls, done.stderr)
+    assert all(c.assistant == "claude-code" and "prompt" not in c.payload for c in calls), calls
