@@ -310,6 +310,8 @@ def _apply(s: AgentState, ev: e.AgentEvent) -> AgentState:
             return _service(s, ev)
         case e.RecoveryEscalated() | e.ResourcesExceeded():
             return s
+        case e.AgentTaskStarted() | e.AgentTaskEnded():
+            return s  # the task's own log holds its state; these mark the agent's timeline
         case e.CheckpointTaken():
             ref = CheckpointRef(
                 checkpoint=ev.checkpoint,

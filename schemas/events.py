@@ -165,6 +165,19 @@ class AgentRemoved(Event, frozen=True, tag="agent.removed"):
     reason: str = ""
 
 
+class AgentTaskStarted(Event, frozen=True, tag="task.started"):
+    """The agent began a task (its own log is `fleet.task.<task_id>`), so its timeline shows it."""
+
+    task_id: str
+    attempt: int = 1
+
+
+class AgentTaskEnded(Event, frozen=True, tag="task.ended"):
+    task_id: str
+    status: str = ""  # the task's status at its end: DONE, FAILED, TIMED_OUT or CANCELLED
+    reason: str = ""
+
+
 AgentEvent = (
     AgentCreated
     | LifecycleChanged
@@ -187,6 +200,8 @@ AgentEvent = (
     | UserAttached
     | UserDetached
     | AgentRemoved
+    | AgentTaskStarted
+    | AgentTaskEnded
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(AgentEvent)

@@ -146,6 +146,16 @@ EVENTS: list[e.Event] = [
         enforced_by="cgroup-v1",
         **{**HEAD, "actor": "agent"},
     ),
+    e.AgentTaskStarted(
+        event_id="evt-0022", task_id="fix-flaky-7", attempt=2, **{**HEAD, "actor": "agent"}
+    ),
+    e.AgentTaskEnded(
+        event_id="evt-0023",
+        task_id="fix-flaky-7",
+        status="FAILED",
+        reason="budget",
+        **{**HEAD, "actor": "agent"},
+    ),
 ]
 
 COMMANDS: list[c.Command] = [

@@ -335,3 +335,21 @@ def test_every_task_event_round_trips_and_tags_are_unique() -> None:
     # a stored event is read even if a rule became stricter since (no validation on decode)
     old = t.TaskCreated(task_id=TASK, event_id="e", at=T0, spec=t.TaskSpec(prompt="", timeout_s=0))
     assert msgspec.json.decode(msgspec.json.encode(old), type=t.AnyTaskEvent) == old
+
+
+def test_the_agent_log_marks_a_task_and_its_fold_changes_nothing_else() -> None:
+    from schemas import events as e
+    from schemas.agent import fold as agent_fold
+
+    head = {"agent_id": "a1", "at": T0}
+    created = e.AgentCreated(event_id="e1", name="a1", template="claude", repo="/src", **head)
+    before = agent_fold([created])
+    marks = [
+        e.AgentTaskStarted(event_id="e2", task_id=TASK, attempt=1, **head),
+        e.AgentTaskEnded(event_id="e3", task_id=TASK, status="DONE", **head),
+    ]
+    after = agent_fold(marks, before)
+    assert msgspec.structs.replace(after, events=before.events) == before
+    assert after.events == 3
+    for mark in marks:
+        assert msgspec.json.decode(msgspec.json.encode(mark), type=e.AgentEvent) == mark
