@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
@@ -49,8 +50,10 @@ class HookDesk:
         except FleetError as e:
             reply = replies.error(e)
         except Exception:
-            log.exception("agent %s: a hook call failed", self.actor.state.agent_id)
-            reply = replies.unexpected("hook")
+            error_id = uuid.uuid4().hex[:12]
+            agent = self.actor.state.agent_id
+            log.exception("agent %s: a hook call failed (error id %s)", agent, error_id)
+            reply = replies.unexpected(error_id)
         if msg.reply:
             await msg.respond(reply)
 
