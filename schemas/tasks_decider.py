@@ -17,6 +17,7 @@ import msgspec
 from msgspec.structs import replace
 
 from schemas import tasks as t
+from schemas.chain import Position
 from schemas.errors import (
     DependenciesNotDone,
     InvalidTask,
@@ -213,3 +214,73 @@ def _ended(
 
 def fold(events: Iterable[t.AnyTaskEvent], state: TaskState | None = None) -> TaskState:
     return functools.reduce(evolve, events, state if state is not None else TaskState())
+
+
+def problem(state: TaskState, event: t.AnyTaskEvent) -> str:
+    """What is wrong with `event` following `state`, by the table ("" if nothing): the audit's
+    check of a task's log, which `evolve` never makes."""
+    if state.task_id and event.task_id != state.task_id:
+        return f"the event names task {event.task_id!r} but is in {state.task_id}'s log"
+    target = _target(event, state.status)
+    if target not in t.TRANSITIONS[state.status]:
+        tag = event.__struct_config__.tag
+        return f"{tag} takes task {event.task_id} {state.status} -> {target}, not in the table"
+    if isinstance(event, t.TaskRequeued) and event.frm is not state.status:
+        return f"task.requeued says from {event.frm} but the task was {state.status}"
+    if isinstance(event, t.TaskStarted) and state.attempts >= state.spec.max_attempts:
+        return f"attempt {event.attempt} is past max_attempts {state.spec.max_attempts}"
+    return ""
+
+
+def _target(event: t.AnyTaskEvent, current: TaskStatus) -> TaskStatus:
+    match event:
+        case t.TaskCreated() | t.TaskRequeued():
+            return S.QUEUED
+        case t.TaskAssigned():
+            return S.ASSIGNED
+        case t.TaskStarted():
+            return S.RUNNING
+        case t.TaskDone():
+            return S.DONE
+        case t.TaskFailed():
+            return S.FAILED
+        case t.TaskTimedOut():
+            return S.TIMED_OUT
+        case t.TaskCancelled():
+            return S.CANCELLED
+        case _:
+            assert_never(event)
+
+
+class TaskView(msgspec.Struct, frozen=True, kw_only=True):
+    """What `fleet task wait|show --json` and the REST API print for one task (issue 17)."""
+
+    id: str
+    agent: str
+    state: TaskStatus
+    reason: str
+    attempts: int
+    priority: str
+    created_by: str
+    result: t.TaskResult | None = None
+
+
+def view(state: TaskState) -> TaskView:
+    return TaskView(
+        id=state.task_id,
+        agent=state.agent,
+        state=state.status,
+        reason=state.reason,
+        attempts=state.attempts,
+        priority=state.spec.priority,
+        created_by=state.spec.created_by,
+        result=state.result,
+    )
+
+
+class TaskSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A task's folded state as of `position` (schemas.chain.Position), for a short replay."""
+
+    state: TaskState
+    position: Position
+    version: int = 1

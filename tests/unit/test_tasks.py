@@ -29,7 +29,7 @@ from schemas.errors import (
     UnknownTask,
 )
 from schemas.tasks import TERMINAL, TRANSITIONS, S, TaskStatus
-from schemas.tasks_decider import TaskState, decide, evolve, fold, initial
+from schemas.tasks_decider import TaskState, decide, evolve, fold, initial, problem, view
 
 TASK = "t1"
 T0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
@@ -120,7 +120,7 @@ AGENTS = st.sampled_from(["a1", "a2", "a3"])
 BY = st.sampled_from(["", "user:ada", "agent:a1", "agent:a2", "service:tasks"])
 RESULTS = st.builds(
     t.TaskResult,
-    message=st.text(max_size=20),
+    message=st.text(st.characters(exclude_characters="\x00"), max_size=20),
     files_changed=st.integers(0, 50),
     tokens_in=st.integers(0, 10_000),
     cost_usd=st.floats(0, 10, allow_nan=False),
@@ -353,3 +353,27 @@ def test_the_agent_log_marks_a_task_and_its_fold_changes_nothing_else() -> None:
     assert after.events == 3
     for mark in marks:
         assert msgspec.json.decode(msgspec.json.encode(mark), type=e.AgentEvent) == mark
+
+
+def test_the_audit_check_flags_what_the_table_does_not_allow() -> None:
+    run = drive(t.Assign(agent="a1"), t.Start(), t.FailTask(reason="budget"))
+    queued = fold(run.events[:1])
+    done = t.TaskDone(task_id=TASK, event_id="x", at=T0)
+    assert "QUEUED -> DONE, not in the table" in problem(queued, done)
+    other = t.TaskAssigned(task_id="t2", event_id="x", at=T0, agent="a1")
+    assert "names task 't2'" in problem(queued, other)
+    wrong_from = t.TaskRequeued(task_id=TASK, event_id="x", at=T0, frm=S.TIMED_OUT)
+    assert "from TIMED_OUT but the task was FAILED" in problem(run.state, wrong_from)
+    spent = msgspec.structs.replace(run.state, status=S.ASSIGNED, attempts=3)
+    again = t.TaskStarted(task_id=TASK, event_id="x", at=T0, agent="a1", attempt=4)
+    assert "past max_attempts 3" in problem(spent, again)
+
+
+def test_the_view_has_the_fields_fleet_task_wait_prints() -> None:
+    run = drive(t.Assign(agent="a1"), t.Start(), t.Finish(result=t.TaskResult(message="ok")))
+    shown = msgspec.json.decode(msgspec.json.encode(view(run.state)))
+    assert {"id", "agent", "state", "reason", "result"} <= set(shown)
+    assert (shown["id"], shown["agent"], shown["state"]) == (TASK, "a1", "DONE")
+    wanted = {"message", "files_changed", "insertions", "deletions", "commit", "tokens_in"}
+    wanted |= {"tokens_out", "cost_usd", "duration_s", "exit_status"}
+    assert set(shown["result"]) == wanted
