@@ -403,7 +403,7 @@ class InvalidTask(FleetError):
 class TaskTransition(FleetError):
     """A task command that the task's state table does not allow from its current state."""
 
-    code = "invalid_transition"
+    code = "invalid_task_transition"
 
     def __init__(self, task_id: str, verb: str, current: str, needs: str, why: str = "") -> None:
         self.task_id, self.verb, self.current, self.needs = task_id, verb, current, needs
@@ -457,3 +457,17 @@ class NotYourTask(FleetError):
     def __init__(self, task_id: str, who: str, verb: str) -> None:
         self.task_id, self.who, self.verb = task_id, who, verb
         super().__init__(f"{who} cannot {verb} task {task_id}: an agent acts only on its own tasks")
+
+
+class StaleTaskReport(FleetError):
+    """A report (started, done, failed, timed out) from an agent or attempt that no longer runs
+    the task: a late word of an earlier run, which must not end the current one."""
+
+    code = "stale_report"
+
+    def __init__(self, task_id: str, agent: str, attempt: int, holder: str, current: int) -> None:
+        self.task_id, self.agent, self.attempt = task_id, agent, attempt
+        self.holder, self.current = holder, current
+        said = f"agent {agent or holder}'s report" + (f" on attempt {attempt}" if attempt else "")
+        now = f"attempt {current} is held by {holder}" if holder else "no agent holds it"
+        super().__init__(f"{said} of task {task_id} is stale ({now}); nothing was recorded")

@@ -237,6 +237,23 @@ TASK_TAGS: dict[str, type[TaskEvent]] = {
 # dispatches and watches; a person or an agent sends Create, Cancel and Retry.
 
 
+class Report(Command, frozen=True, kw_only=True):
+    """A word from the run: `agent` and `attempt` (when given) must be the current run's, so a
+    late report of an earlier attempt is refused instead of ending the current one."""
+
+    agent: str = ""
+    attempt: int = 0  # 0: not said
+
+    def _check(self) -> None:
+        if self.agent:
+            v.name(self.agent, "agent id")
+        _integer(self.attempt, "attempt", low=0, high=MAX_ATTEMPTS)
+        self._fields()
+
+    def _fields(self) -> None:
+        """The report's own fields."""
+
+
 class CreateTask(Command, frozen=True, tag="create"):
     spec: TaskSpec
     task_id: str = ""  # checked against the aggregate's id by decide
@@ -254,36 +271,36 @@ class Assign(Command, frozen=True, tag="assign"):
         v.name(self.agent, "agent id")
 
 
-class Start(Command, frozen=True, tag="start"):
+class Start(Report, frozen=True, tag="start"):
     base_commit: str = ""
 
-    def _check(self) -> None:
+    def _fields(self) -> None:
         if self.base_commit and not _COMMIT.fullmatch(self.base_commit):
             raise InvalidTask("base_commit", f"{self.base_commit[:80]!r} is not a hex commit id")
 
 
-class Finish(Command, frozen=True, tag="finish"):
+class Finish(Report, frozen=True, tag="finish"):
     result: TaskResult = TaskResult()
 
-    def _check(self) -> None:
+    def _fields(self) -> None:
         check_result(self.result)
 
 
-class FailTask(Command, frozen=True, tag="fail"):
+class FailTask(Report, frozen=True, tag="fail"):
     reason: str
     result: TaskResult = TaskResult()
 
-    def _check(self) -> None:
+    def _fields(self) -> None:
         v.line(self.reason, "failure reason", v.MAX_TEXT_LINE)
         if not self.reason:
             raise InvalidTask("reason", "say why the task failed")
         check_result(self.result)
 
 
-class TimeOut(Command, frozen=True, tag="time_out"):
+class TimeOut(Report, frozen=True, tag="time_out"):
     result: TaskResult = TaskResult()
 
-    def _check(self) -> None:
+    def _fields(self) -> None:
         check_result(self.result)
 
 

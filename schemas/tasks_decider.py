@@ -23,6 +23,7 @@ from schemas.errors import (
     InvalidTask,
     NoAttemptsLeft,
     NotYourTask,
+    StaleTaskReport,
     TaskExists,
     TaskTransition,
     UnknownTask,
@@ -104,6 +105,7 @@ def decide(
         case t.Start(base_commit=base):
             needs("start", S.ASSIGNED)
             n = state.attempts + 1
+            _current(state, cmd, n)
             return [
                 t.TaskStarted(
                     event_id=new_id(), agent=state.agent, attempt=n, base_commit=base, **meta
@@ -114,12 +116,15 @@ def decide(
             return [t.TaskRequeued(event_id=new_id(), frm=cur, reason=reason or "released", **meta)]
         case t.Finish(result=result):
             needs("finish", S.RUNNING)
+            _current(state, cmd, state.attempts)
             return [t.TaskDone(event_id=new_id(), result=result, **meta)]
         case t.FailTask(reason=reason, result=result):
             needs("fail", S.RUNNING)
+            _current(state, cmd, state.attempts)
             return [t.TaskFailed(event_id=new_id(), reason=reason, result=result, **meta)]
         case t.TimeOut(result=result):
             needs("time out", S.RUNNING)
+            _current(state, cmd, state.attempts)
             ev = t.TaskTimedOut(
                 event_id=new_id(), timeout_s=state.spec.timeout_s, result=result, **meta
             )
@@ -139,6 +144,12 @@ def decide(
             return [t.TaskRequeued(event_id=new_id(), frm=cur, reason="retry", **meta)]
         case _:
             assert_never(cmd)
+
+
+def _current(state: TaskState, cmd: t.Report, attempt: int) -> None:
+    """A report names the run it is about (when it names one): the holder and its attempt."""
+    if (cmd.agent and cmd.agent != state.agent) or (cmd.attempt and cmd.attempt != attempt):
+        raise StaleTaskReport(state.task_id, cmd.agent, cmd.attempt, state.agent, attempt)
 
 
 def _owner(state: TaskState, by: str, verb: str) -> None:

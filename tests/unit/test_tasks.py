@@ -24,6 +24,7 @@ from schemas.errors import (
     InvalidTask,
     NoAttemptsLeft,
     NotYourTask,
+    StaleTaskReport,
     TaskExists,
     TaskTransition,
     UnknownTask,
@@ -92,6 +93,11 @@ class Run:
             assert target in TRANSITIONS[old.status], (
                 f"{old.status} -> {target} is not in the table"
             )
+            if isinstance(cmd, t.Report) and cmd.agent:
+                assert cmd.agent == old.agent, "a report of another agent's run was recorded"
+            if isinstance(cmd, t.Report) and cmd.attempt:
+                run_no = old.attempts + isinstance(cmd, t.Start)
+                assert cmd.attempt == run_no, "a report of another attempt was recorded"
             if isinstance(event, t.TaskAssigned):
                 assert old.status is S.QUEUED and old.agent == "", (
                     "assigned while an agent holds it"
@@ -133,35 +139,62 @@ def _cmd(
     return st.builds(kind, id=st.sampled_from(["", "cmd-1", "cmd-2"]), by=BY, **fields)
 
 
-COMMANDS: st.SearchStrategy[t.TaskCommand] = st.one_of(
-    _cmd(t.CreateTask, spec=st.just(SPEC)),
+# mostly unsaid (the service speaking), sometimes a run's own word, right or stale
+WHO = {
+    "agent": st.sampled_from(["", "", "", "a1", "a2"]),
+    "attempt": st.sampled_from([0, 0, 0, 1, 2, 3]),
+}
+# The run's own steps come three times as often as the rest, so that sequences reach RUNNING,
+# the ends and the retries, not only early cancels and refusals.
+RUN_STEPS = [
     _cmd(t.Assign, agent=AGENTS),
-    _cmd(t.Start),
-    _cmd(t.Release),
-    _cmd(t.Finish, result=RESULTS),
-    _cmd(t.FailTask, reason=st.sampled_from(["budget", "login required", "exit status 1"])),
-    _cmd(t.TimeOut),
-    _cmd(t.Cancel),
+    _cmd(t.Start, **WHO),
+    _cmd(t.Finish, result=RESULTS, **WHO),
+    _cmd(t.FailTask, reason=st.sampled_from(["budget", "login required", "exit status 1"]), **WHO),
+    _cmd(t.TimeOut, **WHO),
     _cmd(t.Retry),
+]
+COMMANDS: st.SearchStrategy[t.TaskCommand] = st.one_of(
+    *RUN_STEPS * 3,
+    _cmd(t.CreateTask, spec=st.just(SPEC)),
+    _cmd(t.Release),
+    _cmd(t.Cancel),
     _cmd(t.ShowTask),
 )
 STATUSES = st.sampled_from(list(TaskStatus))
 
 
-@settings(max_examples=300, deadline=None)
+def plausible(s: TaskState) -> list[t.TaskCommand]:
+    """Commands a tasks service would send next in status `s.status` (and a cancel)."""
+    me = {"agent": s.agent, "attempt": s.attempts}
+    nxt: dict[TaskStatus, list[t.TaskCommand]] = {
+        S.QUEUED: [t.Assign(agent="a1"), t.Assign(agent="a2")],
+        S.ASSIGNED: [t.Start(agent=s.agent, attempt=s.attempts + 1), t.Release()],
+        S.RUNNING: [t.Finish(**me), t.FailTask(reason="budget", **me), t.TimeOut(**me)],
+        S.FAILED: [t.Retry()],
+        S.TIMED_OUT: [t.Retry()],
+    }
+    return [*nxt.get(s.status, [t.ShowTask()]), t.Cancel(by="user:ada")]
+
+
+@settings(max_examples=400, deadline=None)
 @given(
-    cmds=st.lists(COMMANDS, max_size=40),
-    max_attempts=st.integers(1, 4),
-    dep=STATUSES,
+    data=st.data(),
+    max_attempts=st.integers(1, 3),
+    dep=st.sampled_from([S.DONE] * 8 + list(TaskStatus)),
 )
 def test_any_command_sequence_keeps_the_invariants(
-    cmds: list[t.TaskCommand], max_attempts: int, dep: TaskStatus
+    data: st.DataObject, max_attempts: int, dep: TaskStatus
 ) -> None:
     spec = msgspec.structs.replace(SPEC, max_attempts=max_attempts, depends_on=("t0",))
     run = Run(deps={"t0": dep})
     run.apply(msgspec.structs.replace(CREATE, spec=spec))
-    for cmd in cmds:
-        run.apply(cmd)
+    for _ in range(data.draw(st.integers(0, 60), label="steps")):
+        # a quarter of the steps are any command; the rest one that the run would send next,
+        # so sequences reach the ends and the retries past max_attempts, not only refusals
+        anything = data.draw(st.integers(0, 3), label="any") == 0
+        pick = COMMANDS if anything else st.sampled_from(plausible(run.state))
+        run.apply(data.draw(pick))
     assert fold(run.events) == run.state, "the fold of the log is the state built step by step"
     assert run.state.attempts == sum(isinstance(e, t.TaskStarted) for e in run.events)
     if dep is not S.DONE:
@@ -257,6 +290,28 @@ def test_assign_waits_for_every_dependency_to_be_done() -> None:
         s, t.Assign(agent="a1"), now=T0, new_id=lambda: "e", deps={"t0": S.DONE, "tx": S.DONE}
     )
     assert [type(e) for e in ok] == [t.TaskAssigned]
+
+
+def test_a_late_report_of_an_earlier_run_is_refused() -> None:
+    run = drive(
+        t.Assign(agent="a1"),
+        t.Start(agent="a1", attempt=1),
+        t.TimeOut(),
+        t.Retry(),
+        t.Assign(agent="a2"),
+        t.Start(agent="a2", attempt=2),
+    )
+    assert not run.refused
+    late = t.Finish(agent="a1", attempt=1, result=t.TaskResult(message="done at last"))
+    with pytest.raises(
+        StaleTaskReport,
+        match=r"attempt 1 of task t1 is stale \(attempt 2 is held by a2\); nothing was recorded",
+    ):
+        decide(run.state, late, now=T0, new_id=lambda: "e")
+    with pytest.raises(StaleTaskReport):
+        decide(run.state, t.FailTask(agent="a2", attempt=1, reason="x"), now=T0, new_id=lambda: "e")
+    ok = decide(run.state, t.Finish(agent="a2", attempt=2), now=T0, new_id=lambda: "e")
+    assert [type(e) for e in ok] == [t.TaskDone]
 
 
 def test_an_agent_cancels_and_retries_only_the_tasks_it_created() -> None:
