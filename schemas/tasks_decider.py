@@ -227,6 +227,26 @@ def fold(events: Iterable[t.AnyTaskEvent], state: TaskState | None = None) -> Ta
     return functools.reduce(evolve, events, state if state is not None else TaskState())
 
 
+BUDGET_WARNING = 0.8  # the share of a budget at which a notification goes out; at 1.0 it fails
+
+
+def budget_used(spec: t.TaskSpec, tokens: int, cost_usd: float) -> float:
+    """The largest share of the task's budgets that `tokens` (in + out) and `cost_usd` use
+    (0.0 with no budget; a zero budget is used up by anything above zero)."""
+    shares = [0.0]
+    for limit, used in ((spec.budget_tokens, float(tokens)), (spec.budget_usd, cost_usd)):
+        if limit is not None:
+            shares.append(used / limit if limit > 0 else (1.0 if used > 0 else 0.0))
+    return max(shares)
+
+
+def overdue(state: TaskState, now: datetime) -> bool:
+    """A running task past its `timeout_s` (the service then sends `TimeOut`)."""
+    if state.status is not S.RUNNING or state.started_at is None:
+        return False
+    return (now - state.started_at).total_seconds() >= state.spec.timeout_s
+
+
 def problem(state: TaskState, event: t.AnyTaskEvent) -> str:
     """What is wrong with `event` following `state`, by the table ("" if nothing): the audit's
     check of a task's log, which `evolve` never makes."""

@@ -30,7 +30,17 @@ from schemas.errors import (
     UnknownTask,
 )
 from schemas.tasks import TERMINAL, TRANSITIONS, S, TaskStatus
-from schemas.tasks_decider import TaskState, decide, evolve, fold, initial, problem, view
+from schemas.tasks_decider import (
+    TaskState,
+    budget_used,
+    decide,
+    evolve,
+    fold,
+    initial,
+    overdue,
+    problem,
+    view,
+)
 
 TASK = "t1"
 T0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
@@ -432,3 +442,18 @@ def test_the_view_has_the_fields_fleet_task_wait_prints() -> None:
     wanted = {"message", "files_changed", "insertions", "deletions", "commit", "tokens_in"}
     wanted |= {"tokens_out", "cost_usd", "duration_s", "exit_status"}
     assert set(shown["result"]) == wanted
+
+
+def test_budget_share_and_timeout() -> None:
+    both = msgspec.structs.replace(SPEC, budget_tokens=1000, budget_usd=2.0)
+    assert budget_used(SPEC, 10**9, 1e6) == 0.0, "no budget, no limit"
+    assert budget_used(both, 800, 0.5) == pytest.approx(0.8)
+    assert budget_used(both, 100, 2.5) == pytest.approx(1.25)
+    free = msgspec.structs.replace(SPEC, budget_usd=0.0)
+    assert (budget_used(free, 5, 0.0), budget_used(free, 0, 0.01)) == (0.0, 1.0)
+    run = drive(t.Assign(agent="a1"), t.Start())
+    started = run.state.started_at
+    assert started is not None
+    assert not overdue(run.state, started + timedelta(seconds=SPEC.timeout_s - 1))
+    assert overdue(run.state, started + timedelta(seconds=SPEC.timeout_s))
+    assert not overdue(drive().state, started + timedelta(days=30)), "only a running task"
