@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import time
 import uuid
@@ -37,7 +38,7 @@ from infra.eventstore import EventStore, decode
 from infra.mailbox import Mailbox
 from infra.nats import connect
 from schemas import replies, subjects
-from schemas.errors import FleetError, PayloadTooLarge
+from schemas.errors import FleetError, InvalidSetting, PayloadTooLarge
 from services.gateway_auth import Forbidden, Sockets, Tickets, Unauthorized, watch_tokens
 from services.gateway_events import Hub
 from services.metrics import FleetMetrics
@@ -307,16 +308,32 @@ async def _poll_mail(nc: Client, metrics: FleetMetrics) -> None:
         except NotFoundError:
             pass  # no mail streams yet
         except Exception as e:  # NATS away: the gauges keep their last values
+            if _cancelling():
+                raise  # nats-py turned the cancel into its own error: the loop must end
             log.debug("mail depth not read: %r", e)
         await asyncio.sleep(MAIL_POLL_S)
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def start(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> web.AppRunner:
     """Listen on `host:port` (0: any free port); `url_of(runner)` says where."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
+    await runner.setup()  # the app's start: its NATS connection and tasks
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as e:  # taken: the app's tasks end with the runner, and fleet up says why
+        await runner.cleanup()
+        why = "it is taken" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        raise InvalidSetting(
+            "FLEET_GATEWAY_PORT", str(port),
+            f"the gateway cannot listen on {host}:{port}: {why}; set FLEET_GATEWAY_PORT to a "
+            "free port (0: any)",
+        ) from e  # fmt: skip
     return runner
 
 

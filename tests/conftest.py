@@ -83,8 +83,10 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "state"
     path.mkdir()
     monkeypatch.setenv("FLEET_STATE_DIR", str(path))
-    for name in ("FLEET_NATS_URL", "FLEET_RAY_ADDRESS", "FLEET_GATEWAY_PORT"):
+    for name in ("FLEET_NATS_URL", "FLEET_RAY_ADDRESS"):
         monkeypatch.delenv(name, raising=False)
+    # Any free port: the default (7070) may be another run's, or the user's own fleet's.
+    monkeypatch.setenv("FLEET_GATEWAY_PORT", "0")
     return path
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -158,6 +159,36 @@ def test_detach_returns_once_ready(state_dir: Path) -> None:
     _wait_exited(daemon)
     assert not (state_dir / "fleet.json").exists()
     assert not psutil.pid_exists(printed["nats_pid"])
+
+
+def test_a_taken_gateway_port_exits_2_with_its_sentence_and_leaves_nothing_running(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway starts last but one: its port taken, the parts started before it (NATS,
+    Ray, the supervisor, the gateway's own NATS tasks) stop, and `fleet up` says why. It
+    used to hang for good in asyncio's shutdown, a mail poller swallowing its cancel."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("FLEET_GATEWAY_PORT", str(port))
+        result = fleet("up")  # fleet_cli's guard: a hang fails this test
+    assert result.returncode == 2, result
+    said = result.stderr.strip().splitlines()[-1]
+    assert said == (
+        f"fleet: FLEET_GATEWAY_PORT='{port}' cannot be used: the gateway cannot listen on "
+        f"127.0.0.1:{port}: it is taken; set FLEET_GATEWAY_PORT to a free port (0: any)"
+    ), result.stderr
+    assert not (state_dir / "fleet.json").exists()
+    left = [p.pid for p in psutil.process_iter() if _of_state_dir(p, state_dir)]
+    assert left == [], f"processes of {state_dir} still running: {left}"
+
+
+def _of_state_dir(proc: psutil.Process, state_dir: Path) -> bool:
+    try:
+        return any(str(state_dir) in a for a in proc.cmdline())
+    except psutil.Error:
+        return False
 
 
 def test_a_bad_setting_exits_2_with_its_sentence(
