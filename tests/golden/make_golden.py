@@ -18,6 +18,7 @@ import msgspec
 
 from schemas import commands as c
 from schemas import events as e
+from schemas import tasks as t
 from schemas.states import Activity, Lifecycle
 
 HERE = Path(__file__).resolve().parent
@@ -185,11 +186,62 @@ COMMANDS: list[c.Command] = [
 ]
 
 
+# A task's own log (fleet.task.<task_id>): its tags live in tasks/, apart from the agent's.
+TASK_HEAD = {k: v for k, v in HEAD.items() if k != "agent_id"} | {"task_id": "fix-flaky-7"}
+TASK_RESULT = t.TaskResult(
+    message="The test was flaky because of a shared tmp dir; each test now gets its own.",
+    files_changed=2,
+    insertions=14,
+    deletions=3,
+    commit="3f9c2a1b7d4e",
+    tokens_in=48213,
+    tokens_out=2210,
+    cost_usd=0.1834,
+    duration_s=212.5,
+    exit_status=0,
+)
+TASK_EVENTS: list[t.TaskEvent] = [
+    t.TaskCreated(
+        event_id="tev-0001",
+        spec=t.TaskSpec(
+            prompt="Fix the flaky test in tests/test_login.py",
+            repo=REPO,
+            base_ref="main",
+            template="claude",
+            capabilities=("python",),
+            priority="high",
+            timeout_s=900.0,
+            max_attempts=2,
+            budget_tokens=200000,
+            budget_usd=1.5,
+            labels=("flaky", "ci"),
+            created_by="user:ada",
+            depends_on=("setup-ci-3",),
+            headless=True,
+        ),
+        **TASK_HEAD,
+    ),
+    t.TaskAssigned(event_id="tev-0002", agent="fix-login-42", **TASK_HEAD),
+    t.TaskStarted(
+        event_id="tev-0003", agent="fix-login-42", attempt=1, base_commit="9a8b7c6d", **TASK_HEAD
+    ),
+    t.TaskDone(event_id="tev-0004", result=TASK_RESULT, **TASK_HEAD),
+    t.TaskFailed(event_id="tev-0005", reason="budget", result=TASK_RESULT, **TASK_HEAD),
+    t.TaskTimedOut(event_id="tev-0006", timeout_s=900.0, **TASK_HEAD),
+    t.TaskCancelled(
+        event_id="tev-0007", frm=t.TaskStatus.RUNNING, reason="not needed", **TASK_HEAD
+    ),
+    t.TaskRequeued(event_id="tev-0008", frm=t.TaskStatus.TIMED_OUT, reason="retry", **TASK_HEAD),
+]
+
+
 def tag(obj: msgspec.Struct) -> str:
     return str(type(obj).__struct_config__.tag)
 
 
-def write_missing(folder: Path, examples: list[e.Event] | list[c.Command]) -> list[Path]:
+def write_missing(
+    folder: Path, examples: list[e.Event] | list[c.Command] | list[t.TaskEvent]
+) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for obj in examples:
@@ -208,7 +260,12 @@ def main() -> int:
     if missing:
         print(f"no example for event tag(s) {sorted(missing)}: add one to EVENTS", file=sys.stderr)
         return 1
+    missing_tasks = set(t.TASK_TAGS) - {tag(ev) for ev in TASK_EVENTS}
+    if missing_tasks:
+        print(f"no example for task tag(s) {sorted(missing_tasks)}: add one", file=sys.stderr)
+        return 1
     written = write_missing(HERE, EVENTS) + write_missing(HERE / "commands", COMMANDS)
+    written += write_missing(HERE / "tasks", TASK_EVENTS)
     for path in written:
         print(f"wrote {path.relative_to(HERE.parent.parent)}")
     if not written:

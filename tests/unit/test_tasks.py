@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -457,3 +458,23 @@ def test_budget_share_and_timeout() -> None:
     assert not overdue(run.state, started + timedelta(seconds=SPEC.timeout_s - 1))
     assert overdue(run.state, started + timedelta(seconds=SPEC.timeout_s))
     assert not overdue(drive().state, started + timedelta(days=30)), "only a running task"
+
+
+TASK_GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "tasks"
+
+
+@pytest.mark.parametrize("tag", sorted(t.TASK_TAGS))
+def test_every_task_tag_has_a_golden_file_that_decodes_with_todays_code(tag: str) -> None:
+    """tests/golden/tasks/ is frozen like tests/golden/ (its README): a task's log outlives
+    the code that wrote it."""
+    path = TASK_GOLDEN / f"{tag}.json"
+    assert path.is_file(), f"task tag {tag!r} has no golden file: add it to make_golden.py"
+    raw = msgspec.json.decode(path.read_bytes())
+    event = msgspec.json.decode(path.read_bytes(), type=t.AnyTaskEvent)
+    assert type(event) is t.TASK_TAGS[raw["type"]] and raw["type"] == tag
+    again = msgspec.json.decode(msgspec.json.encode(event))
+    lost = sorted(set(raw) - set(again))
+    assert not lost, f"{type(event).__name__} lost field(s) {lost} that shipped events hold"
+    for key, value in raw.items():
+        if key != "at":
+            assert again[key] == value, f"{key}: golden {value!r}, decoded {again[key]!r}"
