@@ -33,6 +33,7 @@ from schemas.errors import (
 from schemas.tasks import TERMINAL, TRANSITIONS, S, TaskStatus
 from schemas.tasks_decider import (
     TaskState,
+    TaskView,
     budget_used,
     decide,
     evolve,
@@ -478,3 +479,15 @@ def test_every_task_tag_has_a_golden_file_that_decodes_with_todays_code(tag: str
     for key, value in raw.items():
         if key != "at":
             assert again[key] == value, f"{key}: golden {value!r}, decoded {again[key]!r}"
+
+
+def test_task_commands_events_and_view_export_a_json_schema() -> None:
+    """For `fleet schema` and the OpenAPI once fleet.ctl.task.* is served (schemas/wire.py)."""
+    commands = msgspec.json.schema(t.TaskCommand)
+    tagged = [d for d in commands["$defs"].values() if "type" in d.get("properties", {})]
+    tags = {d["properties"]["type"]["enum"][0] for d in tagged}
+    assert tags == {c.__struct_config__.tag for c in t.TASK_COMMAND_TYPES}
+    events = msgspec.json.schema(t.AnyTaskEvent)
+    defs = [d for d in events["$defs"].values() if "type" in d.get("properties", {})]
+    assert {d["properties"]["type"]["enum"][0] for d in defs} == set(t.TASK_TAGS)
+    assert "result" in msgspec.json.schema(TaskView)["$defs"]["TaskView"]["properties"]
