@@ -491,3 +491,13 @@ def test_task_commands_events_and_view_export_a_json_schema() -> None:
     defs = [d for d in events["$defs"].values() if "type" in d.get("properties", {})]
     assert {d["properties"]["type"]["enum"][0] for d in defs} == set(t.TASK_TAGS)
     assert "result" in msgspec.json.schema(TaskView)["$defs"]["TaskView"]["properties"]
+
+
+def test_a_task_whose_dependency_was_cancelled_is_blocked_for_good() -> None:
+    from schemas.tasks_decider import blocked_for_good, pending_dependencies
+
+    spec = msgspec.structs.replace(SPEC, depends_on=("t0", "t2", "t3"))
+    s = fold(decide(initial(TASK), t.CreateTask(spec=spec), now=T0, new_id=lambda: "e"))
+    deps = {"t0": S.DONE, "t2": S.CANCELLED, "t3": S.FAILED}
+    assert pending_dependencies(s, deps) == {"t2": S.CANCELLED, "t3": S.FAILED}
+    assert blocked_for_good(s, deps) == {"t2": S.CANCELLED}, "a FAILED one may still be retried"
