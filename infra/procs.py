@@ -207,7 +207,9 @@ def signal_groups(pids: Iterable[int], sig: int, spare: Iterable[int] = ()) -> l
             running = [p for p in tree(pids) if p.pid not in spared and _running(p)]
             if not running:
                 break
-            order += _signal_tree(pids, sig, spared)
+            # (A process not yet scheduled since its SIGSTOP still reads running, under load:
+            # signalled again, its group is named once.)
+            order += [g for g in _signal_tree(pids, sig, spared) if g not in order]
     return order
 
 

@@ -239,9 +239,8 @@ async def _nats(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        poller.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await poller
+        poller.cancel()  # a cancel nats-py swallows ends it at its next round; waited for so
+        await asyncio.wait([poller], timeout=MAIL_POLL_S + 1.0)  # long, never cancelled again
         for ws_listener in list(app[HUB].listeners):
             await ws_listener.ws.close()
         for sub in subs:
@@ -300,7 +299,7 @@ def _on_health(metrics: FleetMetrics, hub: Hub) -> Callable[[Msg], Awaitable[Non
 
 async def _poll_mail(nc: Client, metrics: FleetMetrics) -> None:
     js = nc.jetstream()
-    while True:
+    while not _cancelling():  # a cancel nats-py swallowed (in its flush) still ends the loop
         try:
             info = await js.stream_info(subjects.MAIL_STREAM, subjects_filter=subjects.ALL_MAIL)
             dead = await js.stream_info(subjects.MAIL_DLQ_STREAM)

@@ -354,8 +354,37 @@ async def serve(settings: Settings, out: TextIO, as_json: bool) -> None:
             log.info("stopping fleetd")
 
 
+END_GRACE_S = 5.0  # for the tasks still running once everything is stopped
+
+
 def run(settings: Settings, out: TextIO, as_json: bool) -> None:
-    asyncio.run(serve(settings, out, as_json))
+    """`serve` in a loop of its own, whose leftover tasks get a bounded end (`_end_tasks`)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(serve(settings, out, as_json))
+    finally:
+        try:
+            _end_tasks(loop, END_GRACE_S)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _end_tasks(loop: asyncio.AbstractEventLoop, grace_s: float) -> None:
+    """Cancel what is left, again and again, for at most `grace_s`; then say what would not
+    end and go on. (`asyncio.run` waits for them for ever, and nats-py swallows a cancel that
+    lands in its flush: a `fleet up` whose gateway port was taken hung so on a loaded machine.)"""
+    deadline = time.monotonic() + grace_s
+    left = asyncio.all_tasks(loop)
+    while left and time.monotonic() < deadline:
+        for task in left:
+            task.cancel()
+        loop.run_until_complete(asyncio.wait(left, timeout=0.1))
+        left = {t for t in left if not t.done()}
+    for task in left:
+        log.warning("a task would not end within %g s of fleetd's stop: %s", grace_s, task)
 
 
 def detach(settings: Settings, out: TextIO, as_json: bool) -> None:

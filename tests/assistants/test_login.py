@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -68,19 +67,19 @@ def test_a_real_login_pane_shows_codex_sign_in_and_goes_when_it_quits(
            "TERM": "xterm-256color", "LANG": "C.UTF-8"}  # fmt: skip
     if "TMUX_TMPDIR" in os.environ:  # the run's: its one-off tmux socket goes with the run's
         env["TMUX_TMPDIR"] = os.environ["TMUX_TMPDIR"]
+    temp = tmp_path / "tmp"  # its folder is made here: in the shared /tmp, another run's could be
+    temp.mkdir()
+    env["TMPDIR"] = str(temp)
     line = shlex.join(
         ["env", "-i", *(f"{k}={v}" for k, v in env.items()),
          sys.executable, "-m", "services.cli", "login", "codex"]
     )  # fmt: skip
-    before = set(Path(tempfile.gettempdir()).glob("fleet-login-codex-*"))
     terminal.create_session("term", REPO, env, windows=("agent",), command_for_agent=line)
     screen = wait(terminal, lambda s: "Sign in with ChatGPT" in s, "Codex's sign-in screen")
     assert "log in, then quit the assistant" not in screen  # the client covers the terminal
     inner = login_servers(home)
     assert len(inner) == 1, inner  # its own tmux server, running as the user with that HOME
-    folders = [
-        f for f in Path(tempfile.gettempdir()).glob("fleet-login-codex-*") if f not in before
-    ]
+    folders = list(temp.glob("fleet-login-codex-*"))
     for _ in range(3):  # Ctrl-C leaves the sign-in screen unsaved ("ctrl + c again to quit")
         terminal.send_keys("term", "agent", ["C-c"])
         time.sleep(1.0)
