@@ -325,17 +325,8 @@ class Tmux:
 
     def _panes_and_groups(self, name: str) -> tuple[list[int], list[str]]:
         """The live pane pids of a session and its grouped (per-user) sessions, in one call."""
-        lines = self._run(
-            "list panes of", name,
-            "list-panes", "-s", "-t", f"={_session_name(name)}:",
-            "-F", "P #{pane_dead} #{pane_pid}",
-            _SEP, "list-sessions", "-F", "S #{session_name}",
-        )  # fmt: skip
-        grouped = f"S {name}{USER_SEPARATOR}"
-        return (
-            _live_pids(ln[2:] for ln in lines if ln.startswith("P ")),
-            [ln[2:] for ln in lines if ln.startswith(grouped)],
-        )
+        live, grouped = self.stop_view(name)
+        return [pid for _, pid in live], grouped
 
     def _kill(self, name: str, grouped: Sequence[str]) -> None:
         for user_session in grouped:
