@@ -1,16 +1,17 @@
 """The one reply shape: `{"ok": true, ...}` or `{"ok": false, "error": {"code", "message"}}`.
 
 Also the decoding of requests, so every way a request can be wrong becomes a `BadRequest`
-with one sentence instead of an exception escaping a handler.
+with one sentence instead of an exception escaping a handler, and of replies (`decode_reply`),
+the one place a caller checks `ok`: an error reply becomes the `RemoteError` it names.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
-from schemas.errors import BadRequest, FleetError, PayloadTooLarge
+from schemas.errors import BadRequest, FleetError, PayloadTooLarge, RemoteError
 
 MAX_REQUEST_BYTES = 64 * 1024
 
@@ -26,7 +27,32 @@ class ErrorReply(msgspec.Struct, frozen=True, omit_defaults=False):
     ok: bool = False
 
 
+class Reply(msgspec.Struct, frozen=True, kw_only=True):
+    """A success reply that carries nothing more (a request's own reply Struct adds fields)."""
+
+    ok: bool = True
+
+
+class _Failure(msgspec.Struct, frozen=True):
+    """An error body as a reply may carry it: read leniently, so a responder's odd error
+    still reaches the person as a sentence."""
+
+    code: str = "error"
+    message: str = ""
+    error_id: str = ""
+
+
+class _Status(msgspec.Struct, frozen=True):
+    """The part of every reply that says whether it succeeded (other fields are skipped)."""
+
+    ok: object = None  # anything but `true` is a failure
+    error: _Failure | None = None
+
+
+R = TypeVar("R")
+
 _encoder = msgspec.json.Encoder()
+_status_decoder = msgspec.json.Decoder(_Status)
 
 
 def ok(**data: Any) -> bytes:
@@ -67,6 +93,23 @@ def _reword(msg: str) -> tuple[str, str]:
     if msg.startswith("Expected `object`") and " - at " not in msg:
         return "not_an_object", "expected a JSON object" + msg.removeprefix("Expected `object`")
     return "invalid_field", msg
+
+
+def decode_reply(data: bytes, kind: type[R], what: str = "the reply") -> R:
+    """`data` as `kind` (a reply Struct): an error reply is raised as the `RemoteError` it
+    names (its wire code and the responder's sentence), and a reply that is not JSON, not an
+    object or not of `kind` is one sentence about `what` (code `bad_reply`)."""
+    try:
+        status = _status_decoder.decode(data)
+    except msgspec.DecodeError as e:  # also a ValidationError: not an object, an odd error body
+        raise RemoteError("bad_reply", f"{what} is not a JSON reply object ({e})") from e
+    if status.ok is not True:
+        failure = status.error or _Failure()
+        raise RemoteError(failure.code, failure.message or f"{what} says it failed")
+    try:
+        return msgspec.json.decode(data, type=kind)
+    except msgspec.DecodeError as e:
+        raise RemoteError("bad_reply", f"{what} is not the reply expected ({e})") from e
 
 
 def is_error(reply: dict[str, Any]) -> bool:

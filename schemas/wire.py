@@ -14,36 +14,70 @@ import msgspec
 from schemas import commands, control, discovery, events, mail, ports, replies, templates
 
 
-class AgentReply(msgspec.Struct, frozen=True, kw_only=True):
+class AgentReply(replies.Reply, frozen=True, kw_only=True):
     """The reply to a command on `fleet.cmd.<id>` and to `fleet.ctl.spawn`."""
 
-    ok: bool = True
     agent: control.AgentView
     pooled: bool | None = None  # spawn only: a warm pool actor was used
     output: str | None = None  # `output` only
     session: str | None = None  # `attach` only
     argv: list[str] | None = None  # `attach` only
+    repeated: bool | None = None  # a command sent again with an id already applied
 
 
-class AgentsReply(msgspec.Struct, frozen=True, kw_only=True):
+class OutputReply(replies.Reply, frozen=True, kw_only=True):
+    """The reply to `output`: what the agent's window shows."""
+
+    output: str = ""
+
+
+class ProbesReply(replies.Reply, frozen=True, kw_only=True):
+    """The reply to `probe_sandbox`: one row per probe (`fleet doctor --sandbox`)."""
+
+    probes: list[dict[str, Any]] = []
+
+
+class CheckpointReply(AgentReply, frozen=True, kw_only=True):
+    """The reply to `checkpoint`: its number and commit."""
+
+    checkpoint: int
+    commit: str
+
+
+class RollbackReply(AgentReply, frozen=True, kw_only=True):
+    """The reply to `rollback`: where it went, and the checkpoint of the work before it."""
+
+    checkpoint: int
+    saved_checkpoint: int
+    commit: str
+    restarted: list[str] = []
+
+
+class AgentsReply(replies.Reply, frozen=True, kw_only=True):
     """The reply to `fleet.ctl.list`."""
 
-    ok: bool = True
     agents: list[control.AgentView]
 
 
-class RegistryReply(msgspec.Struct, frozen=True, kw_only=True):
+class RegistryReply(replies.Reply, frozen=True, kw_only=True):
     """The reply to `fleet.ctl.find` and `fleet.ctl.acquire` (`spawned`: acquire only)."""
 
-    ok: bool = True
     agents: list[discovery.RegistryEntry]
     spawned: list[str] = []
+
+
+# A reply the CLI shows whole (`fleet health`, `fleet template`): its fields as they came.
+Fields = dict[str, Any]
 
 
 # name -> type; the name is the file `fleet schema --out DIR` writes (`<name>.json`).
 WIRE_TYPES: dict[str, Any] = {
     "command": commands.AgentCommand,  # fleet.cmd.<agent_id>
     "agent_reply": AgentReply,
+    "output_reply": OutputReply,
+    "probes_reply": ProbesReply,
+    "checkpoint_reply": CheckpointReply,
+    "rollback_reply": RollbackReply,
     "error_reply": replies.ErrorReply,  # any request, when ok is false
     "event": events.AgentEvent,  # fleet.evt.<agent_id>
     "spawn_request": control.SpawnRequest,  # fleet.ctl.spawn

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from schemas import replies
 from schemas.commands import AgentCommand, Attach, Pause
-from schemas.errors import BadRequest, FleetError, InvalidTransition, PayloadTooLarge
+from schemas.errors import BadRequest, FleetError, InvalidTransition, PayloadTooLarge, RemoteError
+from schemas.wire import AgentsReply
 
 REQUEST_CODES = {"invalid_json", "not_an_object", "unknown_type", "missing_type", "invalid_field"}
 CASES = [
@@ -139,3 +140,44 @@ def test_unexpected_reply_points_to_the_log() -> None:
 )
 def test_is_error(reply: dict[str, object], is_error: bool) -> None:
     assert replies.is_error(reply) is is_error
+
+
+def test_decode_reply_reads_a_success_as_its_struct() -> None:
+    got = replies.decode_reply(b'{"ok": true, "agents": [], "extra": 1}', AgentsReply)
+    assert got == AgentsReply(agents=[])
+
+
+def test_decode_reply_raises_the_error_a_reply_names() -> None:
+    err = InvalidTransition("a1", "pause", "STOPPED", "RUNNING")
+    with pytest.raises(RemoteError) as info:
+        replies.decode_reply(replies.error(err), AgentsReply)
+    assert info.value.code == "invalid_transition"
+    assert str(info.value) == "cannot pause agent a1: it is STOPPED, not RUNNING"
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "start"),
+    [
+        (b"{", "bad_reply", "the reply on x is not a JSON reply object ("),
+        (b"[1]", "bad_reply", "the reply on x is not a JSON reply object (Expected `object`"),
+        (b'{"ok": false, "error": 5}', "bad_reply", "the reply on x is not a JSON reply object"),
+        (b"{}", "error", "the reply on x says it failed"),
+        (b'{"ok": "true"}', "error", "the reply on x says it failed"),
+        (b'{"ok": false, "error": {"code": "busy"}}', "busy", "the reply on x says it failed"),
+        (b'{"ok": true}', "bad_reply", "the reply on x is not the reply expected (Object missing"),
+        (b'{"ok": true, "agents": 3}', "bad_reply", "the reply on x is not the reply expected"),
+    ],
+)
+def test_decode_reply_makes_any_other_reply_one_sentence(raw: bytes, code: str, start: str) -> None:
+    with pytest.raises(RemoteError) as info:
+        replies.decode_reply(raw, AgentsReply, "the reply on x")
+    assert info.value.code == code
+    assert str(info.value).startswith(start), str(info.value)
+
+
+@given(st.binary(max_size=100))
+def test_decode_reply_of_any_bytes_is_a_reply_or_a_fleet_error(raw: bytes) -> None:
+    try:
+        replies.decode_reply(raw, replies.Reply)
+    except FleetError as err:
+        assert err.message

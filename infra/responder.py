@@ -1,22 +1,21 @@
-"""Answering requests on a NATS subject: one task per request, one reply shape for every outcome.
+"""Answering requests on a NATS subject: one task per request, one reply for every outcome.
 
-A `FleetError` becomes `{"ok": false, "error": {...}}` with its sentence; anything else is a bug
-here, logged with an id that the reply carries, so a caller never meets silence.
+The handler's reply, or what the one error boundary makes of its exception
+(infra/errorlog.py `reply_to`): a `FleetError` is answered with its sentence; anything else is a
+bug, logged with an id that the reply carries, so a caller never meets silence.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from schemas import replies
-from schemas.errors import FleetError
+from infra import errorlog
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +25,8 @@ Handler = Callable[[bytes], Awaitable[bytes]]
 async def answer(msg: Msg, handler: Handler, what: str) -> None:
     try:
         reply = await handler(msg.data)
-    except FleetError as e:
-        reply = replies.error(e)
-    except Exception:
-        error_id = uuid.uuid4().hex[:12]
-        log.exception("%s: request failed (error id %s)", what, error_id)
-        reply = replies.unexpected(error_id)
+    except Exception as exc:  # the boundary: every outcome is a reply
+        reply = errorlog.reply_to(exc, log, f"{what}: a request")
     if msg.reply:
         await msg.respond(reply)
 
