@@ -201,7 +201,8 @@ class NatsServer:
         urls = ports.get("nats") if isinstance(ports, dict) else None
         if not urls:
             return None
-        return urlsplit(urls[0]).port
+        first: str = urls[0]
+        return urlsplit(first).port
 
     def _forget_ports_file(self, pid: int) -> None:
         """A killed server leaves its ports file behind; a clean one removes it itself."""

@@ -151,7 +151,8 @@ def service_pid(shell_pid: int, timeout: float = 5.0) -> int:
             if not children and shell.name() != "sh":  # the command `exec`ed in its shell
                 return shell_pid
             if children:
-                return min(children, key=lambda p: p.create_time()).pid
+                first: int = min(children, key=lambda p: p.create_time()).pid
+                return first
             if time.monotonic() >= deadline or shell.status() == psutil.STATUS_ZOMBIE:
                 return shell_pid
             time.sleep(0.0005)

@@ -168,7 +168,7 @@ def _running(proc: psutil.Process) -> bool:
     """Not gone and not a zombie: an ended process whose new parent (init, which may reap
     lazily in a container) has not collected it yet counts as ended."""
     try:
-        return proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 
