@@ -160,6 +160,23 @@ class FleetState(msgspec.Struct, kw_only=True):
     gateway_url: str | None = None
 
 
+def format_state(state: FleetState, as_json: bool) -> str:
+    """One JSON line for programs, or a few aligned lines for people."""
+    if as_json:
+        return msgspec.json.encode(state).decode()
+    nats_how = f"embedded, pid {state.nats_pid}" if state.nats_pid else "external"
+    lines = [
+        f"fleetd is up (pid {state.pid}, since {state.started_at:%Y-%m-%d %H:%M:%S %Z})",
+        f"  nats     {state.nats_url} ({nats_how})",
+        f"  state    {Path(state.state_dir) / 'fleet.json'}",
+    ]
+    if state.ray_address:
+        lines.append(f"  ray      {state.ray_address}")
+    if state.gateway_url:
+        lines.append(f"  gateway  {state.gateway_url}")
+    return "\n".join(lines)
+
+
 def now_utc() -> datetime:
     return datetime.now(UTC)
 

@@ -110,6 +110,25 @@ class _Reconnects:
         self.failures = 0
 
 
+class OneLineErrors(logging.Filter):
+    """nats-py logs each lost connection with a traceback; it reconnects, so one line will do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()} ({record.exc_info[1]!r}); reconnecting"
+            record.args, record.exc_info, record.levelno = None, None, logging.WARNING
+            record.levelname = "WARNING"
+        return True
+
+
+_ONE_LINE = OneLineErrors()
+
+
+def quiet_lost_connections() -> None:
+    """Log nats-py's lost connections in one line each, from now on, in this process."""
+    logging.getLogger("nats.aio.client").addFilter(_ONE_LINE)  # added once: the same filter
+
+
 async def connect(
     url: str, name: str = "fleetd", *, reconnect: bool = True, inbox_prefix: str = ""
 ) -> Client:

@@ -1,5 +1,5 @@
 """Notifications as data: what is worth telling a person, the rules that route it, and the
-dedupe window. Pure: the notifications service (services/notifications.py) does the sending.
+dedupe window. Pure: the notifications service (services/notifier.py) does the sending.
 
 A `Notice` is what travels on `fleet.notify.<severity>`; others publish the same shape (the
 mail dead-letter notice has `kind`, `severity`, `agent_id`, `message`), so every source reaches

@@ -1,7 +1,7 @@
 """An agent's screen profile (activity detection, how to quit), from the template it recorded.
 
 Pure: the template's assistant profile with its overrides applied. It lives here, not with the
-YAML template loader (infra/templates.py), so an agent actor, which needs only this, does not
+YAML template loader (infra/template_files.py), so an agent actor, which needs only this, does not
 carry the loader.
 """
 

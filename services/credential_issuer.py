@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,14 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 import infra.nats
-from infra import natsauth, natscallout
+from infra import natsauth, natscallout, responder
+from infra.config import Settings
 from infra.eventstore import EventStore
 from infra.natsserver import NatsServer
 from schemas import replies, subjects
 from schemas.credentials import CredsRequest
-from schemas.errors import FleetError
+from schemas.errors import FleetError, InvalidSetting
 from schemas.states import Lifecycle
-from services import replying
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,36 @@ async def callout(
     return CalloutUsers(auth, nc=nc, system=system, issuer=issuer, account=account)
 
 
+async def for_fleet(
+    settings: Settings, server: NatsServer | None, nc: Client, stack: AsyncExitStack
+) -> Credentials | None:
+    """Who issues agents' NATS users: the embedded server's config, the auth callout of a
+    NATS you run (`FLEET_NATS_CALLOUT_SEED_FILE`), or nobody (a NATS you run without one)."""
+    auth = natsauth.AuthDir.of(settings.state_dir)
+    seed_file = settings.nats_callout_seed_file
+    if server is not None and seed_file is not None:
+        raise InvalidSetting(
+            "FLEET_NATS_CALLOUT_SEED_FILE",
+            str(seed_file),
+            "it is for a NATS you run (FLEET_NATS_URL); the embedded server has its own users",
+        )
+    if server is not None:
+        return EmbeddedUsers(auth, server=server)
+    if seed_file is None:
+        return None
+    if not settings.nats_system_url:
+        raise InvalidSetting(
+            "FLEET_NATS_SYSTEM_URL",
+            "",
+            "with FLEET_NATS_CALLOUT_SEED_FILE, fleetd needs a system-account user "
+            "(nats://sys:SECRET@host:4222) to close a revoked agent's NATS connections",
+        )
+    access = await callout(nc, auth, seed_file, settings.nats_system_url)
+    stack.push_async_callback(access.system.close)
+    stack.push_async_callback((await access.serve()).unsubscribe)
+    return access
+
+
 async def prune(nc: Client, creds: Credentials, mac_key: bytes | None = None) -> list[str]:
     """Revoke the users of agents that stopped or went away while `fleet up` was down (a crash
     skips the revoke at stop): the log says which agents may still hold one (read with the
@@ -221,4 +252,4 @@ async def prune(nc: Client, creds: Credentials, mac_key: bytes | None = None) ->
 
 async def start(nc: Client, creds: Credentials) -> Subscription:
     """Answer `fleet.ctl.creds` until the subscription is dropped."""
-    return await replying.serve(nc, subjects.control("creds"), creds.handle, "creds")
+    return await responder.serve(nc, subjects.control("creds"), creds.handle, "creds")

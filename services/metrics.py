@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas import events as e
+from schemas import subjects
 from schemas.eventcheck import Refusal
 from schemas.states import Activity, Lifecycle
 
@@ -226,8 +227,6 @@ class FleetMetrics:
                 break
 
     def mail(self, depth_by_subject: dict[str, int], dead: int) -> None:
-        from schemas import subjects
-
         depth: Tally[str] = Tally({p: 0 for p in subjects.PRIORITIES})
         for subject, count in depth_by_subject.items():
             depth[subject.rpartition(".")[2]] += count

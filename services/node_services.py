@@ -28,7 +28,7 @@ import infra.nats
 from infra import fleetkey, priority
 from infra.config import Settings
 from schemas.errors import FleetError
-from services import health, ports
+from services import health, port_broker
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class NodeServices:
             raise FleetError(f"the services of Ray node {node} started on node {runs_on}")
         self.node_id = node
         self.nc = await infra.nats.connect(nats_url, name=f"fleet-node-{node[:12]}")
-        self.ports = await ports.start(
+        self.ports = await port_broker.start(
             self.nc, port_range, node=node, fleet_wide=False, follow=False
         )
         self.stop = asyncio.Event()

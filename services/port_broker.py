@@ -37,13 +37,13 @@ from nats.js.kv import KeyValue
 
 from infra import kvscan
 from infra.eventstore import EventStore, Stored
+from infra.responder import serve
 from schemas import events as e
 from schemas import replies, subjects
 from schemas.agent import AgentState
 from schemas.errors import BadRequest, FleetError, PortsExhausted
 from schemas.ports import Lease, LeasePorts, ListLeases, PortsOp, ReleasePorts
 from schemas.states import Lifecycle
-from services.replying import serve
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from infra import kvscan, templates
+from infra import kvscan, template_files
+from infra.responder import serve
 from schemas import replies, subjects
 from schemas.errors import FleetError, InvalidTemplate, UnknownTemplate
 from schemas.templates import (
@@ -35,7 +36,6 @@ from schemas.templates import (
     StoredTemplate,
     TemplateOp,
 )
-from services.replying import serve
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,10 @@ class TemplateStore:
         """A template's unresolved data (stored first, else built in) and its version."""
         found = await self.latest(name)
         if found is not None:
-            return templates.parse(found[0].source, found[0].file or f"{name}.yaml"), found[
+            return template_files.parse(found[0].source, found[0].file or f"{name}.yaml"), found[
                 0
             ].version
-        data = templates.builtin_raw(name)
+        data = template_files.builtin_raw(name)
         return (data, 0) if data is not None else None
 
 
@@ -119,7 +119,7 @@ async def compile_source(
     store: TemplateStore, source: str, file: str, *, by: str = "", builtin: bool = False
 ) -> StoredTemplate:
     """Parse and check `source`, resolving `extends` against the store (then the built-ins)."""
-    raw = templates.parse(source, file)
+    raw = template_files.parse(source, file)
     found: dict[str, dict[str, Any]] = {}
     parents: dict[str, int] = {}
     parent = raw.get("extends")
@@ -129,8 +129,8 @@ async def compile_source(
             break  # resolve() names the unknown parent
         found[parent], parents[parent] = got
         parent = got[0].get("extends")
-    merged, _ = templates.resolve(raw, file, found.get)
-    spec = templates.convert(merged, file)
+    merged, _ = template_files.resolve(raw, file, found.get)
+    spec = template_files.convert(merged, file)
     return StoredTemplate(
         name=spec.name,
         version=0,
@@ -157,7 +157,7 @@ class TemplatesService:
     async def load_builtins(self) -> list[str]:
         """Store each built-in template that the bucket does not have yet; the names stored."""
         stored = []
-        for name, text in sorted(templates.builtin_sources().items()):
+        for name, text in sorted(template_files.builtin_sources().items()):
             if await self.store.latest(name) is None:
                 compiled = await compile_source(
                     self.store, text, f"{name}.yaml", by="fleetd", builtin=True

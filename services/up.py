@@ -2,9 +2,10 @@
 
 The parts: NATS (the embedded server, or `FLEET_NATS_URL`) with its streams and buckets, Ray
 (a local daemon of our own that outlives a crash of this process, or `FLEET_RAY_ADDRESS`) and
-the supervisor actor, which re-adopts every agent the log knows; later issues add the
-services and the gateway here. Once ready it writes the state file so every other `fleet`
-command can find it, and it runs until SIGINT or SIGTERM. A flock on `<state_dir>/fleet.lock`
+the supervisor actor, which re-adopts every agent the log knows; the bus services
+(credential_issuer, template_store, port_broker, node_services, health, notifier) and the
+gateway. It is the one module that imports both actors/ and services/. Once ready it writes
+the state file so every other `fleet` command can find it, and it runs until SIGINT or SIGTERM. A flock on `<state_dir>/fleet.lock`
 keeps a second `fleet up` off the same state dir; the kernel releases it if this process
 dies, so a crash never wedges it.
 """
@@ -37,14 +38,24 @@ from infra import fleetkey, natsauth, natsserver, raycluster, storewatch
 from infra.config import (
     FleetState,
     Settings,
+    format_state,
     now_utc,
     pid_alive,
     read_state_file,
     remove_state,
     write_state,
 )
-from schemas.errors import AlreadyRunning, FleetError, InvalidSetting
-from services import creds
+from schemas.errors import AlreadyRunning, FleetError
+from services import (
+    credential_issuer,
+    gateway,
+    health,
+    node_services,
+    notifier,
+    port_broker,
+    template_store,
+    tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,23 +77,6 @@ def hold_lock(settings: Settings) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing drops the flock
-
-
-def format_state(state: FleetState, as_json: bool) -> str:
-    """One JSON line for programs, or a few aligned lines for people."""
-    if as_json:
-        return msgspec.json.encode(state).decode()
-    nats_how = f"embedded, pid {state.nats_pid}" if state.nats_pid else "external"
-    lines = [
-        f"fleetd is up (pid {state.pid}, since {state.started_at:%Y-%m-%d %H:%M:%S %Z})",
-        f"  nats     {state.nats_url} ({nats_how})",
-        f"  state    {Path(state.state_dir) / 'fleet.json'}",
-    ]
-    if state.ray_address:
-        lines.append(f"  ray      {state.ray_address}")
-    if state.gateway_url:
-        lines.append(f"  gateway  {state.gateway_url}")
-    return "\n".join(lines)
 
 
 def _start_nats(settings: Settings, stack: AsyncExitStack) -> natsserver.NatsServer | None:
@@ -140,36 +134,6 @@ def _control_access(settings: Settings, server: natsserver.NatsServer | None) ->
     return url, str(auth.external_path)
 
 
-async def _credentials(
-    settings: Settings, server: natsserver.NatsServer | None, nc: Client, stack: AsyncExitStack
-) -> creds.Credentials | None:
-    """Who issues agents' NATS users: the embedded server's config, the auth callout of a
-    NATS you run (`FLEET_NATS_CALLOUT_SEED_FILE`), or nobody (a NATS you run without one)."""
-    auth = natsauth.AuthDir.of(settings.state_dir)
-    seed_file = settings.nats_callout_seed_file
-    if server is not None and seed_file is not None:
-        raise InvalidSetting(
-            "FLEET_NATS_CALLOUT_SEED_FILE",
-            str(seed_file),
-            "it is for a NATS you run (FLEET_NATS_URL); the embedded server has its own users",
-        )
-    if server is not None:
-        return creds.EmbeddedUsers(auth, server=server)
-    if seed_file is None:
-        return None
-    if not settings.nats_system_url:
-        raise InvalidSetting(
-            "FLEET_NATS_SYSTEM_URL",
-            "",
-            "with FLEET_NATS_CALLOUT_SEED_FILE, fleetd needs a system-account user "
-            "(nats://sys:SECRET@host:4222) to close a revoked agent's NATS connections",
-        )
-    access = await creds.callout(nc, auth, seed_file, settings.nats_system_url)
-    stack.push_async_callback(access.system.close)
-    stack.push_async_callback((await access.serve()).unsubscribe)
-    return access
-
-
 def _supervise(
     server: natsserver.NatsServer, settings: Settings, state: FleetState
 ) -> asyncio.Task[None]:
@@ -180,17 +144,6 @@ def _supervise(
         write_state(settings.state_file, msgspec.structs.replace(state, nats_pid=server.pid))
 
     return asyncio.create_task(natsserver.supervise(server, restarted))
-
-
-class _OneLine(logging.Filter):
-    """nats-py logs each lost connection with a traceback; it reconnects, so one line will do."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[1] is not None:
-            record.msg = f"{record.getMessage()} ({record.exc_info[1]!r}); reconnecting"
-            record.args, record.exc_info, record.levelno = None, None, logging.WARNING
-            record.levelname = "WARNING"
-        return True
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -220,15 +173,15 @@ async def _bring_up(settings: Settings, stack: AsyncExitStack) -> FleetState:
     took = _Phases()
     server = _start_nats(settings, stack)
     url, creds_file = _control_access(settings, server)
-    logging.getLogger("nats.aio.client").addFilter(_OneLine())
+    infra.nats.quiet_lost_connections()
     nc = await infra.nats.connect(url, name="fleet-up")
     stack.push_async_callback(nc.close)
     await infra.nats.ensure_streams(nc.jetstream(), infra.nats.replicas_for(nc))
     took("nats")
-    access = await _credentials(settings, server, nc, stack)
+    access = await credential_issuer.for_fleet(settings, server, nc, stack)
     if access is not None:  # answers before any agent actor asks for its user
-        stack.push_async_callback((await creds.start(nc, access)).unsubscribe)
-        await creds.prune(nc, access, fleetkey.load_or_create(settings.state_dir))
+        stack.push_async_callback((await credential_issuer.start(nc, access)).unsubscribe)
+        await credential_issuer.prune(nc, access, fleetkey.load_or_create(settings.state_dir))
         took("credentials")
     ray_address = await _start_ray(settings, stack, url)
     took("ray")
@@ -265,14 +218,12 @@ async def _start_faces(settings: Settings, nats_url: str, nc: Client, stack: Asy
     """The gateway (REST, live events, /metrics) and the notifications service; the URL.
 
     The CLI's admin token is made first (`<state_dir>/admin.token`), so it works at once."""
-    from services import gateway, notifications, tokens
-
     tokens.ensure_admin_token(settings.state_dir)
     app = gateway.init(settings, nats_url)
     runner = await gateway.start(app, port=settings.gateway_port)
     stack.push_async_callback(runner.cleanup)
     metrics = app[gateway.METRICS]
-    await stack.enter_async_context(notifications.running(settings, nc, metrics))
+    await stack.enter_async_context(notifier.running(settings, nc, metrics))
     return gateway.url_of(runner)
 
 
@@ -299,21 +250,17 @@ async def _start_templates_and_ports(
     settings: Settings, nc: Client, stack: AsyncExitStack, url: str
 ) -> None:
     """The templates and ports services, answering before the supervisor spawns anything; on a
-    Ray cluster, ports and health on every other node too (services/node.py)."""
-    from services import node, ports, templates
-
-    stack.push_async_callback((await templates.start(nc)).close)
-    own = node.this_node(settings)
+    Ray cluster, ports and health on every other node too (services/node_services.py)."""
+    stack.push_async_callback((await template_store.start(nc)).close)
+    own = node_services.this_node(settings)
     key = fleetkey.load_or_create(settings.state_dir)
-    leases = await ports.start(nc, settings.port_range, node=own, mac_key=key)
+    leases = await port_broker.start(nc, settings.port_range, node=own, mac_key=key)
     stack.push_async_callback(leases.close)
-    await node.start(settings, url, stack)
+    await node_services.start(settings, url, stack)
 
 
 async def _start_health(settings: Settings, nc: Client, stack: AsyncExitStack) -> None:
     """The health service of this node; on a Ray cluster it watches only this node's agents."""
-    from services import health
-
     node = ray.get_runtime_context().get_node_id() if settings.ray_address else ""
     stop = asyncio.Event()
     config = health.HealthConfig(node=node, mac_key=fleetkey.load_or_create(settings.state_dir))

@@ -13,7 +13,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 
-from infra import templates
+from infra import template_files as templates
 from schemas import subjects
 from schemas.errors import RemoteError
 from schemas.templates import ShowTemplate, Template

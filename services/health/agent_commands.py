@@ -35,7 +35,7 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 
 from schemas import replies, subjects
-from services.health_model import BY
+from services.health.model import BY
 
 log = logging.getLogger(__name__)
 

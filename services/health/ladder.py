@@ -24,8 +24,8 @@ from schemas import subjects
 from schemas.health import Notice, Observation
 from schemas.states import Lifecycle
 from schemas.templates import Template
-from services.health_commands import command
-from services.health_model import HealthConfig, Watched, now
+from services.health.agent_commands import command
+from services.health.model import HealthConfig, Watched, now
 
 log = logging.getLogger(__name__)
 

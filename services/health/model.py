@@ -1,7 +1,7 @@
 """What the health service knows of each agent (`Watched`) and how it is configured.
 
-Shared by the service (services/health.py), its recovery ladder (services/health_ladder.py)
-and its commands to agents (services/health_commands.py); none of it does I/O.
+Shared by the service (service.py), its recovery ladder (ladder.py) and its commands to agents
+(agent_commands.py); none of it does I/O. Also the report `fleet.ctl.health` answers with.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import msgspec
 
 from schemas import recovery as ladder
 from schemas.agent import AgentState
-from schemas.health import Observation
+from schemas.health import HealthRequest, Observation
 from schemas.ports import lease_name
 from schemas.templates import ServiceSpec, Template, decode_spec
 
@@ -107,3 +107,27 @@ def service_ports(state: AgentState, service: str, spec: ServiceSpec) -> dict[st
     if not ports and spec.ports and known is not None and known.port:
         ports[spec.ports[0]] = known.port
     return ports
+
+
+def report(w: Watched, req: HealthRequest, node: str, unreported: list[str]) -> dict[str, Any]:
+    """What `fleet.ctl.health` answers about one agent: its services' verdicts, its recovery
+    attempts, the verdicts not yet acknowledged and the last `req.limit` observations."""
+    rows = [o for o in w.history if not req.kind or o.kind == req.kind]
+    services = {
+        name: {
+            "state": svc.state,
+            "pid": svc.pid,
+            "healthy": w.verdict(name),
+            "checks": {k: v for (s, k), v in w.verdicts.items() if s == name},
+        }
+        for name, svc in w.state.services.items()
+    }
+    return {
+        "agent": w.agent_id,
+        "node": w.node or node,
+        "lifecycle": w.state.lifecycle.value,
+        "services": services,
+        "recovery": [msgspec.to_builtins(a) for a in w.attempts],
+        "unreported": unreported,  # verdicts not yet acknowledged
+        "history": [msgspec.to_builtins(o) for o in rows[-max(1, req.limit) :]],
+    }

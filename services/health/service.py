@@ -10,8 +10,8 @@ process tree (the tmux pane processes and their descendants). Observations go to
 `fleet.health.<agent>` and into a bounded history that `fleet.ctl.health` answers with.
 
 A verdict that changes is sent to the agent as `report_health`, which records
-`service.health`, retried until the agent acknowledges it (services/health_commands.py). A
-failure that persists climbs the recovery ladder (services/health_ladder.py).
+`service.health`, retried until the agent acknowledges it (agent_commands.py). A failure that
+persists climbs the recovery ladder (ladder.py).
 
 With a `node` configured, only agents whose actor runs on that node are watched (the actor
 says where it runs in its `show` reply), so probes run next to the services they check.
@@ -43,19 +43,20 @@ from schemas.agent import AgentState, evolve
 from schemas.errors import FleetError, UnknownAgent
 from schemas.health import HealthRequest, Observation
 from schemas.states import Lifecycle
-from services.health_commands import Reporter, command
-from services.health_ladder import RecoveryLadder
-from services.health_model import (
+from services.health.agent_commands import Reporter, command
+from services.health.ladder import RecoveryLadder
+from services.health.model import (
     HealthConfig,
     Watched,
     now,
+    report,
     service_cwd,
     service_ports,
     template_of,
 )
-from services.health_sampling import Sampler
+from services.health.sampling import Sampler
 
-__all__ = ["HealthConfig", "HealthService", "Watched", "run"]
+__all__ = ["HealthService", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +341,7 @@ class HealthService:
 
     async def sample(self) -> None:
         """psutil figures of each watched agent's tree, and a process check of its services:
-        one round for all of them (services/health_sampling.py), in a thread."""
+        one round for all of them (services/health/sampling.py), in a thread."""
         watched = [
             w
             for w in self.agents.values()
@@ -372,32 +373,12 @@ class HealthService:
                 if self.config.node:
                     return  # the health service of the agent's node answers
                 raise UnknownAgent(req.agent)
-            reply = replies.ok(**self.report(w, req))
+            unreported = self.reporter.pending(w.agent_id)
+            reply = replies.ok(**report(w, req, self.config.node, unreported))
         except FleetError as err:
             reply = replies.error(err)
         if msg.reply:
             await msg.respond(reply)
-
-    def report(self, w: Watched, req: HealthRequest) -> dict[str, Any]:
-        rows = [o for o in w.history if not req.kind or o.kind == req.kind]
-        services = {
-            name: {
-                "state": svc.state,
-                "pid": svc.pid,
-                "healthy": w.verdict(name),
-                "checks": {k: v for (s, k), v in w.verdicts.items() if s == name},
-            }
-            for name, svc in w.state.services.items()
-        }
-        return {
-            "agent": w.agent_id,
-            "node": w.node or self.config.node,
-            "lifecycle": w.state.lifecycle.value,
-            "services": services,
-            "recovery": [msgspec.to_builtins(a) for a in w.attempts],
-            "unreported": self.reporter.pending(w.agent_id),  # verdicts not yet acknowledged
-            "history": [msgspec.to_builtins(o) for o in rows[-max(1, req.limit) :]],
-        }
 
 
 async def run(nc: Client, stop: asyncio.Event, config: HealthConfig | None = None) -> None:

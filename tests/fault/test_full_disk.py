@@ -25,7 +25,7 @@ from schemas.chain import Position
 from schemas.errors import FleetError
 from schemas.events import AgentEvent
 from schemas.states import Activity
-from services.audit import AuditOptions, audit_agent
+from services.auditor import AuditOptions, audit_agent
 
 SIZE = "32m"
 GUARD_S = 60.0  # only stops a stuck recovery from hanging the suite; nothing is timed

@@ -20,7 +20,7 @@ from schemas import subjects
 from schemas.agent import evolve
 from schemas.audit import MAC_HEADER, event_mac, restored_view
 from schemas.chain import event_hash
-from services import audit as auditing
+from services import auditor
 from tests.conftest import Fleet
 from tests.fleet.helpers import command, spawn
 
@@ -141,7 +141,7 @@ async def test_audit_passes_an_honest_log_and_catches_forged_and_altered_events(
     assert (await command(nc, "f1", "resume"))["ok"]
     key = fleetkey.load(fleet.state_dir)
     store = EventStore(nc)
-    honest = await auditing.audit_agent(store, "f1", auditing.AuditOptions(key=key))
+    honest = await auditor.audit_agent(store, "f1", auditor.AuditOptions(key=key))
     assert honest.ok, honest.violations
     ok = fleet_cli(fleet, "audit", "f1", "--verify")
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -214,7 +214,7 @@ async def test_random_histories_round_trip_through_the_real_store(nats_url: str)
                 state, pos = await store.record(state, events, pos)
             assert (await store.replay(agent)).state == state
             assert (await store.load(agent)).state == state  # snapshot + tail, too
-            audit = await auditing.audit_agent(store, agent, auditing.AuditOptions(key=key))
+            audit = await auditor.audit_agent(store, agent, auditor.AuditOptions(key=key))
             assert audit.ok, audit.violations
             assert audit.state == state and audit.last_seq == pos.seq
     finally:

@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from infra.nats import connect
 from schemas import events as e
 from schemas import subjects
-from services.health_commands import Reporter
+from services.health import Reporter
 from tests.conftest import Fleet
 from tests.fleet.health_fixtures import FAST, running_health
 from tests.fleet.helpers import command, until

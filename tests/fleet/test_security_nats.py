@@ -33,7 +33,7 @@ from infra.natsserver import NatsServer
 from infra.tmux import Tmux
 from schemas import subjects
 from schemas.mail import MailMessage
-from services import creds
+from services import credential_issuer
 from tests.conftest import Fleet, _fleet_down, new_fleet, start_supervisor
 from tests.fleet import callout as callout_nats
 from tests.fleet.helpers import command, spawn, until
@@ -88,15 +88,15 @@ async def control(auth_fleet: AuthFleet) -> AsyncIterator[Client]:
     auth = natsauth.AuthDir.of(fleet.state_dir)
     async with AsyncExitStack() as stack:
         stack.push_async_callback(nc.close)
-        access: creds.Credentials
+        access: credential_issuer.Credentials
         if auth_fleet.callout is None:
-            access = creds.EmbeddedUsers(auth, server=server)
+            access = credential_issuer.EmbeddedUsers(auth, server=server)
         else:
-            callout = await creds.callout(nc, auth, *auth_fleet.callout)
+            callout = await credential_issuer.callout(nc, auth, *auth_fleet.callout)
             stack.push_async_callback(callout.system.close)
             stack.push_async_callback((await callout.serve()).unsubscribe)
             access = callout
-        stack.push_async_callback((await creds.start(nc, access)).unsubscribe)
+        stack.push_async_callback((await credential_issuer.start(nc, access)).unsubscribe)
         yield nc
 
 

@@ -22,7 +22,7 @@ from nats.aio.client import Client
 from infra import sandbox
 from schemas import subjects
 from schemas.templates import ApplyTemplate
-from services import templates
+from services import template_store
 from tests.conftest import Fleet
 from tests.fleet.gateway_fixtures import get_json, run_gateway
 from tests.fleet.helpers import command, spawn, until
@@ -34,7 +34,7 @@ CONTROL_SECRET = "control-plane-s3cret-3"
 
 @pytest.fixture
 async def with_templates(nc: Client) -> AsyncIterator[None]:
-    running = await templates.start(nc)
+    running = await template_store.start(nc)
     try:
         yield
     finally:

@@ -16,7 +16,7 @@ from infra.eventstore import EventStore
 from schemas import events as e
 from schemas import subjects
 from schemas.templates import decode_spec
-from services import ports, templates
+from services import port_broker, template_store
 from tests.conftest import Fleet
 from tests.fleet.helpers import command, request, spawn, until
 from tests.integration.test_ports_service import free_range
@@ -26,8 +26,8 @@ from tests.integration.test_ports_service import free_range
 async def span(nc: Client) -> AsyncIterator[tuple[int, int]]:
     """The templates and ports services, as `fleet up` starts them; the port range."""
     found = free_range(20)
-    running_templates = await templates.start(nc)
-    running_ports = await ports.start(nc, found, reclaim_every_s=3600)
+    running_templates = await template_store.start(nc)
+    running_ports = await port_broker.start(nc, found, reclaim_every_s=3600)
     try:
         yield found
     finally:

@@ -12,7 +12,7 @@ from infra.nats import connect
 from infra.natsserver import NatsServer
 from schemas import replies, subjects
 from schemas.errors import AgentBusy
-from services.health_commands import Reporter
+from services.health import Reporter
 
 
 async def test_a_report_refused_busy_is_sent_again_until_taken(nats_server: NatsServer) -> None:

@@ -1,8 +1,8 @@
 """NATS users on a real nats-server: the control plane may do everything, an agent only its own.
 
 The server runs with the config infra/natsauth.py writes, and users come and go through the
-credentials service (services/creds.py) as `fleet up` runs it. A denied publish or subscribe
-is seen by the client as nats-py's permissions-violation error.
+credentials service (services/credential_issuer.py) as `fleet up` runs it. A denied publish or
+subscribe is seen by the client as nats-py's permissions-violation error.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from infra.natsserver import NatsServer
 from schemas import subjects
 from schemas.errors import StoreUnavailable
 from schemas.mail import MailMessage
-from services import creds
+from services import credential_issuer
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ async def control(server: NatsServer, auth: natsauth.AuthDir) -> AsyncIterator[C
     """The control plane's connection, with the credentials service answering on it."""
     nc = await connect(natsauth.with_credential(server.url, auth.control()), name="test-control")
     await ensure_streams(nc.jetstream())
-    sub = await creds.start(nc, creds.EmbeddedUsers(auth, server=server))
+    sub = await credential_issuer.start(nc, credential_issuer.EmbeddedUsers(auth, server=server))
     try:
         yield nc
     finally:
@@ -79,7 +79,8 @@ class Agent:
 
 
 async def grant(control: Client, agent_id: str) -> natsauth.Credential:
-    """What an agent actor does at spawn (actors/creds.py): a password, its hash to fleet up."""
+    """What an agent actor does at spawn (actors/agent/creds.py): a password, its hash to
+    fleet up."""
     password = natsauth.new_password()
     hashed = natsauth.hash_password(password)
     request = {"op": "grant", "agent_id": agent_id, "password_hash": hashed}
@@ -397,8 +398,8 @@ async def test_users_of_agents_stopped_while_fleet_up_was_down_are_pruned(
     stale = await connect_agent(server, "done1", await grant(control, "done1"))
     ghost = await grant(control, "ghost1")  # no log at all
     try:
-        access = creds.EmbeddedUsers(auth, server=server)
-        assert await creds.prune(control, access) == ["done1", "ghost1"]
+        access = credential_issuer.EmbeddedUsers(auth, server=server)
+        assert await credential_issuer.prune(control, access) == ["done1", "ghost1"]
         assert sorted(auth.agents()) == ["live1"]
         for _ in range(100):
             if stale.nc.is_closed:

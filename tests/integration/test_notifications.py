@@ -22,7 +22,7 @@ from schemas import subjects
 from schemas.chain import Position
 from schemas.notify import Notice
 from schemas.states import Activity
-from services import notifications as n
+from services import notifier as n
 from tests.fleet.gateway_fixtures import activity, created, run_gateway
 from tests.local_http import serving
 

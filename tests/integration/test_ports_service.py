@@ -24,7 +24,7 @@ from schemas import subjects
 from schemas.agent import AgentState, decide
 from schemas.chain import Position
 from schemas.errors import PortsExhausted
-from services import ports
+from services import port_broker
 from tests.fleet.helpers import request
 
 
@@ -32,7 +32,7 @@ def free_range(size: int) -> tuple[int, int]:
     """`size` consecutive ports that bind now (a random place, so parallel runs rarely meet)."""
     while True:
         low = random.randrange(30000, 60000 - size)
-        if all(ports.port_free(p) for p in range(low, low + size)):
+        if all(port_broker.port_free(p) for p in range(low, low + size)):
             return low, low + size - 1
 
 
@@ -42,8 +42,8 @@ def span() -> tuple[int, int]:
 
 
 @pytest.fixture
-async def service(nc: Client, span: tuple[int, int]) -> AsyncIterator[ports.PortsService]:
-    running = await ports.start(nc, span, reclaim_every_s=3600)
+async def service(nc: Client, span: tuple[int, int]) -> AsyncIterator[port_broker.PortsService]:
+    running = await port_broker.start(nc, span, reclaim_every_s=3600)
     yield running
     await running.close()
 
@@ -70,7 +70,7 @@ class Writer:
         await self.facts([e.PortsLeased(ports=got, at=datetime.now(UTC), **meta)])
 
 
-async def test_lease_release_and_list(nc: Client, service: ports.PortsService) -> None:
+async def test_lease_release_and_list(nc: Client, service: port_broker.PortsService) -> None:
     span = (service.leaser.low, service.leaser.high)
     got = await ask(nc, op="lease", agent="a1", names=["api.http", "db.pg"])
     assert got["ok"] is True and set(got["ports"]) == {"api.http", "db.pg"}
@@ -98,8 +98,8 @@ async def test_two_services_racing_never_lease_one_port_twice(
 ) -> None:
     span = free_range(30)
     other = await connect(nats_server.url)
-    first = await ports.start(nc, span, follow=False)
-    second = await ports.start(other, span, follow=False)
+    first = await port_broker.start(nc, span, follow=False)
+    second = await port_broker.start(other, span, follow=False)
     try:
         leasers = [first.leaser, second.leaser]
         calls = [
@@ -139,7 +139,7 @@ async def test_a_port_in_use_by_a_foreign_socket_is_skipped(
     nc: Client, foreign: tuple[socket.socket, tuple[int, int]]
 ) -> None:
     _, (low, high) = foreign
-    running = await ports.start(nc, (low, high), follow=False)
+    running = await port_broker.start(nc, (low, high), follow=False)
     try:
         got = await running.leaser.lease("a1", ("api.http", "web.http"))
         assert sorted(got.values()) == [low + 1, high]
@@ -150,7 +150,7 @@ async def test_a_port_in_use_by_a_foreign_socket_is_skipped(
 
 
 async def test_ports_are_released_when_the_agent_stops(
-    nc: Client, service: ports.PortsService
+    nc: Client, service: port_broker.PortsService
 ) -> None:
     agent = Writer(EventStore(nc), "w1")
     await agent.run(c.Create(name="w1", repo="/r"))
@@ -174,14 +174,14 @@ async def test_ports_are_released_when_the_agent_stops(
 
 async def test_orphans_are_reclaimed_and_live_leases_kept(nc: Client) -> None:
     # No background reclaim here: this test calls it, with no grace for young leases.
-    service = await ports.start(nc, free_range(10), follow=False, grace_s=0.0)
+    service = await port_broker.start(nc, free_range(10), follow=False, grace_s=0.0)
     try:
         await orphans_are_reclaimed(nc, service)
     finally:
         await service.close()
 
 
-async def orphans_are_reclaimed(nc: Client, service: ports.PortsService) -> None:
+async def orphans_are_reclaimed(nc: Client, service: port_broker.PortsService) -> None:
     live = Writer(EventStore(nc), "live")
     await live.run(c.Create(name="live", repo="/r"))
     kept = await service.leaser.lease("live", ("api.http",))
@@ -198,7 +198,7 @@ async def orphans_are_reclaimed(nc: Client, service: ports.PortsService) -> None
 
 
 async def test_a_release_judged_before_a_renewal_leaves_the_lease(
-    nc: Client, service: ports.PortsService
+    nc: Client, service: port_broker.PortsService
 ) -> None:
     got = await service.leaser.lease("a1", ("api.http",))
     port = got["api.http"]

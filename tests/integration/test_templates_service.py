@@ -18,7 +18,7 @@ from actors.templates import resolve_template
 from infra.config import FleetState, Settings, now_utc, write_state
 from infra.natsserver import NatsServer
 from schemas import subjects
-from services import templates
+from services import template_store
 from tests.fleet.helpers import request
 
 WEB_V1 = "name: web\nextends: shell\nservices:\n  api: {command: [python3, -V], ports: [http]}\n"
@@ -26,8 +26,8 @@ WEB_V2 = WEB_V1.replace("python3, -V", "python3, -c, pass")
 
 
 @pytest.fixture
-async def service(nc: Client) -> AsyncIterator[templates.TemplatesService]:
-    running = await templates.start(nc)
+async def service(nc: Client) -> AsyncIterator[template_store.TemplatesService]:
+    running = await template_store.start(nc)
     yield running
     await running.close()
 
@@ -37,7 +37,7 @@ async def ask(nc: Client, **payload: Any) -> dict[str, Any]:
 
 
 async def test_builtins_are_stored_at_start_once(
-    nc: Client, service: templates.TemplatesService
+    nc: Client, service: template_store.TemplatesService
 ) -> None:
     listed = await ask(nc, op="ls")
     names = {t["name"]: t for t in listed["templates"]}
@@ -48,7 +48,7 @@ async def test_builtins_are_stored_at_start_once(
 
 
 async def test_apply_versions_show_and_diff(
-    nc: Client, service: templates.TemplatesService
+    nc: Client, service: template_store.TemplatesService
 ) -> None:
     first = await ask(nc, op="apply", source=WEB_V1, file="web.yaml")
     assert first == {"ok": True, "name": "web", "version": 1, "changed": True}
@@ -77,7 +77,7 @@ async def test_apply_versions_show_and_diff(
 
 
 async def test_racing_applies_get_distinct_versions(
-    nc: Client, service: templates.TemplatesService
+    nc: Client, service: template_store.TemplatesService
 ) -> None:
     sources = [WEB_V1.replace("-V", f"-c, 'print({i})'") for i in range(6)]
     replies = await asyncio.gather(*(ask(nc, op="apply", source=s, file="w.yaml") for s in sources))
@@ -85,7 +85,7 @@ async def test_racing_applies_get_distinct_versions(
 
 
 async def test_an_invalid_apply_replies_with_the_sentence(
-    nc: Client, service: templates.TemplatesService
+    nc: Client, service: template_store.TemplatesService
 ) -> None:
     bad = "name: web\nservices:\n  api:\n    command: x\n    readiness: {http: {port: [1]}}\n"
     reply = await ask(nc, op="apply", source=bad, file="web.yaml")
@@ -104,7 +104,7 @@ async def test_an_invalid_apply_replies_with_the_sentence(
 async def test_a_spawn_resolves_from_the_service_else_the_builtin(nc: Client) -> None:
     template, version = await resolve_template(nc, "web-demo")
     assert (template.name, version) == ("web-demo", 0)  # no service: the built-in
-    running = await templates.start(nc)
+    running = await template_store.start(nc)
     try:
         await ask(nc, op="apply", source=WEB_V1, file="web.yaml")
         template, version = await resolve_template(nc, "web")
@@ -124,7 +124,7 @@ async def fleet_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
 
 async def test_the_template_commands(
     nc: Client,
-    service: templates.TemplatesService,
+    service: template_store.TemplatesService,
     nats_server: NatsServer,
     state_dir: Path,
     tmp_path: Path,

@@ -7,7 +7,7 @@
 - `rollback_p50_ms`: `rollback` of the same agent after 20 changed and 5 new files (it
   checkpoints the work first, replays, restores, records). Floor: `git reset --hard`, `git
   clean -fd` and `git reset` to the parent, from one shell, to the same commit.
-- `audit_rate`: events/s audited by services.audit (what `fleet audit --verify` runs) on a
+- `audit_rate`: events/s audited by services.auditor (what `fleet audit --verify` runs) on a
   100,000-event signed log. Floor: the raw ordered-consumer read of the same events.
 """
 
@@ -37,7 +37,7 @@ from schemas import subjects
 from schemas.audit import MAC_HEADER, event_mac
 from schemas.chain import GENESIS, event_hash
 from schemas.states import Activity, Lifecycle
-from services import audit as auditing
+from services import auditor
 from tests.perf.bench_eventstore import raw_ordered_count
 from tests.perf.common import emit, fresh_nats, git_repo, log, nats_and_ray, p50
 
@@ -182,12 +182,12 @@ async def audit_rate(nc: Client) -> None:
     log(f"audit: writing {AUDIT_EVENTS} signed events")
     await fill_signed(nc, "audited", AUDIT_EVENTS, key)
     store = EventStore(nc)
-    options = auditing.AuditOptions(key=key, keep=False)
+    options = auditor.AuditOptions(key=key, keep=False)
     ours, raw = [], []
     for _ in range(AUDIT_ROUNDS):
         raw.append(await raw_ordered_count(nc, "audited", AUDIT_EVENTS))
         t = time.perf_counter()
-        audit = await auditing.audit_agent(store, "audited", options)
+        audit = await auditor.audit_agent(store, "audited", options)
         ours.append(AUDIT_EVENTS / (time.perf_counter() - t))
         assert audit.ok and audit.count == AUDIT_EVENTS, audit.violations[:3]
     note = "target >= 80000; chain + MAC + tables + fold; floor: ordered consumer, no decode"

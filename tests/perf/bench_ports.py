@@ -15,7 +15,7 @@ import msgspec
 from nats.aio.client import Client
 
 from schemas import subjects
-from services import ports
+from services import port_broker
 from tests.perf.common import emit, fresh_nats, log, p50
 
 LEASES = 500
@@ -23,7 +23,7 @@ RANGE = (20000, 29999)
 
 
 async def lease_times(nc: Client, n: int) -> list[float]:
-    running = await ports.start(nc, RANGE, follow=False)
+    running = await port_broker.start(nc, RANGE, follow=False)
     samples = []
     try:
         for i in range(n):

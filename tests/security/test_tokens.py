@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 from nats.aio.client import Client
 
-from services import templates
+from services import template_store
 from services.gateway_auth import REVOKED_CLOSE
 from services.tokens import TokenStore
 from tests.conftest import Fleet
@@ -62,7 +62,7 @@ async def next_events(ws: aiohttp.ClientWebSocketResponse, wanted: str) -> list[
 @pytest.fixture
 async def with_templates(nc: Client) -> AsyncIterator[None]:
     """The templates service, as `fleet up` runs it beside the supervisor."""
-    running = await templates.start(nc)
+    running = await template_store.start(nc)
     try:
         yield
     finally:

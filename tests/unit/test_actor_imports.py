@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("aiohttp", "git", "libtmux", "infra.templates")
+HEAVY = ("aiohttp", "git", "libtmux", "infra.template_files")
 
 
 def _run(code: str) -> str:

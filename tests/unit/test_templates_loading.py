@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from infra import templates
+from infra import template_files as templates
 from schemas.assistants import CLAUDE_CODE
 from schemas.errors import InvalidTemplate
 from schemas.ports import template_leases

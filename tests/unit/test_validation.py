@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from infra import templates
+from infra import template_files as templates
 from schemas import commands as c
 from schemas import replies, validation
 from schemas.control import SpawnRequest

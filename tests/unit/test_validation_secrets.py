@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from infra import sandbox
-from infra.templates import load
+from infra.template_files import load
 from schemas.secrets import REDACTED, is_secret, redact_template, scrub, secret_values
 
 
