@@ -2,7 +2,10 @@
 
 A bug anywhere in fleetd (an actor, a service, `fleet up`, the CLI) ends in a short sentence
 with an error id for the person who met it ("unexpected error (id 3f2a...)") and in this file
-with the traceback under that id, whichever process it happened in. Each process installs
+with the traceback under that id, whichever process it happened in. Every entry point that
+answers a request (the gateway, the bus services, the actors) goes through one boundary:
+`reply_to(exc, log, what)` (or `unexpected` where the answer is not a bus reply), so the id,
+the logged traceback and the sentence are made in one place. Each process installs
 `ErrorLog` on its root logger once (`install`), so every `log.exception` and every error
 asyncio logs for a task that failed unseen lands here, not only in a Ray worker's stderr.
 
@@ -22,6 +25,9 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from schemas import replies
+from schemas.errors import FleetError
+
 FILE_NAME = "fleet-errors.log"
 MAX_BYTES = 8 * 1024 * 1024
 # Messages that name their id say so in these words ("... (error id 3f2a9c01b7d4)").
@@ -32,6 +38,24 @@ _lock = threading.Lock()
 
 def new_error_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+def unexpected(log: logging.Logger, what: str, exc: BaseException) -> str:
+    """A bug met at an entry point: a new error id, `exc`'s traceback logged under it (so in
+    the error log of a process that `install`ed it); returns the id for the caller's sentence
+    (`replies.unexpected(id)` on the wire)."""
+    error_id = new_error_id()
+    log.error("%s failed (error id %s)", what, error_id, exc_info=exc, extra={"error_id": error_id})
+    return error_id
+
+
+def reply_to(exc: BaseException, log: logging.Logger, what: str) -> bytes:
+    """The one error boundary of a request: a `FleetError` is its own reply (its sentence and
+    code); anything else is a bug, answered with one sentence naming the id its traceback is
+    logged under (`unexpected`)."""
+    if isinstance(exc, FleetError):
+        return replies.error(exc)
+    return replies.unexpected(unexpected(log, what, exc))
 
 
 def path_in(state_dir: str | Path) -> Path:
