@@ -5,9 +5,9 @@ The parts: NATS (the embedded server, or `FLEET_NATS_URL`) with its streams and 
 the supervisor actor, which re-adopts every agent the log knows; the bus services
 (credential_issuer, template_store, port_broker, node_services, health, notifier) and the
 gateway. It is the one module that imports both actors/ and services/. Once ready it writes
-the state file so every other `fleet` command can find it, and it runs until SIGINT or SIGTERM. A flock on `<state_dir>/fleet.lock`
-keeps a second `fleet up` off the same state dir; the kernel releases it if this process
-dies, so a crash never wedges it.
+the state file so every other `fleet` command can find it, and it runs until SIGINT or
+SIGTERM. A flock on `<state_dir>/fleet.lock` keeps a second `fleet up` off the same state
+dir; the kernel releases it if this process dies, so a crash never wedges it.
 """
 
 from __future__ import annotations
