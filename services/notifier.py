@@ -36,7 +36,8 @@ from nats.aio.msg import Msg
 
 from infra import fleetkey
 from infra.config import Settings
-from infra.eventstore import EventStore, Stored
+from infra.eventscan import Stored
+from infra.eventstore import EventStore
 from schemas import subjects
 from schemas.errors import FleetError, RateLimited
 from schemas.eventcheck import Refusal

@@ -36,7 +36,8 @@ from nats.js.errors import APIError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from infra import kvscan
-from infra.eventstore import EventStore, Stored
+from infra.eventscan import Stored
+from infra.eventstore import EventStore
 from infra.responder import serve
 from schemas import events as e
 from schemas import replies, subjects

@@ -36,7 +36,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from infra import pressure, probes
-from infra.eventstore import EventStore, Stored
+from infra.eventscan import Stored
+from infra.eventstore import EventStore
 from schemas import events as e
 from schemas import replies, subjects
 from schemas.agent import AgentState, evolve
