@@ -1,7 +1,8 @@
 """Answering requests on a NATS subject: one task per request, one reply for every outcome.
 
-The handler's reply, or its error's: a `FleetError` is answered with its sentence; anything else
-is a bug, logged with an id that the reply carries, so a caller never meets silence.
+The handler's reply, or what the one error boundary (infra/errorlog.py `reply_to`) makes of its
+exception: a `FleetError` is answered with its sentence; anything else is a bug, logged with an
+id that the reply carries, so a caller never meets silence.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from infra import errorlog
-from schemas import replies
-from schemas.errors import FleetError
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +25,8 @@ Handler = Callable[[bytes], Awaitable[bytes]]
 async def answer(msg: Msg, handler: Handler, what: str) -> None:
     try:
         reply = await handler(msg.data)
-    except FleetError as err:
-        reply = replies.error(err)
-    except Exception:  # a bug: its traceback logged under the id the reply names
-        error_id = errorlog.new_error_id()
-        log.exception("%s: request failed (error id %s)", what, error_id)
-        reply = replies.unexpected(error_id)
+    except Exception as exc:  # noqa: BLE001 (the one error boundary: every outcome is a reply)
+        reply = errorlog.reply_to(exc, log, f"{what}: a request")
     if msg.reply:
         await msg.respond(reply)
 

@@ -35,13 +35,13 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from infra import pressure, probes
+from infra import errorlog, pressure, probes
 from infra.eventscan import Stored
 from infra.eventstore import EventStore
 from schemas import events as e
 from schemas import replies, subjects
 from schemas.agent import AgentState, evolve
-from schemas.errors import FleetError, UnknownAgent
+from schemas.errors import UnknownAgent
 from schemas.health import HealthRequest, Observation
 from schemas.states import Lifecycle
 from services.health.agent_commands import Reporter, command
@@ -376,8 +376,8 @@ class HealthService:
                 raise UnknownAgent(req.agent)
             unreported = self.reporter.pending(w.agent_id)
             reply = replies.ok(**report(w, req, self.config.node, unreported))
-        except FleetError as err:
-            reply = replies.error(err)
+        except Exception as exc:  # the one error boundary: a FleetError's sentence, or a bug's id
+            reply = errorlog.reply_to(exc, log, "health: a request")
         if msg.reply:
             await msg.respond(reply)
 
