@@ -33,23 +33,21 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from actors import assistantconfig, creds
+from actors.agent.assistantconfig import OWN_VARIABLES, prepare, variables
+from actors.agent.context import AgentContext
+from actors.agent.creds import creds_path
 from infra import installs, sandbox, secretstore, uids
 from infra.worktree import paths_for_pane
 from schemas.errors import FleetError
 from schemas.secrets import redact_template
 from schemas.templates import Template, decode_spec, encode_spec
 
-if TYPE_CHECKING:
-    from actors.agent import AgentActor
-
 BASICS = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "SHELL")
 SYSTEM_READ = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
 KERNEL_READ = ("/proc", "/sys", "/run")
-FLEETD_ROOT = str(Path(__file__).resolve().parents[1])
+FLEETD_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def recorded_spec(spec: str) -> str:
@@ -58,71 +56,67 @@ def recorded_spec(spec: str) -> str:
     return encode_spec(redact_template(real)) if real is not None else spec
 
 
-async def remember(actor: AgentActor, spec: str, env: Mapping[str, str]) -> None:
+async def remember(ctx: AgentContext, spec: str, env: Mapping[str, str]) -> None:
     """Keep the agent's real template and spawn env apart from the log, and use them."""
     await secretstore.put(
-        actor.nc, actor.state.agent_id, secretstore.AgentSecrets(template_spec=spec, env=dict(env))
+        ctx.nc, ctx.state.agent_id, secretstore.AgentSecrets(template_spec=spec, env=dict(env))
     )
-    actor.template = decode_spec(spec) or actor.template
-    actor.extra_env = dict(env)
-    actor.secrets_loaded = True
+    ctx.template = decode_spec(spec) or ctx.template
+    ctx.extra_env = dict(env)
+    ctx.secrets_loaded = True
 
 
-async def recall(actor: AgentActor) -> None:
+async def recall(ctx: AgentContext) -> None:
     """After a restart of the actor: the real template and spawn env again (once)."""
-    if actor.secrets_loaded or not actor.state.agent_id:
+    if ctx.secrets_loaded or not ctx.state.agent_id:
         return
-    found = await secretstore.get(actor.nc, actor.state.agent_id)
+    found = await secretstore.get(ctx.nc, ctx.state.agent_id)
     if found is not None:
-        actor.template = decode_spec(found.template_spec) or actor.template
-        actor.extra_env = dict(found.env)
-    actor.secrets_loaded = True
+        ctx.template = decode_spec(found.template_spec) or ctx.template
+        ctx.extra_env = dict(found.env)
+    ctx.secrets_loaded = True
 
 
-def template(actor: AgentActor) -> Template | None:
-    return actor.template or decode_spec(actor.state.template_spec)
-
-
-def private_dir(actor: AgentActor, kind: str) -> Path:
-    path = Path(actor.config.state_dir) / kind / actor.state.agent_id
+def private_dir(ctx: AgentContext, kind: str) -> Path:
+    path = Path(ctx.config.state_dir) / kind / ctx.state.agent_id
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
 
 
-def namespaces(actor: AgentActor) -> bool:
+def namespaces(ctx: AgentContext) -> bool:
     """Whether the agent's panes get namespaces of their own (bubblewrap works here)."""
-    return actor.config.confine_namespaces and sandbox.namespaces_work()
+    return ctx.config.confine_namespaces and sandbox.namespaces_work()
 
 
-async def assign_user(actor: AgentActor, worktree: Path, hand_over: bool = True) -> None:
+async def assign_user(ctx: AgentContext, worktree: Path, hand_over: bool = True) -> None:
     """fleetd as root: lease the agent's own uid and hand it the agent's folders (the worktree,
     home, temp dir, services' status files and its NATS credentials). Without namespaces the
     state dir above them could not be passed through, so the panes stay as they were."""
-    if os.geteuid() != 0 or not actor.config.confine_user or not namespaces(actor):
-        actor.sandbox_uid = None
-        await asyncio.to_thread(seed_home, actor)
+    if os.geteuid() != 0 or not ctx.config.confine_user or not namespaces(ctx):
+        ctx.sandbox_uid = None
+        await asyncio.to_thread(seed_home, ctx)
         return
-    await asyncio.to_thread(seed_home, actor)
-    uid = await uids.lease(actor.nc, actor.state.agent_id)
+    await asyncio.to_thread(seed_home, ctx)
+    uid = await uids.lease(ctx.nc, ctx.state.agent_id)
     if not hand_over:  # an actor's restart: its panes live on, as that user already
-        actor.sandbox_uid = uid
+        ctx.sandbox_uid = uid
         return
-    mine = [worktree, *(private_dir(actor, k) for k in ("homes", "tmp"))]
-    mine.append(services_dir(actor))
-    mine += [Path(creds.creds_path(actor))] if actor.config.nats_auth else []
+    mine = [worktree, *(private_dir(ctx, k) for k in ("homes", "tmp"))]
+    mine.append(services_dir(ctx))
+    mine += [Path(creds_path(ctx))] if ctx.config.nats_auth else []
     await asyncio.to_thread(uids.hand_over, uid, mine)
-    actor.sandbox_uid = uid
+    ctx.sandbox_uid = uid
 
 
-def seed_home(actor: AgentActor) -> None:
+def seed_home(ctx: AgentContext) -> None:
     """The agent's own home starts with copies of the files of yours its template names
     (`permissions.home`: an assistant's login); one it has already is left as the agent made it.
-    Its assistant's config dir is its own too, seeded and hooked (actors/assistantconfig.py)."""
-    t = template(actor)
+    Its assistant's config dir is its own too, seeded and hooked (assistantconfig.py)."""
+    t = ctx.resolved_template()
     if t is None:
         return
-    home, mine = Path.home(), private_dir(actor, "homes")
-    assistantconfig.prepare(t.assistant.profile, mine, home, os.environ)
+    home, mine = Path.home(), private_dir(ctx, "homes")
+    prepare(t.assistant.profile, mine, home, os.environ)
     for name in t.permissions.home:
         src, dst = home / name, mine / name
         if not (src.exists() or src.is_symlink()) or dst.exists() or dst.is_symlink():
@@ -134,15 +128,15 @@ def seed_home(actor: AgentActor) -> None:
             shutil.copy2(src, dst, follow_symlinks=False)
 
 
-async def release_user(actor: AgentActor) -> None:
+async def release_user(ctx: AgentContext) -> None:
     """The agent is removed: its uid goes back to the range (held only when fleetd is root)."""
     if os.geteuid() == 0:
-        await uids.release(actor.nc, actor.state.agent_id)
-    actor.sandbox_uid = None
+        await uids.release(ctx.nc, ctx.state.agent_id)
+    ctx.sandbox_uid = None
 
 
-def services_dir(actor: AgentActor) -> Path:
-    path = Path(actor.config.state_dir) / "services" / actor.state.agent_id
+def services_dir(ctx: AgentContext) -> Path:
+    path = Path(ctx.config.state_dir) / "services" / ctx.state.agent_id
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -161,18 +155,18 @@ def check_installed(spec: str, command: str, extra_env: Mapping[str, str]) -> No
     installs.find(command, pane_path(decode_spec(spec), extra_env))
 
 
-def assistant_reads(actor: AgentActor, granted: Sequence[str]) -> list[str]:
+def assistant_reads(ctx: AgentContext, granted: Sequence[str]) -> list[str]:
     """What the agent's assistant needs to run, read-only (infra/installs.py): its links, its
     install, its interpreter's; only what `granted` does not hold already."""
-    path_var = pane_path(template(actor), actor.extra_env)
+    path_var = pane_path(ctx.resolved_template(), ctx.extra_env)
     try:
-        found = installs.find(actor.state.command, path_var)
+        found = installs.find(ctx.state.command, path_var)
     except installs.NotInstalled:
         return []  # refused at spawn; gone since: its pane says what the shell found
     if found is None:
         return []
     # Never into (or above) the state dir or the agents' worktrees: other agents' folders.
-    closed = [Path(actor.config.state_dir), Path(actor.config.worktree_root)]
+    closed = [Path(ctx.config.state_dir), Path(ctx.config.worktree_root)]
     held = [os.path.abspath(g) for g in granted]
     out: list[str] = []
     # Folders first: a link or file inside a granted folder is there already (and a bind
@@ -183,19 +177,19 @@ def assistant_reads(actor: AgentActor, granted: Sequence[str]) -> list[str]:
     return out
 
 
-def environment(actor: AgentActor, fleet: Mapping[str, str]) -> dict[str, str]:
+def environment(ctx: AgentContext, fleet: Mapping[str, str]) -> dict[str, str]:
     """The whole environment of the agent's panes; `fleet` is FLEET_* and the ports."""
-    t = template(actor)
+    t = ctx.resolved_template()
     env = {k: os.environ[k] for k in BASICS if k in os.environ}
-    env["HOME"] = str(private_dir(actor, "homes"))
-    env["TMPDIR"] = "/tmp" if namespaces(actor) else str(private_dir(actor, "tmp"))
+    env["HOME"] = str(private_dir(ctx, "homes"))
+    env["TMPDIR"] = "/tmp" if namespaces(ctx) else str(private_dir(ctx, "tmp"))
     if t is not None:
-        passed = set(t.permissions.env_passthrough) - set(assistantconfig.OWN_VARIABLES)
+        passed = set(t.permissions.env_passthrough) - set(OWN_VARIABLES)
         env |= {k: os.environ[k] for k in passed if k in os.environ}
         env |= t.env | t.assistant.env
         # Its assistant's own config dir, never the user's (whatever the control plane has).
-        env |= assistantconfig.variables(t.assistant.profile, Path(env["HOME"]))
-    return env | actor.extra_env | dict(fleet)
+        env |= variables(t.assistant.profile, Path(env["HOME"]))
+    return env | ctx.extra_env | dict(fleet)
 
 
 TOOL_DIRS = ("bin", "sbin", "shims", ".bin")  # .bin: npm's node_modules/.bin
@@ -220,7 +214,7 @@ def tool_roots(path_var: str, state_dir: Path) -> list[str]:
 
 
 def wrap(
-    actor: AgentActor,
+    ctx: AgentContext,
     command: Sequence[str],
     keep: Sequence[str],
     worktree: Path,
@@ -228,26 +222,26 @@ def wrap(
 ) -> list[str]:
     """`command` started through the sandbox with this agent's grants; with PATH `path` (a
     service's own), else the agent's."""
-    t = template(actor)
+    t = ctx.resolved_template()
     read = [*SYSTEM_READ, *KERNEL_READ, sys.prefix, sys.base_prefix, FLEETD_ROOT]
-    read += tool_roots(os.environ.get("PATH", ""), Path(actor.config.state_dir))
-    read += [creds.creds_path(actor)] if actor.config.nats_auth else []  # FLEET_NATS_CREDS
+    read += tool_roots(os.environ.get("PATH", ""), Path(ctx.config.state_dir))
+    read += [creds_path(ctx)] if ctx.config.nats_auth else []  # FLEET_NATS_CREDS
     # Git: its own repository (in the worktree) and, read-only, the objects it borrows from
     # the user's; never the user's refs, config or hooks (infra/worktree.py).
-    git_read, git_write = paths_for_pane(actor.state.repo, worktree)
+    git_read, git_write = paths_for_pane(ctx.state.repo, worktree)
     read += git_read
-    write = [*git_write, str(private_dir(actor, "homes")), str(services_dir(actor))]
+    write = [*git_write, str(private_dir(ctx, "homes")), str(services_dir(ctx))]
     write += [os.path.expanduser(p) for p in t.permissions.paths] if t is not None else []
-    read += assistant_reads(actor, [*read, *write])  # wherever it is installed
-    landlock = actor.config.confine_paths and sandbox.landlock_abi() > 0
-    tmp = str(private_dir(actor, "tmp"))
-    own = sorted(actor.state.ports.values())
-    connect = [*nats_ports(actor.config.nats_url), *own]
+    read += assistant_reads(ctx, [*read, *write])  # wherever it is installed
+    landlock = ctx.config.confine_paths and sandbox.landlock_abi() > 0
+    tmp = str(private_dir(ctx, "tmp"))
+    own = sorted(ctx.state.ports.values())
+    connect = [*nats_ports(ctx.config.nats_url), *own]
     connect += t.permissions.connect_ports if t is not None else DEFAULT_CONNECT
     bind = [0, *own]
-    spill = str(private_dir(actor, "sandbox"))  # long option lists, out of the agent's reach
-    path = path or pane_path(t, actor.extra_env)  # tmux would give the pane its client's PATH
-    if not namespaces(actor):
+    spill = str(private_dir(ctx, "sandbox"))  # long option lists, out of the agent's reach
+    path = path or pane_path(t, ctx.extra_env)  # tmux would give the pane its client's PATH
+    if not namespaces(ctx):
         write = [*write, "/dev", tmp]
         return sandbox.argv(
             command, keep, read, write, landlock, connect=connect, bind=bind, spill=spill,
@@ -255,7 +249,7 @@ def wrap(
         )  # fmt: skip
     opts = sandbox.options(
         keep, [*read, "/proc"], [*write, "/dev", "/tmp"], landlock,
-        uid=actor.sandbox_uid, connect=connect, bind=bind, path=path,
+        uid=ctx.sandbox_uid, connect=connect, bind=bind, path=path,
     )  # fmt: skip
     inner = sandbox.launcher(spill, opts)  # [python, -S, sandbox.py, --options, FILE]
     prefix = sandbox.namespace_argv(
@@ -269,10 +263,10 @@ DEFAULT_CONNECT = (22, 80, 443)
 PROBE = str(Path(sandbox.__file__).with_name("sandboxprobe.py"))
 
 
-async def probe(actor: AgentActor) -> list[dict[str, object]]:
+async def probe(ctx: AgentContext) -> list[dict[str, object]]:
     """Each way out of the agent's sandbox, tried from inside it (infra/sandboxprobe.py, run
     through the same sandbox as its panes): what holds on this machine, and what does not."""
-    s = actor.state
+    s = ctx.state
     if not s.worktree or not Path(s.worktree).is_dir():
         raise FleetError(f"agent {s.agent_id} has no worktree: there is no sandbox to probe")
     import ray  # the actor runs in Ray: its address names the port to try
@@ -280,11 +274,11 @@ async def probe(actor: AgentActor) -> list[dict[str, object]]:
     gcs = ray.get_runtime_context().gcs_address.rpartition(":")[2]
     known = {
         "pids": [os.getpid(), os.getppid()],  # this actor and its raylet: the control plane
-        "tmux_socket": actor.tmux.socket_path(),
-        "state_dir": actor.config.state_dir,
+        "tmux_socket": ctx.tmux.socket_path(),
+        "state_dir": ctx.config.state_dir,
         "ports": {"Ray": int(gcs)} if gcs.isdigit() else {},
     }
-    argv = wrap(actor, [sys.executable, "-S", PROBE, json.dumps(known)], [], Path(s.worktree))
+    argv = wrap(ctx, [sys.executable, "-S", PROBE, json.dumps(known)], [], Path(s.worktree))
     done = await asyncio.to_thread(
         subprocess.run, argv, capture_output=True, text=True, timeout=60, cwd=s.worktree
     )
@@ -297,7 +291,7 @@ async def probe(actor: AgentActor) -> list[dict[str, object]]:
         0,
         {
             "probe": "namespaces (bubblewrap)",
-            "held": namespaces(actor),
+            "held": namespaces(ctx),
             "detail": sandbox.bwrap() or "bwrap is not installed",
         },
     )

@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 import msgspec
 from nats.errors import NoRespondersError
 
+from actors.agent.context import AgentContext
 from infra import natsauth
 from schemas import subjects
 from schemas.credentials import CredsRequest
 from schemas.errors import FleetError
-
-if TYPE_CHECKING:
-    from actors.agent import AgentActor
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +28,22 @@ CREDS_TIMEOUT_S = 20.0  # a reload waits for the server; many spawns at once sha
 _DONE = {"grant": "granted", "revoke": "revoked"}
 
 
-def creds_path(actor: AgentActor) -> str:
-    return str(natsauth.AuthDir.of(actor.config.state_dir).agent_creds_path(actor.state.agent_id))
+def creds_path(ctx: AgentContext) -> str:
+    return str(natsauth.AuthDir.of(ctx.config.state_dir).agent_creds_path(ctx.state.agent_id))
 
 
-def env(actor: AgentActor) -> dict[str, str]:
+def nats_env(ctx: AgentContext) -> dict[str, str]:
     """What the agent's processes need to reach NATS as themselves."""
-    found = {"FLEET_NATS_URL": natsauth.without_userinfo(actor.config.nats_url)}
-    if actor.config.nats_auth:
-        found["FLEET_NATS_CREDS"] = creds_path(actor)
+    found = {"FLEET_NATS_URL": natsauth.without_userinfo(ctx.config.nats_url)}
+    if ctx.config.nats_auth:
+        found["FLEET_NATS_CREDS"] = creds_path(ctx)
     return found
 
 
-async def _ask(actor: AgentActor, req: CredsRequest) -> None:
+async def _ask(ctx: AgentContext, req: CredsRequest) -> None:
     subject = subjects.control("creds")
     try:
-        msg = await actor.nc.request(subject, msgspec.json.encode(req), timeout=CREDS_TIMEOUT_S)
+        msg = await ctx.nc.request(subject, msgspec.json.encode(req), timeout=CREDS_TIMEOUT_S)
     except NoRespondersError as e:
         raise FleetError(
             f"no credentials service answers on {subject}, so agent {req.agent_id}'s NATS "
@@ -63,11 +60,11 @@ async def _ask(actor: AgentActor, req: CredsRequest) -> None:
         raise FleetError(str(error.get("message") or f"the credentials service refused {req.op}"))
 
 
-async def grant(actor: AgentActor) -> None:
+async def grant_nats_user(ctx: AgentContext) -> None:
     """A fresh user for the agent (a restart gets a new password), in force on return."""
-    if not actor.config.nats_auth:
+    if not ctx.config.nats_auth:
         return
-    agent_id = actor.state.agent_id
+    agent_id = ctx.state.agent_id
     password = natsauth.new_password()
     hashed = await asyncio.to_thread(natsauth.hash_password, password)
     cred = natsauth.Credential(
@@ -75,24 +72,24 @@ async def grant(actor: AgentActor) -> None:
         password=password,
         inbox_prefix=natsauth.agent_inbox(agent_id),
     )
-    path = natsauth.AuthDir.of(actor.config.state_dir).agent_creds_path(agent_id)
+    path = natsauth.AuthDir.of(ctx.config.state_dir).agent_creds_path(agent_id)
     await asyncio.to_thread(natsauth.write_credential, path, cred)
-    await _ask(actor, CredsRequest(op="grant", agent_id=agent_id, password_hash=hashed))
+    await _ask(ctx, CredsRequest(op="grant", agent_id=agent_id, password_hash=hashed))
 
 
-async def revoke(actor: AgentActor, *, quiet: bool = False) -> None:
+async def revoke_nats_user(ctx: AgentContext, *, quiet: bool = False) -> None:
     """Take the agent's user away (its connections are closed) and delete its file.
 
     `quiet`: on a path that is already failing, a refusal is logged instead of raised."""
-    if not actor.config.nats_auth:
+    if not ctx.config.nats_auth:
         return
-    agent_id = actor.state.agent_id
+    agent_id = ctx.state.agent_id
     try:
-        await _ask(actor, CredsRequest(op="revoke", agent_id=agent_id))
+        await _ask(ctx, CredsRequest(op="revoke", agent_id=agent_id))
     except FleetError as e:
         if not quiet:
             raise
         log.warning("agent %s: its NATS user was not revoked: %s", agent_id, e)
         return
-    path = natsauth.AuthDir.of(actor.config.state_dir).agent_creds_path(agent_id)
+    path = natsauth.AuthDir.of(ctx.config.state_dir).agent_creds_path(agent_id)
     await asyncio.to_thread(natsauth.remove_file, path)

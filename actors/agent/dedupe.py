@@ -43,7 +43,7 @@ class Applied:
         return len(self._ids)
 
 
-async def load(store: EventStore, agent_id: str, last_seq: int) -> Applied:
+async def load_applied(store: EventStore, agent_id: str, last_seq: int) -> Applied:
     """The command ids of the log's last events (one direct-get batch, well under a ms)."""
     applied = Applied()
     stored = await store.read(agent_id, after=max(0, last_seq - SHORT_TAIL), upto=last_seq)

@@ -25,45 +25,36 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from actors import confine
+from actors.agent.checkpoints import take_auto
+from actors.agent.confine import wrap
+from actors.agent.context import AgentContext
+from actors.agent.session import agent_env
 from infra import panes, probes, procs
 from infra.pidfd import wait_exit
 from schemas import events as e
 from schemas.dependencies import start_order
-from schemas.errors import FleetError
+from schemas.errors import FleetError, UnknownService
 from schemas.restart import Done, GiveUp, RestartTracker
 from schemas.states import Lifecycle
-from schemas.templates import Probe, ServiceSpec, Template, decode_spec
-
-if TYPE_CHECKING:
-    from actors.agent import AgentActor
+from schemas.templates import Probe, ServiceSpec, Template
 
 log = logging.getLogger(__name__)
 SUPERVISED = frozenset({Lifecycle.RUNNING, Lifecycle.PAUSED})
 
 
-def _meta(actor: AgentActor, cause: str = "") -> dict[str, Any]:
-    from actors.steps import _meta as meta
-
-    return meta(actor, cause)
-
-
-def template_of(actor: AgentActor) -> Template:
+def template_of(ctx: AgentContext) -> Template:
     """The agent's resolved template: as given to the actor, else as recorded in its log
     (`agent.created`), else one without services."""
-    if actor.template is not None:
-        return actor.template
-    recorded = decode_spec(actor.state.template_spec)
-    return recorded if recorded is not None else Template(name=actor.state.template or "-")
+    found = ctx.resolved_template()
+    return found if found is not None else Template(name=ctx.state.template or "-")
 
 
 class Service:
     """One dev service of one agent, and the task that keeps it running."""
 
-    def __init__(self, group: Services, name: str, spec: ServiceSpec) -> None:
-        self.group, self.actor, self.name, self.spec = group, group.actor, name, spec
+    def __init__(self, group: DevServices, name: str, spec: ServiceSpec) -> None:
+        self.group, self.ctx, self.name, self.spec = group, group.ctx, name, spec
         self.tracker = RestartTracker(spec.restart)
         self.pane: panes.Pane | None = None
         self.pid: int | None = None
@@ -80,7 +71,7 @@ class Service:
     # -- what the service sees -------------------------------------------------------------
 
     def ports(self) -> dict[str, int]:
-        leased = self.actor.state.ports
+        leased = self.ctx.state.ports
         return {
             p: leased[f"{self.name}.{p}"] for p in self.spec.ports if f"{self.name}.{p}" in leased
         }
@@ -89,7 +80,7 @@ class Service:
         return {**self.group.template.env, **self.spec.env, **probes.port_env(self.ports())}
 
     def cwd(self) -> Path:
-        return Path(self.actor.state.worktree or ".") / self.spec.cwd
+        return Path(self.ctx.state.worktree or ".") / self.spec.cwd
 
     def output(self) -> str:
         return panes.output_tail(self.log_file, self.out_start)
@@ -113,7 +104,7 @@ class Service:
         for dep, condition in self.spec.depends_on.items():
             needed: asyncio.Event = getattr(self.group.services[dep], condition)
             await needed.wait()
-        async with self.actor.lock.step(f"starting service {self.name}"):
+        async with self.ctx.lock.step(f"starting service {self.name}"):
             if not self.group.supervising():
                 return
             await self.start()
@@ -129,19 +120,19 @@ class Service:
                 finally:
                     ready.cancel()
                     await asyncio.gather(ready, return_exceptions=True)
-                async with self.actor.lock.step(f"recording service {self.name}'s readiness"):
+                async with self.ctx.lock.step(f"recording service {self.name}'s readiness"):
                     if not self.group.supervising():
                         return
                     verdict = await self._exited()
                 if verdict is None:
                     return
                 await asyncio.sleep(verdict)
-                async with self.actor.lock.step(f"restarting service {self.name}"):
+                async with self.ctx.lock.step(f"restarting service {self.name}"):
                     if not self.group.supervising():
                         return
                     await self.start()
         except FleetError as err:  # a start that failed: the log says so, the service stays down
-            async with self.actor.lock.step(f"recording that service {self.name} failed"):
+            async with self.ctx.lock.step(f"recording that service {self.name} failed"):
                 if self.group.supervising():
                     await self._health(False, "start", str(err))
 
@@ -158,25 +149,23 @@ class Service:
             return None
         restarted = e.ServiceRestarted(
             service=self.name, attempt=verdict.attempt, delay_s=round(verdict.delay_s, 4),
-            **_meta(self.actor),
+            **self.ctx.meta(),
         )  # fmt: skip
-        await self.actor.record([restarted])
+        await self.ctx.record([restarted])
         return verdict.delay_s
 
     # -- steps (the actor's lock held) ------------------------------------------------------
 
     async def start(self, cause: str = "") -> None:
         """Run the service (a new pane, or its old one again) and record `service.started`."""
-        session = self.actor.state.tmux_session
-        from actors.steps import agent_env  # steps imports this module
-
-        worktree = Path(self.actor.state.worktree)
-        keep = [*agent_env(self.actor, worktree), *self.env()]  # the session's and its own
+        session = self.ctx.state.tmux_session
+        worktree = Path(self.ctx.state.worktree)
+        keep = [*agent_env(self.ctx, worktree), *self.env()]  # the session's and its own
         line = self.spec.command
         run_line = ["/bin/sh", "-c", line if isinstance(line, str) else shlex.join(line)]
         # The sandbox under the waiting shell (it stays outside and writes the status file).
         inner = await asyncio.to_thread(
-            confine.wrap, self.actor, run_line, keep, worktree, self.env().get("PATH")
+            wrap, self.ctx, run_line, keep, worktree, self.env().get("PATH")
         )
         argv = panes.service_argv(inner, self.status_file)
         self.status_file.unlink(missing_ok=True)
@@ -184,13 +173,13 @@ class Service:
         self.healthy.clear()
         if self.pane is None:
             opened = await asyncio.to_thread(
-                panes.open_pane, self.actor.tmux, session, self.name, argv, self.cwd(),
+                panes.open_pane, self.ctx.tmux, session, self.name, argv, self.cwd(),
                 self.env(), self.log_file,
             )  # fmt: skip
             self.pane = opened
         else:
             shell = await asyncio.to_thread(
-                panes.respawn_pane, self.actor.tmux, session, self.pane.pane_id, argv,
+                panes.respawn_pane, self.ctx.tmux, session, self.pane.pane_id, argv,
                 self.cwd(), self.env(),
             )  # fmt: skip
             self.pane = panes.Pane(self.pane.pane_id, shell, service=self.name)
@@ -198,9 +187,9 @@ class Service:
         self.tracker.started(time.monotonic())
         first = next(iter(self.ports().values()), None)
         started = e.ServiceStarted(
-            service=self.name, pid=self.pid, port=first, **_meta(self.actor, cause)
+            service=self.name, pid=self.pid, port=first, **self.ctx.meta(cause)
         )
-        await self.actor.record([started])
+        await self.ctx.record([started])
         self.started.set()
 
     async def reap(self, cause: str = "") -> tuple[int | None, int | None]:
@@ -211,11 +200,11 @@ class Service:
         code, sig = panes.read_status(self.status_file)
         exited = e.ServiceExited(
             service=self.name, pid=self.pid or self.pane.shell_pid, code=code, signal=sig,
-            **_meta(self.actor, cause),
+            **self.ctx.meta(cause),
         )  # fmt: skip
         self.pid = None
         self.healthy.clear()
-        await self.actor.record([exited])
+        await self.ctx.record([exited])
         return code, sig
 
     async def shutdown(self, polite: bool, cause: str = "") -> None:
@@ -239,18 +228,16 @@ class Service:
         await self.reap(cause)
 
     async def _health(self, healthy: bool, probe: str, detail: str) -> None:
-        before = self.actor.state.services.get(self.name)
+        before = self.ctx.state.services.get(self.name)
         ev = e.ServiceHealth(
             service=self.name, healthy=healthy, probe=probe, detail=detail[:500],
-            **_meta(self.actor),
+            **self.ctx.meta(),
         )  # fmt: skip
-        await self.actor.record([ev])
+        await self.ctx.record([ev])
         if not healthy and (before is None or before.healthy is not False):
             # The same automatic checkpoint as a health-service report: the work as it was
             # when the service turned unhealthy.
-            from actors import checkpoints
-
-            await checkpoints.take_auto(self.actor, "unhealthy", f"{self.name} unhealthy")
+            await take_auto(self.ctx, "unhealthy", f"{self.name} unhealthy")
 
     # -- readiness --------------------------------------------------------------------------
 
@@ -272,26 +259,26 @@ class Service:
         async def changed(ok: bool, result: probes.ProbeResult) -> None:
             if ok and not last:
                 return
-            async with self.actor.lock.step(f"recording service {self.name}'s {label}"):
+            async with self.ctx.lock.step(f"recording service {self.name}'s {label}"):
                 if self.group.supervising() and self.alive():
                     await self._health(ok, label, result.detail)
 
         return changed
 
 
-class Services:
+class DevServices:
     """All dev services of one agent (one incarnation of its session)."""
 
-    def __init__(self, actor: AgentActor, template: Template) -> None:
-        self.actor, self.template = actor, template
+    def __init__(self, ctx: AgentContext, template: Template) -> None:
+        self.ctx, self.template = ctx, template
         self.order = start_order(template.services)
-        self.folder = Path(actor.config.state_dir) / "services" / actor.state.agent_id
+        self.folder = Path(ctx.config.state_dir) / "services" / ctx.state.agent_id
         self.folder.mkdir(parents=True, exist_ok=True)
         self.services = {n: Service(self, n, template.services[n]) for n in self.order}
         self.closing = False
 
     def supervising(self) -> bool:
-        return not self.closing and self.actor.state.lifecycle in SUPERVISED
+        return not self.closing and self.ctx.state.lifecycle in SUPERVISED
 
     def launch(self) -> None:
         for service in self.services.values():
@@ -311,53 +298,51 @@ class Services:
         service = self.services[name]
         await service.cancel()
         await service.shutdown(True, cause)
-        restarted = e.ServiceRestarted(service=name, attempt=0, **_meta(self.actor, cause))
-        await self.actor.record([restarted])
+        restarted = e.ServiceRestarted(service=name, attempt=0, **self.ctx.meta(cause))
+        await self.ctx.record([restarted])
         service.tracker.restarted_by_hand(time.monotonic())
         await service.start(cause)
         service.launch(first=False)
 
 
-# -- what actors/steps.py and actors/agent.py call --------------------------------------------
+# -- what the steps and the actor call ------------------------------------------------------
 
 
-async def start(actor: AgentActor) -> None:
+async def start_services(ctx: AgentContext) -> None:
     """Lease missing ports, then launch every service's task (they start in dependency order
     once the caller lets go of the lock)."""
-    template = template_of(actor)
+    template = template_of(ctx)
     if not template.services:
         return
-    group = Services(actor, template)
-    await _lease_missing_ports(actor, template)
-    actor.services = group
+    group = DevServices(ctx, template)
+    await _lease_missing_ports(ctx, template)
+    ctx.services = group
     group.launch()
 
 
-async def stop(actor: AgentActor, polite: bool, cause: str = "") -> None:
-    group, actor.services = actor.services, None
+async def stop_services(ctx: AgentContext, polite: bool, cause: str = "") -> None:
+    group, ctx.services = ctx.services, None
     if group is not None:
         await group.stop(polite, cause)
 
 
-async def restart(actor: AgentActor, name: str, cause: str = "") -> None:
-    group = actor.services
+async def restart_service(ctx: AgentContext, name: str, cause: str = "") -> None:
+    group = ctx.services
     if group is None or name not in group.services:
-        from schemas.errors import UnknownService
-
-        raise UnknownService(actor.state.agent_id, name)
+        raise UnknownService(ctx.state.agent_id, name)
     await group.restart(name, cause)
 
 
-async def adopt(actor: AgentActor) -> None:
+async def adopt_services(ctx: AgentContext) -> None:
     """After the actor's restart: watch the service panes that outlived it, start the rest."""
-    template = template_of(actor)
-    if not template.services or actor.services is not None:
+    template = template_of(ctx)
+    if not template.services or ctx.services is not None:
         return
-    group = Services(actor, template)
-    found = await asyncio.to_thread(panes.service_panes, actor.tmux, actor.state.tmux_session)
-    actor.services = group
+    group = DevServices(ctx, template)
+    found = await asyncio.to_thread(panes.service_panes, ctx.tmux, ctx.state.tmux_session)
+    ctx.services = group
     for name, service in group.services.items():
-        pane, known = found.get(name), actor.state.services.get(name)
+        pane, known = found.get(name), ctx.state.services.get(name)
         if pane is None or known is None:
             service.launch(first=True)
             continue
@@ -368,7 +353,7 @@ async def adopt(actor: AgentActor) -> None:
         service.launch(first=False)
 
 
-async def _lease_missing_ports(actor: AgentActor, template: Template) -> None:
+async def _lease_missing_ports(ctx: AgentContext, template: Template) -> None:
     """Ports the ports service did not lease (an actor used without it): free ones, recorded.
 
     A port is taken by binding to port 0, so the kernel picks one that is free right now.
@@ -377,12 +362,12 @@ async def _lease_missing_ports(actor: AgentActor, template: Template) -> None:
         f"{name}.{port}"
         for name, spec in template.services.items()
         for port in spec.ports
-        if f"{name}.{port}" not in actor.state.ports
+        if f"{name}.{port}" not in ctx.state.ports
     ]
     if not missing:
         return
     leased = {key: _free_port() for key in missing}
-    await actor.record([e.PortsLeased(ports=leased, **_meta(actor))])
+    await ctx.record([e.PortsLeased(ports=leased, **ctx.meta())])
 
 
 def _free_port() -> int:

@@ -11,7 +11,7 @@ at the next change of the screen, which never came. Its death is recorded as ERR
 tmux says of it (an exit status, or the signal that killed it) within a period or two, and
 `send` refuses a pane that is dead before the monitor has seen it (`pane_death`).
 
-What the assistant's own hooks said (actors/hookcalls.py) outranks the screen for a while
+What the assistant's own hooks said (hookcalls.py) outranks the screen for a while
 (schemas/hooks.py `screen_may_record`): a reading held back stays a candidate, looked at each
 period, and is recorded once the hold is over if the screen still says so. A login or a
 first-run (folder trust) dialog is recorded at once, whatever a hook said.
@@ -27,10 +27,10 @@ import select
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING
 
 import msgspec
 
+from actors.agent.context import AgentContext
 from infra.tmux import Tmux
 from schemas import commands as c
 from schemas.assistants import (
@@ -46,9 +46,6 @@ from schemas.errors import FleetError, PaneDead, SessionMissing, TmuxFailed
 from schemas.hooks import HookClaim, HookReport, screen_may_record
 from schemas.recovery import SESSION_GONE
 from schemas.states import Activity, Lifecycle
-
-if TYPE_CHECKING:
-    from actors.agent import AgentActor
 
 log = logging.getLogger(__name__)
 SETTLE_WINDOW_S = 3.0  # keep looking this long after the screen last changed
@@ -153,18 +150,18 @@ class _ServerWatch:
 
 
 class ActivityMonitor:
-    def __init__(self, actor: AgentActor, profile: AssistantProfile, period_s: float) -> None:
-        self.actor = actor
+    def __init__(self, ctx: AgentContext, profile: AssistantProfile, period_s: float) -> None:
+        self.ctx = ctx
         self.profile = profile
         self.period_s = period_s
-        state = actor.state
+        state = ctx.state
         self.debouncer = Debouncer(reported=state.activity, reported_detail=state.activity_detail)
         self.task: asyncio.Task[None] | None = None
         self._size = -1
         self._still = False
         self._changed_at = time.monotonic()
         # The tmux server this incarnation's session lives on (see `_server_id`).
-        self._server = _server_id(actor.tmux.socket_name)
+        self._server = _server_id(ctx.tmux.socket_name)
         self._watch = _ServerWatch()
         self._watch.watch(self._server)
         self._pane = _ServerWatch()  # the agent window's process, learnt at the first tick
@@ -193,13 +190,13 @@ class ActivityMonitor:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("agent %s: activity check failed", self.actor.state.agent_id)
+                log.exception("agent %s: activity check failed", self.ctx.state.agent_id)
 
     def _screen_moved(self) -> bool:
         """Whether to look at the screen this period: it changed lately, or the debouncer is
         settling a change (an unknown screen is READY only after it has stood still a while).
         `_still` says whether it changed since the last period."""
-        path = self.actor.state.recording
+        path = self.ctx.state.recording
         try:
             size = os.stat(path).st_size if path else -1
         except OSError:
@@ -212,31 +209,31 @@ class ActivityMonitor:
         return now - self._changed_at < SETTLE_WINDOW_S or self.debouncer.pending()
 
     async def tick(self) -> None:
-        actor = self.actor
-        state = actor.state
+        ctx = self.ctx
+        state = ctx.state
         # The socket is asked only when the server we knew is gone (or was never known).
-        server = self._server if self._watch.alive() else _server_id(actor.tmux.socket_name)
+        server = self._server if self._watch.alive() else _server_id(ctx.tmux.socket_name)
         if state.lifecycle is Lifecycle.RUNNING and server != -1 and server != self._server:
             # Another server than the one we knew (or none, or we never knew one): ours only
             # if our session is on it. One tmux call, made only when the socket changed.
             here = server is not None and await asyncio.to_thread(
-                actor.tmux.has_session, state.tmux_session
+                ctx.tmux.has_session, state.tmux_session
             )
             if here:
                 self._server = server
                 self._watch.watch(server)
             else:
-                async with actor.lock.step(
+                async with ctx.lock.step(
                     "recording a lost session"
                 ):  # no session: the recovery ladder rebuilds it
-                    if actor.state.lifecycle is Lifecycle.RUNNING:
-                        await actor._fail(f"{SESSION_GONE} (the tmux server died or was killed)")
+                    if ctx.state.lifecycle is Lifecycle.RUNNING:
+                        await ctx.fail(f"{SESSION_GONE} (the tmux server died or was killed)")
                 return
         if state.lifecycle in _WATCHED and await self._pane_died():
             return
         if state.lifecycle is not Lifecycle.RUNNING or not self._screen_moved():
             return
-        tmux, session = actor.tmux, state.tmux_session
+        tmux, session = ctx.tmux, state.tmux_session
         screen = await asyncio.to_thread(tmux.capture, session, AGENT_WINDOW, None, False)
         activity = classify(screen, self.profile)
         said = detail(screen, self.profile, activity) if activity is not None else ""
@@ -250,8 +247,8 @@ class ActivityMonitor:
             self._hold_back(before, change, said, now)
             return
         said = self.debouncer.reported_detail
-        async with actor.lock.step("recording its activity"):
-            if actor.state.lifecycle is not Lifecycle.RUNNING:
+        async with ctx.lock.step("recording its activity"):
+            if ctx.state.lifecycle is not Lifecycle.RUNNING:
                 return
             # A hook spoke while this waited for the lock (`hook_said` has set the debouncer):
             # its word stands.
@@ -260,7 +257,7 @@ class ActivityMonitor:
                 self._hold_back(self.debouncer, change, said, later)
                 return
             try:
-                await actor.execute(c.ObserveActivity(activity=change, detail=said, by="agent"))
+                await ctx.execute(c.ObserveActivity(activity=change, detail=said, by="agent"))
             except FleetError as e:  # e.g. a jump the activity table does not allow
                 log.info("agent %s: activity %s not recorded: %s", state.agent_id, change, e)
 
@@ -304,8 +301,8 @@ class ActivityMonitor:
             if now - self._pane_asked_at < NO_PIDFD_CHECK_S:
                 return False
         self._pane_asked_at = now
-        actor = self.actor
-        dead, cause, pid = await asyncio.to_thread(pane_death, actor.tmux, actor.state.tmux_session)
+        ctx = self.ctx
+        dead, cause, pid = await asyncio.to_thread(pane_death, ctx.tmux, ctx.state.tmux_session)
         if not dead and not (self._pane.watched and pid == self._pane.pid):
             self._pane.watch(pid)  # it runs: watch that process (a respawned pane: a new one)
             self._exited_at = None
@@ -314,11 +311,11 @@ class ActivityMonitor:
             self._exited_at = self._exited_at or now
             if now - self._exited_at < UNREAPED_S:
                 return False
-        cause = await _with_last_words(actor, cause)
-        async with actor.lock.step("recording that the agent window's process ended"):
-            if actor.state.lifecycle in _WATCHED:
-                log.warning("agent %s: %s", actor.state.agent_id, cause)
-                await actor._fail(cause)
+        cause = await _with_last_words(ctx, cause)
+        async with ctx.lock.step("recording that the agent window's process ended"):
+            if ctx.state.lifecycle in _WATCHED:
+                log.warning("agent %s: %s", ctx.state.agent_id, cause)
+                await ctx.fail(cause)
         return True
 
 
@@ -326,7 +323,7 @@ _WATCHED = (Lifecycle.RUNNING, Lifecycle.PAUSED)
 _DEAD_SCREEN_LINES = 80  # the screen (50 rows) and the lines just above it
 
 
-async def _with_last_words(actor: AgentActor, cause: str) -> str:
+async def _with_last_words(ctx: AgentContext, cause: str) -> str:
     """The cause with what the dead pane shows last (remain-on-exit keeps its screen): "the
     assistant exited with status 1: Unable to connect to Anthropic services / ..."."""
     if SESSION_GONE in cause:
@@ -334,7 +331,7 @@ async def _with_last_words(actor: AgentActor, cause: str) -> str:
     try:
         # with the lines above the screen: tmux's "Pane is dead" line scrolls its top away
         screen = await asyncio.to_thread(
-            actor.tmux.capture, actor.state.tmux_session, AGENT_WINDOW, _DEAD_SCREEN_LINES, True
+            ctx.tmux.capture, ctx.state.tmux_session, AGENT_WINDOW, _DEAD_SCREEN_LINES, True
         )
     except (SessionMissing, TmuxFailed):
         return cause
@@ -342,18 +339,18 @@ async def _with_last_words(actor: AgentActor, cause: str) -> str:
     return f"{cause}: {words}" if words else cause
 
 
-async def refuse_dead_pane(actor: AgentActor) -> None:
+async def refuse_dead_pane(ctx: AgentContext) -> None:
     """Before input is typed (the caller holds the agent's lock): a dead agent window is
     recorded as ERROR and the input refused, even before the monitor's next period."""
-    if actor.state.lifecycle is not Lifecycle.RUNNING:
+    if ctx.state.lifecycle is not Lifecycle.RUNNING:
         return  # the decider refuses input outside RUNNING with its own sentence
-    monitor = actor.monitor
+    monitor = ctx.monitor
     if monitor is not None and monitor.pane_seen_alive():
         return
     exited = monitor is not None and monitor.pane_seen_exited()
     deadline = time.monotonic() + UNREAPED_S
     while True:
-        dead, cause, _ = await asyncio.to_thread(pane_death, actor.tmux, actor.state.tmux_session)
+        dead, cause, _ = await asyncio.to_thread(pane_death, ctx.tmux, ctx.state.tmux_session)
         if dead or not exited:
             break
         if time.monotonic() >= deadline:  # exited, and tmux does not say so: dead all the same
@@ -362,6 +359,6 @@ async def refuse_dead_pane(actor: AgentActor) -> None:
         await asyncio.sleep(0.05)  # exited a moment ago: tmux is about to reap it
     if not dead and not exited:
         return
-    cause = await _with_last_words(actor, cause)
-    await actor._fail(cause)
-    raise PaneDead(actor.state.agent_id, cause)
+    cause = await _with_last_words(ctx, cause)
+    await ctx.fail(cause)
+    raise PaneDead(ctx.state.agent_id, cause)

@@ -13,20 +13,18 @@ import logging
 import re
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from nats.errors import NoRespondersError
 
+from actors.agent.context import AgentContext
 from infra.worktree import exclude_untracked
 from schemas import events as e
 from schemas import subjects
 from schemas.errors import RemoteError
 from schemas.ports import LeasePorts, ReleasePorts, env_key, template_leases
 from schemas.templates import decode_spec
-
-if TYPE_CHECKING:
-    from actors.agent import AgentActor
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +34,17 @@ BEGIN, END = "# >>> fleetd ports (generated; rewritten at each start)", "# <<< f
 _BLOCK = re.compile(rf"{re.escape(BEGIN)}\n.*?{re.escape(END)}\n?", re.DOTALL)
 
 
-def _meta(actor: AgentActor) -> dict[str, Any]:
-    from actors.agent import new_id, now
-
-    s = actor.state
-    return {"agent_id": s.agent_id, "event_id": new_id(), "at": now(), "actor": "agent"}
-
-
-async def _request(actor: AgentActor, payload: msgspec.Struct) -> dict[str, Any]:
+async def _request(ctx: AgentContext, payload: msgspec.Struct) -> dict[str, Any]:
     """Ask the ports service of this actor's node (its bind check must happen here), or, where
     none runs (one machine, or a node without its services yet), the fleet-wide one."""
     data = msgspec.json.encode(payload)
     try:
-        if not actor.node:
+        if not ctx.node:
             raise NoRespondersError
-        subject = subjects.node_control("ports", actor.node)
-        msg = await actor.nc.request(subject, data, REQUEST_TIMEOUT_S)
+        subject = subjects.node_control("ports", ctx.node)
+        msg = await ctx.nc.request(subject, data, REQUEST_TIMEOUT_S)
     except NoRespondersError:
-        msg = await actor.nc.request(subjects.control("ports"), data, REQUEST_TIMEOUT_S)
+        msg = await ctx.nc.request(subjects.control("ports"), data, REQUEST_TIMEOUT_S)
     reply: dict[str, Any] = msgspec.json.decode(msg.data)
     if reply.get("ok") is not True:
         error = reply.get("error") or {}
@@ -61,40 +52,40 @@ async def _request(actor: AgentActor, payload: msgspec.Struct) -> dict[str, Any]
     return reply
 
 
-async def lease(actor: AgentActor, worktree: Path) -> None:
+async def lease_ports(ctx: AgentContext, worktree: Path) -> None:
     """Lease the template's ports the state lacks, record them, write the worktree's `.env`."""
-    template = decode_spec(actor.state.template_spec)
+    template = decode_spec(ctx.state.template_spec)
     wanted = template_leases(template) if template else []
-    missing = tuple(n for n in wanted if n not in actor.state.ports)
+    missing = tuple(n for n in wanted if n not in ctx.state.ports)
     if missing:
         try:
-            req = LeasePorts(agent=actor.state.agent_id, names=missing, by="agent")
-            got: dict[str, int] = (await _request(actor, req))["ports"]
+            req = LeasePorts(agent=ctx.state.agent_id, names=missing, by="agent")
+            got: dict[str, int] = (await _request(ctx, req))["ports"]
         except NoRespondersError:
-            log.warning("no ports service answers; agent %s takes free ports", actor.state.agent_id)
+            log.warning("no ports service answers; agent %s takes free ports", ctx.state.agent_id)
             got = {name: _free_port() for name in missing}
         except TimeoutError as err:
             raise RemoteError("timeout", "the ports service did not answer in time") from err
-        await actor.record([e.PortsLeased(ports=got, **_meta(actor))])
+        await ctx.record([e.PortsLeased(ports=got, **ctx.meta())])
     if wanted:
-        ports = {n: actor.state.ports[n] for n in wanted if n in actor.state.ports}
+        ports = {n: ctx.state.ports[n] for n in wanted if n in ctx.state.ports}
         await asyncio.to_thread(write_dotenv, worktree, ports)
 
 
-async def release(actor: AgentActor) -> None:
+async def release_ports(ctx: AgentContext) -> None:
     """Give every lease back (the ports service also does so from the events) and record it."""
-    held = dict(actor.state.ports)
+    held = dict(ctx.state.ports)
     if not held:
         return
     try:
-        await _request(actor, ReleasePorts(agent=actor.state.agent_id, by="agent"))
+        await _request(ctx, ReleasePorts(agent=ctx.state.agent_id, by="agent"))
     except (NoRespondersError, TimeoutError, RemoteError) as err:
         log.warning(
             "agent %s: ports not released now (%s); the ports service will",
-            actor.state.agent_id,
+            ctx.state.agent_id,
             err,
         )
-    await actor.record([e.PortsReleased(ports=held, **_meta(actor))])
+    await ctx.record([e.PortsReleased(ports=held, **ctx.meta())])
 
 
 def _free_port() -> int:

@@ -5,7 +5,7 @@ A stop used to type the quit text into whatever was on screen, and that text bec
 submitted as Claude's OAuth code. So the screen is read first, and each round does only what is
 safe for what it shows:
 
-- at the assistant's prompt (READY), the quit text goes in as a `send` does (actors/keyboard.py):
+- at the assistant's prompt (READY), the quit text goes in as a `send` does (keyboard.py):
   pasted, then Enter on its own, in the same tmux call where the profile allows it (a shell:
   no screen read between) or once the text is on screen (Codex takes text and Enter typed
   together as a paste, and never submits);
@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Iterator
 
-from actors import keyboard
+from actors.agent.keyboard import enter_text
 from infra import pidfd
 from infra.tmux import Tmux
 from schemas.assistants import WAITING, AssistantProfile, classify
@@ -52,7 +52,7 @@ async def quit_assistant(
         activity = classify(screen, profile)
         if activity is Activity.READY and profile.quit_text and not typed:
             typed = True
-            await keyboard.enter_text(
+            await enter_text(
                 tmux, session, WINDOW, profile, profile.quit_text, before=screen, wait_s=ECHO_WAIT_S
             )
             wait = max(deadline - time.monotonic(), 0) / 2  # it quits now, or it did not hear

@@ -2,7 +2,7 @@
 
 It answers `fleet.ctl.spawn`, `list`, `find` and `acquire`, and, for ids no agent serves,
 `fleet.cmd.<id>` with `unknown_agent` (see `_on_command`). It also runs the mail dead-letter
-mover and the relay through which agents send mail and topic messages (actors/mailrelay.py),
+mover and the relay through which agents send mail and topic messages (mailrelay.py),
 since it knows which agents exist. A spawn refused before the agent's log holds anything (a
 repo that is not a git repository) leaves no agent behind: its actor is let go.
 
@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,17 +31,19 @@ import ray
 from nats.aio.msg import Msg
 from ray.exceptions import RayError
 
-from actors import placement
-from actors.agent import AgentActor, AgentConfig, new_id
-from actors.fleetview import FleetView
-from actors.mailrelay import MailRelay
-from actors.templates import resolve_template
+from actors.agent.ids import new_id
+from actors.names import AGENT_PREFIX, SLOT_PREFIX
+from actors.supervisor.config import FleetConfig, agent_actor_class, agent_options, named_actors
+from actors.supervisor.fleetview import FleetView
+from actors.supervisor.mailrelay import MailRelay
+from actors.supervisor.placement import checked, options_of, options_of_spec, started
+from actors.supervisor.templatelookup import resolve_template
 from infra import errorlog, priority, registry
 from infra.deadletters import DeadLetters
 from infra.eventstore import EventStore
 from infra.nats import connect, ensure_streams, replicas_for
 from schemas import replies, subjects
-from schemas.control import ActorView, ListRequest, SpawnRequest
+from schemas.control import ActorView, ListRequest, SpawnRequest, view
 from schemas.discovery import AcquireRequest, FindRequest, RegistryEntry, select
 from schemas.errors import (
     AgentExists,
@@ -57,42 +57,9 @@ from schemas.templates import encode_spec
 
 log = logging.getLogger(__name__)
 
-SUPERVISOR = "fleet:supervisor"
-AGENT_PREFIX = "fleet:agent:"
 # After its connection comes back, the supervisor hands commands to known agents through Ray
 # for this long: their actors reconnect on their own schedule (infra/nats.py backs off).
 SETTLE_S = 20.0
-SLOT_PREFIX = "fleet:slot:"
-
-
-@dataclass(frozen=True)
-class FleetConfig:
-    agent: AgentConfig
-    pool_size: int = 2
-    max_agents: int = 200
-    agent_options: dict[str, Any] = field(default_factory=dict)  # e.g. Ray resources
-
-
-@functools.cache
-def agent_actor_class() -> Any:
-    """The Ray actor class of agents, made once: each `ray.remote(AgentActor)` is a new class
-    that Ray pickles and exports again when its first actor is made, 50-800 ms that blocked the
-    supervisor's event loop at every spawn and pool refill (the reply to the spawn waited)."""
-    return ray.remote(AgentActor)
-
-
-def agent_options(name: str, config: FleetConfig) -> dict[str, Any]:
-    # num_cpus=0: an agent actor waits on I/O; the CPU belongs to the assistant it runs.
-    return {
-        "name": name,
-        "namespace": config.agent.namespace,
-        "lifetime": "detached",
-        "max_restarts": -1,
-        "max_concurrency": 100,
-        "num_cpus": 0,
-        "get_if_exists": True,
-        **config.agent_options,
-    }
 
 
 class Supervisor:
@@ -142,7 +109,7 @@ class Supervisor:
     async def refind(self) -> list[str]:
         """Know every live actor again; give back an actor to each agent the log keeps."""
         namespace = self.config.agent.namespace
-        for name in _named_actors(namespace):
+        for name in named_actors(namespace):
             handle = ray.get_actor(name, namespace=namespace)
             if name.startswith(AGENT_PREFIX):
                 self.actors[name.removeprefix(AGENT_PREFIX)] = handle
@@ -157,13 +124,13 @@ class Supervisor:
                 continue
             state = (await self.store.load(agent_id)).state
             if state.agent_id and state.lifecycle.value != "NEW" and not state.removed:
-                options = placement.options_of_spec(state.template_spec)
+                options = options_of_spec(state.template_spec)
                 self.actors[agent_id] = self._cold(agent_id, options)
         await asyncio.gather(*(a.agent_id.remote() for a in self.actors.values()))
         return sorted(self.actors)
 
     def _cold(self, agent_id: str, placed: dict[str, Any] | None = None) -> Any:
-        """A new actor for the agent; `placed`: its template's Ray options (actors/placement.py)."""
+        """A new actor for the agent; `placed`: its template's Ray options (placement.py)."""
         options = {**agent_options(AGENT_PREFIX + agent_id, self.config), **(placed or {})}
         return agent_actor_class().options(**options).remote(self.config.agent, agent_id)
 
@@ -223,8 +190,8 @@ class Supervisor:
             raise AgentExists(name)
         if len(self.actors) + len(self.reserved) >= self.config.max_agents:
             raise TooManyAgents(self.config.max_agents)
-        placed = placement.options_of(template)
-        await placement.checked(name, placed)
+        placed = options_of(template)
+        await checked(name, placed)
         self.reserved.add(name)
         try:
             actor, pooled = await self._actor_for(name, placed)
@@ -272,7 +239,7 @@ class Supervisor:
         An agent placed by its resources always gets a new actor, made where Ray places it."""
         if placed:
             actor = self._cold(name, placed)
-            await placement.started(actor, name, placed)
+            await started(actor, name, placed)
             return actor, False
         while self.pool:
             handle = self.pool.pop()
@@ -305,8 +272,6 @@ class Supervisor:
             return replies.ok(agents=self.view.views(wanted))
         shown = await asyncio.gather(*(a.show.remote() for a in self.actors.values()))
         if req.removed:
-            from schemas.control import view
-
             for agent_id in await self.store.agents():
                 if agent_id not in self.actors:
                     loaded = await self.store.load(agent_id)
@@ -431,25 +396,3 @@ class Supervisor:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _named_actors(namespace: str) -> list[str]:
-    from ray.util import list_named_actors
-
-    found: list[Any] = list_named_actors(all_namespaces=True)
-    names = [a["name"] for a in found if isinstance(a, dict) and a.get("namespace") == namespace]
-    return [n for n in names if n.startswith((AGENT_PREFIX, SLOT_PREFIX))]
-
-
-def start(config: FleetConfig) -> Any:
-    """Create (or find) the detached supervisor actor; Ray restarts it if its worker dies."""
-    remote: Any = ray.remote(Supervisor)
-    return remote.options(
-        name=SUPERVISOR,
-        namespace=config.agent.namespace,
-        lifetime="detached",
-        max_restarts=-1,
-        max_concurrency=1000,
-        num_cpus=0,
-        get_if_exists=True,
-    ).remote(config)

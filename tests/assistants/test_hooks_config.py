@@ -28,7 +28,7 @@ import pytest
 from aiohttp import web
 from nats.aio.msg import Msg
 
-from actors import assistantconfig
+from actors.agent import assistantconfig
 from infra.nats import connect
 from infra.natsserver import NatsServer
 from infra.tmux import Tmux

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from actors import keyboard
+from actors.agent import keyboard
 from infra import sandbox
 from infra.tmux import Tmux
 from schemas.assistants import BUILTIN, classify

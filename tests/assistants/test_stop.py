@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 
-from actors.quitting import quit_assistant
+from actors.agent.quitting import quit_assistant
 from infra.tmux import Tmux
 from schemas.assistants import BUILTIN, AssistantProfile, classify, detail
 from schemas.states import Activity

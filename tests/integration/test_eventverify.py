@@ -13,7 +13,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from actors.fleetview import FleetView
+from actors.supervisor.fleetview import FleetView
 from infra.eventfollow import LiveCheck, read_stream
 from infra.eventstore import EventStore, Stored
 from infra.nats import connect, ensure_streams

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from nats.aio.client import Client
 
-from actors.fleetview import FleetView
+from actors.supervisor.fleetview import FleetView
 from infra.eventstore import EventStore
 from schemas import commands as c
 from schemas.agent import AgentState, decide, initial

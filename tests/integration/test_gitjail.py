@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from actors import confine
+from actors.agent import confine
 from infra import sandbox, uids
 from infra.gitjail import Jail
 from infra.worktree import Worktrees

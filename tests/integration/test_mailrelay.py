@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy
 from nats.js.errors import APIError
 
-from actors.mailrelay import MailRelay
+from actors.supervisor.mailrelay import MailRelay
 from infra import nats as fleet_nats
 from infra import natsauth
 from infra.mailbox import Mailbox

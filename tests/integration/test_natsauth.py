@@ -24,7 +24,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from actors.mailrelay import MailRelay
+from actors.supervisor.mailrelay import MailRelay
 from infra import natsauth
 from infra.mailbox import Mailbox
 from infra.nats import connect, ensure_streams

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
-from actors.templates import resolve_template
+from actors.supervisor.templatelookup import resolve_template
 from infra.config import FleetState, Settings, now_utc, write_state
 from infra.natsserver import NatsServer
 from schemas import subjects

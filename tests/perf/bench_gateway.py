@@ -90,15 +90,15 @@ class _Remote:
 
 
 class _AgentInProcess:
-    """What the supervisor asks an agent actor for, answered by `AgentActor.show` itself on
+    """What the supervisor asks an agent actor for, answered by `AgentContext.show` itself on
     the agent's state folded from its log (the actor's own state after a rebuild)."""
 
     def __init__(self, agent_id: str, loaded: Loaded) -> None:
-        from actors.agent import AgentActor
+        from actors.agent import AgentContext
 
         self.state, self.position, self.node = loaded.state, loaded.position, "bench"
-        actor: Any = AgentActor
-        self.show = _Remote(lambda: actor.show(self))
+        context: Any = AgentContext
+        self.show = _Remote(lambda: context.show(self))
         self.agent_id = _Remote(lambda: agent_id)
 
 

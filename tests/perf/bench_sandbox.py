@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from actors.confine import FLEETD_ROOT, SYSTEM_READ
+from actors.agent.confine import FLEETD_ROOT, SYSTEM_READ
 from infra import sandbox
 from infra.tmux import confined, pausable
 from tests.perf.common import emit, log, p50

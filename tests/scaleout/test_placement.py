@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from actors import placement
+from actors.supervisor import placement
 from schemas.errors import CannotPlace
 from schemas.templates import Resources, Template, encode_spec
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.confine import tool_roots
+from actors.agent.confine import tool_roots
 from infra import sandbox
 
 

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from actors.agent import BUSY_AFTER_S, BUSY_MAX_S, busy_budget
-from actors.steplock import StepLock
+from actors.agent.envelope import BUSY_AFTER_S, BUSY_MAX_S, busy_budget
+from actors.agent.steplock import StepLock
 from schemas import subjects
 from schemas.errors import AgentBusy
 
