@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.monitor import death_cause
+from actors.agent.monitor import death_cause
 from infra import errorlog, natsauth, natscallout
 from schemas import commands as c
 from schemas import mail as m
