@@ -143,7 +143,7 @@ class Jail:
 
     def _argv(self, text: str, cwd: Path, read: list[str], write: list[str]) -> list[str]:
         command = ["/bin/sh", "-c", text]
-        if not self.namespaces:  # Landlock alone; as fleetd's user (see actors/confine.py)
+        if not self.namespaces:  # Landlock alone; as fleetd's user (see actors/agent/confine.py)
             return sandbox.argv(
                 command, _KEEP, read, [*write, "/dev"], self.landlock, spill=self.spill
             )

@@ -3,8 +3,8 @@
 `Mailbox` is what its users hold: it sends here and reads as a `MailReader` (infra/mailread.py),
 which pulls each priority's consumer by hand (infra/mailpull.py, where the work-queue, pull
 and redelivery facts are written down). The control plane stores mail itself; an agent's
-mailbox (`relay_as`) sends through the relay (actors/mailrelay.py), which checks each message
-and stores it, since an agent's NATS user may not publish mail or topics itself.
+mailbox (`relay_as`) sends through the relay (actors/supervisor/mailrelay.py), which checks each
+message and stores it, since an agent's NATS user may not publish mail or topics itself.
 
 Header `Nats-TTL: <n>s` (stream `allow_msg_ttl`, nats-server 2.11+) makes the server drop the
 message after n seconds; a reader also drops one whose `sent_at + ttl_s` has passed.

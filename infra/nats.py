@@ -11,8 +11,8 @@ Limits that keep the disk (and no acknowledged event is ever dropped for them):
   `discard=old` here: that would delete the oldest history of live agents to make room.
 - FLEET_MAIL: `discard=new` per subject (one agent's mailbox of one priority holds at most
   MAIL_MAX_PER_MAILBOX messages) and in all (MAIL_MAX_BYTES): mail to a full mailbox is
-  refused to its sender with the store's reason (actors/mailrelay.py says so in a sentence),
-  never dropped from a mailbox to make room.
+  refused to its sender with the store's reason (actors/supervisor/mailrelay.py says so in a
+  sentence), never dropped from a mailbox to make room.
 - FLEET_MAIL_DLQ: dead letters (copies of mail no one acknowledged) are bounded by bytes, the
   oldest dropped first: they are already failed deliveries, and the warning that reported
   each one stays in the notifications.

@@ -102,10 +102,10 @@ def agent_permissions(agent_id: str) -> dict[str, Any]:
         ]
     # No `fleet.evt.<a>`: only the agent's actor (the control plane) appends to its log.
     # Mail, answers to mail and topic messages only by the relay, as itself:
-    # actors/mailrelay.py checks each (recipient, priority, size, rate) and stores or sends
-    # it on. No `_INBOX.>`: a reply subject seen in a command would let it forge answers to
+    # actors/supervisor/mailrelay.py checks each (recipient, priority, size, rate) and stores or
+    # sends it on. No `_INBOX.>`: a reply subject seen in a command would let it forge answers to
     # the control plane's requests.
-    # Its assistant's hooks report by a request on its own `fleet.hook.<a>` (actors/monitor.py
+    # Its assistant's hooks report by a request on its own `fleet.hook.<a>` (actors/agent/monitor.py
     # checks each and records what it says; the reply comes to its own inbox).
     publish = [subjects.mail_relay(a), subjects.topic_relay(a), subjects.hook(a)]
     subscribe = [

@@ -8,7 +8,7 @@ published again every `RESEND_S` to the same reply inbox until the first reply a
 
 That is safe because the actor makes copies one command: a copy of a command it is still
 doing waits for that command's outcome, and a copy of one it did is answered `repeated`
-(actors/agent.py), both by the command's `id`; callers send writing commands with an id.
+(actors/agent/actor.py), both by the command's `id`; callers send writing commands with an id.
 """
 
 from __future__ import annotations

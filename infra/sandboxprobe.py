@@ -1,6 +1,6 @@
 """What an agent's sandbox holds on this machine, tried from inside it (`fleet doctor --sandbox`).
 
-Run by the agent's actor through the agent's own sandbox (actors/confine.py, the same argv as
+Run by the agent's actor through the agent's own sandbox (actors/agent/confine.py, the same argv as
 its panes) as `python -S sandboxprobe.py JSON`, where JSON names what the control plane knows
 to be out of reach: a pid of the control plane, the tmux server's socket, the state dir, Ray's
 and the gateway's TCP ports. Stdlib only. It prints one JSON list of

@@ -2,7 +2,7 @@
 
 An assistant that has hooks says itself when it starts working, finishes, or asks a person,
 which its screen shows only as a guess. Each agent's assistant runs `fleet hook` from the
-hooks fleetd installs in the agent's own config dir (actors/assistantconfig.py); `fleet hook`
+hooks fleetd installs in the agent's own config dir (actors/agent/assistantconfig.py); `fleet hook`
 sends a `HookCall` on `fleet.hook.<agent_id>` with the agent's own NATS user, and the agent's
 actor reads it here into a `HookReport` (or refuses it with one sentence) before it records
 anything. The payloads are the assistants' own, as they document them:

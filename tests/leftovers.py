@@ -4,7 +4,7 @@ tmux 3.3 never removes its socket file: not at `kill-server`, not when its last 
 not when it is killed with -9 (as the fault tests do). Each private server a test makes
 (`tmux -L <name>`) would leave a socket in /tmp/tmux-<uid>/ for good. So the run's servers
 live under a TMUX_TMPDIR of its own, set before anything starts: tmux reads it, and so do
-infra/tmux.py (through tmux) and actors/monitor.py (`_server_id`); the session's Ray, started
+infra/tmux.py (through tmux) and actors/agent/monitor.py (`_server_id`); the session's Ray, started
 in this process, hands it to its workers, and each private `fleet up` and its Ray daemon
 inherit it. At the end of the run the folder goes, with every socket in it.
 

@@ -7,7 +7,7 @@ probe calls back only when its verdict changes again. So each (agent, service) h
 delivery task that sends the latest verdict under one command id until a reply says `ok`:
 
 - a retry keeps the id, so an agent that did apply it (only its reply was lost) answers
-  without recording it twice (actors/dedupe.py);
+  without recording it twice (actors/agent/dedupe.py);
 - a newer verdict replaces the task (a new id): the old one is never sent again, and since
   NATS keeps one connection's order and the agent takes commands in arrival order, the agent
   never ends on the older verdict;

@@ -1,6 +1,6 @@
 """Each agent's assistant has a config dir of its own, seeded from the user's, hooked by fleetd.
 
-Two agents' homes are prepared from one user's login (actors/assistantconfig.py); the real
+Two agents' homes are prepared from one user's login (actors/agent/assistantconfig.py); the real
 assistant then runs in a private tmux server with agent A's home and the variables its panes
 get, and its folder-trust dialog is answered. The answer lands in A's config dir only: the
 user's files are byte-identical (every file, not only the ones that record a decision) and

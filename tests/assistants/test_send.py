@@ -5,7 +5,7 @@ real assistant and in a shell (issue 16, "Input that arrives as typed").
 
 Each assistant is started at its prompt as tests/assistants/test_stop.py starts it (a private
 tmux server, a throwaway HOME seeded past its first-run dialogs, `env -i`), and the text goes
-in by the path an agent's `send` takes (actors/keyboard.py with the builtin profile). None is
+in by the path an agent's `send` takes (actors/agent/keyboard.py with the builtin profile). None is
 logged in, so "submitted" is read from what each does with a prompt it cannot answer: the two
 lines shown one under the other as the prompt sent, and after them a reply or a status that
 only a submitted prompt brings (Claude's "Please run /login", Codex's reconnecting or startup

@@ -4,7 +4,7 @@ Each case starts a real assistant (installed by tests/assistants/install.py) in 
 private tmux server, with a throwaway HOME and a fresh git repository, no login and no network:
 the screens a new user's first agent shows. Once the screen reads as expected, every file in
 HOME and the repository is fingerprinted; then the stop does what an agent's stop does
-(actors/quitting.py, then SIGTERM/SIGKILL of what is left and the session closed), and the
+(actors/agent/quitting.py, then SIGTERM/SIGKILL of what is left and the session closed), and the
 files must be byte-identical, and no process of it (the pane's tree, or anything that runs
 with that HOME, such as Codex's background app server) may be left.
 

@@ -1,4 +1,5 @@
-"""The mail and topic relay (actors/mailrelay.py) and the streams' limits, on a real nats-server.
+"""The mail and topic relay (actors/supervisor/mailrelay.py) and the streams' limits, on a real
+nats-server.
 
 The relay runs here as the supervisor runs it, with the agents it knows given by the test; the
 senders are `Mailbox`es with `relay_as`, as inside an agent. Every refusal is a sentence and

@@ -5,12 +5,13 @@ and ~0.4 s each do not fit a 2-core machine next to a test suite). The appends c
 another process, as agent actors' do; the gateway and the WebSocket client share one event loop.
 
 `GET /api/agents` is the gateway asking `fleet.ctl.list`, answered by the real supervisor
-(actors/supervisor.py: its constructor, subscriptions, fleet view and `_list`), run in a process
-of its own. The list is folded from the log (actors/fleetview.py) and asks no actor, so the
-figure is the whole path: HTTP, the gateway, NATS request/reply, the catch-up check against the
-stream, 200 views built and encoded. Only the actor handles are stand-ins (200 Ray actors need
-~8 GB and a minute and a half here): `AgentActor.show` on each agent's folded log answers the
-background "where does it run" refresh, which is off the list's path.
+(actors/supervisor/actor.py: its constructor, subscriptions, fleet view and `_list`), run in a
+process of its own. The list is folded from the log (actors/supervisor/fleetview.py) and asks no
+actor, so the figure is the whole path: HTTP, the gateway, NATS request/reply, the catch-up
+check against the stream, 200 views built and encoded. Only the actor handles are stand-ins (200
+Ray actors need ~8 GB and a minute and a half here): `AgentContext.show` (what `AgentActor.show`
+answers) on each agent's folded log answers the background "where does it run" refresh, which
+is off the list's path.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Group `sandbox`: what an agent's sandbox costs a pane.
 
 `pane_start_ms`: from `tmux new-session` to the pane's shell showing its first prompt, the shell
-started through the agent's sandbox as actors/confine.py builds it (bubblewrap's namespaces,
+started through the agent's sandbox as actors/agent/confine.py builds it (bubblewrap's namespaces,
 the launcher's user switch when run as root, Landlock with TCP rules); the floor is the same
 shell started by tmux with no sandbox, in the same run. The spawn group's `spawn_warm_p50_ms`
 includes all of it for a whole agent (three panes).

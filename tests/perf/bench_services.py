@@ -104,7 +104,7 @@ async def _fleet_restarts(nats_url: str, root: Path, supervisor: Any) -> list[fl
     from actors.agent import AgentConfig
     from actors.supervisor import FleetConfig
 
-    # The agent's panes may write only what the sandbox grants (actors/confine.py): the
+    # The agent's panes may write only what the sandbox grants (actors/agent/confine.py): the
     # stamp goes in a folder of its own that the template grants, as a user's would.
     stamps = root / "stamps"
     stamps.mkdir()

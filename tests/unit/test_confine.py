@@ -1,4 +1,4 @@
-"""What a sandboxed pane may read of the tools on PATH (actors/confine.py `tool_roots`)."""
+"""What a sandboxed pane may read of the tools on PATH (actors/agent/confine.py `tool_roots`)."""
 
 from __future__ import annotations
 
