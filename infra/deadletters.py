@@ -11,6 +11,7 @@ carries `Nats-Msg-Id: dead-<seq>`, so a mover that runs twice stores it once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import msgspec
@@ -77,10 +78,8 @@ class DeadLetters:
         ack = await self.js.publish(subjects.dead_mail(agent_id, priority), data, headers=headers)
         await self.js.delete_msg(subjects.MAIL_STREAM, seq)
         sender = ""
-        try:
+        with contextlib.suppress(FleetError):  # an unreadable message is dead-lettered all the same
             sender = m.decode(data).from_
-        except FleetError:
-            pass  # an unreadable message is dead-lettered all the same
         notice = m.DeadLetterNotice(
             agent_id=agent_id,
             priority=priority,

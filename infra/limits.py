@@ -13,6 +13,7 @@ agent's current tree in. Going over a limit is reported by `check` as `Exceeded`
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -113,9 +114,12 @@ class Limits:
             return []
         r, found = agent.resources, []
         lifetime = time.monotonic() - agent.started
-        if r.max_lifetime_s is not None and lifetime > r.max_lifetime_s:
-            if _first(agent, "lifetime_s"):
-                found.append(Exceeded("lifetime_s", r.max_lifetime_s, lifetime, "watchdog"))
+        if (
+            r.max_lifetime_s is not None
+            and lifetime > r.max_lifetime_s
+            and _first(agent, "lifetime_s")
+        ):
+            found.append(Exceeded("lifetime_s", r.max_lifetime_s, lifetime, "watchdog"))
         if self.backend == "rlimit":
             return found + self._watch(agent, list(pids))
         return found + self._counters(agent_id, agent)
@@ -211,16 +215,12 @@ def _first(agent: _Agent, name: str) -> bool:
     return True
 
 
-_default: Limits | None = None
-
-
+@functools.cache
 def default() -> Limits:
     """The process-wide `Limits` (detection runs once)."""
-    global _default
-    if _default is None:
-        _default = Limits()
-        log.info("resource limits: %s", _default.support.why)
-    return _default
+    limits = Limits()
+    log.info("resource limits: %s", limits.support.why)
+    return limits
 
 
 def apply(agent_id: str, pids: Iterable[int], resources: Resources) -> str:

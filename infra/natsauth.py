@@ -173,7 +173,7 @@ def without_userinfo(url: str) -> str:
 
 def userinfo_of(url: str) -> Credential | None:
     """The user and password in (the first of) `url`, if it holds any."""
-    parts = urlsplit(url.split(",")[0].strip())
+    parts = urlsplit(url.split(",", 1)[0].strip())
     if parts.username is None:
         return None
     return Credential(user=unquote(parts.username), password=unquote(parts.password or ""))

@@ -166,7 +166,7 @@ class NatsServer:
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 close_fds=True,
-                preexec_fn=natsorphan.die_with_parent(),  # one libc call, then exec
+                preexec_fn=natsorphan.die_with_parent(),  # noqa: PLW1509 (one libc call, then exec)
             )
         try:
             self.port = self._wait_ready(self._proc)

@@ -13,6 +13,7 @@ tests/perf/bench_services.py), which matters with a thousand services on half a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import re
@@ -215,10 +216,8 @@ async def run_exec(
     try:
         code = await proc.wait()
     except BaseException:  # the timeout (a cancellation) or our own end: leave nothing behind
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         await asyncio.shield(proc.wait())
         raise
     return code == spec.expect_exit, f"exit {code}"

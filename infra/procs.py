@@ -14,6 +14,7 @@ a tree waits on a pidfd per process, so a shell that exits at once is seen gone 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -336,10 +337,8 @@ def _merge(first: list[psutil.Process], more: list[psutil.Process]) -> list[psut
 
 def _send(processes: Iterable[psutil.Process], sig: int) -> None:
     for proc in processes:
-        try:
+        with contextlib.suppress(*_GONE):  # already exited: exactly what we wanted
             proc.send_signal(sig)  # checks the pid still names the same process
-        except _GONE:
-            pass  # already exited: exactly what we wanted
 
 
 def _alive(proc: psutil.Process) -> bool:
@@ -361,10 +360,8 @@ def _wait_gone(processes: list[psutil.Process], timeout: float) -> list[psutil.P
     deadline = time.monotonic() + timeout
     alive = [p for p in processes if _alive(p)]
     if alive and timeout > 0:
-        try:
+        with contextlib.suppress(OSError):  # no pidfds (an old kernel, a seccomp filter): poll
             _wait_exits(alive, deadline)
-        except OSError:  # no pidfds here (an old kernel, a seccomp filter): poll instead
-            pass
     delay = 0.002
     while True:
         alive = [p for p in alive if _alive(p)]

@@ -277,7 +277,7 @@ def _try_namespaces() -> bool:
         return False
     args = [binary, *_private_args(os.geteuid() == 0), "--ro-bind", "/", "/", "--", "/bin/true"]
     try:
-        return subprocess.run(args, capture_output=True, timeout=30).returncode == 0
+        return subprocess.run(args, capture_output=True, timeout=30, check=False).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 

@@ -8,6 +8,8 @@ like the rest of the state dir.
 
 from __future__ import annotations
 
+import contextlib
+
 import msgspec
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StorageType
@@ -48,7 +50,5 @@ async def get(nc: Client, agent_id: str) -> AgentSecrets | None:
 
 async def delete(nc: Client, agent_id: str) -> None:
     kv = await _bucket(nc)
-    try:
+    with contextlib.suppress(KeyNotFoundError):
         await kv.purge(token(agent_id))
-    except KeyNotFoundError:
-        pass

@@ -281,7 +281,7 @@ class PaneTerminal:
             return await asyncio.wait_for(answer, ANSWER_TIMEOUT_S)
         except TimeoutError:
             raise TmuxFailed(
-                "answer for", self.session, f"no answer to {line.split()[0]}"
+                "answer for", self.session, f"no answer to {line.split(maxsplit=1)[0]}"
             ) from None
 
     def _gone(self) -> TmuxFailed:

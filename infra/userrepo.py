@@ -73,8 +73,8 @@ def borrowed_objects(common: str | Path) -> list[str]:
             continue
         found.append(str(objects))
         with contextlib.suppress(OSError):
-            for line in (objects / "info" / "alternates").read_text().splitlines():
-                line = line.strip()
+            for raw in (objects / "info" / "alternates").read_text().splitlines():
+                line = raw.strip()
                 if line and not line.startswith("#"):
                     more = Path(line)
                     todo.append(more if more.is_absolute() else (objects / more).resolve())
