@@ -7,6 +7,7 @@ dead pane, killed by the test (not by the agent: that would test nothing of dete
 - Through the relay: mail to an agent that does not exist, an oversized message, and floods of
   mail and topic messages are refused with a sentence; what is stored is the sender's own,
   within its rate.
+- A flood of hook calls on the agent's own `fleet.hook.<id>` is cut by its actor's bucket.
 - Another agent's agent window process is killed with SIGKILL: the fleet records ERROR with
   the signal, and `send` to it is refused with a sentence.
 """
@@ -24,6 +25,7 @@ import psutil
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from infra.eventstore import EventStore
 from infra.mailbox import Mailbox
 from infra.tmux import Tmux
 from schemas import mail as m
@@ -183,3 +185,65 @@ async def test_input_right_after_the_pane_died_is_refused(
     assert refused["error"]["code"] in ("pane_dead", "invalid_transition"), refused
     shown = (await command(nc, "dp2", "show"))["agent"]
     assert shown["lifecycle"] == "ERROR" and "killed by signal 9" in shown["reason"], shown
+
+
+HOOK_RATE, HOOK_BURST = 20.0, 60.0  # actors/agent/hookcalls.py: calls a second, and at once
+HOOK_FLOOD = r"""
+import asyncio, json, os, time
+import nats
+from infra import natsauth
+
+
+async def main():
+    cred = natsauth.read_credential(os.environ["FLEET_NATS_CREDS"])
+    me = os.environ["FLEET_AGENT_ID"]
+    url = natsauth.with_credential(os.environ["FLEET_NATS_URL"], cred)
+    nc = await nats.connect(url, inbox_prefix=cred.inbox_prefix, allow_reconnect=False)
+    call = json.dumps({{"assistant": "claude-code", "agent_id": me,
+                       "payload": {{"hook_event_name": "UserPromptSubmit"}}}}).encode()
+
+    async def one():
+        try:
+            msg = await nc.request("{subject}", call, timeout=60)
+        except Exception as e:
+            return type(e).__name__
+        reply = json.loads(msg.data)
+        return "ok" if reply.get("ok") else reply["error"]["code"]
+
+    started = time.monotonic()
+    codes = await asyncio.gather(*(one() for _ in range({count})))
+    print("RESULT " + json.dumps({{"codes": codes, "took_s": time.monotonic() - started}}))
+    await nc.close()
+
+
+asyncio.run(main())
+"""
+
+
+async def test_an_agent_cannot_flood_its_actor_with_hook_calls(
+    auth_fleet: AuthFleet, control: Client, repo: Path
+) -> None:
+    """`fleet.hook.<self>` is the one subject an agent's user may send its actor reports on;
+    its actor takes them at a bounded rate (actors/agent/hookcalls.py), so a flood from the pane
+    neither grows the log nor costs the actor more than its bucket."""
+    fleet = auth_fleet.fleet
+    assert (await spawn(control, str(repo), "hf1"))["ok"]
+    env = pane_env(fleet, "fleet-hf1")
+    before = len(await EventStore(control).read("hf1"))
+    count = int(HOOK_BURST) * 4
+    script = Path(env["FLEET_WORKTREE"]) / ".hooks.py"
+    script.write_text(HOOK_FLOOD.format(subject=subjects.hook("hf1"), count=count))
+    ran = await in_pane(control, "hf1", env["FLEET_WORKTREE"], f"{sys.executable} {script}", 180)
+    line = [ln for ln in ran.output.splitlines() if ln.startswith("RESULT ")]
+    assert ran.status == 0 and line, ran.output
+    out = json.loads(line[-1].removeprefix("RESULT "))
+    codes = out["codes"]
+    limited = codes.count("rate_limited")
+    assert limited > 0, codes  # the bucket cut the flood
+    let_in = count - limited
+    assert let_in <= HOOK_BURST + HOOK_RATE * out["took_s"] + 1, (let_in, out["took_s"], codes)
+    assert set(codes) - {"rate_limited"}, codes  # and what it let in was answered
+    # Typing the script is the pane's only mark on the log: no hook call of a shell agent
+    # is recorded, flood or not.
+    after = await EventStore(control).read("hf1")
+    assert not [r for r in after[before:] if getattr(r.event, "source", "") == "hook"], after
