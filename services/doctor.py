@@ -30,7 +30,7 @@ from infra.nats import connect
 from schemas.agent import AgentState
 from schemas.errors import FleetError, SessionMissing
 from schemas.states import LIVE
-from services.client import nats_url
+from services.cli.client import nats_url
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def _rows(found: list[Finding], with_action: bool) -> list[list[str]]:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """List orphans: tmux sessions, worktrees and branches with no live agent."""
-    from services.cli_agents import table
+    from services.cli.agents import table
 
     settings = Settings.from_env()
     found, agents = diagnose(settings)
@@ -213,7 +213,7 @@ def gc_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     """Remove what `fleet doctor` lists, saving any work to a ref first."""
-    from services.cli_agents import table
+    from services.cli.agents import table
 
     settings = Settings.from_env()
     found, _ = diagnose(settings)

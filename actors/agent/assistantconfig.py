@@ -20,7 +20,7 @@ set, else the default place: ~/.claude and ~/.claude.json, ~/.codex, ~/.gemini),
 nothing is ever written back. The hooks are fleetd's and written at every start of the
 session, so a hook an agent removed is back, and the user's own hooks (copied with the
 settings) are left as they were. Every hook runs `fleet hook <assistant>`
-(services/cli_hook.py), which tells the agent's actor with the agent's own NATS user.
+(services/cli/hook.py), which tells the agent's actor with the agent's own NATS user.
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ OWN_VARIABLES = ("CLAUDE_CONFIG_DIR", "CODEX_HOME", "GEMINI_CLI_HOME")
 
 def hook_argv(assistant: str) -> list[str]:
     """The command an assistant's hook runs: this Python's `fleet hook <assistant>`, by its
-    lighter entry (services/cli_hook.py; the `fleet` script may not be on the pane's PATH,
+    lighter entry (services/cli/hook.py; the `fleet` script may not be on the pane's PATH,
     the interpreter and fleetd are readable there)."""
-    return [sys.executable, "-m", "services.cli_hook", assistant]
+    return [sys.executable, "-m", "services.cli.hook", assistant]
 
 
 def variables(profile: str, home: Path) -> dict[str, str]:
@@ -164,7 +164,7 @@ def _is_ours(group: object) -> bool:
     )
 
 
-_MARKS = ("-m services.cli_hook ", "-m services.cli hook ")  # its entry now, and before
+_MARKS = ("-m services.cli.hook ", "-m services.cli_hook ", "-m services.cli hook ")  # now, before
 
 
 def _inside(home: Path, path: Path) -> bool:

@@ -54,7 +54,7 @@ async def test_a_killed_nats_server_loses_no_acknowledged_write(
 
         after = fleet_state(up_env)
         assert after["nats_url"] == state["nats_url"]  # the same port and store
-        # As fleet's own clients ask (services/client.py): with an id, sent again while the
+        # As fleet's own clients ask (services/cli/client.py): with an id, sent again while the
         # agent's actor may still be reconnecting (the first copy can reach only the
         # supervisor's silent fallback; infra/resend.py), answered once.
         sent = b'{"type": "send", "text": "echo still here", "id": "after-restart"}'

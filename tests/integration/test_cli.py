@@ -44,7 +44,7 @@ from schemas import subjects
 from schemas.agent import decide, initial
 from schemas.chain import Position
 from schemas.control import AgentView
-from services.cli_agents import new_lines, table
+from services.cli.agents import new_lines, table
 from tests.fleetcli import GUARD_S, REPO, fleet_cli
 from tests.integration.conftest import wait_until
 
@@ -266,7 +266,7 @@ async def test_ls_and_attach_print(up: dict[str, str], nc: Client) -> None:
     assert json.loads((await arun(up, "ls", "--json")).out) == [AGENT]
     result = await arun(up, "attach", "r1", "--print", "--readonly")
     assert result.status == 0 and result.out.strip() == " ".join(argv)
-    assert seen[0] == {"removed": True, "by": f"user:{user()}"}
+    assert seen[0] == {"removed": True, "by": f"user:{user()}", "id": ""}
     assert seen[2] == {"type": "attach", "by": f"user:{user()}", "user": user(), "readonly": True}
 
 

@@ -1,7 +1,7 @@
 """Group `assistants`: how soon an agent's log has what its assistant said, by hook or screen.
 
 `hook_to_event_p50_ms`: from a hook call's request on `fleet.hook.<agent>` (the bytes `fleet
-hook` sends, made by services/cli_hook.py) to its ActivityChanged stored in the agent's log
+hook` sends, made by services/cli/hook.py) to its ActivityChanged stored in the agent's log
 (seen on `fleet.evt.<agent>`), for a real agent actor whose hooks alternate Claude Code's
 UserPromptSubmit and Stop. Floor: a thin raw client's NATS request to a responder that does
 one JetStream publish into FLEET_EVENTS and answers, in the same run. The whole `fleet hook`
@@ -36,7 +36,7 @@ from schemas import events as e
 from schemas import subjects
 from schemas.assistants import BUILTIN, classify
 from schemas.states import Activity
-from services.cli_hook import hook_call
+from services.cli.hook import hook_call
 from tests.perf.common import emit, git_repo, log, nats_and_ray, p50
 
 HOOKS, SCREENS, CLI_RUNS = 60, 10, 8

@@ -47,11 +47,16 @@ from nats.js.errors import NotFoundError
 from infra.config import Settings
 from infra.eventstore import EventStore
 from infra.mailbox import Mailbox
+from schemas import commands as c
 from schemas import events as e
 from schemas import mail as m
 from schemas import subjects
+from schemas.control import ListRequest, SpawnRequest
 from schemas.errors import FleetError, RemoteError
-from services.client import FleetClient, open_client
+from schemas.replies import Reply
+from schemas.templates import ApplyTemplate
+from schemas.wire import AgentReply, AgentsReply
+from services.cli.client import FleetClient, open_client
 from tests.perf.common import emit, git_repo, log
 from tests.perf.plane import Plane, Uss
 
@@ -117,9 +122,9 @@ async def spawn_all(client: FleetClient, repo: Path, names: list[str]) -> list[s
 
     async def one(name: str) -> str | None:
         async with gate:
-            req = {"repo": str(repo), "name": name, "template": "load"}
+            req = SpawnRequest(repo=str(repo), name=name, template="load")
             try:
-                await client.control("spawn", req, timeout=300)
+                await client.control("spawn", req, AgentReply, timeout=300)
             except FleetError as err:
                 log(f"load: spawn of {name} refused: {err}")
                 return None
@@ -134,7 +139,7 @@ async def commands(client: FleetClient, names: list[str], tally: Tally, n: int) 
     text = f"echo load-{n}"
     started = time.perf_counter()
     try:
-        await client.command(agent, "send", CMD_TIMEOUT_S, text=text)
+        await client.command(agent, c.Send(text=text), Reply, CMD_TIMEOUT_S)
     except RemoteError as err:
         if err.code == "timeout":
             tally.unanswered.append(f"send {agent}: {err}")
@@ -229,13 +234,15 @@ async def all_running(client: FleetClient, count: int) -> bool:
     """Every agent listed RUNNING, and each one's actor answering a command itself (a listing
     alone may come from the supervisor's view of the log)."""
     try:
-        agents = (await client.control("list", {}, timeout=60))["agents"]
-        if len(agents) < count or any(a["lifecycle"] != "RUNNING" for a in agents):
+        agents = (await client.control("list", ListRequest(), AgentsReply, timeout=60)).agents
+        if len(agents) < count or any(a.lifecycle != "RUNNING" for a in agents):
             return False
-        shown = await asyncio.gather(*(client.command(a["id"], "show", 30) for a in agents))
+        shown = await asyncio.gather(
+            *(client.command(a.id, c.Show(), AgentReply, 30) for a in agents)
+        )
     except FleetError:
         return False
-    return all(s["agent"]["lifecycle"] == "RUNNING" for s in shown)
+    return all(s.agent.lifecycle == "RUNNING" for s in shown)
 
 
 async def idle_cpu(plane: Plane, seconds: float) -> float:
@@ -326,7 +333,8 @@ async def run(root: Path, count: int, seconds: float) -> None:
         plane.base_uss = await asyncio.to_thread(plane.uss)
         names = [f"l{i:03d}" for i in range(count)]
         async with open_client(Settings.from_env(plane.env)) as client:
-            await client.control("templates", {"op": "apply", "source": TEMPLATE, "file": "load"})
+            applied = ApplyTemplate(source=TEMPLATE, file="load")
+            await client.control("templates", applied, Reply)
             t = time.perf_counter()
             names = await spawn_all(client, make_repo(root), names)
             log(f"load: {len(names)} of {count} agents spawned in {time.perf_counter() - t:.1f} s")

@@ -22,7 +22,9 @@ from typing import Any
 import pytest
 
 from infra.config import Settings
-from services.client import open_client
+from schemas.ports import ListLeases
+from schemas.wire import Fields
+from services.cli.client import open_client
 from tests.fleetcli import REPO, fleet_cli, private_up
 
 TEMPLATE = """\
@@ -90,7 +92,8 @@ def node_with(cluster: dict[str, Any], resource: str) -> str:
 
 async def leases(env: dict[str, str]) -> list[dict[str, Any]]:
     async with open_client(Settings.from_env(env)) as client:
-        found: list[dict[str, Any]] = (await client.control("ports", {"op": "ls"}))["leases"]
+        reply = await client.control("ports", ListLeases(), Fields)
+        found: list[dict[str, Any]] = reply["leases"]
         return found
 
 

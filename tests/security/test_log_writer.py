@@ -36,9 +36,9 @@ from schemas import events as e
 from schemas import subjects
 from schemas.chain import Position, Snapshot, event_hash
 from schemas.states import Activity
-from services import cli_live
 from services import notifier as n
-from services.client import open_client
+from services.cli import live as cli_live
+from services.cli.client import open_client
 from tests.fleet.gateway_fixtures import run_gateway
 from tests.fleet.health_fixtures import FAST, running_health
 from tests.fleet.helpers import command, spawn, until

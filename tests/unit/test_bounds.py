@@ -15,9 +15,12 @@ from infra import errorlog, natsauth, natscallout
 from schemas import commands as c
 from schemas import mail as m
 from schemas import replies, subjects
+from schemas.control import ListRequest
 from schemas.errors import BadRequest, InvalidName, PayloadTooLarge, UnknownVerb
+from schemas.replies import Reply
 from services import cli
-from services.client import FleetClient
+from services.cli import inbox
+from services.cli.client import FleetClient
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,7 +101,7 @@ def test_which_control_subjects_something_serves(subject: str, served: bool) -> 
 async def test_the_fleet_client_refuses_an_unknown_verb_before_sending_it() -> None:
     client = FleetClient(None)  # type: ignore[arg-type]  # nothing may be sent
     with pytest.raises(UnknownVerb, match=r"'fleet\.ctl\.bogus': the control verbs are spawn"):
-        await client.control("bogus", {})
+        await client.control("bogus", ListRequest(), Reply)
 
 
 # -- a dead pane, in words ---------------------------------------------------------------------
@@ -198,7 +201,7 @@ def test_a_bug_with_json_names_its_id_and_the_log_holds_its_traceback(
     def broken() -> object:
         raise RuntimeError("a bug in a command")
 
-    monkeypatch.setattr(cli.mail, "json_schemas", broken)
+    monkeypatch.setattr(inbox, "json_schemas", broken)
     status = cli.main(["schema", "--json"])
     assert status == cli.EXIT_BUG
     reply = json.loads(capsys.readouterr().out)

@@ -14,9 +14,8 @@ from schemas.agent import ServiceState
 from schemas.control import AgentView
 from schemas.health import Observation, Sample
 from schemas.states import Activity, Lifecycle
-from services import cli_live as live
-from services import cli_top as top
-from services.cli_progress import Progress, step
+from services.cli import live, top
+from services.cli.progress import Progress, step
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 

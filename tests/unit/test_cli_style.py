@@ -8,7 +8,7 @@ from typing import TextIO
 
 import pytest
 
-from services import cli_style as style
+from services.cli import style
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

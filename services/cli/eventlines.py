@@ -21,13 +21,14 @@ from nats.aio.msg import Msg
 
 from infra import fleetkey
 from infra.config import Settings
-from infra.eventstore import EventStore, Stored
+from infra.eventscan import Stored
+from infra.eventstore import EventStore
 from infra.nats import connect
 from schemas import events as e
 from schemas import subjects
 from schemas.errors import UnknownAgent
 from schemas.eventcheck import Refusal
-from services.client import nats_url
+from services.cli.client import nats_url
 
 FOLLOW_RECHECK_S = 2.0  # re-read even without a wake-up, in case one was lost
 

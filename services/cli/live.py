@@ -16,7 +16,7 @@ and the last one is printed on the normal screen at Ctrl-C, which exits 0. Elsew
 frame that differs from the previous one is printed, followed by a blank line. `--interval`
 is the least time between two frames; changes in between are drawn together.
 
-This is the engine and `ls --watch`; `top`'s rows and table are in services/cli_top.py.
+This is the engine and `ls --watch`; `top`'s rows and table are in services/cli/top.py.
 """
 
 from __future__ import annotations
@@ -40,13 +40,14 @@ from infra.eventscan import EventReader
 from schemas import events as e
 from schemas import subjects
 from schemas.agent import AgentState, evolve, initial
-from schemas.control import AgentView, state_of
+from schemas.control import AgentView, ListRequest, state_of
 from schemas.errors import FleetError, RemoteError
 from schemas.eventcheck import Refusal
-from schemas.health import Observation, Sample
+from schemas.health import HealthRequest, Observation, Sample
 from schemas.states import LIVE
-from services import cli_style as style
-from services.client import FleetClient, open_client
+from schemas.wire import AgentsReply, Fields
+from services.cli import style
+from services.cli.client import FleetClient, open_client
 
 ALIVE_CHECK_S = 1.0  # how often a quiet live view checks that its connection is still there
 HEALTH_TIMEOUT_S = 2.0  # a node's health service answers only for its own agents
@@ -184,17 +185,17 @@ async def follow(client: FleetClient, fleet: LiveFleet, *, health: bool) -> list
 
 
 async def load(client: FleetClient, fleet: LiveFleet, *, health: bool) -> None:
-    reply = await client.control("list", {"removed": fleet.include_removed})
-    fleet.load(msgspec.convert(reply.get("agents", []), list[AgentView]))
+    reply = await client.control("list", ListRequest(removed=fleet.include_removed), AgentsReply)
+    fleet.load(reply.agents)
     if health:
         await asyncio.gather(*(_last_sample(client, fleet, a) for a in list(fleet.states)))
 
 
 async def _last_sample(client: FleetClient, fleet: LiveFleet, agent_id: str) -> None:
     """The health service's latest sample of one agent, if it has one and answers in time."""
-    payload = {"agent": agent_id, "limit": 1, "kind": "sample"}
+    req = HealthRequest(agent=agent_id, limit=1, kind="sample")
     try:
-        reply = await client.control("health", payload, timeout=HEALTH_TIMEOUT_S)
+        reply = await client.control("health", req, Fields, timeout=HEALTH_TIMEOUT_S)
     except RemoteError:
         return  # no health service, not this node's agent, or not sampled yet: shown as "-"
     for row in reply.get("history") or []:

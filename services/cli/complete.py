@@ -18,8 +18,10 @@ from typing import Any
 
 import argcomplete
 
+from schemas.control import ListRequest
 from schemas.errors import FleetError
-from services.client import open_client
+from schemas.wire import AgentsReply
+from services.cli.client import open_client
 
 SHELLS = ("bash", "zsh", "fish")
 HIDDEN = "__complete-agents"
@@ -61,8 +63,8 @@ def agent_ids(prefix: str = "") -> list[str]:
 
 async def _list() -> list[str]:
     async with open_client() as client:
-        reply = await client.control("list", {}, timeout=LIST_TIMEOUT_S)
-    return [str(a.get("id")) for a in reply.get("agents") or [] if isinstance(a, dict)]
+        reply = await client.control("list", ListRequest(), AgentsReply, LIST_TIMEOUT_S)
+    return [a.id for a in reply.agents]
 
 
 def _complete_agent(prefix: str, **_: Any) -> list[str]:

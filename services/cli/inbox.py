@@ -29,7 +29,7 @@ from schemas import subjects
 from schemas.errors import FleetError
 from schemas.mail import InboxItem, MailMessage
 from schemas.wire import json_schemas
-from services.client import open_client, user_name
+from services.cli.client import open_client, user_name
 
 MAILBOX_FILE = Path(".fleet") / "inbox.jsonl"
 

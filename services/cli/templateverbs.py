@@ -9,14 +9,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from schemas import subjects
 from schemas.errors import FleetError
-from services.cli_agents import table
-from services.client import COMMAND_TIMEOUT_S, by, open_client
+from schemas.templates import (
+    ApplyTemplate,
+    DiffTemplate,
+    ListTemplates,
+    ShowTemplate,
+    TemplateOp,
+)
+from schemas.wire import Fields
+from services.cli.agents import table
+from services.cli.client import COMMAND_TIMEOUT_S, open_client, with_by
 
 NOBODY = "no templates service answers; is `fleet up` running?"
 
@@ -50,7 +57,7 @@ def cmd_template(args: argparse.Namespace) -> int:
     return 0
 
 
-def _payload(args: argparse.Namespace) -> dict[str, Any]:
+def _payload(args: argparse.Namespace) -> TemplateOp:
     match args.action:
         case "apply":
             path = Path(args.file)
@@ -58,26 +65,26 @@ def _payload(args: argparse.Namespace) -> dict[str, Any]:
                 source = path.read_text()
             except OSError as e:
                 raise FleetError(f"cannot read template {path}: {e.strerror or e}") from e
-            return {"op": "apply", "source": source, "file": path.name}
+            return ApplyTemplate(source=source, file=path.name)
         case "ls":
-            return {"op": "ls"}
+            return ListTemplates()
         case "show":
-            return {"op": "show", "name": args.name, "version": args.version}
+            return ShowTemplate(name=args.name, version=args.version)
         case _:
             if len(args.versions) not in (0, 2):
                 raise FleetError("diff takes no versions (the last change) or two: V1 V2")
             v1, v2 = args.versions or (0, 0)
-            return {"op": "diff", "name": args.name, "v1": v1, "v2": v2}
+            return DiffTemplate(name=args.name, v1=v1, v2=v2)
 
 
-async def _request(payload: dict[str, Any]) -> dict[str, Any]:
+async def _request(op: TemplateOp) -> Fields:
     async with open_client() as client:
         subject = subjects.control("templates")
-        body = {**payload, "by": by()}
-        return await client.request(subject, body, COMMAND_TIMEOUT_S, nobody=NOBODY)
+        sent = with_by(op)
+        return await client.request(subject, sent, Fields, COMMAND_TIMEOUT_S, nobody=NOBODY)
 
 
-def _text(action: str, reply: dict[str, Any]) -> str:
+def _text(action: str, reply: Fields) -> str:
     match action:
         case "apply":
             what = "stored as" if reply["changed"] else "unchanged, still"

@@ -8,7 +8,9 @@ from typing import Any
 
 import msgspec
 
-from services.client import open_client
+from schemas.health import HealthRequest
+from schemas.wire import Fields
+from services.cli.client import open_client
 
 
 def health_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,10 +31,10 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _fetch(agent: str, limit: int, kind: str) -> dict[str, Any]:
+async def _fetch(agent: str, limit: int, kind: str) -> Fields:
     async with open_client() as client:
-        payload = {"agent": agent, "limit": limit, "kind": kind}
-        return await client.control("health", payload)
+        req = HealthRequest(agent=agent, limit=limit, kind=kind)
+        return await client.control("health", req, Fields)
 
 
 def describe(r: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
-"""The CLI's side of the wire: one NATS connection found through the state file, JSON requests.
+"""The CLI's side of the wire: one NATS connection found through the state file, requests
+that are command or request Structs (msgspec JSON), replies decoded as reply Structs.
 
-Every reply has the shape of `schemas.replies`; an error reply becomes a `RemoteError` with
-the code and the sentence the responder wrote, so the CLI prints it as is. NATS facts used:
+Every reply is read by `schemas.replies.decode_reply`: an error reply becomes a `RemoteError`
+with the code and the sentence the responder wrote, so the CLI prints it as is. NATS facts used:
 a request with no subscriber on its subject fails at once with "no responders" (the server
 answers with a 503 status), rather than waiting for the timeout.
 """
@@ -13,7 +14,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TypeVar
 
 import msgspec
 from nats.aio.client import Client
@@ -24,7 +25,9 @@ from infra.config import Settings, read_state
 from infra.nats import connect
 from infra.resend import request as resend_request
 from schemas import subjects
+from schemas.commands import AgentCommand
 from schemas.errors import NotRunning, RemoteError, UnknownVerb
+from schemas.replies import decode_reply
 
 SPAWN_TIMEOUT_S = 60.0  # a cold spawn starts a Ray worker, a worktree and a tmux session
 STOP_TIMEOUT_S = 30.0  # polite quit, then SIGTERM, then SIGKILL, each with a timeout
@@ -33,6 +36,8 @@ COMMAND_TIMEOUT_S = 10.0
 
 _encode = msgspec.json.Encoder().encode
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+R = TypeVar("R")
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 def user_name() -> str:
@@ -84,13 +89,14 @@ class FleetClient:
     async def request(
         self,
         subject: str,
-        payload: dict[str, Any],
+        payload: msgspec.Struct,
+        kind: type[R],
         timeout: float,
         *,
         nobody: str = "",
         resend: bool = False,
-    ) -> dict[str, Any]:
-        """Send `payload` as JSON and return the decoded success reply.
+    ) -> R:
+        """Send `payload` (a request or command Struct) and return the success reply as `kind`.
 
         `nobody` is the sentence for "no responders" (default: names the subject). With
         `resend` (an agent command with an id) the request is sent again while unanswered,
@@ -110,32 +116,21 @@ class FleetClient:
             raise RemoteError(
                 "timeout", f"no reply on {subject} within {timeout:.0f} s; it may still finish"
             ) from e
-        try:
-            reply = msgspec.json.decode(msg.data)
-        except msgspec.DecodeError as e:
-            raise RemoteError("bad_reply", f"the reply on {subject} is not JSON: {e}") from e
-        if not isinstance(reply, dict):
-            raise RemoteError("bad_reply", f"the reply on {subject} is not a JSON object")
-        if reply.get("ok") is not True:
-            error = reply.get("error") or {}
-            raise RemoteError(
-                str(error.get("code") or "error"),
-                str(error.get("message") or f"the reply on {subject} says it failed"),
-            )
-        return reply
+        return decode_reply(msg.data, kind, f"the reply on {subject}")
 
     async def command(
-        self, agent_id: str, type_: str, timeout: float = COMMAND_TIMEOUT_S, **fields: Any
-    ) -> dict[str, Any]:
-        """One command to one agent; an agent with no actor answering is one sentence."""
+        self, agent_id: str, cmd: AgentCommand, kind: type[R], timeout: float = COMMAND_TIMEOUT_S
+    ) -> R:
+        """One command to one agent, sent with a fresh id and who asked (unless it has them);
+        an agent with no actor answering is one sentence."""
         subject = subjects.command(agent_id)
         nobody = f"there is no running agent {agent_id!r} (fleet ls lists agents)"
-        payload = {"type": type_, "by": by(), "id": uuid.uuid4().hex, **fields}
-        return await self.request(subject, payload, timeout, nobody=nobody, resend=True)
+        sent = msgspec.structs.replace(cmd, id=cmd.id or uuid.uuid4().hex, by=cmd.by or by())
+        return await self.request(subject, sent, kind, timeout, nobody=nobody, resend=True)
 
     async def control(
-        self, verb: str, payload: dict[str, Any], timeout: float = COMMAND_TIMEOUT_S
-    ) -> dict[str, Any]:
+        self, verb: str, req: msgspec.Struct, kind: type[R], timeout: float = COMMAND_TIMEOUT_S
+    ) -> R:
         """A fleet-wide request, answered by the supervisor (or the service of its verb)."""
         subject = subjects.control(verb)
         if not subjects.control_served(subject):
@@ -144,7 +139,14 @@ class FleetClient:
             f"no supervisor answers on {subject}; fleetd may still be starting "
             "(`fleet status` says where it runs)"
         )
-        return await self.request(subject, {**payload, "by": by()}, timeout, nobody=nobody)
+        return await self.request(subject, with_by(req), kind, timeout, nobody=nobody)
+
+
+def with_by(req: S) -> S:
+    """`req` with its `by` field naming who asked, if it has one left empty."""
+    if getattr(req, "by", None) == "":
+        return msgspec.structs.replace(req, by=by())
+    return req
 
 
 @asynccontextmanager

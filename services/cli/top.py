@@ -1,6 +1,6 @@
 """`fleet top`: every agent's CPU, memory, threads, processes, restarts and health, live.
 
-The fleet and its samples come from the live view's engine (services/cli_live.py): the list
+The fleet and its samples come from the live view's engine (services/cli/live.py): the list
 and the events folded with `evolve`, plus the health service's samples on `fleet.health.*`
 (one `fleet.ctl.health` per agent first). Here are the rows, their order and their table.
 """
@@ -17,9 +17,9 @@ import msgspec
 
 from schemas.agent import AgentState
 from schemas.states import Lifecycle
-from services import cli_style as style
-from services.cli_live import LiveFleet, check_interval, load, run_until_interrupted, watch
-from services.client import open_client
+from services.cli import style
+from services.cli.client import open_client
+from services.cli.live import LiveFleet, check_interval, load, run_until_interrupted, watch
 
 SORTS = ("cpu", "mem", "name")
 TOP_HEADERS = ["ID", "LIFECYCLE", "ACTIVITY", "CPU%", "RSS MB", "THREADS", "PROCS", "RESTARTS",

@@ -1,6 +1,6 @@
 """`fleet spawn`, `ls`, `show`, `events` and the commands to one agent, over NATS request/reply.
 
-Each `cmd_*` is a row of the table in services/cli.py. Each speaks the wire contract of
+Each `cmd_*` is a row of the table in services/cli/__init__.py. Each speaks the wire contract of
 schemas/control.py: the supervisor answers `fleet.ctl.*`, an agent's actor `fleet.cmd.<id>`;
 an error reply is raised as a `RemoteError`, whose sentence the CLI prints (exit status 2).
 """
@@ -12,31 +12,33 @@ import asyncio
 import shlex
 import subprocess
 import sys
-from typing import Any
 
 import msgspec
 
+from schemas import commands as c
 from schemas import events as e
 from schemas import subjects
+from schemas.control import AgentView, ListRequest
 from schemas.errors import FleetError, RemoteError
 from schemas.states import LIVE
-from services import cli_live, cli_style
-from services.cli_events import print_events
-from services.cli_progress import Progress
-from services.client import (
+from schemas.wire import AgentReply, AgentsReply, OutputReply
+from services.cli import live, style
+from services.cli.client import (
     RESTART_TIMEOUT_S,
     STOP_TIMEOUT_S,
     FleetClient,
     open_client,
     user_name,
 )
+from services.cli.eventlines import print_events
+from services.cli.progress import Progress
 
 _event_decoder = msgspec.json.Decoder(e.AgentEvent)
 FOLLOW_POLL_S = 0.5
 FOLLOW_WINDOW = 1000  # lines captured per poll of `logs -f`: enough overlap to find new lines
 
 
-def _print_json(value: Any) -> None:
+def _print_json(value: object) -> None:
     print(msgspec.json.encode(value).decode(), flush=True)
 
 
@@ -48,9 +50,9 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _agent_line(agent: dict[str, Any]) -> str:
-    reason = f"  ({agent['reason']})" if agent.get("reason") else ""
-    return f"{agent['id']}  {agent['lifecycle']}{reason}"
+def _agent_line(agent: AgentView) -> str:
+    reason = f"  ({agent.reason})" if agent.reason else ""
+    return f"{agent.id}  {agent.lifecycle}{reason}"
 
 
 # -- ls and show ----------------------------------------------------------------------------
@@ -72,25 +74,22 @@ def ls_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_ls(args: argparse.Namespace) -> int:
     """List the fleet's agents."""
     if args.watch:
-        return cli_live.ls_watch(args)
+        return live.ls_watch(args)
     return asyncio.run(_ls(args))
 
 
 async def _ls(args: argparse.Namespace) -> int:
     async with open_client() as client:
-        reply = await client.control("list", {"removed": args.all})
-    agents: list[dict[str, Any]] = reply.get("agents", [])
+        reply = await client.control("list", ListRequest(removed=args.all), AgentsReply)
+    agents = reply.agents
     if args.json:
         _print_json(agents)
     elif not agents:
         print("no agents (fleet spawn starts one)")
     else:
-        rows = [
-            [a["id"], a["lifecycle"], a["activity"], a["template"], a["branch"], a["worktree"]]
-            for a in agents
-        ]
-        paint = cli_style.painter(cli_style.color_wanted(sys.stdout, no_color=args.no_color))
-        print(cli_style.table(cli_live.LS_HEADERS, rows, paint=paint, coloured=frozenset({1, 2})))
+        rows = [[a.id, a.lifecycle, a.activity, a.template, a.branch, a.worktree] for a in agents]
+        paint = style.painter(style.color_wanted(sys.stdout, no_color=args.no_color))
+        print(style.table(live.LS_HEADERS, rows, paint=paint, coloured=frozenset({1, 2})))
     return 0
 
 
@@ -100,7 +99,7 @@ def id_argument(p: argparse.ArgumentParser) -> None:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Show one agent."""
-    agent = asyncio.run(_one(args.agent, "show"))
+    agent = asyncio.run(_one(args.agent, c.Show()))
     if args.json:
         _print_json(agent)
     else:
@@ -108,53 +107,49 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _activity(a: dict[str, Any], detail: str | None) -> str:
+def _activity(a: AgentView) -> str:
     """None ("-") once the agent is stopped or failed: its screen is gone."""
-    if a["lifecycle"] not in {lc.value for lc in LIVE}:
+    if a.lifecycle not in {lc.value for lc in LIVE}:
         return "-"
-    return a["activity"] + (f": {detail}" if detail else "")
+    return a.activity + (f": {a.activity_detail}" if a.activity_detail else "")
 
 
-def describe(a: dict[str, Any]) -> str:
+def describe(a: AgentView) -> str:
     """A few aligned lines about one agent, empty fields left out."""
-    tmux, actor = a.get("tmux") or {}, a.get("actor") or {}
-    reason, detail = a.get("reason"), a.get("activity_detail")
-    ports = " ".join(f"{k}={v}" for k, v in (a.get("ports") or {}).items())
-    services = " ".join(f"{k}:{s.get('state')}" for k, s in (a.get("services") or {}).items())
+    tmux, actor = a.tmux, a.actor
+    ports = " ".join(f"{k}={v}" for k, v in a.ports.items())
+    services = " ".join(f"{k}:{s.state}" for k, s in a.services.items())
     rows = [
-        ("lifecycle", a["lifecycle"] + (f" ({reason})" if reason else "")),
-        ("activity", _activity(a, detail)),
-        ("template", a.get("template", "")),
-        ("repo", a.get("repo", "")),
-        ("branch", a.get("branch", "")),
-        ("worktree", a.get("worktree", "")),
-        ("tmux", f"-L {tmux['socket']} {tmux['session']}" if tmux.get("session") else ""),
-        (
-            "actor",
-            f"pid {actor['pid']} on node {actor.get('node') or '?'}" if actor.get("pid") else "",
-        ),
+        ("lifecycle", a.lifecycle + (f" ({a.reason})" if a.reason else "")),
+        ("activity", _activity(a)),
+        ("template", a.template),
+        ("repo", a.repo),
+        ("branch", a.branch),
+        ("worktree", a.worktree),
+        ("tmux", f"-L {tmux.socket} {tmux.session}" if tmux.session else ""),
+        ("actor", f"pid {actor.pid} on node {actor.node or '?'}" if actor.pid else ""),
         ("ports", ports),
         ("services", services),
-        ("users", " ".join(a.get("users") or ())),
-        ("events", f"{a.get('events', 0)} (last seq {a.get('seq', 0)})"),
+        ("users", " ".join(a.users)),
+        ("events", f"{a.events} (last seq {a.seq})"),
     ]
-    return "\n".join([a["id"], *(f"  {k:<10} {v}" for k, v in rows if v)])
+    return "\n".join([a.id, *(f"  {k:<10} {v}" for k, v in rows if v)])
 
 
 # Commands long enough to show a spinner (on a terminal), and its words.
 PROGRESS = {"stop": "stopping", "restart": "restarting", "kill": "killing"}
 
 
-async def _one(agent_id: str, type_: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
+async def _one(agent_id: str, cmd: c.AgentCommand, timeout: float = 10.0) -> AgentView:
     subjects.token(agent_id)  # a bad id is refused before looking for fleetd
+    doing = PROGRESS.get(str(type(cmd).__struct_config__.tag))
     async with open_client() as client:
-        if type_ in PROGRESS:
-            async with Progress(client.nc, [agent_id], PROGRESS[type_]):
-                reply = await client.command(agent_id, type_, timeout, **fields)
+        if doing:
+            async with Progress(client.nc, [agent_id], doing):
+                reply = await client.command(agent_id, cmd, AgentReply, timeout)
         else:
-            reply = await client.command(agent_id, type_, timeout, **fields)
-    agent: dict[str, Any] = reply["agent"]
-    return agent
+            reply = await client.command(agent_id, cmd, AgentReply, timeout)
+    return reply.agent
 
 
 # -- events ---------------------------------------------------------------------------------
@@ -181,8 +176,8 @@ def stop_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _run_one(args: argparse.Namespace, type_: str, timeout: float, **fields: Any) -> int:
-    agent = asyncio.run(_one(args.agent, type_, timeout, **fields))
+def _run_one(args: argparse.Namespace, cmd: c.AgentCommand, timeout: float) -> int:
+    agent = asyncio.run(_one(args.agent, cmd, timeout))
     if args.json:
         _print_json(agent)
     else:
@@ -192,28 +187,28 @@ def _run_one(args: argparse.Namespace, type_: str, timeout: float, **fields: Any
 
 def cmd_stop(args: argparse.Namespace) -> int:
     """Stop an agent: polite quit, then SIGTERM, then SIGKILL."""
-    fields = {"remove_worktree": args.remove_worktree, "force": args.force}
-    return _run_one(args, "stop", STOP_TIMEOUT_S, **fields)
+    cmd = c.Stop(remove_worktree=args.remove_worktree, force=args.force)
+    return _run_one(args, cmd, STOP_TIMEOUT_S)
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
     """Pause an agent (SIGSTOP to its processes)."""
-    return _run_one(args, "pause", 10.0)
+    return _run_one(args, c.Pause(), 10.0)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Resume a paused agent (SIGCONT)."""
-    return _run_one(args, "resume", 10.0)
+    return _run_one(args, c.Resume(), 10.0)
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
     """Restart an agent: stop it, then spawn it again in its worktree."""
-    return _run_one(args, "restart", RESTART_TIMEOUT_S)
+    return _run_one(args, c.Restart(), RESTART_TIMEOUT_S)
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
     """Kill an agent at once (SIGTERM, then SIGKILL; no polite quit)."""
-    return _run_one(args, "kill", STOP_TIMEOUT_S)
+    return _run_one(args, c.Kill(), STOP_TIMEOUT_S)
 
 
 def send_arguments(p: argparse.ArgumentParser) -> None:
@@ -228,8 +223,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     text = " ".join(args.text)
     if not text and not args.keys:
         raise FleetError("nothing to send: give TEXT, --keys, or both")
-    fields = {"text": text, "keys": args.keys, "enter": not args.no_enter}
-    return _run_one(args, "send", 10.0, **fields)
+    cmd = c.Send(text=text, keys=tuple(args.keys), enter=not args.no_enter)
+    return _run_one(args, cmd, 10.0)
 
 
 def logs_arguments(p: argparse.ArgumentParser) -> None:
@@ -267,8 +262,8 @@ async def _logs(args: argparse.Namespace) -> int:
 
 
 async def _output(client: FleetClient, agent_id: str, lines: int, window: str) -> str:
-    reply = await client.command(agent_id, "output", 10.0, lines=lines, window=window)
-    return str(reply.get("output", ""))
+    reply = await client.command(agent_id, c.Output(lines=lines, window=window), OutputReply)
+    return reply.output
 
 
 def _print_lines(lines: list[str], as_json: bool) -> None:
@@ -307,26 +302,27 @@ def cmd_attach(args: argparse.Namespace) -> int:
         )
     user = user_name()
     reply = asyncio.run(_attach(args.agent, user, args.readonly))
-    argv: list[str] = reply["argv"]
+    argv = reply.argv or []
     if args.print:
         if args.json:
-            _print_json({"session": reply["session"], "argv": argv})
+            _print_json({"session": reply.session, "argv": argv})
         else:
             print(shlex.join(argv))
         return 0
     try:
         status = subprocess.run(argv, check=False).returncode
     finally:
-        agent = asyncio.run(_one(args.agent, "detach", 10.0, user=user))
+        agent = asyncio.run(_one(args.agent, c.Detach(user=user), 10.0))
     if args.json:
         _print_json(agent)
     return 0 if status == 0 else 1
 
 
-async def _attach(agent_id: str, user: str, readonly: bool) -> dict[str, Any]:
+async def _attach(agent_id: str, user: str, readonly: bool) -> AgentReply:
     subjects.token(agent_id)
     async with open_client() as client:
-        reply = await client.command(agent_id, "attach", 10.0, user=user, readonly=readonly)
-    if not isinstance(reply.get("argv"), list) or not reply["argv"]:
+        cmd = c.Attach(user=user, readonly=readonly)
+        reply = await client.command(agent_id, cmd, AgentReply, 10.0)
+    if not reply.argv:
         raise RemoteError("bad_reply", f"agent {agent_id} answered attach without a command")
     return reply

@@ -2,7 +2,7 @@
 
 The steps are the agents' own events (`workspace.ready`, `session.started`,
 `service.started web`, `RUNNING`, ...), read from the stream while the command waits for its
-reply, only those that verify (services/cli_follow.py; none without the fleet key). Only on
+reply, only those that verify (services/cli/follow.py; none without the fleet key). Only on
 a terminal: on anything else nothing is read and nothing is written, so scripts and logs see
 only the command's output.
 """
@@ -19,8 +19,7 @@ from nats.aio.client import Client
 
 from schemas import events as e
 from schemas.states import Lifecycle
-from services import cli_follow
-from services import cli_style as style
+from services.cli import follow, style
 
 FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 TICK_S = 0.1
@@ -57,9 +56,9 @@ class Progress:
         if not self.enabled:
             return self
 
-        # Only events that verify (services/cli_follow.py); without the key, no steps.
-        key = cli_follow.fleet_key()
-        self._subs = await cli_follow.follow(self.nc, self.agents, self.saw, self.label, key)
+        # Only events that verify (services/cli/follow.py); without the key, no steps.
+        key = follow.fleet_key()
+        self._subs = await follow.follow(self.nc, self.agents, self.saw, self.label, key)
         self._task = asyncio.create_task(self._spin())
         return self
 

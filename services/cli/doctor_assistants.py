@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from infra import installs, templates
+from infra import installs
+from infra import template_files as templates
 
 VERSION_TIMEOUT_S = 30.0  # `--version` of a node CLI on a loaded machine
 _VERSION = re.compile(r"\b\d+\.\d+\.\d+(?:[-+.][0-9A-Za-z.]+)?\b")
@@ -194,7 +195,7 @@ def _aider(home: Path, env: dict[str, str]) -> tuple[str, str]:
 
 
 def render(found: list[Report]) -> str:
-    from services.cli_agents import table
+    from services.cli.agents import table
 
     rows = [
         [r.template, r.program, r.version or "?", r.logged_in, r.login, r.executable]

@@ -10,7 +10,7 @@ cannot read): the agent's actor checks the call and records what it says.
 A hook must not disturb its assistant: this prints nothing on stdout (Gemini reads stdout as
 JSON, Claude shows it), waits at most `WAIT_S` in all, and exits 0 whatever happened. What
 went wrong (a refusal, a fleet that did not answer) is one sentence on stderr. The hooks run
-it as `python -m services.cli_hook` (the same as `fleet hook`, without the imports of every
+it as `python -m services.cli.hook` (the same as `fleet hook`, without the imports of every
 other subcommand, and nats-py without the aiohttp of its WebSocket transport): about 0.2 s of
 a Python start where `fleet hook` takes 0.4, waited for at each prompt and each stop.
 """
@@ -35,8 +35,9 @@ from nats.errors import NoRespondersError
 from infra.config import Settings
 from infra.nats import connect
 from schemas import hooks, subjects
-from schemas.errors import FleetError
-from services.client import nats_target
+from schemas.errors import FleetError, RemoteError
+from schemas.replies import Reply, decode_reply
+from services.cli.client import nats_target
 
 WAIT_S = 2.0  # connect, request and reply; an assistant waits for its hook
 STDIN_MAX = 1 << 20  # Claude's payloads carry a prompt; more than this is not read
@@ -101,15 +102,15 @@ async def send(call: hooks.HookCall) -> str:
         msg = await nc.request(subject, msgspec.json.encode(call), timeout=WAIT_S)
     finally:
         await nc.close()
-    reply = json.loads(msg.data)
-    if isinstance(reply, dict) and reply.get("ok") is False:
-        error = reply.get("error") or {}
-        return str(error.get("message", "the hook was refused")) if isinstance(error, dict) else ""
+    try:
+        decode_reply(msg.data, Reply, "the reply to the hook")
+    except RemoteError as e:
+        return e.message
     return ""
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m services.cli_hook ASSISTANT [PAYLOAD]`: what the installed hooks run."""
+    """`python -m services.cli.hook ASSISTANT [PAYLOAD]`: what the installed hooks run."""
     parser = argparse.ArgumentParser(prog="fleet hook", description=cmd_hook.__doc__)
     hook_arguments(parser)
     return cmd_hook(parser.parse_args(argv))

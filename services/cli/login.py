@@ -19,12 +19,13 @@ import subprocess
 import sys
 import tempfile
 
-from infra import installs, templates
+from infra import installs
+from infra import template_files as templates
 from infra.tmux import Tmux
 from schemas.assistants import BUILTIN
 from schemas.errors import BadRequest
 from schemas.templates import Template
-from services.cli_doctor_assistants import assistant_templates
+from services.cli.doctor_assistants import assistant_templates
 
 SESSION = "login"
 WINDOW = "agent"

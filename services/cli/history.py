@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import sys
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -19,15 +19,19 @@ from infra import fleetkey
 from infra.config import Settings
 from infra.eventstore import EventStore
 from infra.nats import connect
+from schemas import commands as c
 from schemas import subjects
 from schemas.agent import AgentState, CheckpointRef
 from schemas.audit import AgentAudit
 from schemas.errors import FleetError, UnknownAgent
-from services import audit as auditing
-from services.cli_agents import id_argument, table
-from services.cli_events import summary
-from services.cli_progress import Progress
-from services.client import STOP_TIMEOUT_S, nats_url, open_client
+from schemas.wire import CheckpointReply, RollbackReply
+from services import auditor as auditing
+from services.cli.agents import id_argument, table
+from services.cli.client import STOP_TIMEOUT_S, nats_url, open_client
+from services.cli.eventlines import summary
+from services.cli.progress import Progress
+
+R = TypeVar("R")
 
 EXIT_VIOLATIONS = 3  # `fleet audit --verify` found something wrong
 CHECKPOINT_TIMEOUT_S = 60.0  # a commit of a large worktree
@@ -38,11 +42,11 @@ def _print_json(value: Any) -> None:
     print(msgspec.json.encode(value).decode(), flush=True)
 
 
-async def _command(agent_id: str, type_: str, timeout: float, **fields: Any) -> dict[str, Any]:
+async def _command(agent_id: str, cmd: c.AgentCommand, kind: type[R], timeout: float) -> R:
     subjects.token(agent_id)
-    label = {"checkpoint": "checkpointing", "rollback": "rolling back"}.get(type_, type_)
+    label = "checkpointing" if isinstance(cmd, c.Checkpoint) else "rolling back"
     async with open_client() as client, Progress(client.nc, [agent_id], label):
-        return await client.command(agent_id, type_, timeout, **fields)
+        return await client.command(agent_id, cmd, kind, timeout)
 
 
 # -- checkpoint, checkpoints, rollback ---------------------------------------------------------
@@ -55,15 +59,12 @@ def checkpoint_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
     """Save an agent's worktree and scrollback as a checkpoint in its log."""
-    reply = asyncio.run(
-        _command(args.agent, "checkpoint", CHECKPOINT_TIMEOUT_S, label=args.message)
-    )
+    cmd = c.Checkpoint(label=args.message)
+    reply = asyncio.run(_command(args.agent, cmd, CheckpointReply, CHECKPOINT_TIMEOUT_S))
     if args.json:
-        _print_json(
-            {"agent": args.agent, "checkpoint": reply["checkpoint"], "commit": reply["commit"]}
-        )
+        _print_json({"agent": args.agent, "checkpoint": reply.checkpoint, "commit": reply.commit})
     else:
-        print(f"{args.agent}: checkpoint #{reply['checkpoint']} ({reply['commit'][:10]})")
+        print(f"{args.agent}: checkpoint #{reply.checkpoint} ({reply.commit[:10]})")
     return 0
 
 
@@ -110,17 +111,16 @@ def rollback_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Roll an agent back to a checkpoint (the current work is checkpointed first)."""
-    reply = asyncio.run(
-        _command(args.agent, "rollback", ROLLBACK_TIMEOUT_S, checkpoint=args.checkpoint)
-    )
-    fields = ("checkpoint", "saved_checkpoint", "commit", "restarted")
+    cmd = c.Rollback(checkpoint=args.checkpoint)
+    reply = asyncio.run(_command(args.agent, cmd, RollbackReply, ROLLBACK_TIMEOUT_S))
     if args.json:
-        _print_json({"agent": args.agent, **{k: reply.get(k) for k in fields}})
+        fields = ("checkpoint", "saved_checkpoint", "commit", "restarted")
+        _print_json({"agent": args.agent, **{k: getattr(reply, k) for k in fields}})
     else:
         print(
-            f"{args.agent}: rolled back to checkpoint #{reply['checkpoint']}; the work before it "
-            f"is checkpoint #{reply['saved_checkpoint']} (fleet rollback {args.agent} "
-            f"{reply['saved_checkpoint']} undoes this)"
+            f"{args.agent}: rolled back to checkpoint #{reply.checkpoint}; the work before it "
+            f"is checkpoint #{reply.saved_checkpoint} (fleet rollback {args.agent} "
+            f"{reply.saved_checkpoint} undoes this)"
         )
     return 0
 

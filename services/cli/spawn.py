@@ -21,11 +21,13 @@ from nats.aio.subscription import Subscription
 
 from schemas import events as e
 from schemas import subjects
+from schemas.control import SpawnRequest
 from schemas.errors import FleetError
-from services import cli_follow, cli_style
-from services.cli_events import summary
-from services.cli_progress import Progress
-from services.client import SPAWN_TIMEOUT_S, open_client
+from schemas.wire import AgentReply
+from services.cli import follow, style
+from services.cli.client import SPAWN_TIMEOUT_S, open_client
+from services.cli.eventlines import summary
+from services.cli.progress import Progress
 
 
 def _print_json(value: Any) -> None:
@@ -71,7 +73,7 @@ def _spawn_names(args: argparse.Namespace) -> list[str]:
     return names
 
 
-def _spawn_request(args: argparse.Namespace, name: str) -> dict[str, Any]:
+def _spawn_request(args: argparse.Namespace, name: str) -> SpawnRequest:
     options = {}
     for item in args.option:
         key, eq, value = item.partition("=")
@@ -89,16 +91,16 @@ def _spawn_request(args: argparse.Namespace, name: str) -> dict[str, Any]:
     repo = Path(args.repo).expanduser().resolve()
     if not repo.is_dir():
         raise FleetError(f"the repository {str(repo)!r} is not a directory")
-    return {
-        "repo": str(repo),
-        "name": name,
-        "template": args.template,
-        "base_ref": args.base_ref,
-        "capabilities": args.cap,
-        "options": options,
-        "command": args.command,
-        "env": env,
-    }
+    return SpawnRequest(
+        repo=str(repo),
+        name=name,
+        template=args.template,
+        base_ref=args.base_ref,
+        capabilities=tuple(args.cap),
+        options=options,
+        command=args.command,
+        env=env,
+    )
 
 
 async def _spawn(args: argparse.Namespace) -> int:
@@ -109,18 +111,18 @@ async def _spawn(args: argparse.Namespace) -> int:
         subs = []
         spinner = Progress(client.nc, names, "spawning")
         # On a terminal the spinner shows the steps; the step lines are for logs and scripts.
-        lines = not args.json and not (spinner.enabled and cli_style.is_terminal(sys.stdout))
+        lines = not args.json and not (spinner.enabled and style.is_terminal(sys.stdout))
         if lines:
             subs = await _follow_progress(client.nc, names, width)
         async with spinner:
             results = await asyncio.gather(
-                *(client.control("spawn", r, SPAWN_TIMEOUT_S) for r in requests),
+                *(client.control("spawn", r, AgentReply, SPAWN_TIMEOUT_S) for r in requests),
                 return_exceptions=True,
             )
         await asyncio.sleep(0.05)  # let progress lines already received print first
         for sub in subs:
             await sub.unsubscribe()
-    if lines and cli_follow.fleet_key() is None and any(isinstance(r, dict) for r in results):
+    if lines and follow.fleet_key() is None and any(isinstance(r, AgentReply) for r in results):
         # Said after the fact, and only when something was spawned: a spawn that no
         # supervisor answered has one sentence, and it is that one.
         print("fleet: no fleet key in the state dir; progress lines were not shown (they could"
@@ -130,13 +132,13 @@ async def _spawn(args: argparse.Namespace) -> int:
 
 async def _follow_progress(nc: Client, names: list[str], width: int) -> list[Subscription]:
     """A line per event of each agent's log as it is stored, only of those that verify
-    (services/cli_follow.py); none without the fleet key (said once the spawn is answered)."""
-    key = cli_follow.fleet_key()
+    (services/cli/follow.py); none without the fleet key (said once the spawn is answered)."""
+    key = follow.fleet_key()
 
     def line(event: e.AgentEvent) -> None:
         print(_progress_line(event, width), flush=True)
 
-    return await cli_follow.follow(nc, names, line, "spawn progress", key)
+    return await follow.follow(nc, names, line, "spawn progress", key)
 
 
 def _progress_line(event: e.AgentEvent, width: int) -> str:
@@ -147,14 +149,16 @@ def _progress_line(event: e.AgentEvent, width: int) -> str:
     return f"{event.agent_id:<{width}}  {tag:<16}  {summary(event)}".rstrip()
 
 
-def _spawn_report(names: list[str], results: list[Any], as_json: bool) -> int:
+def _spawn_report(
+    names: list[str], results: list[AgentReply | BaseException], as_json: bool
+) -> int:
     failed = [(n, r) for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)]
     for _, r in failed:
         if not isinstance(r, FleetError):
             raise r
     if len(names) == 1 and failed:
         raise failed[0][1]
-    agents = [r["agent"] for r in results if isinstance(r, dict)]
+    agents = [r.agent for r in results if isinstance(r, AgentReply)]
     if as_json:
         for agent in agents:
             _print_json(agent)
@@ -162,11 +166,11 @@ def _spawn_report(names: list[str], results: list[Any], as_json: bool) -> int:
             assert isinstance(err, FleetError)
             _print_json({"id": name, "ok": False, "error": {"code": err.code, "message": str(err)}})
     else:
-        rows = [[a["id"], a["lifecycle"], a["branch"], a["worktree"]] for a in agents]
+        rows = [[a.id, a.lifecycle, a.branch, a.worktree] for a in agents]
         rows += [[n, "FAILED", str(r), ""] for n, r in failed]
-        paint = cli_style.painter(cli_style.color_wanted(sys.stdout))
+        paint = style.painter(style.color_wanted(sys.stdout))
         print()
-        print(cli_style.table(["ID", "LIFECYCLE", "BRANCH", "WORKTREE"], rows, paint=paint,
+        print(style.table(["ID", "LIFECYCLE", "BRANCH", "WORKTREE"], rows, paint=paint,
                               coloured=frozenset({1})))  # fmt: skip
     for name, err in failed:
         print(f"fleet: {name}: {err}", file=sys.stderr)

@@ -14,9 +14,11 @@ from typing import Any
 
 import msgspec
 
+from schemas import commands as c
 from schemas import subjects
+from schemas.wire import ProbesReply
 from services import doctor
-from services.client import open_client
+from services.cli.client import open_client
 
 PROBE_TIMEOUT_S = 90.0  # a sandbox started on a loaded machine, then a dozen probes
 
@@ -58,7 +60,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def assistants_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from services import cli_doctor_assistants as da
+    from services.cli import doctor_assistants as da
 
     env = dict(os.environ)
     found = [da.report(name, args.path, Path.home(), env) for name in da.assistant_templates()]
@@ -72,13 +74,12 @@ def assistants_report(args: argparse.Namespace) -> int:
 async def probe(agent_id: str) -> list[dict[str, Any]]:
     subjects.token(agent_id)  # a bad id is refused before looking for fleetd
     async with open_client() as client:
-        reply = await client.command(agent_id, "probe_sandbox", PROBE_TIMEOUT_S)
-    probes: list[dict[str, Any]] = reply.get("probes", [])
-    return probes
+        reply = await client.command(agent_id, c.ProbeSandbox(), ProbesReply, PROBE_TIMEOUT_S)
+    return reply.probes
 
 
 def render(agent_id: str, found: list[dict[str, Any]]) -> str:
-    from services.cli_agents import table
+    from services.cli.agents import table
 
     rows = [["held" if p.get("held") else "OPEN", str(p["probe"]), str(p["detail"])] for p in found]
     open_ = sum(1 for p in found if not p.get("held"))
