@@ -27,9 +27,12 @@ from infra import fleetkey
 from infra.config import Settings
 from infra.eventstore import EventStore
 from infra.nats import connect
+from infra.tmux import USER_SEPARATOR, Tmux
+from infra.worktree import Worktrees
 from schemas.agent import AgentState
 from schemas.errors import FleetError, SessionMissing
 from schemas.states import LIVE
+from services.cli.agents import table
 from services.cli.client import nats_url
 
 log = logging.getLogger(__name__)
@@ -74,8 +77,6 @@ def _whose(agent_id: str, agents: dict[str, AgentState]) -> str | None:
 
 
 def find_sessions(settings: Settings, agents: dict[str, AgentState]) -> list[Finding]:
-    from infra.tmux import USER_SEPARATOR, Tmux
-
     sessions = Tmux(settings.tmux_socket).list_sessions(prefix=SESSION_PREFIX)
     owner = {s.tmux_session: a for a, s in agents.items() if s.tmux_session}
     found: list[Finding] = []
@@ -101,8 +102,6 @@ def find_sessions(settings: Settings, agents: dict[str, AgentState]) -> list[Fin
 
 
 def find_git(settings: Settings, agents: dict[str, AgentState]) -> list[Finding]:
-    from infra.worktree import Worktrees
-
     found: list[Finding] = []
     by_path = {str(Path(s.worktree)): a for a, s in agents.items() if s.worktree}
     for repo in sorted({s.repo for s in agents.values() if s.repo}):
@@ -162,9 +161,6 @@ def clean(settings: Settings, found: list[Finding], dry_run: bool, branches: boo
 
 
 def _remove(settings: Settings, f: Finding) -> str | None:
-    from infra.tmux import Tmux
-    from infra.worktree import Worktrees
-
     if f.kind == "session":
         with contextlib.suppress(SessionMissing):  # gone already (with its base session)
             Tmux(settings.tmux_socket).kill_session(f.target)
@@ -190,8 +186,6 @@ def _rows(found: list[Finding], with_action: bool) -> list[list[str]]:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """List orphans: tmux sessions, worktrees and branches with no live agent."""
-    from services.cli.agents import table
-
     settings = Settings.from_env()
     found, agents = diagnose(settings)
     if args.json:
@@ -213,8 +207,6 @@ def gc_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     """Remove what `fleet doctor` lists, saving any work to a ref first."""
-    from services.cli.agents import table
-
     settings = Settings.from_env()
     found, _ = diagnose(settings)
     done = clean(settings, found, args.dry_run, args.branches)
