@@ -1,8 +1,9 @@
 """The events of an agent's log: a tagged union of frozen msgspec Structs.
 
-Rules (STYLE.md §2): tags are explicit dotted strings and never change; a field added later
-gets a default; a breaking change is a new tag and a new class, and the old class stays in the
-union. Golden files in tests/golden/ hold one encoded event per tag ever shipped.
+Rules (CONTRIBUTING.md, "Evolving the log"): tags are explicit dotted strings and never change;
+a field added later gets a default; a breaking change is a new tag and a new class, and the old
+class stays in the union. Golden files in tests/golden/ hold one encoded event per tag ever
+shipped.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The layers of STYLE.md §1 and §5, read from the source with `ast`.
+"""The layers of CONTRIBUTING.md (and its rule that subjects are defined once), read with `ast`.
 
 schemas/ is the pure domain (msgspec and the standard library); services/ reach actors only
 through services/up.py; actors/ never import services; and no module outside schemas/ writes a

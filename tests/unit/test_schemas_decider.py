@@ -1,4 +1,4 @@
-"""Hypothesis drives random command sequences through `decide` and `evolve` (STYLE.md §3).
+"""Hypothesis drives random command sequences through `decide` and `evolve` (CONTRIBUTING.md).
 
 Every recorded transition must be in the tables of schemas/states.py, every refusal must be a
 `FleetError` with a sentence, and `evolve` must apply any event sequence without raising.
