@@ -13,7 +13,7 @@ Readers keep the decoded file and read it again when the path names another file
 gives it a new inode) or the file changed in place (size, mtime). The file read last is kept
 open, so its inode number cannot be given to a newer file while it is the one remembered: a
 change is never mistaken for the same file. The gateway asks several times a second and
-closes the WebSockets of tokens that are gone (services/gateway_auth.py).
+closes the WebSockets of tokens that are gone (services/gateway/tickets.py).
 """
 
 from __future__ import annotations

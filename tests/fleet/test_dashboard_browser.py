@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from nats.aio.client import Client
 
-from services.gateway_web import NODE_MODULES, VENDOR
+from services.gateway.static import NODE_MODULES, VENDOR
 from services.health import HealthConfig, HealthService
 from tests.conftest import Fleet
 from tests.fleet import cdp

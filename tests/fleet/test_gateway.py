@@ -83,7 +83,7 @@ async def test_the_log_and_live_events_filtered_by_agent(
         "lifecycle.changed",
     ]
     url = await gw.ws_url(http, "/ws/events?agent=a1", "viewer")
-    async with http.ws_connect(url) as ws:  # connected: its listener is in (gateway_events)
+    async with http.ws_connect(url) as ws:  # connected: its listener is in (gateway/hub.py)
         await gw.append("a2", *created("a2"))
         await gw.append("a1", activity("a1", Activity.AWAITING_INPUT, "Proceed? [y/n]"))
         msg = await ws.receive_json(timeout=30)

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from services.gateway_web import NODE_MODULES, VENDOR
+from services.gateway.static import NODE_MODULES, VENDOR
 from tests.conftest import Fleet
 from tests.fleet import cdp
 from tests.fleet.gateway_fixtures import Gateway, get_json, run_gateway, spawn

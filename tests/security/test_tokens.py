@@ -24,7 +24,7 @@ import pytest
 from nats.aio.client import Client
 
 from services import template_store
-from services.gateway_auth import REVOKED_CLOSE
+from services.gateway.tickets import REVOKED_CLOSE
 from services.tokens import TokenStore
 from tests.conftest import Fleet
 from tests.fleet.gateway_fixtures import Gateway, get_json, run_gateway, spawn, ticket_url

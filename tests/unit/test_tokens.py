@@ -2,7 +2,7 @@
 
 The store's promise (services/tokens.py): every create and every revoke made by any process is
 kept (a lock around read-change-write), and a reader never mistakes a changed file for the one
-it read before. Tickets (services/gateway_auth.py): single use, short-lived, and worth nothing
+it read before. Tickets (services/gateway/tickets.py): single use, short-lived, and worth nothing
 once their token is revoked.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from schemas.errors import InvalidName
-from services.gateway_auth import MAX_TICKETS_PER_TOKEN, Tickets, TooManyTickets, Unauthorized
+from services.gateway.tickets import MAX_TICKETS_PER_TOKEN, Tickets, TooManyTickets, Unauthorized
 from services.tokens import TOKENS_FILE, InvalidRole, TokenStore, digest
 
 REPO = Path(__file__).resolve().parents[2]

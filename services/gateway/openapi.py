@@ -8,30 +8,23 @@ it); the schema still lists `type` because the same component describes the NATS
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
+from aiohttp import web
 
+import services.gateway.openapi_fields as fields
 from schemas.agent import CheckpointRef
-from schemas.control import AgentView
 from schemas.events import AgentEvent
 from schemas.health import Observation
 from schemas.mail import InboxItem
-from schemas.replies import MAX_REQUEST_BYTES, ErrorReply
-from services import gateway_openapi_fields as fields
+from schemas.replies import MAX_REQUEST_BYTES, ErrorReply, Reply
+from schemas.wire import AgentReply, AgentsReply, CheckpointReply, OutputReply, ProbesReply
+from services.gateway.keys import role, role_of
+from services.gateway.routing import Route
 
-if TYPE_CHECKING:
-    from services.gateway_api import Route
-
-
-class AgentReply(msgspec.Struct, frozen=True):
-    ok: bool
-    agent: AgentView
-
-
-class ListReply(msgspec.Struct, frozen=True):
-    ok: bool
-    agents: list[AgentView]
+# Every route of the app, set by the app factory (`app.py`) for the document to read.
+ROUTES = web.AppKey("routes", tuple)
 
 
 class StoredEvent(msgspec.Struct, frozen=True):
@@ -42,22 +35,6 @@ class StoredEvent(msgspec.Struct, frozen=True):
 class EventsReply(msgspec.Struct, frozen=True):
     ok: bool
     events: list[StoredEvent]
-
-
-class OutputReply(msgspec.Struct, frozen=True):
-    ok: bool
-    output: str
-
-
-class SandboxProbe(msgspec.Struct, frozen=True):
-    probe: str  # a way out of the sandbox, tried from inside it
-    held: bool  # True: the sandbox stopped it
-    detail: str
-
-
-class ProbesReply(msgspec.Struct, frozen=True):
-    ok: bool
-    probes: list[SandboxProbe]
 
 
 class TokenReply(msgspec.Struct, frozen=True):
@@ -75,21 +52,10 @@ class TicketReply(msgspec.Struct, frozen=True):
     name: str
 
 
-class Reply(msgspec.Struct, frozen=True):
-    ok: bool
-
-
 class CheckpointsReply(msgspec.Struct, frozen=True):
     ok: bool
     agent: str
     checkpoints: list[CheckpointRef]
-
-
-class CheckpointReply(msgspec.Struct, frozen=True):
-    ok: bool
-    agent: AgentView
-    checkpoint: int
-    commit: str
 
 
 class InboxReply(msgspec.Struct, frozen=True):
@@ -130,7 +96,7 @@ class SamplesReply(msgspec.Struct, frozen=True):
 
 _REPLIES = (
     AgentReply,
-    ListReply,
+    AgentsReply,
     EventsReply,
     OutputReply,
     ProbesReply,
@@ -176,8 +142,10 @@ def _document(routes: tuple[Route, ...]) -> bytes:
             "description": "REST over fleetd's NATS commands. Errors are "
             '`{"ok": false, "error": {"code", "message"}}` with a 4xx (a refused '
             "request, its sentence says why) or a 5xx: 500 is a bug (its error_id names the "
-            "traceback in the gateway's log), 503 and 504 a part of the fleet that did not "
-            "answer in time.",
+            "traceback in the gateway's log), 502 a program fleetd drives that failed (git, "
+            "tmux: its sentence says how), 503 and 504 a part of the fleet that is not there, "
+            "has no room, or did not answer in time. Each error code has one status "
+            "(services/gateway/httpstatus.py).",
         },
         "paths": paths,
         "components": {
@@ -199,16 +167,17 @@ def _document(routes: tuple[Route, ...]) -> bytes:
 
 
 # What each error status means; every one carries an ErrorReply.
-_ERRORS = {
+ERROR_STATUSES = {
     400: "refused: the request is not one the gateway or the agent takes (the sentence says why)",
     401: "no token, or one the gateway does not know",
     403: "the token's role is too small for this route",
-    404: "no such agent (or checkpoint, service, template, window)",
+    404: "no such agent (or checkpoint, service, template, window, repository, ref, program)",
     409: "the agent's state does not allow it now, or it exists already",
     413: f"the request body is over {MAX_REQUEST_BYTES // 1024} KiB",
     429: "too many (agents, tickets, messages): the sentence says when to try again",
-    500: "a bug: error_id names the traceback in the gateway's log",
-    503: "a part of the fleet is not there or busy: nothing was done, try again",
+    500: "a bug (error_id names the traceback in the gateway's log), or fleetd misconfigured",
+    502: "a program or peer fleetd drives (git, tmux, an agent) failed: its sentence says how",
+    503: "a part of the fleet is not there, busy or full: nothing was done, try again",
     504: "no reply in time: it may still finish",
 }
 
@@ -230,7 +199,7 @@ def _statuses(route: Route, needed: str, params: list[str]) -> list[int]:
 
 
 def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
-    needed = getattr(route.handler, "fleet_role", "viewer")
+    needed = role_of(route.handler)
     params = [seg[1:-1] for seg in route.path.split("/") if seg.startswith("{")]
     success: dict[str, Any] = {"description": "ok"}
     if route.content == "application/json":
@@ -240,7 +209,7 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
     responses = {str(route.status): success}
     for status in _statuses(route, needed, params):
         responses[str(status)] = {
-            "description": _ERRORS[status],
+            "description": ERROR_STATUSES[status],
             "content": {"application/json": {"schema": _ref(ErrorReply)}},
         }
     op: dict[str, Any] = {
@@ -281,3 +250,12 @@ ID_SCHEMA = fields.ID
 
 def document(routes: list[Route]) -> bytes:
     return _document(tuple(routes))
+
+
+@role("public")
+async def openapi(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=_document(request.app[ROUTES]), content_type="application/json")
+
+
+def doc_routes() -> list[Route]:
+    return [Route("GET", "/openapi.json", openapi, "this document")]

@@ -65,7 +65,7 @@ ENV_NAME = "^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 SENDER = line(128)  # `validation.sender`: a request's id (`by` is never taken over REST)
 
 # component name -> field -> what it takes (besides its type, which msgspec wrote)
-FIELDS: dict[str, dict[str, Schema]] = {
+_REQUESTS: dict[str, dict[str, Schema]] = {
     "SpawnRequest": {
         "repo": ABSOLUTE_PATH,
         "name": ID_OR_EMPTY,
@@ -103,8 +103,11 @@ FIELDS: dict[str, dict[str, Schema]] = {
         "ttl_s": {"type": "number", "minimum": 0, "maximum": mail.MAX_TTL_S},
     },
 }
-for _cmd in c.COMMAND_TYPES:
-    FIELDS.setdefault(_cmd.__name__, {})["id"] = SENDER
+# ... and every command's `id` is a sender's id
+FIELDS: dict[str, dict[str, Schema]] = {
+    **_REQUESTS,
+    **{cmd.__name__: {**_REQUESTS.get(cmd.__name__, {}), "id": SENDER} for cmd in c.COMMAND_TYPES},
+}
 
 
 def constrain(components: dict[str, Schema]) -> None:

@@ -45,7 +45,9 @@ from infra.resend import request as resend_request
 from infra.tmux_control import PaneTerminal
 from schemas import subjects
 from schemas.errors import BadRequest, RemoteError, UnknownAgent
-from services.gateway import NC, holding, role, websocket, who
+from services.gateway.keys import NC, holding, role, websocket, who
+from services.gateway.openapi_fields import WHOLE, query
+from services.gateway.routing import Route
 from services.tokens import TokenEntry, allows
 
 log = logging.getLogger(__name__)
@@ -186,6 +188,25 @@ async def _leave(request: web.Request, agent: str, user: str) -> None:
         log.warning("terminal: detach of %s from %s not recorded: %s", user, agent, e)
 
 
-def setup(app: web.Application) -> None:
-    """The route itself is in `gateway_api.ROUTES` (so OpenAPI lists it)."""
+def watch_terms(app: web.Application) -> None:
+    """Who has a terminal open, for the last one's detach (its route is `term_routes`)."""
     app[PRESENCE] = Counter()
+
+
+def term_routes() -> list[Route]:
+    return [
+        Route(
+            "GET",
+            "/ws/term/{agent}",
+            ws_term,
+            "WebSocket terminal onto the agent's pane (?cols=&rows=; viewers read only; "
+            "?ticket= from POST /api/tickets)",
+            status=101,
+            content="",
+            query=(
+                query("cols", WHOLE, "columns"),
+                query("rows", WHOLE, "rows"),
+                query("readonly", {"type": "string"}, "1: an operator's terminal that only reads"),
+            ),
+        )
+    ]

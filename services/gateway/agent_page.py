@@ -2,7 +2,7 @@
 
 - Checkpoints are read from the agent's log in JetStream (no actor needed, as `fleet
   checkpoints` does); one is taken with the agent's `checkpoint` command on `fleet.cmd.<id>`,
-  and `POST /api/agents/{id}/rollback` (gateway_api's command route) rolls back to one.
+  and `POST /api/agents/{id}/rollback` (agents.py's command route) rolls back to one.
 - Mail is looked at without taking it (`Mailbox.peek`, as `fleet inbox` does) and sent to
   `fleet.mail.<id>.<priority>` (as `fleet mail send`), from the token's name.
 - Health is the health service's answer on `fleet.ctl.health` (as `fleet health`).
@@ -21,18 +21,19 @@ from aiohttp import web
 from schemas import replies, subjects
 from schemas.errors import BadRequest, RemoteError, UnknownAgent
 from schemas.mail import MailMessage
-from services.gateway import HUB, MAILBOX, STORE, role, who
-from services.gateway_api import (
+from services.gateway.keys import HUB, MAILBOX, STORE, role, who
+from services.gateway.openapi_fields import query
+from services.gateway.routing import (
     BUS,
     COMMANDS,
     Route,
     agent_of,
     ask,
+    by,
     command,
     json_body,
     query_int,
 )
-from services.gateway_openapi_fields import query
 
 HEALTH_TIMEOUT_S = 5.0
 MAX_LIST = 200
@@ -143,7 +144,7 @@ async def agent_health(request: web.Request) -> web.StreamResponse:
             "agent": agent,
             "limit": _limit(request, 20),
             "kind": kind,
-            "by": f"token:{who(request).name}",
+            "by": by(request),
         }
     )
     nobody = RemoteError("no_responders", "no health service answers; is `fleet up` running?")
@@ -164,58 +165,60 @@ async def samples(request: web.Request) -> web.StreamResponse:
 _LIMIT = query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIST}, "at most")
 _KIND = query("kind", {"enum": list(HEALTH_KINDS)}, "only observations of this kind")
 
-ROUTES: list[Route] = [
-    Route(
-        "GET",
-        "/api/agents/{agent}/checkpoints",
-        list_checkpoints,
-        "the agent's checkpoints (from its log)",
-        reply="CheckpointsReply",
-        errors=(503,),
-    ),
-    Route(
-        "POST",
-        "/api/agents/{agent}/checkpoints",
-        take_checkpoint,
-        "take a checkpoint (the agent's checkpoint command); roll back with POST .../rollback",
-        TakeCheckpoint,
-        "CheckpointReply",
-        status=201,
-        errors=COMMANDS,
-    ),
-    Route(
-        "GET",
-        "/api/agents/{agent}/mail",
-        inbox,
-        "the agent's waiting mail, highest priority first (?limit=; nothing is taken)",
-        reply="InboxReply",
-        errors=(503,),
-        query=(_LIMIT,),
-    ),
-    Route(
-        "POST",
-        "/api/agents/{agent}/mail",
-        send_mail,
-        "mail the agent (from the token's name)",
-        SendMail,
-        "SentReply",
-        status=201,
-        errors=(429, 503),
-    ),
-    Route(
-        "GET",
-        "/api/agents/{agent}/health",
-        agent_health,
-        "the health service's report (?limit=&kind=sample|probe|recovery)",
-        reply="HealthReply",
-        errors=BUS,
-        query=(_LIMIT, _KIND),
-    ),
-    Route(
-        "GET",
-        "/api/health",
-        samples,
-        "the latest CPU/memory sample of each agent",
-        reply="SamplesReply",
-    ),
-]
+
+def agent_page_routes() -> list[Route]:
+    return [
+        Route(
+            "GET",
+            "/api/agents/{agent}/checkpoints",
+            list_checkpoints,
+            "the agent's checkpoints (from its log)",
+            reply="CheckpointsReply",
+            errors=(503,),
+        ),
+        Route(
+            "POST",
+            "/api/agents/{agent}/checkpoints",
+            take_checkpoint,
+            "take a checkpoint (the agent's checkpoint command); roll back with POST .../rollback",
+            TakeCheckpoint,
+            "CheckpointReply",
+            status=201,
+            errors=COMMANDS,
+        ),
+        Route(
+            "GET",
+            "/api/agents/{agent}/mail",
+            inbox,
+            "the agent's waiting mail, highest priority first (?limit=; nothing is taken)",
+            reply="InboxReply",
+            errors=(503,),
+            query=(_LIMIT,),
+        ),
+        Route(
+            "POST",
+            "/api/agents/{agent}/mail",
+            send_mail,
+            "mail the agent (from the token's name)",
+            SendMail,
+            "SentReply",
+            status=201,
+            errors=(429, 503),
+        ),
+        Route(
+            "GET",
+            "/api/agents/{agent}/health",
+            agent_health,
+            "the health service's report (?limit=&kind=sample|probe|recovery)",
+            reply="HealthReply",
+            errors=BUS,
+            query=(_LIMIT, _KIND),
+        ),
+        Route(
+            "GET",
+            "/api/health",
+            samples,
+            "the latest CPU/memory sample of each agent",
+            reply="SamplesReply",
+        ),
+    ]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.gateway import role
+from services.gateway.keys import role
 
-WEB = Path(__file__).with_name("web")
+WEB = Path(__file__).resolve().parent.parent / "web"  # services/web
 NODE_MODULES = WEB / "node_modules"
 VENDOR = {
     "xterm.js": "@xterm/xterm/lib/xterm.js",
@@ -41,7 +41,7 @@ async def vendor(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path)
 
 
-def add_routes(app: web.Application) -> None:
+def add_static_routes(app: web.Application) -> None:
     app.router.add_get("/", index)
     app.router.add_get("/vendor/{name}", vendor)
-    app.router.add_static("/static/", WEB, follow_symlinks=False)  # public: see _auth
+    app.router.add_static("/static/", WEB, follow_symlinks=False)  # public: see auth.py
