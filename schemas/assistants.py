@@ -65,8 +65,11 @@ class AssistantProfile(msgspec.Struct, frozen=True, kw_only=True):
     without, it is typed as keys. Enter is a key of its own after the text: in the same tmux
     call with `enter_with_text` (the assistant tells a paste's end from a key press: a shell),
     else once the screen shows the text and `enter_delay_s` later. Codex took text and Enter
-    typed together as one paste and never submitted; Gemini CLI drops an Enter that comes
-    right after a paste (0.3 s later it submits).
+    typed together as one paste and never submitted; Gemini CLI takes an Enter that comes
+    within 40 ms of a paste by its own clock as a newline (0.3 s later it submits, unless its
+    event loop is starved: then it is later still). With `empty_input` (what the input box shows
+    only when it is empty) the Enter is checked: while that text does not show, the Enter was a
+    newline, and it is taken back (BSpace) and sent again.
     """
 
     name: str
@@ -77,6 +80,7 @@ class AssistantProfile(msgspec.Struct, frozen=True, kw_only=True):
     paste: bool = True
     enter_with_text: bool = False
     enter_delay_s: float = 0.0
+    empty_input: str = ""
     patterns: dict[str, tuple[str, ...]] = {}  # Activity value -> regexes (see module doc)
     env: dict[str, str] = {}
 
@@ -244,7 +248,8 @@ GEMINI = AssistantProfile(
     name="gemini",
     command="gemini",
     quit_text="/quit",
-    enter_delay_s=0.3,  # an Enter at once after a paste is dropped (0.61.0, measured)
+    enter_delay_s=0.3,  # an Enter at once after a paste is a newline (0.61.0, measured)
+    empty_input="Type your message",
     quit_keys=("C-c", "C-c"),  # "Press Ctrl+C again to exit"
     cancel_keys=("Escape", "C-c", "C-c"),
     patterns=_patterns(

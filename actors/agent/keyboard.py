@@ -5,6 +5,8 @@ text was one paste to Codex (it tells a paste from typing by speed) and never su
 newline in it was an Enter: half a message sent. So, as the profile says (schemas/assistants.py):
 the text is pasted (bracketed when the assistant asked for it), and Enter follows as a key of its
 own, either in the same tmux call (a shell) or once the screen shows the paste was taken.
+Where the profile names its empty input box, the Enter is checked and, if it became a newline
+inside the text (Gemini under load), taken back and sent again.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from schemas.errors import SessionMissing, TmuxFailed
 SHOWN_WAIT_S = 2.0  # until the paste shows on screen before its Enter, at most this long
 LOOK_S = 0.05
 MARK_CHARS = 24  # of the text's last line: what is looked for on screen (a box wraps the rest)
+SUBMIT_WAIT_S = 3.0  # for an Enter to show as a submit (the empty box again), each attempt
+SUBMIT_TRIES = 3
 
 
 async def enter_text(
@@ -46,6 +50,39 @@ async def enter_text(
     if profile.enter_delay_s > 0:
         await asyncio.sleep(profile.enter_delay_s)
     await asyncio.to_thread(tmux.send_keys, session, window, ["Enter"])
+    if profile.empty_input:
+        await _until_submitted(tmux, session, window, profile.empty_input)
+
+
+async def _until_submitted(tmux: Tmux, session: str, window: str, empty_input: str) -> None:
+    """Until the input box shows empty again. Gemini takes an Enter inside its paste window
+    (40 ms by its own clock, which a starved event loop stretches) as a newline in the text:
+    then a BSpace takes that newline back and Enter goes again. Harmless when the first Enter
+    was a submit not yet drawn: a BSpace in an empty box and an Enter with nothing in it do
+    nothing. Ends at once when the pane is gone or its process exited (a quit text)."""
+    for _ in range(SUBMIT_TRIES):
+        deadline = time.monotonic() + SUBMIT_WAIT_S
+        while time.monotonic() < deadline:
+            screen = await _capture(tmux, session, window)
+            if screen is None or empty_input in screen or await _gone(tmux, session, window):
+                return
+            await asyncio.sleep(LOOK_S)
+        try:
+            await asyncio.to_thread(tmux.send_keys, session, window, ["BSpace", "Enter"])
+        except (SessionMissing, TmuxFailed):
+            return
+
+
+async def _gone(tmux: Tmux, session: str, window: str) -> bool:
+    try:
+        return await asyncio.to_thread(tmux.pane_dead, session, window)
+    except (SessionMissing, TmuxFailed):
+        return True
+
+
+def _mark(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][-MARK_CHARS:] if lines else ""
 
 
 def _put(
@@ -66,8 +103,7 @@ async def shown(
     """Until the screen shows the text was taken: it changed from `before` and shows the end
     of the text's last line, or it changed and then held still for a look (a long paste shown
     folded: "[Pasted Text: 6 lines]"). False when `wait_s` passed first, or the pane is gone."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    mark = lines[-1][-MARK_CHARS:] if lines else ""
+    mark = _mark(text)
     deadline = time.monotonic() + wait_s
     last = before
     while time.monotonic() < deadline:
