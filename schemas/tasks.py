@@ -21,8 +21,8 @@ import msgspec
 
 from schemas import validation as v
 from schemas.commands import Command
-from schemas.errors import InvalidTask
 from schemas.subjects import PRIORITIES, token
+from schemas.tasks_errors import InvalidTask
 
 
 class TaskStatus(enum.StrEnum):

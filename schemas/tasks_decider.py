@@ -18,7 +18,9 @@ from msgspec.structs import replace
 
 from schemas import tasks as t
 from schemas.chain import Position
-from schemas.errors import (
+from schemas.subjects import token
+from schemas.tasks import S, TaskStatus
+from schemas.tasks_errors import (
     DependenciesNotDone,
     InvalidTask,
     NoAttemptsLeft,
@@ -28,8 +30,6 @@ from schemas.errors import (
     TaskTransition,
     UnknownTask,
 )
-from schemas.subjects import token
-from schemas.tasks import S, TaskStatus
 
 
 class TaskState(msgspec.Struct, frozen=True, kw_only=True):

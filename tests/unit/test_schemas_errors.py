@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from schemas import commands as c
-from schemas import errors
+from schemas import errors, tasks_errors
 from schemas.agent import AgentState, decide, evolve, initial
 from schemas.errors import (
     AgentExists,
@@ -170,10 +170,13 @@ def all_subclasses(cls: type) -> list[type]:
 
 
 def test_every_error_is_a_fleet_error_with_its_own_code() -> None:
-    classes = [cls for cls in vars(errors).values() if isinstance(cls, type)]
+    modules = (errors, tasks_errors)  # the hierarchy, and the tasks' part of it
+    classes = [cls for m in modules for cls in vars(m).values() if isinstance(cls, type)]
     classes = [cls for cls in classes if issubclass(cls, Exception)]
     assert all(issubclass(cls, FleetError) for cls in classes)
-    codes = [cls.code for cls in all_subclasses(FleetError) if cls.__module__ == errors.__name__]
+    names = {m.__name__ for m in modules}
+    codes = [cls.code for cls in all_subclasses(FleetError) if cls.__module__ in names]
+    assert "invalid_task_transition" in codes, "schemas/tasks_errors.py was not read"
     assert len(codes) == len(set(codes)), f"two error classes share a code: {sorted(codes)}"
     assert FleetError.code not in codes
 

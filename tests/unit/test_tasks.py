@@ -18,18 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import tasks as t
-from schemas.errors import (
-    DependenciesNotDone,
-    FleetError,
-    InvalidName,
-    InvalidTask,
-    NoAttemptsLeft,
-    NotYourTask,
-    StaleTaskReport,
-    TaskExists,
-    TaskTransition,
-    UnknownTask,
-)
+from schemas.errors import FleetError, InvalidName
 from schemas.tasks import TERMINAL, TRANSITIONS, S, TaskStatus
 from schemas.tasks_decider import (
     TaskState,
@@ -42,6 +31,16 @@ from schemas.tasks_decider import (
     overdue,
     problem,
     view,
+)
+from schemas.tasks_errors import (
+    DependenciesNotDone,
+    InvalidTask,
+    NoAttemptsLeft,
+    NotYourTask,
+    StaleTaskReport,
+    TaskExists,
+    TaskTransition,
+    UnknownTask,
 )
 
 TASK = "t1"
