@@ -56,7 +56,13 @@ class _Separator(str):
 
 
 _SEP = _Separator(";")  # never escaped
-_MISSING = ("can't find session", "no server running", "error connecting to")
+# "server exited unexpectedly": the server ended while answering (its last session closed)
+_MISSING = (
+    "can't find session",
+    "no server running",
+    "error connecting to",
+    "server exited unexpectedly",
+)
 _DUPLICATE = "duplicate session"
 
 

@@ -50,23 +50,27 @@ async def quit_assistant(
         if screen is None:
             return await _exited(pid, 0)
         activity = classify(screen, profile)
-        if activity is Activity.READY and profile.quit_text and not typed:
-            typed = True
-            await enter_text(
-                tmux, session, WINDOW, profile, profile.quit_text, before=screen, wait_s=ECHO_WAIT_S
-            )
-            wait = max(deadline - time.monotonic(), 0) / 2  # it quits now, or it did not hear
-        elif activity in WAITING:
-            key = next(cancels, None)
-            if key is None:
+        try:
+            if activity is Activity.READY and profile.quit_text and not typed:
+                typed = True
+                await enter_text(
+                    tmux, session, WINDOW, profile, profile.quit_text, before=screen,
+                    wait_s=ECHO_WAIT_S,
+                )  # fmt: skip
+                wait = max(deadline - time.monotonic(), 0) / 2  # it quits now, or did not hear
+            elif activity in WAITING:
+                key = next(cancels, None)
+                if key is None:
+                    return await _exited(pid, max(deadline - time.monotonic(), 0))
+                await asyncio.to_thread(tmux.send_keys, session, WINDOW, [key])
+                wait = KEY_WAIT_S
+            elif profile.quit_keys and not quit_sent:
+                quit_sent = True
+                await asyncio.to_thread(tmux.send_keys, session, WINDOW, list(profile.quit_keys))
+                wait = KEY_WAIT_S * 2
+            else:
                 return await _exited(pid, max(deadline - time.monotonic(), 0))
-            await asyncio.to_thread(tmux.send_keys, session, WINDOW, [key])
-            wait = KEY_WAIT_S
-        elif profile.quit_keys and not quit_sent:
-            quit_sent = True
-            await asyncio.to_thread(tmux.send_keys, session, WINDOW, list(profile.quit_keys))
-            wait = KEY_WAIT_S * 2
-        else:
+        except (SessionMissing, TmuxFailed):  # it ended as it was spoken to: its window is gone
             return await _exited(pid, max(deadline - time.monotonic(), 0))
         if await _settled(tmux, session, pid, screen, min(wait, deadline - time.monotonic())):
             return True
