@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from nats.aio.msg import Msg
 
+from infra.nats import connect
+from schemas import subjects
 from schemas.states import Activity
+from services.gateway import agents
 from tests.conftest import Fleet
 from tests.fleet.gateway_fixtures import (
     Gateway,
@@ -68,6 +73,63 @@ async def test_errors_keep_the_reply_shape_with_a_4xx(
         ) as r:
             assert r.status == 400, name
             assert (await r.json())["error"]["code"] == "invalid_name"
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("git_failed", 502),
+        ("tmux_failed", 502),
+        ("invalid_transition", 409),
+        ("pane_dead", 409),
+        ("unknown_checkpoint", 404),
+        ("busy", 503),
+        ("rate_limited", 429),
+        ("internal", 500),
+        ("invalid_field", 400),
+    ],
+)
+async def test_an_agents_error_reply_has_its_codes_status_and_its_sentence(
+    gw: Gateway, http: aiohttp.ClientSession, nats_url: str, code: str, status: int
+) -> None:
+    """An agent (played by a plain responder on its command subject) refuses with `code`:
+    the gateway answers with the status of httpstatus.STATUS and the reply as the agent wrote it."""
+    reply = {"ok": False, "error": {"code": code, "message": f"the agent says {code}"}}
+    nc = await connect(nats_url, name="test-agent-a1")
+    try:
+
+        async def answer(msg: Msg) -> None:
+            await msg.respond(json.dumps(reply).encode())
+
+        await nc.subscribe(subjects.command("a1"), cb=answer)
+        await nc.flush()
+        pause = gw.url + "/api/agents/a1/pause"
+        async with http.post(pause, headers=gw.headers("operator")) as r:
+            assert r.status == status, await r.text()
+            assert await r.json() == reply
+    finally:
+        await nc.close()
+
+
+async def test_a_bug_in_a_route_is_a_500_naming_the_id_it_is_logged_under(
+    gw: Gateway,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(request: object, name: str) -> bool:
+        raise RuntimeError("a bug in a route")
+
+    monkeypatch.setattr(agents, "query_flag", broken)
+    with caplog.at_level(logging.ERROR, logger="services.gateway.httpstatus"):
+        status, body = await get_json(http, gw.url + "/api/agents", gw.headers("viewer"))
+    assert status == 500, body
+    error = body["error"]  # type: ignore[index]
+    assert error["code"] == "internal" and error["error_id"] in error["message"]
+    assert "a bug in a route" not in error["message"], "the caller gets no traceback"
+    logged = [r for r in caplog.records if error["error_id"] in r.getMessage()]
+    assert logged and logged[0].exc_info is not None, caplog.text
+    assert "gateway: GET /api/agents failed" in logged[0].getMessage()
 
 
 async def test_the_log_and_live_events_filtered_by_agent(
