@@ -30,6 +30,10 @@ from tests.fleet.gateway_fixtures import run_gateway, spawn
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 EXAMPLES = int(os.environ.get("FLEET_SCHEMATHESIS_EXAMPLES", "5"))
 RUN_GUARD_S = 900.0  # a hung run fails here, with its output, before pytest's own timeout
+# Past the gateway's own longest wait (a restart's 90 s), so a slow answer on a loaded machine
+# is the gateway's to give (its reply, or a 504 with a sentence), not schemathesis's 10 s
+# "Read timed out" (a loaded run saw one on a spawn).
+REQUEST_TIMEOUT_S = 150.0
 LIVE = "s1"
 CONFIG = f"""
 [dictionaries.agents]
@@ -61,6 +65,8 @@ def _argv(url: str, token: str, config: Path) -> list[str]:
         "--generation-deterministic",
         "--workers",
         "1",
+        "--request-timeout",
+        f"{REQUEST_TIMEOUT_S:g}",
         "--no-color",
     ]
 
