@@ -272,12 +272,8 @@ class AgentActor:
             if not cmd.id and reply_to:  # one request, one id, by whichever way it came
                 cmd = msgspec.structs.replace(cmd, id=request_id(reply_to))
             return await self.handle(cmd, busy_budget(headers))
-        except FleetError as e:
-            return replies.error(e)
-        except Exception:
-            error_id = new_id()[:12]
-            log.exception("agent %s: command failed (error id %s)", self.agent_id(), error_id)
-            return replies.unexpected(error_id)
+        except Exception as e:  # the one error boundary (infra/errorlog.py)
+            return errorlog.reply_to(e, log, f"agent {self.agent_id()}: command")
 
     async def _retire(self) -> None:
         """A removed agent's actor lets go of everything and ends, for good."""

@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 
 from nats.aio.msg import Msg
 
 from actors.agent.context import AgentContext
+from infra import errorlog
 from schemas import commands as c
 from schemas import hooks, replies
-from schemas.errors import FleetError
 from schemas.profiles import agent_profile
 from schemas.ratelimit import RateLimiter
 from schemas.states import Lifecycle
@@ -44,13 +43,8 @@ class HookDesk:
     async def _answer(self, msg: Msg) -> None:
         try:
             reply = await self.answer(msg.data)
-        except FleetError as e:
-            reply = replies.error(e)
-        except Exception:
-            error_id = uuid.uuid4().hex[:12]
-            agent = self.ctx.state.agent_id
-            log.exception("agent %s: a hook call failed (error id %s)", agent, error_id)
-            reply = replies.unexpected(error_id)
+        except Exception as e:  # the one error boundary (infra/errorlog.py)
+            reply = errorlog.reply_to(e, log, f"agent {self.ctx.agent_id}: a hook call")
         if msg.reply:
             await msg.respond(reply)
 

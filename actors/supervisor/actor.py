@@ -31,7 +31,6 @@ import ray
 from nats.aio.msg import Msg
 from ray.exceptions import RayError
 
-from actors.agent.ids import new_id
 from actors.names import AGENT_PREFIX, SLOT_PREFIX
 from actors.supervisor.config import FleetConfig, agent_actor_class, agent_options, named_actors
 from actors.supervisor.fleetview import FleetView
@@ -48,7 +47,6 @@ from schemas.discovery import AcquireRequest, FindRequest, RegistryEntry, select
 from schemas.errors import (
     AgentExists,
     BadRequest,
-    FleetError,
     RemoteError,
     TooManyAgents,
     UnknownAgent,
@@ -172,12 +170,8 @@ class Supervisor:
     async def _answer(self, msg: Msg, handler: Any) -> None:
         try:
             reply = await handler(msg.data)
-        except FleetError as e:
-            reply = replies.error(e)
-        except Exception:
-            error_id = new_id()[:12]
-            log.exception("supervisor request failed (error id %s)", error_id)
-            reply = replies.unexpected(error_id)
+        except Exception as e:  # the one error boundary (infra/errorlog.py)
+            reply = errorlog.reply_to(e, log, "supervisor request")
         if msg.reply:
             await msg.respond(reply)
 

@@ -98,12 +98,8 @@ class MailRelay:
     async def _answer(self, msg: Msg, handler: Handler) -> None:
         try:
             reply = await handler(msg)
-        except FleetError as e:
-            reply = replies.error(e)
-        except Exception:
-            error_id = errorlog.new_error_id()
-            log.exception("relay of %s failed (error id %s)", msg.subject, error_id)
-            reply = replies.unexpected(error_id)
+        except Exception as e:  # the one error boundary (infra/errorlog.py)
+            reply = errorlog.reply_to(e, log, f"relay of {msg.subject}")
         if msg.reply:
             await msg.respond(reply)
 
