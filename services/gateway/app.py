@@ -7,12 +7,13 @@ listens on 127.0.0.1 (port 0: any free port) and returns the URL; `fleet up` cal
 Auth: every route names the least role it needs (`public`, `viewer`, `operator`, `admin`); a
 token comes only as `Authorization: Bearer <token>`. A WebSocket (where a browser cannot set
 headers) may instead carry `?ticket=`, from `POST /api/tickets`: single use, short-lived, bound
-to the token (tickets.py). A token in the URL (`?token=`) is refused, since URLs
-end up in logs and histories. No token or an unknown one: 401; a role too small: 403. A
+to the token (tickets.py). A token in the URL (`?token=`) is refused, since URLs end up in
+logs and histories. No token or an unknown one: 401; a role too small: 403 (auth.py). A
 revoked token's open WebSockets are closed (code 1008, with a sentence) within `WATCH_S`.
-Errors (STYLE §7): a `FleetError` (ours or in a reply) is `{"ok": false, "error": {...}}`
-with the status its code has in httpstatus.py's one table; anything else is a 500 whose id
-is in the log (`httpstatus.errors`, through infra/errorlog.py's boundary).
+Errors (CONTRIBUTING.md, "A new error"): a `FleetError` (ours or in a reply) is
+`{"ok": false, "error": {...}}` with the status its code has in httpstatus.py's one table;
+anything else is a 500 whose id is in the log (`httpstatus.errors`, through
+infra/errorlog.py's boundary).
 
 Nothing below imports this module: keys and helpers at the bottom, the route groups in the
 middle (keys.py lists them), this factory on top.
