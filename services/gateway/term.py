@@ -43,8 +43,9 @@ from nats.errors import NoRespondersError
 
 from infra.resend import request as resend_request
 from infra.tmux_control import PaneTerminal
-from schemas import subjects
+from schemas import replies, subjects
 from schemas.errors import BadRequest, RemoteError, UnknownAgent
+from schemas.wire import AgentReply
 from services.gateway.keys import NC, holding, role, websocket, who
 from services.gateway.openapi_fields import WHOLE, query
 from services.gateway.routing import Route
@@ -83,7 +84,7 @@ def socket_of(argv: list[str]) -> str:
     raise RemoteError("bad_reply", "the agent's attach named no tmux socket")
 
 
-async def _ask(request: web.Request, agent: str, fields: dict[str, Any]) -> dict[str, Any]:
+async def _ask(request: web.Request, agent: str, fields: dict[str, Any]) -> AgentReply:
     """Send one command to the agent actor; its reply, or its error raised as a FleetError."""
     who_ = who(request)
     payload = msgspec.json.encode({"id": uuid.uuid4().hex, **fields, "by": f"token:{who_.name}"})
@@ -94,11 +95,7 @@ async def _ask(request: web.Request, agent: str, fields: dict[str, Any]) -> dict
         raise UnknownAgent(agent) from e
     except TimeoutError as e:
         raise RemoteError("timeout", f"agent {agent} did not answer {fields['type']}") from e
-    reply: dict[str, Any] = msgspec.json.decode(msg.data)
-    if not reply.get("ok"):
-        error = reply.get("error") or {}
-        raise RemoteError(error.get("code", "error"), error.get("message", "refused"))
-    return reply
+    return replies.decode_reply(msg.data, AgentReply, f"agent {agent}'s {fields['type']} reply")
 
 
 async def _to_browser(term: PaneTerminal, ws: web.WebSocketResponse) -> None:
@@ -136,7 +133,7 @@ async def ws_term(request: web.Request) -> web.StreamResponse:
     presence = request.app[PRESENCE]
     presence[agent, user] += 1
     try:
-        socket, session = socket_of(list(reply["argv"])), str(reply["session"])
+        socket, session = socket_of(reply.argv or []), str(reply.session)
         term = await PaneTerminal.open(
             socket, session, WINDOW, readonly=readonly, cols=cols, rows=rows
         )
