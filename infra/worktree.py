@@ -32,21 +32,21 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from infra import agentrepo, gitsafe, snapshots
+from infra.agentfiles import Records, gitfile, is_linked, quoted, read_plain
+from infra.agentfiles import checked_token as _token
 from infra.gitjail import Jail
-from infra.userrepo import BRANCH_PREFIX, META, UserRepo, borrowed_objects, repo_lock, top
+from infra.userrepo import BRANCH_PREFIX, UserRepo, repo_lock
 from infra.worktree_legacy import LegacyWorktrees, common_dir
 from schemas.errors import GitFailed, InvalidName, UnknownRef, WorktreeHasWork
 
 __all__ = ["BRANCH_PREFIX", "SAVED_PREFIX", "WorktreeInfo", "Worktrees", "common_dir"]
 
 SAVED_PREFIX = "refs/fleet/saved/"
-_TOKEN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 _REF = re.compile(r"[^-\s~^:?*\[\\][^\s~^:?*\[\\]*")
 
 
@@ -60,33 +60,11 @@ class WorktreeInfo:
     agent_id: str | None  # the directory name when it lies under the worktree root
 
 
-def _token(what: str, value: str) -> str:
-    if not _TOKEN.fullmatch(value):
-        raise InvalidName(what, value, "use 1 to 64 letters, digits, '_' and '-', not first")
-    return value
-
-
 def _ref(what: str, value: str) -> str:
     """A ref or commit name that git can not read as an option or a revision expression."""
     if not _REF.fullmatch(value):
         raise InvalidName(what, value, "a git ref or sha: no leading '-', spaces or ~^:?*[\\")
     return value
-
-
-def paths_for_pane(repo_path: str | Path, worktree: str | Path) -> tuple[list[str], list[str]]:
-    """What an agent's processes need for git in their repository: (read-only, writable).
-
-    Writable: the agent's directory (its `.git` is inside). Read-only: the object directories
-    its repository borrows (the user's). Nothing else of the user's repository: not its refs,
-    config, hooks or index. An older agent's linked worktree still needs the user's git
-    directory writable (its commits go there); that is the one case the second list has it.
-    """
-    wt = Path(worktree)
-    common = common_dir(top(repo_path))
-    if agentrepo.is_agent_repo(wt) or not wt.exists():
-        return borrowed_objects(common), [str(wt)]
-    linked = common_dir(wt)
-    return [], [str(wt), *([linked] if linked else [])]
 
 
 class Worktrees:
@@ -96,6 +74,7 @@ class Worktrees:
         self.repo = UserRepo(repo_path, root)
         self.main, self.root, self.common = self.repo.main, self.repo.root, self.repo.common
         self._legacy = LegacyWorktrees(self.main, self.root, self.repo.gitdir)
+        self.records = Records(self.root, self.common)  # each agent's branch, fleetd's word
         self.jail = jail  # where git on the agent's files runs (infra/gitjail.py), if set
 
     def path_for(self, agent_id: str) -> Path:
@@ -135,12 +114,12 @@ class Worktrees:
                         "add a worktree", where, f"branch {full} is checked out elsewhere"
                     )
                 head = existing
-            self._write_meta(agent_id, full)
+            self.records.write(agent_id, full)
         try:
             self._init(path, full, head)
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
-            self._meta_path(agent_id).unlink(missing_ok=True)
+            self.records.forget(agent_id)
             raise
         return WorktreeInfo(path, full, head, agent_id)
 
@@ -173,7 +152,7 @@ class Worktrees:
         agentrepo.write(path, f"refs/heads/{full}", (head + "\n").encode())
         name, email = who["GIT_AUTHOR_NAME"], who["GIT_AUTHOR_EMAIL"]
         config = (agentrepo.read(path, "config", 1 << 20) or b"").decode(errors="replace")
-        config += f"[user]\n\tname = {_quoted(name)}\n\temail = {_quoted(email)}\n"
+        config += f"[user]\n\tname = {quoted(name)}\n\temail = {quoted(email)}\n"
         agentrepo.write(path, "config", config.encode())
         with tempfile.TemporaryDirectory(prefix="fleet-index-") as tmp:
             index = Path(tmp) / "index"
@@ -198,11 +177,11 @@ class Worktrees:
         if dot_git.is_dir() and not dot_git.is_symlink() and not emptied:
             return True
         if not emptied and (dot_git.is_symlink() or dot_git.exists()):
-            if self._is_linked(dot_git):
+            if is_linked(dot_git, self.common):
                 return False
             raise GitFailed("use the agent's repository", where,
                             ".git is neither its repository nor a linked worktree")  # fmt: skip
-        branch = self._read_meta(wt.name) if wt.parent == self.root else None
+        branch = self.records.read(wt.name) if wt.parent == self.root else None
         head = self._commit_of(f"refs/heads/{branch}") if branch else None
         if not wt.is_dir() or branch is None or head is None:
             raise GitFailed("use the agent's repository", where, "it has no .git any more")
@@ -221,12 +200,12 @@ class Worktrees:
         path = self.path_for(agent_id)
         dot_git = path / ".git"
         where = str(path)
-        if not self._is_linked(dot_git):
+        if not is_linked(dot_git, self.common):
             return False
-        admin = Path(os.path.normpath(path / _gitfile(dot_git)))
+        admin = Path(os.path.normpath(path / gitfile(dot_git)))
         if admin.is_symlink() or not admin.is_dir():
             raise GitFailed("migrate the linked worktree", where, f"{admin} is not a folder")
-        raw = _read_plain(admin / "HEAD", 4096).decode(errors="replace").strip()
+        raw = read_plain(admin / "HEAD", 4096).decode(errors="replace").strip()
         ref = raw.removeprefix("ref: ").strip() if raw.startswith("ref: ") else None
         branch = ref.removeprefix("refs/heads/") if ref else None
         if branch is None or not branch.startswith(BRANCH_PREFIX) or not _REF.fullmatch(branch):
@@ -235,9 +214,9 @@ class Worktrees:
         head = self._commit_of(f"refs/heads/{branch}")
         if head is None:
             raise GitFailed("migrate the linked worktree", where, f"{branch} names no commit")
-        index = _read_plain(admin / "index", agentrepo.MAX_READ)
+        index = read_plain(admin / "index", agentrepo.MAX_READ)
         dot_git.unlink()
-        self._write_meta(agent_id, branch)
+        self.records.write(agent_id, branch)
         self._init(path, branch, head, checkout=False)
         if index:
             agentrepo.write(path, "index", index)  # its staged changes, its files' stat data
@@ -245,17 +224,6 @@ class Worktrees:
         self.repo.git("forget the linked worktree", "worktree", "prune")
         agentrepo.hand_back(path)
         return True
-
-    def _is_linked(self, dot_git: Path) -> bool:
-        """`.git` is a plain file naming a git dir under the user's `worktrees/`."""
-        if dot_git.is_symlink() or not dot_git.is_file():
-            return False
-        try:
-            named = dot_git.read_text(errors="replace").strip().removeprefix("gitdir:").strip()
-        except OSError:
-            return False
-        found = Path(os.path.normpath(dot_git.parent / named))
-        return found.parent == self.common / "worktrees"
 
     # -- what the agent has -----------------------------------------------------------------
 
@@ -266,7 +234,7 @@ class Worktrees:
         try:
             return agentrepo.head(wt)[1]
         except GitFailed:
-            meta = self._read_meta(wt.name)
+            meta = self.records.read(wt.name)
             found = self._commit_of(f"refs/heads/{meta}") if meta else None
             if found is None:
                 raise
@@ -313,7 +281,7 @@ class Worktrees:
         copied in); the commit, or None when there is nothing to bring (no such repository,
         or the branch is checked out in one of the user's own worktrees)."""
         path = self.path_for(agent_id)
-        branch = self._read_meta(agent_id)
+        branch = self.records.read(agent_id)
         if branch is None or not agentrepo.is_agent_repo(path) or self._checked_out(branch):
             return None
         head = self.head_of(path)
@@ -339,13 +307,17 @@ class Worktrees:
         """
         path = self.path_for(agent_id)
         dot_git = path / ".git"
-        if force and (dot_git.is_symlink() or dot_git.is_file()) and not self._is_linked(dot_git):
+        if (
+            force
+            and (dot_git.is_symlink() or dot_git.is_file())
+            and not is_linked(dot_git, self.common)
+        ):
             dot_git.unlink()  # a stray .git in its place: the repository is made again below
         if not path.exists() or not self._own_repo(path):
             saved = self._legacy.remove(agent_id, path, force, base_ref, delete_branch)
-            self._meta_path(agent_id).unlink(missing_ok=True)
+            self.records.forget(agent_id)
             return saved
-        branch = self._read_meta(agent_id)
+        branch = self.records.read(agent_id)
         self.bring_back(agent_id)
         dirty = self.is_dirty(path)
         unmerged = self.unmerged_commits(path, base_ref or self.repo.main_head())
@@ -356,7 +328,7 @@ class Worktrees:
             saved = f"{SAVED_PREFIX}{agent_id}/{_stamp()}"
             self.save_to_ref(path, saved)
         shutil.rmtree(path)
-        self._meta_path(agent_id).unlink(missing_ok=True)
+        self.records.forget(agent_id)
         if delete_branch and branch and branch.startswith(BRANCH_PREFIX):
             self.repo.git("delete the branch", "update-ref", "-d", f"refs/heads/{branch}")
         return saved
@@ -392,17 +364,15 @@ class Worktrees:
             WorktreeInfo(path, branch, head, agent)
             for path, branch, head, agent in self._legacy.listed()
         ]
-        folder = self.root / META
-        for meta in sorted(folder.iterdir()) if folder.is_dir() else []:
-            branch, repo = _parse_meta(meta)
-            path = self.root / meta.name
-            if repo != str(self.common) or not agentrepo.is_agent_repo(path):
+        for agent_id, branch in self.records.listed():
+            path = self.root / agent_id
+            if not agentrepo.is_agent_repo(path):
                 continue
             try:
                 head = agentrepo.head(path)[1]
             except GitFailed:
                 head = ""
-            found.append(WorktreeInfo(path, branch, head, meta.name))
+            found.append(WorktreeInfo(path, branch, head, agent_id))
         return found
 
     def list_fleet_branches(self) -> list[str]:
@@ -413,88 +383,8 @@ class Worktrees:
         )  # fmt: skip
         return out.splitlines()
 
-    # -- what fleetd keeps of each agent's repository ---------------------------------------
-
-    def _meta_path(self, agent_id: str) -> Path:
-        return self.root / META / _token("agent id", agent_id)
-
-    def _write_meta(self, agent_id: str, branch: str) -> None:
-        path = self._meta_path(agent_id)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.write_text(f"branch={branch}\nrepo={self.common}\n")
-
-    def _read_meta(self, agent_id: str) -> str | None:
-        """The agent's branch, from fleetd's record (never from the agent's repository)."""
-        branch, repo = _parse_meta(self._meta_path(agent_id))
-        return branch if repo == str(self.common) else None
-
-
-def _gitfile(dot_git: Path) -> str:
-    return dot_git.read_text(errors="replace").strip().removeprefix("gitdir:").strip()
-
-
-def _read_plain(path: Path, limit: int) -> bytes:
-    """A regular file's bytes (b"" when missing, a link or not a regular file)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return b""
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return b""
-        return f.read(limit + 1)[:limit]
-
-
-def _parse_meta(path: Path) -> tuple[str | None, str | None]:
-    try:
-        fields = dict(line.partition("=")[::2] for line in path.read_text().splitlines())
-    except OSError:
-        return None, None
-    return fields.get("branch"), fields.get("repo")
-
-
-def _quoted(value: str) -> str:
-    """A git config value in double quotes (backslash and quote escaped, no newlines)."""
-    clean = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
-    return f'"{clean}"'
-
 
 def _stamp() -> str:
     from datetime import UTC, datetime
 
     return f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
-
-
-def exclude_untracked(worktree: Path, name: str) -> None:
-    """`/<name>` in the agent's own info/exclude, unless the agent tracks `name` (the ports'
-    `.env`: kept out of the agent's `git status`, and out of checkpoints, which read that file).
-    For an older linked worktree, the repository's info/exclude as before."""
-    if not agentrepo.is_agent_repo(worktree):
-        return LegacyWorktrees.exclude_untracked(worktree, name)
-    tracked = _index_has(worktree, name)
-    if tracked:
-        return  # the project tracks it: changing what git shows is its business
-    text = (agentrepo.read(worktree, "info/exclude", 1 << 20) or b"").decode(errors="replace")
-    if f"/{name}" not in text.splitlines():
-        sep = "" if text.endswith("\n") or not text else "\n"
-        agentrepo.write(worktree, "info/exclude", (text + sep + f"/{name}\n").encode())
-
-
-def _index_has(worktree: Path, name: str) -> bool:
-    """The agent's index has an entry `name` (at the top level), read by git from a copy."""
-    with tempfile.TemporaryDirectory(prefix="fleet-index-") as tmp:
-        index = Path(tmp) / "index"
-        data = agentrepo.read(worktree, "index")
-        if not data:
-            return False
-        index.write_bytes(data)
-        empty = Path(tmp) / "git"  # a repository of nothing: ls-files reads only the index
-        gitsafe.run(
-            "make a scratch repository", tmp, ("init", "-q", "--bare", "--template=", str(empty))
-        )
-        _, out = gitsafe.run_status(
-            "read the agent's index", tmp,
-            ("--git-dir", str(empty), "--work-tree", tmp, "ls-files", "--", name),
-            {"GIT_INDEX_FILE": str(index)},
-        )  # fmt: skip
-        return bool(out)

@@ -39,7 +39,7 @@ from actors.agent.assistantconfig import OWN_VARIABLES, prepare, variables
 from actors.agent.context import AgentContext
 from actors.agent.creds import creds_path
 from infra import installs, sandbox, secretstore, uids
-from infra.worktree import paths_for_pane
+from infra.agentfiles import paths_for_pane
 from schemas.errors import FleetError
 from schemas.secrets import redact_template
 from schemas.templates import Template, decode_spec, encode_spec
@@ -227,7 +227,7 @@ def wrap(
     read += tool_roots(os.environ.get("PATH", ""), Path(ctx.config.state_dir))
     read += [creds_path(ctx)] if ctx.config.nats_auth else []  # FLEET_NATS_CREDS
     # Git: its own repository (in the worktree) and, read-only, the objects it borrows from
-    # the user's; never the user's refs, config or hooks (infra/worktree.py).
+    # the user's; never the user's refs, config or hooks (infra/agentfiles.py).
     git_read, git_write = paths_for_pane(ctx.state.repo, worktree)
     read += git_read
     write = [*git_write, str(private_dir(ctx, "homes")), str(services_dir(ctx))]

@@ -19,7 +19,7 @@ import msgspec
 from nats.errors import NoRespondersError
 
 from actors.agent.context import AgentContext
-from infra.worktree import exclude_untracked
+from infra.agentfiles import exclude_untracked
 from schemas import events as e
 from schemas import subjects
 from schemas.errors import RemoteError
@@ -109,5 +109,5 @@ def write_dotenv(worktree: Path, ports: dict[str, int]) -> Path:
 
 
 def _exclude(worktree: Path) -> None:
-    """`/.env` in the agent's info/exclude, unless its project tracks one (infra/worktree.py)."""
+    """`/.env` in the agent's info/exclude, unless its project tracks one (infra/agentfiles.py)."""
     exclude_untracked(worktree, DOTENV)

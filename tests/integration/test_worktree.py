@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.worktree import Worktrees, common_dir, paths_for_pane
+from infra.agentfiles import paths_for_pane
+from infra.worktree import Worktrees, common_dir
 from schemas.errors import GitFailed, InvalidName, NotARepository, UnknownRef, WorktreeHasWork
 from tests.integration.conftest import git
 

@@ -183,7 +183,7 @@ git log --format=%an -1 && echo committed
 async def test_the_agent_uses_git_in_its_repository_and_its_work_comes_back(
     fleet: Fleet, nc: Client, repo: Path
 ) -> None:
-    """Needs the pane to read the user's objects (infra/worktree.py `paths_for_pane`)."""
+    """Needs the pane to read the user's objects (infra/agentfiles.py `paths_for_pane`)."""
     wt = await started(nc, repo, "g1")
     ran = await in_pane(nc, "g1", wt, COMMIT)
     assert "committed" in ran.output and "Test" in ran.output, ran.output
