@@ -11,11 +11,13 @@ with the agent, sequence and why, counted, handed to `on_refused`, and never to 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -26,6 +28,9 @@ from schemas.errors import FleetError
 from schemas.eventcheck import ChainCheck, Refusal
 
 log = logging.getLogger(__name__)
+
+SUBSCRIBE_RETRY_S = 0.5  # first wait before asking JetStream for a follower's consumer again
+SUBSCRIBE_RETRY_MAX_S = 5.0
 
 OnRefused = Callable[[Refusal], Awaitable[None]]
 
@@ -134,12 +139,9 @@ class Following(EventReader):
             max_deliver=max_deliver,
             ack_wait=30,
         )
-        psub = await self.js.pull_subscribe(
-            filter_subject,
-            stream=subjects.EVENTS_STREAM,  # no stream lookup (see infra/eventscan.py)
-            durable=subjects.token(durable, "durable name"),
-            config=config,
-        )
+        psub = await self._consumer(filter_subject, durable, config, stop)
+        if psub is None:
+            return
         try:
             while not stop.is_set():
                 try:
@@ -150,6 +152,34 @@ class Following(EventReader):
                     await _deliver(msg, handler, live)
         finally:
             await psub.unsubscribe()
+
+    async def _consumer(
+        self, filter_subject: str, durable: str, config: ConsumerConfig, stop: asyncio.Event
+    ) -> JetStreamContext.PullSubscription | None:
+        """The durable pull consumer, asked for again until JetStream answers or `stop` is set
+        (None): a follower started while NATS restarts (fleet up brings it back) waits for it
+        instead of dying of its first API timeout."""
+        name = subjects.token(durable, "durable name")
+        delay = SUBSCRIBE_RETRY_S
+        while True:
+            try:
+                return await self.js.pull_subscribe(
+                    filter_subject,
+                    stream=subjects.EVENTS_STREAM,  # no stream lookup (see infra/eventscan.py)
+                    durable=name,
+                    config=config,
+                )
+            except (TimeoutError, NatsError) as e:
+                log.warning(
+                    "follower %s: JetStream did not answer for its consumer (%s); asking again"
+                    " in %.1f s",
+                    durable, type(e).__name__, delay,
+                )  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return None
+            delay = min(delay * 2, SUBSCRIBE_RETRY_MAX_S)
 
 
 async def _deliver(msg: Msg, handler: Callable[[Stored], Awaitable[None]], live: LiveCheck) -> None:

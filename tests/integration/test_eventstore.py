@@ -224,3 +224,39 @@ async def test_a_store_that_does_not_answer_is_said_to_be_unavailable(
             os.kill(nats_server.pid, signal.SIGCONT)
     finally:
         await nc.close()
+
+
+async def test_a_follower_started_while_jetstream_does_not_answer_waits_for_it(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """fleet up's health service once died with its first consumer lookup, asked while a
+    crashed NATS was being restarted; a follower now asks again until JetStream answers."""
+    nc = await connect(nats_server.url)
+    try:
+        await ensure_streams(nc.jetstream())
+        store = EventStore(nc, nc.jetstream(timeout=0.5))
+        await spawned(store)
+        stored_seqs = [s.seq for s in await store.read("a1")]
+        seen: list[int] = []
+        stop = asyncio.Event()
+
+        async def handler(stored: Stored) -> None:
+            seen.append(stored.seq)
+            if len(seen) == len(stored_seqs):
+                stop.set()
+
+        os.kill(nats_server.pid, signal.SIGSTOP)
+        try:
+            follower = asyncio.create_task(store.follow("late", handler, stop=stop))
+            for _ in range(600):  # until it said it will ask again (each look 0.1 s)
+                if "asking again" in caplog.text or follower.done():
+                    break
+                await asyncio.sleep(0.1)
+            assert "asking again" in caplog.text, "the follower never said it would ask again"
+            assert not follower.done(), follower
+        finally:
+            os.kill(nats_server.pid, signal.SIGCONT)
+        await asyncio.wait_for(follower, timeout=60)
+        assert seen == stored_seqs
+    finally:
+        await nc.close()
