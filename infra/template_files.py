@@ -26,8 +26,8 @@ import yaml
 
 from schemas import subjects
 from schemas import validation as v
-from schemas.assistants import BUILTIN as PROFILES
 from schemas.assistants import with_patterns
+from schemas.builtin_profiles import BUILTIN as PROFILES
 from schemas.errors import BadRequest, InvalidName, InvalidTemplate, UnknownTemplate
 from schemas.ports import env_key, lease_name
 from schemas.templates import Probe, Template

@@ -12,8 +12,9 @@ from typing import Any
 import msgspec
 
 from schemas.agent import AgentState
-from schemas.assistants import BUILTIN as PROFILES
-from schemas.assistants import AssistantProfile, profile_for, with_patterns
+from schemas.assistants import AssistantProfile, with_patterns
+from schemas.builtin_profiles import BUILTIN as PROFILES
+from schemas.builtin_profiles import profile_for
 from schemas.templates import Template, decode_spec
 
 

@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from schemas.assistants import BUILTIN
+from schemas.builtin_profiles import BUILTIN
 
 FRAME_S = 0.1
 PROFILES = {"claude": "claude-code", "codex": "codex", "aider": "aider", "gemini": "gemini"}

@@ -22,7 +22,7 @@ import tempfile
 from infra import installs
 from infra import template_files as templates
 from infra.tmux import Tmux
-from schemas.assistants import BUILTIN
+from schemas.builtin_profiles import BUILTIN
 from schemas.errors import BadRequest
 from schemas.templates import Template
 from services.cli.doctor_assistants import assistant_templates

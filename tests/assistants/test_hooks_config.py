@@ -33,7 +33,8 @@ from infra.nats import connect
 from infra.natsserver import NatsServer
 from infra.tmux import Tmux
 from schemas import hooks, subjects
-from schemas.assistants import BUILTIN, classify
+from schemas.assistants import classify
+from schemas.builtin_profiles import BUILTIN
 from schemas.states import Activity
 from tests.assistants.test_stop import GUARD_S, QUIET, _git_repo, _wait_screen
 from tests.local_http import serving

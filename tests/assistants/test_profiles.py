@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from schemas.assistants import (
-    BUILTIN,
     WAITING,
     AssistantProfile,
     Debouncer,
@@ -29,6 +28,7 @@ from schemas.assistants import (
     last_words,
     tail,
 )
+from schemas.builtin_profiles import BUILTIN
 from schemas.states import Activity
 
 A = Activity

@@ -34,7 +34,8 @@ import pytest
 from actors.agent import keyboard
 from infra import sandbox
 from infra.tmux import Tmux
-from schemas.assistants import BUILTIN, classify
+from schemas.assistants import classify
+from schemas.builtin_profiles import BUILTIN
 from schemas.states import Activity
 from tests.assistants.test_stop import (
     QUIET,

@@ -35,7 +35,8 @@ import pytest
 
 from actors.agent.quitting import quit_assistant
 from infra.tmux import Tmux
-from schemas.assistants import BUILTIN, AssistantProfile, classify, detail
+from schemas.assistants import AssistantProfile, classify, detail
+from schemas.builtin_profiles import BUILTIN
 from schemas.states import Activity
 
 if TYPE_CHECKING:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from infra.tmux import Tmux
-from schemas.assistants import BUILTIN, AssistantProfile, Debouncer, classify, detail
+from schemas.assistants import AssistantProfile, Debouncer, classify, detail
+from schemas.builtin_profiles import BUILTIN
 from schemas.states import Activity
 from tests import fake_assistant
 from tests.integration.conftest import wait_until

@@ -22,7 +22,7 @@ import pytest
 
 from actors.agent import keyboard
 from infra.tmux import Tmux
-from schemas.assistants import BUILTIN
+from schemas.builtin_profiles import BUILTIN
 
 GUARD_S = 60.0
 BOX = "Type your message"

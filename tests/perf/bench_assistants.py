@@ -34,7 +34,8 @@ from infra.nats import connect
 from infra.tmux import Tmux
 from schemas import events as e
 from schemas import subjects
-from schemas.assistants import BUILTIN, classify
+from schemas.assistants import classify
+from schemas.builtin_profiles import BUILTIN
 from schemas.states import Activity
 from services.cli.hook import hook_call
 from tests.perf.common import emit, git_repo, log, nats_and_ray, p50

@@ -14,16 +14,15 @@ from collections.abc import Sequence
 import pytest
 
 from schemas.assistants import (
-    BUILTIN,
     DETAIL_MAX,
     AssistantProfile,
     Debouncer,
     classify,
     detail,
-    profile_for,
     tail,
     with_patterns,
 )
+from schemas.builtin_profiles import BUILTIN, profile_for
 from schemas.errors import BadRequest, FleetError, UnknownTemplate
 from schemas.states import Activity
 from tests import fake_assistant

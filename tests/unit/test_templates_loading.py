@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from infra import template_files as templates
-from schemas.assistants import CLAUDE_CODE
+from schemas.builtin_profiles import CLAUDE_CODE
 from schemas.errors import InvalidTemplate
 from schemas.ports import template_leases
 from schemas.profiles import profile_of
