@@ -9,6 +9,7 @@ CPU and memory from `fleet.health.<agent>` observations, when the health service
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter as Tally
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -204,10 +205,8 @@ class FleetMetrics:
             self.agent_state.remove(agent_id, *before)
         self.agents_state.pop(agent_id, None)
         for gauge in (self.cpu, self.memory):
-            try:
+            with contextlib.suppress(KeyError):  # no observation was ever received for it
                 gauge.remove(agent_id)
-            except KeyError:
-                pass  # no observation was ever received for it
 
     # -- from elsewhere -------------------------------------------------------------------
 

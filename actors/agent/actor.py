@@ -272,7 +272,7 @@ class AgentActor:
             if not cmd.id and reply_to:  # one request, one id, by whichever way it came
                 cmd = msgspec.structs.replace(cmd, id=request_id(reply_to))
             return await self.handle(cmd, busy_budget(headers))
-        except Exception as e:  # the one error boundary (infra/errorlog.py)
+        except Exception as e:  # noqa: BLE001 (the one error boundary: infra/errorlog.py)
             return errorlog.reply_to(e, log, f"agent {self.agent_id()}: command")
 
     async def _retire(self) -> None:
@@ -326,5 +326,5 @@ def _node_id() -> str:
         import ray
 
         return str(ray.get_runtime_context().get_node_id())
-    except Exception:  # not inside Ray (unit use): no node to name
+    except Exception:  # noqa: BLE001 (not inside Ray, in unit use: no node to name)
         return ""

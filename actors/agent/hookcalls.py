@@ -43,7 +43,7 @@ class HookDesk:
     async def _answer(self, msg: Msg) -> None:
         try:
             reply = await self.answer(msg.data)
-        except Exception as e:  # the one error boundary (infra/errorlog.py)
+        except Exception as e:  # noqa: BLE001 (the one error boundary: infra/errorlog.py)
             reply = errorlog.reply_to(e, log, f"agent {self.ctx.agent_id}: a hook call")
         if msg.reply:
             await msg.respond(reply)

@@ -213,7 +213,7 @@ class ActivityMonitor:
         state = ctx.state
         # The socket is asked only when the server we knew is gone (or was never known).
         server = self._server if self._watch.alive() else _server_id(ctx.tmux.socket_name)
-        if state.lifecycle is Lifecycle.RUNNING and server != -1 and server != self._server:
+        if state.lifecycle is Lifecycle.RUNNING and server not in (-1, self._server):
             # Another server than the one we knew (or none, or we never knew one): ours only
             # if our session is on it. One tmux call, made only when the socket changed.
             here = server is not None and await asyncio.to_thread(
@@ -297,9 +297,9 @@ class ActivityMonitor:
         if self._pane.watched and self._pane.alive():
             return False
         now = time.monotonic()
-        if self._pane.pid is not None and not self._pane.watched:  # no pidfd: ask now and then
-            if now - self._pane_asked_at < NO_PIDFD_CHECK_S:
-                return False
+        no_pidfd = self._pane.pid is not None and not self._pane.watched  # ask now and then
+        if no_pidfd and now - self._pane_asked_at < NO_PIDFD_CHECK_S:
+            return False
         self._pane_asked_at = now
         ctx = self.ctx
         dead, cause, pid = await asyncio.to_thread(pane_death, ctx.tmux, ctx.state.tmux_session)

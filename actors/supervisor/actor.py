@@ -170,7 +170,7 @@ class Supervisor:
     async def _answer(self, msg: Msg, handler: Any) -> None:
         try:
             reply = await handler(msg.data)
-        except Exception as e:  # the one error boundary (infra/errorlog.py)
+        except Exception as e:  # noqa: BLE001 (the one error boundary: infra/errorlog.py)
             reply = errorlog.reply_to(e, log, "supervisor request")
         if msg.reply:
             await msg.respond(reply)

@@ -98,7 +98,7 @@ class MailRelay:
     async def _answer(self, msg: Msg, handler: Handler) -> None:
         try:
             reply = await handler(msg)
-        except Exception as e:  # the one error boundary (infra/errorlog.py)
+        except Exception as e:  # noqa: BLE001 (the one error boundary: infra/errorlog.py)
             reply = errorlog.reply_to(e, log, f"relay of {msg.subject}")
         if msg.reply:
             await msg.respond(reply)

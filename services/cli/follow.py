@@ -50,7 +50,7 @@ async def follow(
         try:
             if not await check.passes_msg(msg):
                 return  # refused, and logged by the check
-        except Exception:  # the chain could not be read: not shown unchecked
+        except Exception:  # noqa: BLE001 (the chain could not be read: not shown unchecked)
             return
         try:
             event = _decoder.decode(msg.data)

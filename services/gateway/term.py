@@ -181,7 +181,7 @@ async def _leave(request: web.Request, agent: str, user: str) -> None:
     del presence[agent, user]
     try:
         await _ask(request, agent, {"type": "detach", "user": user})
-    except Exception as e:  # the agent may be gone; its log then ends without the detach
+    except Exception as e:  # noqa: BLE001 (the agent may be gone; its log then lacks the detach)
         log.warning("terminal: detach of %s from %s not recorded: %s", user, agent, e)
 
 

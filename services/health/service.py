@@ -376,7 +376,7 @@ class HealthService:
                 raise UnknownAgent(req.agent)
             unreported = self.reporter.pending(w.agent_id)
             reply = replies.ok(**report(w, req, self.config.node, unreported))
-        except Exception as exc:  # the one error boundary: a FleetError's sentence, or a bug's id
+        except Exception as exc:  # noqa: BLE001 (the one error boundary: infra/errorlog.py)
             reply = errorlog.reply_to(exc, log, "health: a request")
         if msg.reply:
             await msg.respond(reply)
