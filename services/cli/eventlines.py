@@ -12,6 +12,7 @@ and why (`fleet audit --verify` gives the whole account).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from datetime import datetime
 from typing import Any
@@ -149,10 +150,8 @@ async def print_events(agent_id: str, follow: bool, as_json: bool) -> int:
         _print(rows, as_json)
         last = _said(refused, rows, 0)
         while follow:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), FOLLOW_RECHECK_S)
-            except TimeoutError:
-                pass
             wake.clear()
             rows, refused = await store.read_checked(agent_id, after=last, reader="fleet events")
             _print(rows, as_json)

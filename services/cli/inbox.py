@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -232,10 +233,8 @@ async def _topic(args: argparse.Namespace) -> int:
                 done.set()
 
         await box.subscribe_topic(args.pattern, show)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), args.timeout or None)
-        except TimeoutError:
-            pass
         return 0
 
 
