@@ -87,7 +87,8 @@ def decode_request(
 def _reword(msg: str) -> tuple[str, str]:
     """Map msgspec's validation message to an error code and the sentence a person needs."""
     if "at `$.type`" in msg and msg.startswith("Invalid value"):
-        return "unknown_type", "unknown type " + msg.split(" - ")[0].removeprefix("Invalid value ")
+        head = msg.split(" - ", maxsplit=1)[0]
+        return "unknown_type", "unknown type " + head.removeprefix("Invalid value ")
     if msg.startswith("Object missing required field `type`"):
         return "missing_type", "missing field `type` (what to do)"
     if msg.startswith("Expected `object`") and " - at " not in msg:

@@ -16,6 +16,7 @@ import contextlib
 import importlib
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -66,7 +67,7 @@ _Arguments = Callable[[argparse.ArgumentParser], None]
 
 _AGENT = "id_argument"  # `fleet VERB AGENT`, nothing more
 VERBS: tuple[Verb, ...] = (
-    Verb("up", "status", "cmd_up", "up_arguments"),
+    Verb("up", "fleetup", "cmd_up", "up_arguments"),
     Verb("status", "status", "cmd_status"),
     Verb("spawn", "spawn", "cmd_spawn", "spawn_arguments"),
     Verb("ls", "agents", "cmd_ls", "ls_arguments", aliases=("list",)),
@@ -181,11 +182,19 @@ def build_parser(loaded: Callable[[Verb], bool] = lambda verb: True) -> argparse
 
 
 def _named(raw: Sequence[str]) -> Callable[[Verb], bool]:
-    """The verb the command line names (its first word that is not an option); every verb
-    when a shell asks for completions (argcomplete sets `_ARGCOMPLETE`)."""
+    """The verb the command line names: its first word that is not an option. When a shell
+    asks for completions (argcomplete sets `_ARGCOMPLETE`), the line is `COMP_LINE` up to the
+    cursor; without one, or one that cannot be split, every verb is loaded."""
+    words = list(raw)
     if "_ARGCOMPLETE" in os.environ:
-        return lambda verb: True
-    word = next((w for w in raw if not w.startswith("-")), None)
+        line = os.environ.get("COMP_LINE")
+        if line is None:
+            return lambda verb: True
+        try:
+            words = shlex.split(line[: int(os.environ.get("COMP_POINT", len(line)))])[1:]
+        except ValueError:  # an open quote, or a COMP_POINT that is not a number
+            return lambda verb: True
+    word = next((w for w in words if not w.startswith("-")), None)
     return lambda verb: word == verb.name or word in verb.aliases
 
 
@@ -211,7 +220,7 @@ def _report_bug(exc: BaseException, as_json: bool) -> str:
         where = str(errorlog.path_in(state_dir))
     except OSError:
         error_id = errorlog.new_error_id()
-        log.error("error %s", error_id, exc_info=exc)
+        log.error("error %s", error_id, exc_info=exc)  # exc's, not the OSError's
         where = "stderr above"
     sentence = f"internal error {error_id} ({type(exc).__name__}); details in {where}"
     print(f"fleet: {sentence}", file=sys.stderr)
@@ -246,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`fleet ls | head`): nothing left to say
         sys.stderr.close()  # and no "Exception ignored" when Python flushes stdout at exit
         return EXIT_OK
-    except Exception as e:
+    except Exception as e:  # the CLI's boundary: any other error is our bug
         _report_bug(e, as_json)
         return EXIT_BUG
 

@@ -38,10 +38,6 @@ FOLLOW_POLL_S = 0.5
 FOLLOW_WINDOW = 1000  # lines captured per poll of `logs -f`: enough overlap to find new lines
 
 
-def _print_json(value: object) -> None:
-    print(msgspec.json.encode(value).decode(), flush=True)
-
-
 def table(headers: list[str], rows: list[list[str]]) -> str:
     """Columns padded to their widest cell; the last column is not padded."""
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
@@ -83,7 +79,7 @@ async def _ls(args: argparse.Namespace) -> int:
         reply = await client.control("list", ListRequest(removed=args.all), AgentsReply)
     agents = reply.agents
     if args.json:
-        _print_json(agents)
+        style.print_json(agents)
     elif not agents:
         print("no agents (fleet spawn starts one)")
     else:
@@ -101,7 +97,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     """Show one agent."""
     agent = asyncio.run(_one(args.agent, c.Show()))
     if args.json:
-        _print_json(agent)
+        style.print_json(agent)
     else:
         print(describe(agent))
     return 0
@@ -179,7 +175,7 @@ def stop_arguments(p: argparse.ArgumentParser) -> None:
 def _run_one(args: argparse.Namespace, cmd: c.AgentCommand, timeout: float) -> int:
     agent = asyncio.run(_one(args.agent, cmd, timeout))
     if args.json:
-        _print_json(agent)
+        style.print_json(agent)
     else:
         print(_agent_line(agent))
     return 0
@@ -246,7 +242,7 @@ async def _logs(args: argparse.Namespace) -> int:
     async with open_client() as client:
         text = await _output(client, args.agent, args.lines, args.window)
         if args.json and not args.follow:
-            _print_json({"id": args.agent, "output": text})
+            style.print_json({"id": args.agent, "output": text})
             return 0
         lines = text.split("\n") if text else []
         shown = lines[:-1] if args.follow else lines  # following: the last line may change
@@ -269,7 +265,7 @@ async def _output(client: FleetClient, agent_id: str, lines: int, window: str) -
 def _print_lines(lines: list[str], as_json: bool) -> None:
     for line in lines:
         if as_json:
-            _print_json({"line": line})
+            style.print_json({"line": line})
         else:
             print(line)
     sys.stdout.flush()
@@ -305,7 +301,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
     argv = reply.argv or []
     if args.print:
         if args.json:
-            _print_json({"session": reply.session, "argv": argv})
+            style.print_json({"session": reply.session, "argv": argv})
         else:
             print(shlex.join(argv))
         return 0
@@ -314,7 +310,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
     finally:
         agent = asyncio.run(_one(args.agent, c.Detach(user=user), 10.0))
     if args.json:
-        _print_json(agent)
+        style.print_json(agent)
     return 0 if status == 0 else 1
 
 

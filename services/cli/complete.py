@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-from typing import Any
 
 import argcomplete
 
@@ -67,7 +66,7 @@ async def _list() -> list[str]:
     return [a.id for a in reply.agents]
 
 
-def _complete_agent(prefix: str, **_: Any) -> list[str]:
+def _complete_agent(prefix: str, **_: object) -> list[str]:
     return agent_ids(prefix)
 
 

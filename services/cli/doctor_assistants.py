@@ -21,6 +21,7 @@ from typing import Any
 
 from infra import installs
 from infra import template_files as templates
+from services.cli.agents import table
 
 VERSION_TIMEOUT_S = 30.0  # `--version` of a node CLI on a loaded machine
 _VERSION = re.compile(r"\b\d+\.\d+\.\d+(?:[-+.][0-9A-Za-z.]+)?\b")
@@ -195,8 +196,6 @@ def _aider(home: Path, env: dict[str, str]) -> tuple[str, str]:
 
 
 def render(found: list[Report]) -> str:
-    from services.cli.agents import table
-
     rows = [
         [r.template, r.program, r.version or "?", r.logged_in, r.login, r.executable]
         if r.installed

@@ -26,6 +26,7 @@ from schemas.audit import AgentAudit
 from schemas.errors import FleetError, UnknownAgent
 from schemas.wire import CheckpointReply, RollbackReply
 from services import auditor as auditing
+from services.cli import style
 from services.cli.agents import id_argument, table
 from services.cli.client import STOP_TIMEOUT_S, nats_url, open_client
 from services.cli.eventlines import summary
@@ -36,10 +37,6 @@ R = TypeVar("R")
 EXIT_VIOLATIONS = 3  # `fleet audit --verify` found something wrong
 CHECKPOINT_TIMEOUT_S = 60.0  # a commit of a large worktree
 ROLLBACK_TIMEOUT_S = CHECKPOINT_TIMEOUT_S + STOP_TIMEOUT_S  # plus restarting services
-
-
-def _print_json(value: Any) -> None:
-    print(msgspec.json.encode(value).decode(), flush=True)
 
 
 async def _command(agent_id: str, cmd: c.AgentCommand, kind: type[R], timeout: float) -> R:
@@ -62,7 +59,9 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     cmd = c.Checkpoint(label=args.message)
     reply = asyncio.run(_command(args.agent, cmd, CheckpointReply, CHECKPOINT_TIMEOUT_S))
     if args.json:
-        _print_json({"agent": args.agent, "checkpoint": reply.checkpoint, "commit": reply.commit})
+        style.print_json(
+            {"agent": args.agent, "checkpoint": reply.checkpoint, "commit": reply.commit}
+        )
     else:
         print(f"{args.agent}: checkpoint #{reply.checkpoint} ({reply.commit[:10]})")
     return 0
@@ -72,7 +71,7 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     """List an agent's checkpoints (read from its log; no actor needed)."""
     found = asyncio.run(_checkpoints(args.agent))
     if args.json:
-        _print_json(found)
+        style.print_json(found)
         return 0
     rows = [
         [
@@ -115,7 +114,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     reply = asyncio.run(_command(args.agent, cmd, RollbackReply, ROLLBACK_TIMEOUT_S))
     if args.json:
         fields = ("checkpoint", "saved_checkpoint", "commit", "restarted")
-        _print_json({"agent": args.agent, **{k: getattr(reply, k) for k in fields}})
+        style.print_json({"agent": args.agent, **{k: getattr(reply, k) for k in fields}})
     else:
         print(
             f"{args.agent}: rolled back to checkpoint #{reply.checkpoint}; the work before it "
@@ -175,7 +174,7 @@ async def _audit(args: argparse.Namespace) -> int:
         raise UnknownAgent(args.agent)
     for audit in audits:
         if args.json:
-            _print_json(audit_json(audit, with_state=args.at is not None or not args.verify))
+            style.print_json(audit_json(audit, with_state=args.at is not None or not args.verify))
         else:
             _print_audit(audit, args, at_seq, at_time)
     bad = [v for a in audits for v in a.violations]

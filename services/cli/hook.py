@@ -1,7 +1,7 @@
 """`fleet hook ASSISTANT`: what an assistant's own hook runs, inside the agent's pane.
 
-The hooks fleetd installs in each agent's config dir (actors/assistantconfig.py) run this
-with the assistant's payload (Claude Code and Gemini CLI: JSON on stdin; Codex `notify`: JSON
+The hooks fleetd installs in each agent's config dir (actors/agent/assistantconfig.py) run
+this with the assistant's payload (Claude Code and Gemini CLI: JSON on stdin; Codex `notify`: JSON
 as the last argument; Aider's notifications command: nothing). It keeps the fields read
 (schemas/hooks.py `slim`) and sends them as a request on `fleet.hook.<FLEET_AGENT_ID>` with
 the agent's own NATS user (`FLEET_NATS_CREDS`; never the control plane's, which the pane

@@ -3,7 +3,7 @@
 With the control plane's credential, mail goes straight to JetStream
 (`fleet.mail.<agent>.<priority>`) through infra/mailbox.py. With an agent's own credential
 (`FLEET_NATS_CREDS`), mail and topic messages go by the relay (`fleet.ctl.mail.<agent>`,
-actors/mailrelay.py), which checks them when they are sent and answers a refusal with a
+actors/supervisor/mailrelay.py), which checks them when they are sent and answers a refusal with a
 sentence: the recipient must exist, the message be within its limits. Inside an agent's session
 `FLEET_AGENT_ID` names the agent, and every message `fleet inbox` takes is also appended to
 `$FLEET_WORKTREE/.fleet/inbox.jsonl`: the mailbox file an assistant can read.
@@ -30,13 +30,10 @@ from schemas import subjects
 from schemas.errors import FleetError
 from schemas.mail import InboxItem, MailMessage
 from schemas.wire import json_schemas
+from services.cli import style
 from services.cli.client import open_client, user_name
 
 MAILBOX_FILE = Path(".fleet") / "inbox.jsonl"
-
-
-def _print_json(value: Any) -> None:
-    print(msgspec.json.encode(value).decode(), flush=True)
 
 
 def _me() -> str:
@@ -86,12 +83,12 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     _keep(items if (args.next or args.ack) else [])
     if args.next:
         if args.json:
-            _print_json(items[0] if items else None)
+            style.print_json(items[0] if items else None)
         elif items:
             print(_line(items[0]))
         return 0
     if args.json:
-        _print_json(items)
+        style.print_json(items)
     else:
         print("\n".join(_line(i) for i in items) if items else f"no mail for {agent}")
     return 0
@@ -169,7 +166,7 @@ def cmd_mail(args: argparse.Namespace) -> int:
     )
     result = asyncio.run(_mail(args, message))
     if args.json:
-        _print_json(result)
+        style.print_json(result)
     elif "reply" in result:
         print(_line(result["reply"]))
     elif "to" in result:
@@ -225,7 +222,7 @@ async def _topic(args: argparse.Namespace) -> int:
             nonlocal seen
             name, data = msg.subject[prefix:], msg.data.decode(errors="replace")
             if args.json:
-                _print_json({"topic": name, "data": data})
+                style.print_json({"topic": name, "data": data})
             else:
                 print(f"{name}: {data}", flush=True)
             seen += 1
@@ -249,7 +246,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
     """Print (or write) the JSON Schema of every command, reply, event and message."""
     schemas = json_schemas()
     if args.out is None:
-        _print_json(schemas)
+        style.print_json(schemas)
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     for name, schema in schemas.items():

@@ -32,6 +32,7 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from infra import fleetkey
 from infra.config import Settings
@@ -144,7 +145,7 @@ def ls_json(fleet: LiveFleet) -> str:
 # -- feeding the fleet ----------------------------------------------------------------------
 
 
-async def follow(client: FleetClient, fleet: LiveFleet, *, health: bool) -> list[Any]:
+async def follow(client: FleetClient, fleet: LiveFleet, *, health: bool) -> list[Subscription]:
     """Subscribe to every agent's events (and health observations), then list the fleet.
 
     Subscribed before the list is asked for, so nothing that happens in between is missed.
@@ -164,7 +165,7 @@ async def follow(client: FleetClient, fleet: LiveFleet, *, health: bool) -> list
         try:
             if not await check.passes_msg(msg):
                 return
-        except Exception as err:  # the chain could not be read: not shown unchecked
+        except Exception as err:  # the chain could not be read: not shown
             print(f"fleet: an event of {msg.subject} was not checked: {err}", file=sys.stderr)
             return
         # A tag this CLI does not know yet is skipped; `fleet events` shows it as unreadable.

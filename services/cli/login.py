@@ -1,7 +1,7 @@
 """`fleet login TEMPLATE`: log in to a template's assistant once, where later agents read it.
 
-An agent's home is its own, seeded from the user's login files (actors/confine.py copies the
-template's `permissions.home`, ~/.codex, ~/.claude, ...), so the login has to land in the
+An agent's home is its own, seeded from the user's login files (actors/agent/confine.py copies
+the template's `permissions.home`, ~/.codex, ~/.claude, ...), so the login has to land in the
 user's own config: this pane runs outside any sandbox, as the user, with the user's HOME and
 environment (CODEX_HOME, CLAUDE_CONFIG_DIR as set), and with the template's command and env as
 an agent's pane gets them. It runs in a tmux server of its own (a private socket, not the

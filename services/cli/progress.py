@@ -13,9 +13,10 @@ import asyncio
 import contextlib
 import sys
 import time
-from typing import Any, TextIO
+from typing import TextIO
 
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 
 from schemas import events as e
 from schemas.states import Lifecycle
@@ -49,7 +50,7 @@ class Progress:
         self.steps: dict[str, str] = dict.fromkeys(agents, "waiting")
         self.done: set[str] = set()
         self.started = time.monotonic()
-        self._subs: list[Any] = []
+        self._subs: list[Subscription] = []
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Progress:

@@ -1,8 +1,8 @@
 """`fleet doctor [--sandbox AGENT]`: orphans, or what an agent's sandbox holds on this machine.
 
 With `--sandbox`, the agent's actor runs infra/sandboxprobe.py through the agent's own sandbox
-(the same bubblewrap, user, Landlock rules as its panes; actors/confine.py) and each way out is
-printed with whether it held. The exit status is 1 when any did not.
+(the same bubblewrap, user, Landlock rules as its panes; actors/agent/confine.py) and each way
+out is printed with whether it held. The exit status is 1 when any did not.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -18,6 +19,8 @@ from schemas import commands as c
 from schemas import subjects
 from schemas.wire import ProbesReply
 from services import doctor
+from services.cli import doctor_assistants as da
+from services.cli.agents import table
 from services.cli.client import open_client
 
 PROBE_TIMEOUT_S = 90.0  # a sandbox started on a loaded machine, then a dozen probes
@@ -58,10 +61,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def assistants_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from services.cli import doctor_assistants as da
-
     env = dict(os.environ)
     found = [da.report(name, args.path, Path.home(), env) for name in da.assistant_templates()]
     if args.json:
@@ -79,8 +78,6 @@ async def probe(agent_id: str) -> list[dict[str, Any]]:
 
 
 def render(agent_id: str, found: list[dict[str, Any]]) -> str:
-    from services.cli.agents import table
-
     rows = [["held" if p.get("held") else "OPEN", str(p["probe"]), str(p["detail"])] for p in found]
     open_ = sum(1 for p in found if not p.get("held"))
     last = (

@@ -13,9 +13,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import Any
 
-import msgspec
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
@@ -28,10 +26,6 @@ from services.cli import follow, style
 from services.cli.client import SPAWN_TIMEOUT_S, open_client
 from services.cli.eventlines import summary
 from services.cli.progress import Progress
-
-
-def _print_json(value: Any) -> None:
-    print(msgspec.json.encode(value).decode(), flush=True)
 
 
 def spawn_arguments(p: argparse.ArgumentParser) -> None:
@@ -161,10 +155,12 @@ def _spawn_report(
     agents = [r.agent for r in results if isinstance(r, AgentReply)]
     if as_json:
         for agent in agents:
-            _print_json(agent)
+            style.print_json(agent)
         for name, err in failed:  # the shape of an error reply, with the name it was for
             assert isinstance(err, FleetError)
-            _print_json({"id": name, "ok": False, "error": {"code": err.code, "message": str(err)}})
+            style.print_json(
+                {"id": name, "ok": False, "error": {"code": err.code, "message": str(err)}}
+            )
     else:
         rows = [[a.id, a.lifecycle, a.branch, a.worktree] for a in agents]
         rows += [[n, "FAILED", str(r), ""] for n, r in failed]

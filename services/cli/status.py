@@ -1,30 +1,12 @@
-"""`fleet up` and `fleet status`: start fleetd here, or say where the running one listens."""
+"""`fleet status`: where the running fleetd listens, read from its state file (no NATS)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 import msgspec
 
 from infra.config import FleetState, Settings, format_state, pid_alive, read_state
-from services import up
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    """Start fleetd in the foreground (or in the background with --detach)."""
-    settings = Settings.from_env()
-    if args.detach:
-        up.detach(settings, sys.stdout, args.json)
-    else:
-        up.run(settings, sys.stdout, args.json)
-    return 0
-
-
-def up_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--detach", action="store_true", help="run in the background; return once it is ready"
-    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:

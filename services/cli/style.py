@@ -16,6 +16,8 @@ import shutil
 from collections.abc import Callable, Mapping
 from typing import TextIO
 
+import msgspec
+
 RESET = "\x1b[0m"
 HIDE_CURSOR, SHOW_CURSOR = "\x1b[?25l", "\x1b[?25h"
 CLEAR_LINE = "\r\x1b[2K"  # carriage return, then erase the whole line
@@ -56,6 +58,11 @@ COLOURS: dict[str, str] = {
 }
 
 Painter = Callable[[str, str], str]  # (padded cell, the word that picks the colour) -> text
+
+
+def print_json(value: object) -> None:
+    """One JSON document a line on stdout, flushed: what `--json` prints, for programs."""
+    print(msgspec.json.encode(value).decode(), flush=True)
 
 
 def color_wanted(

@@ -52,3 +52,22 @@ def test_python_dash_m_runs_the_cli() -> None:
                          capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 0 and "Run many AI coding agents" in out.stdout, out.stderr
     assert importlib.import_module("services.cli.hook").main is not None
+
+
+@pytest.mark.parametrize(
+    ("line", "loaded"),
+    [
+        ("fleet top --sort ", {"top"}),
+        ("fleet --json list -", {"ls"}),
+        ("fleet pa", set()),  # the verb itself is being completed: names only
+        ("fleet send 'open", {v.name for v in cli.VERBS}),  # cannot be split: every verb
+    ],
+)
+def test_a_completion_loads_the_verb_of_its_line(
+    monkeypatch: pytest.MonkeyPatch, line: str, loaded: set[str]
+) -> None:
+    monkeypatch.setenv("_ARGCOMPLETE", "1")
+    monkeypatch.setenv("COMP_LINE", line)
+    monkeypatch.setenv("COMP_POINT", str(len(line)))
+    picked = cli._named([])
+    assert {v.name for v in cli.VERBS if picked(v)} == loaded
