@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra import gitsafe, sandbox
+from infra import gitsafe, sandbox_argv
 from schemas.errors import GitFailed
 
 Call = tuple[Sequence[str], Mapping[str, str]]  # a command (git's args, or argv) and its env
@@ -144,15 +144,15 @@ class Jail:
     def _argv(self, text: str, cwd: Path, read: list[str], write: list[str]) -> list[str]:
         command = ["/bin/sh", "-c", text]
         if not self.namespaces:  # Landlock alone; as fleetd's user (see actors/agent/confine.py)
-            return sandbox.argv(
+            return sandbox_argv.argv(
                 command, _KEEP, read, [*write, "/dev"], self.landlock, spill=self.spill
             )
-        opts = sandbox.options(
+        opts = sandbox_argv.options(
             _KEEP, [*read, "/proc"], [*write, "/dev", "/tmp"], self.landlock, uid=self.uid
         )
-        inner = sandbox.launcher(self.spill, opts)
+        inner = sandbox_argv.launcher(self.spill, opts)
         kernel = ("/proc", "/sys", "/run")
-        prefix = sandbox.namespace_argv(
+        prefix = sandbox_argv.namespace_argv(
             [r for r in read if r not in kernel], write, str(self.tmp), str(cwd),
             self.as_root, self.spill, also_read=[inner[-1]],
         )  # fmt: skip

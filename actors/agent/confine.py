@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 from actors.agent.assistantconfig import OWN_VARIABLES, prepare, variables
 from actors.agent.context import AgentContext
 from actors.agent.creds import creds_path
-from infra import installs, sandbox, secretstore, uids
+from infra import installs, sandbox, sandbox_argv, secretstore, uids
 from infra.agentfiles import paths_for_pane
 from schemas.errors import FleetError
 from schemas.secrets import redact_template
@@ -85,7 +85,7 @@ def private_dir(ctx: AgentContext, kind: str) -> Path:
 
 def namespaces(ctx: AgentContext) -> bool:
     """Whether the agent's panes get namespaces of their own (bubblewrap works here)."""
-    return ctx.config.confine_namespaces and sandbox.namespaces_work()
+    return ctx.config.confine_namespaces and sandbox_argv.namespaces_work()
 
 
 async def assign_user(ctx: AgentContext, worktree: Path, hand_over: bool = True) -> None:
@@ -243,16 +243,16 @@ def wrap(
     path = path or pane_path(t, ctx.extra_env)  # tmux would give the pane its client's PATH
     if not namespaces(ctx):
         write = [*write, "/dev", tmp]
-        return sandbox.argv(
+        return sandbox_argv.argv(
             command, keep, read, write, landlock, connect=connect, bind=bind, spill=spill,
             path=path,
         )  # fmt: skip
-    opts = sandbox.options(
+    opts = sandbox_argv.options(
         keep, [*read, "/proc"], [*write, "/dev", "/tmp"], landlock,
         uid=ctx.sandbox_uid, connect=connect, bind=bind, path=path,
     )  # fmt: skip
-    inner = sandbox.launcher(spill, opts)  # [python, -S, sandbox.py, --options, FILE]
-    prefix = sandbox.namespace_argv(
+    inner = sandbox_argv.launcher(spill, opts)  # [python, -S, sandbox.py, --options, FILE]
+    prefix = sandbox_argv.namespace_argv(
         [r for r in read if r not in KERNEL_READ], write, tmp, str(worktree),
         os.geteuid() == 0, spill, also_read=[inner[-1]],
     )  # fmt: skip
@@ -292,7 +292,7 @@ async def probe(ctx: AgentContext) -> list[dict[str, object]]:
         {
             "probe": "namespaces (bubblewrap)",
             "held": namespaces(ctx),
-            "detail": sandbox.bwrap() or "bwrap is not installed",
+            "detail": sandbox_argv.bwrap() or "bwrap is not installed",
         },
     )
     found.insert(

@@ -23,7 +23,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 
-from infra import natsauth, sandbox
+from infra import natsauth, sandbox_argv
 from infra.eventstore import EventStore
 from infra.nats import connect
 from schemas import hooks, subjects
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["auth_fleet", "control"]
 pytestmark = pytest.mark.skipif(
-    not sandbox.namespaces_work(), reason="bubblewrap cannot make namespaces on this machine"
+    not sandbox_argv.namespaces_work(), reason="bubblewrap cannot make namespaces on this machine"
 )
 GUARD_S = 120.0
 SHELL = "bash --noprofile --norc -i"

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from actors.agent import keyboard
-from infra import sandbox
+from infra import sandbox_argv
 from infra.tmux import Tmux
 from schemas.assistants import classify
 from schemas.builtin_profiles import BUILTIN
@@ -189,7 +189,7 @@ def test_text_ending_with_a_semicolon_is_text(tmux: Tmux, tmp_path: Path) -> Non
     assert (tmp_path / "a.txt").read_text() == "semi\ntwo\n"
 
 
-@pytest.mark.skipif(not sandbox.namespaces_work(), reason="bubblewrap cannot make namespaces")
+@pytest.mark.skipif(not sandbox_argv.namespaces_work(), reason="bubblewrap cannot make namespaces")
 async def test_fleet_send_of_a_multi_line_command_runs_it_once_in_a_shell_agent(
     fleet: Fleet, nc: Client, repo: Path
 ) -> None:

@@ -25,7 +25,7 @@ import psutil
 import pytest
 from nats.aio.client import Client
 
-from infra import sandbox
+from infra import sandbox_argv
 from infra.eventstore import EventStore
 from infra.tmux import Tmux
 from schemas import subjects
@@ -35,7 +35,7 @@ from tests.fleet.helpers import command, request, spawn, until
 from tests.fleetcli import fleet_cli
 
 pytestmark = pytest.mark.skipif(
-    not sandbox.namespaces_work(), reason="bubblewrap cannot make namespaces on this machine"
+    not sandbox_argv.namespaces_work(), reason="bubblewrap cannot make namespaces on this machine"
 )
 AS_ROOT = os.geteuid() == 0
 GUARD_S = 120.0  # a real assistant starting on a loaded 2-core machine

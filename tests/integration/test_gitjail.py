@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from actors.agent import confine
-from infra import sandbox, uids
+from infra import sandbox, sandbox_argv, uids
 from infra.gitjail import Jail
 from infra.worktree import Worktrees
 from schemas.errors import GitFailed
 
 UID = 589800  # in the sandbox range, far from what the suite's agents lease first
 pytestmark = pytest.mark.skipif(
-    not sandbox.namespaces_work() or sandbox.landlock_abi() <= 0,
+    not sandbox_argv.namespaces_work() or sandbox.landlock_abi() <= 0,
     reason="needs bubblewrap namespaces and Landlock",
 )
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from actors.agent.confine import FLEETD_ROOT, SYSTEM_READ
-from infra import sandbox
+from infra import sandbox, sandbox_argv
 from infra.tmux import confined, pausable
 from tests.perf.common import emit, log, p50
 
@@ -66,17 +66,17 @@ def sandboxed(shell: str, root: Path, worktree: Path) -> str:
     landlock = sandbox.landlock_abi() > 0
     spill = root / "spill"
     spill.mkdir(mode=0o700, exist_ok=True)
-    if not sandbox.namespaces_work():
-        argv = sandbox.argv(
+    if not sandbox_argv.namespaces_work():
+        argv = sandbox_argv.argv(
             ["/bin/sh", "-c", shell], ["PATH", "PS1"], read, [*write, "/dev"], spill=str(spill)
         )
         return confined([], shlex.join(argv))
-    opts = sandbox.options(
+    opts = sandbox_argv.options(
         ["PATH", "PS1"], [*read, "/proc"], [*write, "/dev", "/tmp"], landlock,
         uid=UID if as_root else None, connect=[443], bind=[0],
     )  # fmt: skip
-    inner = sandbox.launcher(str(spill), opts)
-    prefix = sandbox.namespace_argv(
+    inner = sandbox_argv.launcher(str(spill), opts)
+    prefix = sandbox_argv.namespace_argv(
         read, write, str(tmp), str(worktree), as_root, str(spill), also_read=[inner[-1]]
     )
     return confined([*prefix, *inner, "--"], shell)
@@ -103,6 +103,6 @@ async def main() -> None:
             boxed = [_start(socket, f"s{i}", worktree, command) for i in range(RUNS)]
         finally:
             subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True)
-        what = "bubblewrap + user + Landlock" if sandbox.namespaces_work() else "Landlock only"
+        what = "bubblewrap + user + Landlock" if sandbox_argv.namespaces_work() else "Landlock only"
         log(f"sandbox: {what}")
         emit("pane_start_ms", p50(boxed), "ms", p50(bare), f"{what}; floor: the same shell, bare")

@@ -32,14 +32,14 @@ import psutil
 import pytest
 from nats.aio.client import Client
 
-from infra import sandbox
+from infra import sandbox, sandbox_argv
 from tests.conftest import Fleet
 from tests.fleet.helpers import command, spawn
 from tests.security.pane import in_pane
 from tests.security.test_git import git
 
 pytestmark = pytest.mark.skipif(
-    not sandbox.namespaces_work(), reason="bubblewrap cannot make namespaces on this machine"
+    not sandbox_argv.namespaces_work(), reason="bubblewrap cannot make namespaces on this machine"
 )
 GRANTED_PORTS = {22, 80, 443}  # the shell template's connect ports (permissions.connect_ports)
 NB_SECRET = f"nb-env-secret-{secrets.token_hex(6)}"

@@ -19,14 +19,14 @@ from urllib.parse import urlsplit
 import pytest
 from nats.aio.client import Client
 
-from infra import sandbox
+from infra import sandbox, sandbox_argv
 from tests.conftest import Fleet
 from tests.fleet.helpers import command, spawn
 from tests.fleetcli import fleet_cli
 from tests.security.pane import in_pane
 
 pytestmark = pytest.mark.skipif(
-    not sandbox.namespaces_work(), reason="bubblewrap cannot make namespaces on this machine"
+    not sandbox_argv.namespaces_work(), reason="bubblewrap cannot make namespaces on this machine"
 )
 AS_ROOT = os.geteuid() == 0
 

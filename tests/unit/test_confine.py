@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from actors.agent.confine import tool_roots
-from infra import sandbox
+from infra import sandbox_argv
 
 
 def test_tools_on_path_run_but_home_and_the_state_dir_stay_closed(
@@ -44,7 +44,9 @@ def test_tools_on_path_run_but_home_and_the_state_dir_stay_closed(
 def test_the_launcher_gives_the_pane_the_path_it_is_told() -> None:
     """tmux hands a new session's panes its client's PATH, whatever the session's own says; the
     launcher sets the agent's (`--path`), so a PATH given at spawn is the one the pane has."""
-    argv = sandbox.argv(["/bin/sh", "-c", 'echo "$PATH"'], ["PATH"], path="/agent/bin:/usr/bin")
+    argv = sandbox_argv.argv(
+        ["/bin/sh", "-c", 'echo "$PATH"'], ["PATH"], path="/agent/bin:/usr/bin"
+    )
     env = {"PATH": "/usr/bin:/bin", "OTHER": "x"}  # what tmux would hand the pane
     ran = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=True)
     assert ran.stdout.strip() == "/agent/bin:/usr/bin"

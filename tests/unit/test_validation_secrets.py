@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from infra import sandbox
+from infra import sandbox, sandbox_argv
 from infra.template_files import load
 from schemas.secrets import REDACTED, is_secret, redact_template, scrub, secret_values
 
@@ -43,7 +43,7 @@ def test_a_template_is_redacted_everywhere_it_holds_env() -> None:
 
 
 def test_the_sandbox_keeps_only_the_named_variables() -> None:
-    argv = sandbox.argv(["/bin/sh", "-c", "env"], keep=["GRANTED"])
+    argv = sandbox_argv.argv(["/bin/sh", "-c", "env"], keep=["GRANTED"])
     env = {"GRANTED": "yes", "FLEET_TEST_SECRET": "no", "PATH": "/usr/bin:/bin"}
     out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
     assert "GRANTED=yes" in out.splitlines()
@@ -60,7 +60,7 @@ def test_landlock_refuses_paths_not_granted(tmp_path: object) -> None:
     (base / "theirs" / "f").write_text("x")
     read = ["/usr", "/bin", "/lib", "/lib64", "/etc", sys.base_prefix]
     script = f"echo ok > {base}/mine/f && cat {base}/theirs/f"
-    argv = sandbox.argv(["/bin/sh", "-c", script], ["PATH"], read, [str(base / "mine")], True)
+    argv = sandbox_argv.argv(["/bin/sh", "-c", script], ["PATH"], read, [str(base / "mine")], True)
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     assert (base / "mine" / "f").read_text() == "ok\n"
     assert done.returncode != 0 and "Permission denied" in done.stderr
