@@ -74,7 +74,8 @@ def this_node(settings: Settings) -> str:
 
 
 def live_nodes() -> list[str]:
-    return [str(n["NodeID"]) for n in ray.nodes() if n.get("Alive")]
+    nodes: list[dict[str, object]] = ray.nodes()  # type: ignore[no-untyped-call]  # Ray's
+    return [str(n["NodeID"]) for n in nodes if n.get("Alive")]
 
 
 def node_actor(

@@ -293,7 +293,7 @@ class PortsService:
         if self.tasks:
             await asyncio.wait(self.tasks, timeout=CLOSE_TIMEOUT_S)
         if self.watcher is not None:
-            await self.watcher.stop()
+            await self.watcher.stop()  # type: ignore[no-untyped-call]  # nats-py's, unannotated
             self.watcher = None
 
 

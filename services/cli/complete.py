@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 
 import argcomplete
+from argcomplete.shell_integration import shellcode
 
 from schemas.control import ListRequest
 from schemas.errors import FleetError
@@ -41,7 +42,7 @@ def cmd_completion(args: argparse.Namespace) -> int:
 def script(shell: str) -> str:
     if shell not in SHELLS:
         raise FleetError(f"no completion for the shell {shell!r}; choose {', '.join(SHELLS)}")
-    return argcomplete.shellcode(["fleet"], shell=shell)
+    return shellcode(["fleet"], shell=shell)
 
 
 def cmd_complete_agents(args: argparse.Namespace) -> int:

@@ -23,4 +23,5 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _as_dict(state: FleetState) -> dict[str, object]:
-    return msgspec.to_builtins(state)
+    found: dict[str, object] = msgspec.to_builtins(state)
+    return found
