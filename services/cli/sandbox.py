@@ -46,8 +46,10 @@ def doctor_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    """List orphans, or (--sandbox AGENT) probe an agent's sandbox from inside it, or
-    (--assistants) report the assistants."""
+    """List orphans, probe an agent's sandbox (--sandbox) or report assistants.
+
+    `--sandbox AGENT` probes from inside the agent's sandbox; `--assistants` reports the
+    assistants a spawn would find, their versions and logins."""
     if getattr(args, "assistants", False):
         return assistants_report(args)
     if not getattr(args, "sandbox", None):
