@@ -62,7 +62,7 @@ def cmd_hook(args: argparse.Namespace) -> int:
         said = f"the fleet did not answer within {WAIT_S:g} s; nothing was recorded"
     except OSError as e:  # NATS unreachable, say
         said = f"the fleet could not be reached ({e}); nothing was recorded"
-    except Exception as e:  # a hook must not fail its assistant: the error is said, not raised
+    except Exception as e:  # noqa: BLE001 (a hook must not fail its assistant: it says why)
         said = f"fleet hook failed ({type(e).__name__}: {e}); nothing was recorded"
     if said:
         print(f"fleet hook: {said}", file=sys.stderr)

@@ -165,7 +165,7 @@ async def follow(client: FleetClient, fleet: LiveFleet, *, health: bool) -> list
         try:
             if not await check.passes_msg(msg):
                 return
-        except Exception as err:  # the chain could not be read: not shown
+        except Exception as err:  # noqa: BLE001 (the chain could not be read: not shown)
             print(f"fleet: an event of {msg.subject} was not checked: {err}", file=sys.stderr)
             return
         # A tag this CLI does not know yet is skipped; `fleet events` shows it as unreadable.
