@@ -1,7 +1,7 @@
 """Service panes: one tmux pane per dev service in an agent's `services` window.
 
 Each pane runs the service under a waiting `/bin/sh` (like every fleet pane, see
-`infra.tmux.pausable`), which writes the service's exit status to a file before it exits:
+`infra.tmux_socket.pausable`), which writes the service's exit status to a file before it exits:
 tmux 3.3 does not always reap a pane's process, so `#{pane_dead_status}` can stay empty.
 The pane is the session leader of its own process group; the service and whatever it forks
 (short of a `setsid`) stay in that group, so a stop or restart can take the whole group.
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import psutil
 
-from infra.tmux import _SEP, Tmux
+from infra.tmux import Tmux
+from infra.tmux_socket import SEP
 from schemas.errors import InvalidName, TmuxFailed
 
 WINDOW = "services"
@@ -84,12 +85,12 @@ def open_pane(
     # address it through the window target, in the same command-queue pass as the split.
     out = tmux._run(
         "start service in", session,
-        "set-option", "-w", "-t", window, "remain-on-exit", "on", _SEP,
+        "set-option", "-w", "-t", window, "remain-on-exit", "on", SEP,
         "split-window", "-t", window, "-c", str(cwd), *_env_args(env),
-        "-P", "-F", "#{pane_id} #{pane_pid}", *argv, _SEP,
-        "pipe-pane", "-t", window, record, _SEP,
-        "select-pane", "-t", window, "-T", service, _SEP,
-        "set-option", "-p", "-t", window, "@fleet_service", service, _SEP,
+        "-P", "-F", "#{pane_id} #{pane_pid}", *argv, SEP,
+        "pipe-pane", "-t", window, record, SEP,
+        "select-pane", "-t", window, "-T", service, SEP,
+        "set-option", "-p", "-t", window, "@fleet_service", service, SEP,
         "select-layout", "-t", window, "tiled",
     )  # fmt: skip
     pane_id, _, pid = (out[0] if out else "").partition(" ")
@@ -110,7 +111,7 @@ def respawn_pane(
     target = _pane(pane_id)
     out = tmux._run(
         "restart service in", session,
-        "respawn-pane", "-k", "-t", target, "-c", str(cwd), *_env_args(env), *argv, _SEP,
+        "respawn-pane", "-k", "-t", target, "-c", str(cwd), *_env_args(env), *argv, SEP,
         "display-message", "-p", "-t", target, "#{pane_pid}",
     )  # fmt: skip
     if not out or not out[-1].strip().isdigit():

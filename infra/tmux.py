@@ -1,202 +1,42 @@
 """tmux on a fleet-owned socket: agent sessions that outlive the actor that made them.
 
 Everything runs on `tmux -L <socket>` so fleetd never touches a user's own tmux server, and
-`fleet doctor` can list every session on that socket as ours. Every call runs the tmux binary
-with explicit formats, since one `list-panes -F` is much faster than libtmux's object queries.
-libtmux gives the Server and Session objects for callers that want its object API; it is
-imported only then, so an agent actor's worker does not carry it (about 3 MB of its memory).
-
-tmux facts this module relies on (tmux 3.3):
-- Targets start with `=` for an exact session/window name; without it tmux matches prefixes
-  and fnmatch patterns (`kill-session -t a1` would kill `a10`). A pane target needs the `:`
-  (`=s:`), a bare `=s` is looked up as a pane and fails.
-- tmux splits its argv into commands at any argument that ends with `;`. User text ending
-  with `;` must end with `\\;` instead, which tmux turns back into `;`.
-- Commands sent in one invocation run in one command-queue pass, so options set right after
-  `new-session` apply before the server handles the first window's exit.
+`fleet doctor` can list every session on that socket as ours. How tmux is called, and the tmux
+facts it relies on, are in infra/tmux_socket.py; typing into a pane in infra/tmux_input.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
 import shlex
 import shutil
-import subprocess
 import sys
-import tempfile
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from infra import procs
-from schemas.errors import InvalidName, SessionMissing, TmuxFailed, WindowMissing
+from infra.tmux_input import PaneInput
+from infra.tmux_socket import (
+    DUPLICATE,
+    ENV_KEY,
+    MISSING,
+    NAME,
+    SEND_KEYS_MAX,
+    SEP,
+    check_name,
+    confined,
+    live_pids,
+    pausable,
+    session_name,
+    window_name,
+)
+from schemas.errors import InvalidName, TmuxFailed
 
-if TYPE_CHECKING:
-    import libtmux
-
-DEFAULT_SOCKET = "fleetd"
 DEFAULT_WINDOWS = ("agent", "services", "monitor")
 USER_SEPARATOR = "+"  # a grouped (per-user) session is "<session>+<user>"; agent ids lack "+"
-HISTORY_LIMIT = 50_000
-WIDTH, HEIGHT = 200, 50
-SEND_KEYS_MAX = 4096  # beyond this, text goes through a paste buffer (tmux caps message size)
-
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}")
-_SESSION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}(\+[A-Za-z0-9_][A-Za-z0-9_-]{0,63})?")
-_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,31}")
 
 
-class _Separator(str):
-    """A real tmux command separator: told apart from user text ";" by identity (CPython keeps
-    one object for every one-character string, so a plain ";" would be that object too)."""
-
-
-_SEP = _Separator(";")  # never escaped
-# "server exited unexpectedly": the server ended while answering (its last session closed)
-_MISSING = (
-    "can't find session",
-    "no server running",
-    "error connecting to",
-    "server exited unexpectedly",
-)
-_DUPLICATE = "duplicate session"
-
-
-@dataclass(frozen=True)
-class Done:
-    """What one tmux invocation answered: its exit status and its lines (as libtmux gave)."""
-
-    returncode: int
-    stdout: list[str]
-    stderr: list[str]
-
-
-def _tmux(argv: Sequence[str]) -> Done:
-    binary = shutil.which("tmux")
-    if binary is None:
-        raise FileNotFoundError("tmux")
-    proc = subprocess.run(
-        [binary, *argv],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="backslashreplace",
-        check=False,
-    )
-    out = proc.stdout.split("\n")
-    while out and out[-1] == "":
-        out.pop()
-    return Done(proc.returncode, out, [line for line in proc.stderr.split("\n") if line])
-
-
-def _check(what: str, value: str, pattern: re.Pattern[str], allowed: str) -> str:
-    if not pattern.fullmatch(value):
-        raise InvalidName(what, value, f"use only {allowed}")
-    return value
-
-
-def _session_name(name: str) -> str:
-    return _check("tmux session name", name, _SESSION, "letters, digits, '_' and '-'")
-
-
-def _window_name(name: str) -> str:
-    return _check("tmux window name", name, _NAME, "letters, digits, '_' and '-'")
-
-
-def pausable(command: str) -> list[str]:
-    """The argv of a pane: `/bin/sh` waits for `command` (a shell command line).
-
-    tmux answers a stop of a pane's own process with SIGCONT to its group, so a pane whose
-    process is the assistant itself could never be paused. Under this waiting shell, the
-    command and all below it can be stopped while the shell (spared) waits. The shell
-    traps INT and QUIT so Ctrl-C reaches the command without ending the pane, and exits
-    with the command's status, which `pane_dead_status` reports.
-    """
-    # The status is also left in a pane option: tmux 3.3 sometimes never reaps the shell, and
-    # then `#{pane_dead_status}` stays empty.
-    keep = 'st=$?; tmux set-option -p @fleet_exit "$st" 2>/dev/null; exit "$st"'
-    return ["/bin/sh", "-c", f"trap : INT QUIT\n{command}\n{keep}"]
-
-
-def confined(prefix: Sequence[str], command: str) -> str:
-    """`command` (a shell command line) run through `prefix` (the sandbox), as the command of
-    a pane's waiting shell: that shell stays outside the sandbox, so the pane's pid is still
-    the shell's, it can still leave its exit status in the pane's options, and the sandboxed
-    processes below it cannot end it or reach the tmux server."""
-    if not prefix:
-        return command
-    return f"{shlex.join(prefix)} /bin/sh -c {shlex.quote(command)}"
-
-
-def _live_pids(lines: Iterable[str]) -> list[int]:
-    """The pids of `#{pane_dead} #{pane_pid}` lines whose pane still runs."""
-    return [int(pid) for dead, _, pid in (ln.partition(" ") for ln in lines) if dead == "0"]
-
-
-def _escape(arg: str) -> str:
-    """Keep tmux from reading a trailing `;` in user text as a command separator."""
-    return arg[:-1] + "\\;" if arg.endswith(";") else arg
-
-
-class Tmux:
+class Tmux(PaneInput):
     """One tmux server, addressed by socket name; every method is synchronous and cheap."""
-
-    def __init__(
-        self,
-        socket_name: str = DEFAULT_SOCKET,
-        *,
-        width: int = WIDTH,
-        height: int = HEIGHT,
-        history_limit: int = HISTORY_LIMIT,
-        shell: str | None = None,
-    ) -> None:
-        """`shell` is the command line of the interactive shell in windows without a command
-        (default: `$SHELL`, else /bin/sh)."""
-        self.socket_name = _check("tmux socket name", socket_name, _NAME, "[A-Za-z0-9_-]")
-        self.width, self.height, self.history_limit = width, height, history_limit
-        self.shell = shell or shlex.quote(os.environ.get("SHELL") or "/bin/sh")
-
-    @property
-    def server(self) -> libtmux.Server:
-        """libtmux's Server on this socket, for callers that want libtmux's object API."""
-        import libtmux  # here, not at the top: see the module docstring
-
-        return libtmux.Server(socket_name=self.socket_name)
-
-    # -- plumbing -------------------------------------------------------------------------
-
-    def _cmd(self, *args: str) -> Done:
-        try:
-            return _tmux([f"-L{self.socket_name}", *args])
-        except FileNotFoundError as e:
-            raise TmuxFailed("run on socket", self.socket_name, "tmux is not installed") from e
-
-    def _run(self, action: str, session: str, *args: str) -> list[str]:
-        """Run one tmux invocation; `_SEP` items separate commands, other args are escaped."""
-        argv = [a if a is _SEP else _escape(a) for a in args]
-        proc = self._cmd(*argv)
-        if proc.returncode != 0:
-            detail = " ".join(proc.stderr).strip() or f"exit status {proc.returncode}"
-            if any(m in detail for m in _MISSING):
-                raise SessionMissing(session, self.socket_name)
-            if "can't find window" in detail or "can't find pane" in detail:
-                raise WindowMissing(action, session, detail)
-            raise TmuxFailed(action, session, detail)
-        return list(proc.stdout)
-
-    def _target(self, session: str, window: str) -> str:
-        return f"={_session_name(session)}:={_window_name(window)}"
-
-    def session(self, name: str) -> libtmux.Session:
-        """The libtmux Session, for callers that want libtmux's object API."""
-        found = self.server.sessions.filter(session_name=_session_name(name))
-        if not found:
-            raise SessionMissing(name, self.socket_name)
-        return found[0]
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -229,34 +69,34 @@ class Tmux:
         with its processes and made anew. tmux refuses the duplicate `new-session` and skips the
         rest of that invocation, so this costs no `has-session` when there is none.
         """
-        _session_name(name)
+        session_name(name)
         if USER_SEPARATOR in name or not windows:
             raise InvalidName("tmux session name", name, "needs windows and no '+'")
         if not Path(cwd).is_dir():
             raise TmuxFailed("create session", name, f"{cwd} is not a directory")
-        first, *rest = [_window_name(w) for w in windows]
+        first, *rest = [window_name(w) for w in windows]
         env_args = [
-            f"-e{_check('env var', k, _ENV_KEY, '[A-Za-z0-9_]')}={v}" for k, v in env.items()
+            f"-e{check_name('env var', k, ENV_KEY, '[A-Za-z0-9_]')}={v}" for k, v in env.items()
         ]
         # exit-empty off: a server whose last session was just killed exits, and a new
         # session that reaches it meanwhile fails ("server exited unexpectedly"); this one
         # stays up between agents (a restart right after a stop raced it under load).
-        args = ["set-option", "-g", "exit-empty", "off", _SEP]
-        args += ["set-option", "-g", "history-limit", str(self.history_limit), _SEP]
+        args = ["set-option", "-g", "exit-empty", "off", SEP]
+        args += ["set-option", "-g", "history-limit", str(self.history_limit), SEP]
         args += ["new-session", "-d", "-s", name, "-n", first, "-c", str(cwd)]
         args += ["-x", str(self.width), "-y", str(self.height), *env_args]
         args += pausable(confined(prefix, command_for_agent or self.shell))
-        args += [_SEP, "set-option", "-w", "-t", self._target(name, first), "remain-on-exit", "on"]
+        args += [SEP, "set-option", "-w", "-t", self._target(name, first), "remain-on-exit", "on"]
         for window in rest:
-            args += [_SEP, "new-window", "-d", "-t", f"={name}:", "-n", window, "-c", str(cwd)]
+            args += [SEP, "new-window", "-d", "-t", f"={name}:", "-n", window, "-c", str(cwd)]
             args += pausable(confined(prefix, self.shell))
         for window, path in (recordings or {}).items():
-            args += [_SEP, "pipe-pane", "-o", "-t", self._target(name, window)]
+            args += [SEP, "pipe-pane", "-o", "-t", self._target(name, window)]
             args.append(self._recorder(path, self.width, self.height))
         try:
             self._run("create session", name, *args)
         except TmuxFailed as e:
-            if not replace or not e.detail.startswith(_DUPLICATE):
+            if not replace or not e.detail.startswith(DUPLICATE):
                 raise
             self.kill_session(name)
             self._run("create session", name, *args)
@@ -266,23 +106,23 @@ class Tmux:
         which closes when the command exits: a pane someone attaches to for one job (`fleet
         login`), not an agent's (no waiting shell, no remain-on-exit, no other windows)."""
         env_args = [
-            f"-e{_check('env var', k, _ENV_KEY, '[A-Za-z0-9_]')}={v}" for k, v in env.items()
+            f"-e{check_name('env var', k, ENV_KEY, '[A-Za-z0-9_]')}={v}" for k, v in env.items()
         ]
         self._run(
             "create session", name,
-            "new-session", "-d", "-s", _session_name(name), "-n", "agent", "-c", str(cwd),
+            "new-session", "-d", "-s", session_name(name), "-n", "agent", "-c", str(cwd),
             "-x", str(self.width), "-y", str(self.height), *env_args, command,
         )  # fmt: skip
 
     def has_session(self, name: str) -> bool:
-        return self._cmd("has-session", "-t", f"={_session_name(name)}").returncode == 0
+        return self._cmd("has-session", "-t", f"={session_name(name)}").returncode == 0
 
     def list_sessions(self, prefix: str = "") -> list[str]:
         """Names of sessions on this socket that start with `prefix` (none if no server)."""
         proc = self._cmd("list-sessions", "-F", "#{session_name}")
         if proc.returncode != 0:
             detail = " ".join(proc.stderr)
-            if any(m in detail for m in _MISSING):
+            if any(m in detail for m in MISSING):
                 return []
             raise TmuxFailed("list sessions on socket", self.socket_name, detail)
         return [s for s in proc.stdout if s.startswith(prefix)]
@@ -320,9 +160,9 @@ class Tmux:
         sessions, in one call: what a stop signals, asks to quit and ends."""
         lines = self._run(
             "list panes of", name,
-            "list-panes", "-s", "-t", f"={_session_name(name)}:",
+            "list-panes", "-s", "-t", f"={session_name(name)}:",
             "-F", "P #{pane_dead} #{pane_pid} #{window_name}",
-            _SEP, "list-sessions", "-F", "S #{session_name}",
+            SEP, "list-sessions", "-F", "S #{session_name}",
         )  # fmt: skip
         grouped = f"S {name}{USER_SEPARATOR}"
         panes = [ln[2:].split(" ", 2) for ln in lines if ln.startswith("P ")]
@@ -346,8 +186,8 @@ class Tmux:
         removes it too. It is not set to destroy-unattached: tmux would destroy it at once,
         before any client attached.
         """
-        _check("user name", user, _NAME, "letters, digits, '_' and '-'")
-        name = f"{_session_name(target)}{USER_SEPARATOR}{user}"
+        check_name("user name", user, NAME, "letters, digits, '_' and '-'")
+        name = f"{session_name(target)}{USER_SEPARATOR}{user}"
         if not self.has_session(name):
             self._run(
                 "create grouped session for",
@@ -364,14 +204,14 @@ class Tmux:
     def end_user_session(self, target: str, user: str) -> None:
         """Close one user's grouped session, and only it: its windows (and the processes in
         them) are the agent's, so nothing in the panes is signalled."""
-        _check("user name", user, _NAME, "letters, digits, '_' and '-'")
-        name = f"{_session_name(target)}{USER_SEPARATOR}{user}"
+        check_name("user name", user, NAME, "letters, digits, '_' and '-'")
+        name = f"{session_name(target)}{USER_SEPARATOR}{user}"
         self._cmd("kill-session", "-t", f"={name}")  # gone already is fine
 
     def attach_argv(self, session: str) -> list[str]:
         """The argv a CLI execs to put the user's terminal in the session (nesting allowed)."""
         tmux = shutil.which("tmux") or "tmux"
-        target = f"={_session_name(session)}"
+        target = f"={session_name(session)}"
         return ["env", "-u", "TMUX", tmux, "-L", self.socket_name, "attach-session", "-t", target]
 
     # -- panes ----------------------------------------------------------------------------
@@ -380,10 +220,10 @@ class Tmux:
         """The pid of the process in every live pane of every window of the session."""
         lines = self._run(
             "list panes of", session,
-            "list-panes", "-s", "-t", f"={_session_name(session)}:",
+            "list-panes", "-s", "-t", f"={session_name(session)}:",
             "-F", "#{pane_dead} #{pane_pid}",
         )  # fmt: skip
-        return _live_pids(lines)
+        return live_pids(lines)
 
     def pane_pids_by_session(self) -> dict[str, list[int]]:
         """`pane_pids` of every session of the server, in one tmux call ({} with no server)."""
@@ -410,11 +250,11 @@ class Tmux:
         window, text = typing or ("", "")
         if text and len(text.encode()) <= SEND_KEYS_MAX:
             target = self._target(session, window)
-            typed = [_SEP, "send-keys", "-t", target, "-l", "--", text]
-            typed += [_SEP, "send-keys", "-t", target, "Enter"]
+            typed = [SEP, "send-keys", "-t", target, "-l", "--", text]
+            typed += [SEP, "send-keys", "-t", target, "Enter"]
         lines = self._run(
             "list panes of", session,
-            "list-panes", "-s", "-t", f"={_session_name(session)}:",
+            "list-panes", "-s", "-t", f"={session_name(session)}:",
             "-F", "#{pane_dead} #{pane_pid} #{window_name}", *typed,
         )  # fmt: skip
         if typing is not None and not typed:
@@ -428,7 +268,7 @@ class Tmux:
 
     def pane_dead_status(self, session: str, window: str) -> int | None:
         """The exit status of a dead pane (kept by remain-on-exit), or None while it runs."""
-        out = self._display(session, window, "#{pane_dead}|#{pane_dead_status}|#{@fleet_exit}")
+        out = self.display(session, window, "#{pane_dead}|#{pane_dead_status}|#{@fleet_exit}")
         dead, status, kept = [*out.split("|"), "", ""][:3]
         if dead != "1":
             return None
@@ -446,69 +286,6 @@ class Tmux:
         """
         pids = self.pane_pids(session)
         return procs.signal_groups(pids, sig, spare=pids)
-
-    def _display(self, session: str, window: str, fmt: str) -> str:
-        out = self._run(
-            "read", session, "display-message", "-p", "-t", self._target(session, window), fmt
-        )
-        return out[0] if out else ""
-
-    # -- input and output -----------------------------------------------------------------
-
-    def send_text(self, session: str, window: str, text: str, enter: bool = True) -> None:
-        """Type `text` literally: nothing in it is read as a key name or a tmux command.
-
-        Long text goes through a paste buffer (bracketed paste), since a tmux command is
-        limited to one message of about 16 KB.
-        """
-        target = self._target(session, window)
-        enter_args = [_SEP, "send-keys", "-t", target, "Enter"] if enter else []
-        if len(text.encode()) > SEND_KEYS_MAX:
-            self._paste(session, target, text)
-        elif text:  # the text and its Enter in one tmux call
-            args = ["send-keys", "-t", target, "-l", "--", text, *enter_args]
-            self._run("send text to", session, *args)
-            return
-        if enter:
-            self._run("send Enter to", session, *enter_args[1:])
-
-    def paste_text(self, session: str, window: str, text: str, enter: bool = False) -> None:
-        """Paste `text` into the window's pane, in one tmux call with Enter after it if `enter`.
-
-        `paste-buffer -p` wraps it in bracketed-paste markers when the program asked for them
-        (mode 2004), so its newlines (sent as CR, as a terminal's paste does) are part of one
-        input; Enter is a key of its own after the end marker. Long text goes through a file.
-        """
-        target = self._target(session, window)
-        enter_args = [_SEP, "send-keys", "-t", target, "Enter"] if enter else []
-        if len(text.encode()) > SEND_KEYS_MAX:
-            self._paste(session, target, text)
-            if enter:
-                self._run("send Enter to", session, *enter_args[1:])
-            return
-        buffer = f"fleet-{os.getpid()}-{id(text)}"
-        self._run(
-            "paste text into", session,
-            "set-buffer", "-b", buffer, "--", text, _SEP,
-            "paste-buffer", "-d", "-p", "-b", buffer, "-t", target, *enter_args,
-        )  # fmt: skip
-
-    def _paste(self, session: str, target: str, text: str) -> None:
-        buffer = f"fleet-{os.getpid()}-{id(text)}"
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".txt") as f:
-            f.write(text)
-            f.flush()
-            self._run(
-                "paste text into", session,
-                "load-buffer", "-b", buffer, f.name, _SEP,
-                "paste-buffer", "-d", "-p", "-b", buffer, "-t", target,
-            )  # fmt: skip
-
-    def send_keys(self, session: str, window: str, keys: Sequence[str]) -> None:
-        """Press named keys (`C-c`, `Enter`, `Escape`, `Up`...), in order."""
-        for key in keys:
-            _check("key name", key, _KEY, "a tmux key name such as C-c, Enter or Escape")
-        self._run("send keys to", session, "send-keys", "-t", self._target(session, window), *keys)
 
     def capture(
         self, session: str, window: str, lines: int | None = None, with_history: bool = True
@@ -536,11 +313,11 @@ class Tmux:
         """
         target = self._target(session, window)
         path = Path(path).absolute()
-        if self._display(session, window, "#{pane_pipe}") == "1":
+        if self.display(session, window, "#{pane_pipe}") == "1":
             return
         if path.exists():
             raise TmuxFailed("record", session, f"{path} already exists; choose a new file")
-        width, height = self._display(session, window, "#{pane_width} #{pane_height}").split()
+        width, height = self.display(session, window, "#{pane_width} #{pane_height}").split()
         command = self._recorder(path, int(width), int(height))
         self._run("start recording", session, "pipe-pane", "-o", "-t", target, command)
 
@@ -556,15 +333,3 @@ class Tmux:
 
     def stop_recording(self, session: str, window: str) -> None:
         self._run("stop recording", session, "pipe-pane", "-t", self._target(session, window))
-
-    def socket_path(self) -> str:
-        """Where this server's socket is: $TMUX_TMPDIR (else /tmp)/tmux-<uid>/<name>."""
-        base = os.environ.get("TMUX_TMPDIR") or "/tmp"
-        return os.path.join(base, f"tmux-{os.getuid()}", self.socket_name)
-
-    def kill_server(self) -> None:
-        """Stop the whole tmux server on this socket (tests, `fleet gc --all`), and remove the
-        socket, which tmux leaves behind."""
-        self._cmd("kill-server")
-        with contextlib.suppress(OSError):
-            os.unlink(self.socket_path())

@@ -99,7 +99,7 @@ def pane_death(tmux: Tmux, session: str) -> tuple[bool, str, int | None]:
     """(whether tmux has the agent window's process as dead, what ended it, its pid while it
     runs). One tmux call; a session that is gone is a death too."""
     try:
-        out = tmux._display(session, AGENT_WINDOW, _DEATH_FORMAT)
+        out = tmux.display(session, AGENT_WINDOW, _DEATH_FORMAT)
     except SessionMissing:
         return True, f"{SESSION_GONE} (its session was closed)", None
     except TmuxFailed as e:

@@ -12,7 +12,8 @@ import psutil
 import pytest
 
 from infra import procs
-from infra.tmux import SEND_KEYS_MAX, Tmux
+from infra.tmux import Tmux
+from infra.tmux_socket import SEND_KEYS_MAX
 from schemas.errors import InvalidName, SessionMissing, TmuxFailed
 from tests.integration.conftest import wait_until
 

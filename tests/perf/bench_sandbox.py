@@ -19,7 +19,7 @@ from pathlib import Path
 
 from actors.agent.confine import FLEETD_ROOT, SYSTEM_READ
 from infra import sandbox, sandbox_argv
-from infra.tmux import confined, pausable
+from infra.tmux_socket import confined, pausable
 from tests.perf.common import emit, log, p50
 
 RUNS = 15
