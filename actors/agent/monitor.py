@@ -53,7 +53,7 @@ NO_PIDFD_CHECK_S = 2.0  # without a pidfd (Linux < 5.3), tmux is asked this ofte
 UNREAPED_S = 2.0  # a process that exited and that tmux still shows running is dead after this
 AGENT_WINDOW = "agent"
 # tmux formats: whether the pane's process is gone, its exit status (empty if a signal ended
-# it), that signal, and the status the waiting shell left (infra/tmux.py `pausable`).
+# it), that signal, and the status the waiting shell left (infra/tmux_socket.py `pausable`).
 _DEATH_FORMAT = "#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}|#{@fleet_exit}|#{pane_pid}"
 
 
