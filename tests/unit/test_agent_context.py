@@ -1,4 +1,4 @@
-"""The agent's helpers share one `AgentContext` and never reach into the actor (STYLE.md §10).
+"""The agent's helpers share one `AgentContext` and never reach into the actor (CONTRIBUTING.md).
 
 Read from the source with `ast`: no module of actors/agent/ but actor.py (and the package's
 `__init__`) imports the actor, and none touches a private member of the context or of the
