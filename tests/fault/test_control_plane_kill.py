@@ -41,9 +41,9 @@ def wait_for(check: Any, what: str) -> Any:
 
 
 def http_ok(port: int) -> bool:
-    with contextlib.suppress(OSError):
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
-            return bool(reply.status == 200)
+    url = f"http://127.0.0.1:{port}/healthz"
+    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as reply:
+        return bool(reply.status == 200)
     return False
 
 

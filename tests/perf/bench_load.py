@@ -29,6 +29,7 @@ Run a short one with `FLEET_BENCH_LOAD_AGENTS=20 FLEET_BENCH_LOAD_S=60 just benc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import statistics
@@ -109,10 +110,8 @@ async def every(period_s: float, stop: asyncio.Event, step: Callable[[], Awaitab
         await step()
         left = period_s - (time.monotonic() - started)
         if left > 0:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), left)
-            except TimeoutError:
-                pass
 
 
 async def spawn_all(client: FleetClient, repo: Path, names: list[str]) -> list[str]:

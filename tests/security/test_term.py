@@ -10,6 +10,7 @@ and the operator's client is still on the same agent's session, still typing int
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from pathlib import Path
@@ -31,10 +32,8 @@ async def read_until(ws: aiohttp.ClientWebSocketResponse, needle: bytes, what: s
         left = deadline - time.monotonic()
         msg = None
         if left > 0:
-            try:
+            with contextlib.suppress(TimeoutError):
                 msg = await ws.receive(timeout=left)
-            except TimeoutError:
-                pass
         assert msg is not None, f"{what} never came; the terminal showed {seen[-400:]!r}"
         assert msg.type == aiohttp.WSMsgType.BINARY, (what, msg)
         seen += msg.data

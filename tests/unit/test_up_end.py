@@ -5,6 +5,7 @@ would wait for ever."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import pytest
@@ -20,10 +21,8 @@ def test_a_task_that_swallows_its_cancel_is_named_and_left(
 
     async def stubborn() -> None:
         while True:
-            try:
+            with contextlib.suppress(asyncio.CancelledError):  # as nats-py's flush does
                 await asyncio.sleep(3600)
-            except asyncio.CancelledError:
-                pass  # as nats-py's flush does
 
     async def polite() -> None:
         try:
