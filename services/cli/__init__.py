@@ -120,7 +120,7 @@ SUMMARIES: dict[str, str] = {
     "send": "Type text (and/or press keys) into an agent's window.",
     "logs": "Print what an agent's window shows (its scrollback).",
     "attach": "Put your terminal into an agent's tmux session (your own grouped session).",
-    "doctor": "List orphans, or (--sandbox AGENT) probe an agent's sandbox from inside it, or",
+    "doctor": "List orphans, probe an agent's sandbox (--sandbox) or report assistants.",
     "gc": "Remove what `fleet doctor` lists, saving any work to a ref first.",
     "login": "Attach to a one-off pane of a template's assistant, to log in once for every agent.",
     "token": "Create, list or revoke gateway tokens (roles: viewer, operator, admin).",
