@@ -7,7 +7,9 @@ environment (CODEX_HOME, CLAUDE_CONFIG_DIR as set), and with the template's comm
 an agent's pane gets them. It runs in a tmux server of its own (a private socket, not the
 fleet's: nothing of the fleet is reachable from it, and no agent sees it), in a throwaway
 folder (so a trust answer is not given for a repository of the user's), with the terminal
-attached; when the assistant exits or the user detaches, the server and the folder go.
+attached; when the assistant exits or the user detaches, the server and the folder go, and so
+does whatever the assistant left running (Codex's background app server): `fleet login` adopts
+its orphans (a child subreaper, infra/reaper.py) and ends them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 
-from infra import installs
+from infra import installs, reaper
 from infra import template_files as templates
 from infra.tmux import Tmux
 from schemas.builtin_profiles import BUILTIN
@@ -47,12 +49,14 @@ def cmd_login(args: argparse.Namespace) -> int:
         )
     tmux = Tmux(f"fleet-login-{os.getpid()}")
     folder = tempfile.mkdtemp(prefix=f"fleet-login-{t.name}-")
+    reaper.adopt_orphans()  # the tmux server, and what its pane leaves behind, stay below us
     try:
         tmux.start_one_off(SESSION, folder, env, command)
         print(f"fleet: {t.name}: log in, then quit the assistant (or detach: C-b d)", flush=True)
         subprocess.run(tmux.attach_argv(SESSION), check=False)
     finally:
         tmux.kill_server()
+        reaper.end_descendants()
         shutil.rmtree(folder, ignore_errors=True)
     print(f"fleet: {t.name}: done; `fleet doctor --assistants` says whether the login holds")
     return 0

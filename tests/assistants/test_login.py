@@ -90,6 +90,8 @@ def test_a_real_login_pane_shows_codex_sign_in_and_goes_when_it_quits(
     while login_servers(home) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not login_servers(home), "the one-off tmux server was left"
+    left = started_under(home)  # Codex's background app server, a daemon, was left running
+    assert not left, [p.info["cmdline"] for p in left]
     assert folders and not any(f.exists() for f in folders), folders
     assert (home / ".codex").is_dir()  # it ran in the user's HOME, not an agent's
     assert not (home / ".codex" / "auth.json").exists()  # and saved no login
@@ -106,6 +108,16 @@ def wait(tmux: Tmux, ok: Callable[[str], bool], what: str, dead_ok: bool = False
             pytest.fail(f"the terminal's command exited while waiting for {what}:\n{screen}")
         time.sleep(0.3)
     pytest.fail(f"waited {GUARD_S:.0f} s for {what}; the terminal shows:\n{screen}")
+
+
+def started_under(home: Path) -> list[psutil.Process]:
+    """Processes running a program from under `home` (what the assistant installed there)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or [""]
+        if cmd[0].startswith(f"{home}/"):
+            found.append(proc)
+    return found
 
 
 def login_servers(home: Path) -> list[psutil.Process]:
