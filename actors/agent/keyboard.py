@@ -21,8 +21,8 @@ from schemas.errors import SessionMissing, TmuxFailed
 SHOWN_WAIT_S = 2.0  # until the paste shows on screen before its Enter, at most this long
 LOOK_S = 0.05
 MARK_CHARS = 24  # of the text's last line: what is looked for on screen (a box wraps the rest)
-SUBMIT_WAIT_S = 3.0  # for an Enter to show as a submit (the empty box again), each attempt
-SUBMIT_TRIES = 3
+SUBMIT_WAIT_S = 2.5  # for an Enter to show as a submit (the empty box again), each attempt
+SUBMIT_TRIES = 2  # at most 5 s in all: a send is answered within 10 s
 
 
 async def enter_text(
