@@ -136,10 +136,13 @@ def window_of(session: str) -> str:
     return f"={session}:={WINDOW}"
 
 
-def service_pid(shell_pid: int, timeout: float = 5.0) -> int:
+def service_pid(shell_pid: int, timeout: float = 60.0) -> int:
     """The service's own pid: the waiting shell's first child (the shell forks it at once).
 
-    Falls back to the shell's pid if the service is already gone or never appears.
+    Falls back to the shell's pid if the service is already gone or never appears. `timeout`
+    is a guard for a loaded machine, not an expected wait: a 5 s one expired while the sandbox
+    launcher had not yet `exec`ed the shell, so the launcher's pid was taken for the service's
+    (a kill of it then ended the waiting shell before it could write the exit status).
     """
     deadline = time.monotonic() + timeout
     try:
@@ -163,8 +166,11 @@ def service_pid(shell_pid: int, timeout: float = 5.0) -> int:
 
 def _launching(proc: psutil.Process) -> bool:
     """Whether the pane's process is still the sandbox launcher (infra/sandbox.py), which
-    `exec`s the pane's shell under the same pid a few milliseconds after tmux starts it."""
+    `exec`s the pane's shell under the same pid a few milliseconds after tmux starts it, or
+    still tmux's own fork that has not yet `exec`ed the pane's command (on a loaded machine)."""
     try:
+        if proc.name().startswith("tmux"):
+            return True
         return any(arg.endswith("sandbox.py") for arg in proc.cmdline()[:4])
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return False
