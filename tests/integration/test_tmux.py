@@ -105,8 +105,16 @@ def _last_tick(tmux: Tmux, window: str, word: str) -> int:
 
 @pytest.mark.parametrize("window", ["agent", "services"])
 def test_sigstop_pauses_and_sigcont_resumes(tmux: Tmux, tmp_path: Path, window: str) -> None:
-    """In a command (agent) and as a job of an interactive shell (services)."""
-    loop = "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.02; done"
+    """In a command (agent) and as a job of an interactive shell (services). The loop also
+    writes its count to a file: once every process is stopped the file cannot change, while
+    the screen may still be catching up with output tmux had not yet read (a loaded run)."""
+    count = tmp_path / f"count-{window}"
+
+    def counted() -> int:
+        text = count.read_text().strip() if count.exists() else ""
+        return int(text) if text.isdigit() else 0
+
+    loop = f"i=0; while :; do i=$((i+1)); echo tick $i; echo $i > {count}; sleep 0.02; done"
     tmux.create_session(S, tmp_path, {}, command_for_agent=f"sh -c '{loop}'")
     if window == "services":
         tmux.send_text(S, window, loop)
@@ -115,8 +123,11 @@ def test_sigstop_pauses_and_sigcont_resumes(tmux: Tmux, tmp_path: Path, window: 
     tmux.signal_panes(S, signal.SIGSTOP)
     under_panes = [p for p in procs.tree(pids) if p.pid not in pids]
     wait_until(lambda: all(_stopped(p) for p in under_panes), "every process to stop")
-    paused = _last_tick(tmux, window, "tick")
-    assert _last_tick(tmux, window, "tick") == paused
+    paused = counted()
+    # (stopped between its echo and its write, the screen is one ahead of the file)
+    wait_until(lambda: _last_tick(tmux, window, "tick") >= paused, "the screen to catch up")
+    assert counted() == paused and all(_stopped(p) for p in under_panes)
+    assert _last_tick(tmux, window, "tick") in (paused, paused + 1)
     tmux.signal_panes(S, signal.SIGCONT)
     wait_until(lambda: _last_tick(tmux, window, "tick") > paused + 3, "the loop to count on")
     assert "Stopped" not in tmux.capture(S, window)
