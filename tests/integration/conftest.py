@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 
 def wait_until(
-    probe: Callable[[], T], what: str, timeout: float = 10.0, interval: float = 0.02
+    probe: Callable[[], T], what: str, timeout: float = 60.0, interval: float = 0.02
 ) -> T:
     """Poll `probe` until it returns something truthy; fail naming `what` at the deadline."""
     deadline = time.monotonic() + timeout

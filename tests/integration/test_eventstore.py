@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -163,6 +165,19 @@ async def test_undecodable_bytes_and_unknown_tags_are_reported_and_skipped(
     assert loaded.position == pos
 
 
+async def _stopped(pid: int) -> None:
+    """Until every thread of `pid` is stopped: a SIGSTOP takes effect when each is scheduled."""
+    for _ in range(600):  # 60 s of looks, a loaded machine's guard
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+        if states and all(st in ("T", "t") for st in states):
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"nats-server {pid} did not stop within 60 s of its SIGSTOP: {states}")
+
+
 async def _position(store: EventStore) -> Position:
     stored = await store.read("a1")
     return Position(stored[-1].seq, event_hash(stored[-1].raw))
@@ -217,6 +232,7 @@ async def test_a_store_that_does_not_answer_is_said_to_be_unavailable(
         store = EventStore(nc, nc.jetstream(timeout=0.5))
         assert await store.last_seq("a1") == 0
         os.kill(nats_server.pid, signal.SIGSTOP)
+        await _stopped(nats_server.pid)  # else, on a loaded machine, it may answer first
         try:
             with pytest.raises(StoreUnavailable, match="did not say in time whether a1 has a log"):
                 await store.last_seq("a1")
@@ -246,6 +262,7 @@ async def test_a_follower_started_while_jetstream_does_not_answer_waits_for_it(
                 stop.set()
 
         os.kill(nats_server.pid, signal.SIGSTOP)
+        await _stopped(nats_server.pid)
         try:
             follower = asyncio.create_task(store.follow("late", handler, stop=stop))
             for _ in range(600):  # until it said it will ask again (each look 0.1 s)
