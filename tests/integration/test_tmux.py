@@ -114,10 +114,13 @@ def test_sigstop_pauses_and_sigcont_resumes(tmux: Tmux, tmp_path: Path, window: 
         text = count.read_text().strip() if count.exists() else ""
         return int(text) if text.isdigit() else 0
 
-    loop = f"i=0; while :; do i=$((i+1)); echo tick $i; echo $i > {count}; sleep 0.02; done"
-    tmux.create_session(S, tmp_path, {}, command_for_agent=f"sh -c '{loop}'")
+    def loop(name: str) -> str:
+        into = tmp_path / f"count-{name}"
+        return f"i=0; while :; do i=$((i+1)); echo tick $i; echo $i > {into}; sleep 0.02; done"
+
+    tmux.create_session(S, tmp_path, {}, command_for_agent=f"sh -c '{loop('agent')}'")
     if window == "services":
-        tmux.send_text(S, window, loop)
+        tmux.send_text(S, window, loop("services"))
     wait_until(lambda: _last_tick(tmux, window, "tick") > 3, "the loop to count")
     pids = tmux.pane_pids(S)
     tmux.signal_panes(S, signal.SIGSTOP)
