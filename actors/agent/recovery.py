@@ -55,9 +55,14 @@ async def remake(ctx: AgentContext, cause: str) -> None:
 
 async def _new_session(ctx: AgentContext, cause: str) -> None:
     """The session as `bring_up` makes it, in the worktree the agent already has."""
+    await open_session(ctx, Path(ctx.state.worktree), replace=False, cause=cause)
+
+
+async def open_session(ctx: AgentContext, path: Path, *, replace: bool, cause: str = "") -> None:
+    """Create the agent's session in `path`, record `session.started`, and put the template's
+    resources on its panes (a spawn, a remake and a recreate_session all start one so)."""
     session = session_name(ctx.state.agent_id)
-    path = Path(ctx.state.worktree)
-    recordings = await asyncio.to_thread(create, ctx, session, path, replace=False)
+    recordings = await asyncio.to_thread(create, ctx, session, path, replace=replace)
     started = e.SessionStarted(
         socket=ctx.tmux.socket_name,
         session=session,

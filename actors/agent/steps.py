@@ -18,11 +18,10 @@ from actors.agent.confine import assign_user, recall
 from actors.agent.context import AgentContext
 from actors.agent.creds import grant_nats_user, revoke_nats_user
 from actors.agent.devservices import start_services, stop_services
-from actors.agent.limitwatch import apply_limits
 from actors.agent.portlease import lease_ports, release_ports
 from actors.agent.quitting import quit_assistant
-from actors.agent.recovery import migrate_legacy, remake
-from actors.agent.session import WINDOWS, create, session_name
+from actors.agent.recovery import migrate_legacy, open_session, remake
+from actors.agent.session import session_name
 from actors.agent.watchers import start_watching
 from infra import heap, procs
 from infra.worktree import WorktreeInfo
@@ -44,7 +43,6 @@ def _new_worktree(ctx: AgentContext) -> WorktreeInfo:
 async def bring_up(ctx: AgentContext) -> None:
     """SPAWNING -> worktree -> environment -> tmux session -> assistant -> RUNNING."""
     s = ctx.state
-    session = session_name(s.agent_id)
     made_worktree = False
     try:
         if s.worktree and Path(s.worktree).is_dir():
@@ -67,16 +65,7 @@ async def bring_up(ctx: AgentContext) -> None:
         await assign_user(ctx, path)  # its own uid, its folders handed over
         if made_worktree:  # a stop with nothing changed names this checkout: no jailed git
             ctx.known_files = await asyncio.to_thread(as_checked_out, ctx, path, made.head)
-        recordings = await asyncio.to_thread(create, ctx, session, path, replace=True)
-        started = e.SessionStarted(
-            socket=ctx.tmux.socket_name,
-            session=session,
-            windows=WINDOWS,
-            recording=str(recordings["agent"]),
-            **ctx.meta(),
-        )
-        await ctx.record([started])
-        await apply_limits(ctx)  # the template's resources, on the session's panes
+        await open_session(ctx, path, replace=True)  # with the template's resources on it
         await ctx.execute(c.MarkRunning(by="agent"))
         await start_services(ctx)  # each waits for its dependencies once the lock is free
     except FleetError as err:
